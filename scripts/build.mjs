@@ -1,0 +1,28 @@
+// Bundles the CLI into dist/ with esbuild. Dependencies stay external (resolved from node_modules)
+// unless --standalone is given, which inlines everything except native addons so the bundle plus
+// the `node` binary can travel to a machine without node_modules (the GPU machine).
+import { build } from "esbuild";
+import { readFileSync, rmSync } from "node:fs";
+
+const pkg = JSON.parse(readFileSync("package.json", "utf8"));
+
+const standalone = process.argv.includes("--standalone");
+const outdir = standalone ? "dist-standalone" : "dist";
+rmSync(outdir, { recursive: true, force: true });
+await build({
+  entryPoints: { cli: "src/cli.ts" },
+  outdir,
+  bundle: true,
+  platform: "node",
+  target: "node20",
+  format: "esm",
+  outExtension: { ".js": ".mjs" },
+  sourcemap: true,
+  packages: standalone ? undefined : "external",
+  external: ["onnxruntime-node"],
+  banner: standalone
+    ? { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" }
+    : undefined,
+  define: { __DSR_VERSION__: JSON.stringify(pkg.version) },
+  logLevel: "warning",
+});

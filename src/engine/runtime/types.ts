@@ -1,0 +1,58 @@
+/**
+ * The token-engine interface (../shared/DESIGN.md "Two kinds of upstream"): the gateway owns text
+ * (tokenizer, chat template, stop strings, reasoning split) and asks a token engine only for ids.
+ * The embedded onnxruntime engine and the torch worker implement it; continuous batching lives
+ * behind it.
+ */
+export interface SamplingParams {
+  /** 0 = greedy. */
+  temperature: number;
+  topP: number;
+  topK: number;
+  minP: number;
+  seed?: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  repetitionPenalty: number;
+  /** Number of top alternatives to return with each token (0 = none; undefined = no logprobs). */
+  logprobs?: number;
+}
+
+export interface SubmitRequest {
+  promptIds: number[];
+  sampling: SamplingParams;
+  maxTokens: number;
+  stopIds: number[];
+  signal?: AbortSignal;
+}
+
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+  top: { id: number; logprob: number }[];
+}
+
+export type FinishReason = "stop" | "length" | "abort" | "error";
+
+export interface TokenChunk {
+  ids: number[];
+  logprobs?: TokenLogprob[];
+  finish?: FinishReason;
+  /** Set when finish = "stop" because of a stop id. */
+  stopId?: number;
+}
+
+export interface EngineStats {
+  running: number;
+  waiting: number;
+  /** KV cache tokens in use / available, when the engine budgets KV memory. */
+  kvUsedTokens?: number;
+  kvCapacityTokens?: number;
+  maxContext: number;
+}
+
+export interface TokenEngine {
+  submit(req: SubmitRequest): AsyncIterable<TokenChunk>;
+  stats(): EngineStats;
+  close(): Promise<void>;
+}
