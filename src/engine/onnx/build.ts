@@ -1,0 +1,177 @@
+/**
+ * `safetensors checkpoint → dsr ONNX directory`: model.onnx + model.onnx.data, the tokenizer, chat
+ * template, config and generation config, and dsr-onnx.json (the manifest naming the source and its
+ * fingerprint, so a stale conversion is detected). Built into `<out>.partial/` and renamed into place
+ * when complete: an interrupted build never looks finished.
+ */
+import { copyFile, mkdir, readFile, rename, rm, stat, writeFile, open } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { parseModelConfig, type ModelConfig } from "../arch/config.js";
+import { DsrError, interruptedError, usageError } from "../errors.js";
+import { ExternalDataWriter } from "./data-file.js";
+import { buildDecoderGraph, checkSupported, decoderIo, type DecoderIo } from "./decoder.js";
+import type { EmitContext, WeightFormat } from "./layers.js";
+import { encodeModel } from "./model.js";
+import { checkpointWeights, type WeightSource } from "./weights.js";
+
+export const MANIFEST_FILE = "dsr-onnx.json";
+export const MANIFEST_VERSION = 1;
+export const MODEL_FILE = "model.onnx";
+export const DATA_FILE = "model.onnx.data";
+/** Files copied next to the graph so the directory is a complete model for the engine. */
+const TEXT_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json"];
+
+export interface OnnxManifest {
+  format: "dsr-onnx";
+  version: number;
+  source: { path: string; fingerprint: string };
+  weights: WeightFormat;
+  blockSize?: number;
+  accuracyLevel?: number;
+  modelType: string;
+  io: DecoderIo;
+  dataBytes: number;
+  createdAt: string;
+}
+
+export interface BuildOptions {
+  weights: WeightFormat;
+  blockSize?: number;
+  /** Rotary cache length; default the model's max_position_embeddings. */
+  maxPositions?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: { phase: string; done: number; total: number }) => void;
+}
+
+export const BLOCK_SIZES = [32, 64, 128];
+
+export function validateBuildOptions(o: BuildOptions): void {
+  if (!["fp32", "fp16", "int8", "int4"].includes(o.weights)) throw usageError(`--weights ${o.weights}: expected fp32, fp16, int8 or int4`);
+  if (o.blockSize !== undefined && !BLOCK_SIZES.includes(o.blockSize)) throw usageError(`--block-size ${o.blockSize}: expected 32, 64 or 128`);
+}
+
+export async function readManifest(dir: string): Promise<OnnxManifest | undefined> {
+  try {
+    const m = JSON.parse(await readFile(join(dir, MANIFEST_FILE), "utf8")) as OnnxManifest;
+    return m.format === "dsr-onnx" ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(() => true, () => false);
+}
+
+/** Builds from a weight source + config; the lowest-level entry (benchmarks pass synthetic weights). */
+export async function buildOnnxFromSource(cfg: ModelConfig, src: WeightSource, textDir: string | undefined, outDir: string, opts: BuildOptions): Promise<OnnxManifest> {
+  validateBuildOptions(opts);
+  checkSupported(cfg);
+  const partial = `${outDir}.partial`;
+  await rm(partial, { recursive: true, force: true });
+  await mkdir(partial, { recursive: true });
+  const maxPositions = opts.maxPositions ?? (cfg.maxPositionEmbeddings || 4096);
+  const total = totalElements(cfg, src);
+  let done = 0;
+  const data = new ExternalDataWriter(join(partial, DATA_FILE), DATA_FILE);
+  await data.open();
+  const quantized = opts.weights === "int4" || opts.weights === "int8";
+  const ctx: EmitContext = {
+    src,
+    data,
+    nodes: [],
+    initializers: [],
+    format: opts.weights,
+    blockSize: opts.blockSize ?? 32,
+    accuracyLevel: 4,
+    onWeights: (n) => {
+      if (opts.signal?.aborted) throw interruptedError("ONNX conversion");
+      done += n;
+      opts.onProgress?.({ phase: "convert", done, total });
+    },
+  };
+  try {
+    const graph = await buildDecoderGraph(cfg, ctx, maxPositions);
+    await data.close();
+    const manifest: OnnxManifest = {
+      format: "dsr-onnx",
+      version: MANIFEST_VERSION,
+      source: { path: src.description, fingerprint: src.fingerprint },
+      weights: opts.weights,
+      ...(quantized ? { blockSize: ctx.blockSize, accuracyLevel: ctx.accuracyLevel } : {}),
+      modelType: cfg.modelType,
+      io: decoderIo(cfg, maxPositions),
+      dataBytes: data.size,
+      createdAt: new Date().toISOString(),
+    };
+    const bytes = encodeModel({
+      graph,
+      opsets: [{ domain: "", version: 21 }, { domain: "com.microsoft", version: 1 }],
+      irVersion: 10,
+      producerName: "dsr",
+      metadata: { "dsr.source_fingerprint": src.fingerprint, "dsr.weights": opts.weights },
+    });
+    await writeSynced(join(partial, MODEL_FILE), bytes);
+    if (textDir) for (const f of TEXT_FILES) if (await exists(join(textDir, f))) await copyFile(join(textDir, f), join(partial, f));
+    if (!(await exists(join(partial, "config.json")))) await writeSynced(join(partial, "config.json"), new TextEncoder().encode(JSON.stringify(cfg.raw, null, 2)));
+    await writeSynced(join(partial, MANIFEST_FILE), new TextEncoder().encode(JSON.stringify(manifest, null, 2) + "\n"));
+    await rm(outDir, { recursive: true, force: true });
+    await rename(partial, outDir);
+    return manifest;
+  } catch (e) {
+    await data.close().catch(() => {});
+    await rm(partial, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
+  const fh = await open(path, "w");
+  try {
+    await fh.writeFile(bytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function totalElements(cfg: ModelConfig, src: WeightSource): number {
+  const names = ["model.embed_tokens.weight", "model.norm.weight", cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"];
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    for (const s of ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]) names.push(`${p}.${s}.weight`);
+    for (const s of ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias", "input_layernorm.weight", "post_attention_layernorm.weight"]) names.push(`${p}.${s}`);
+  }
+  return names.reduce((a, n) => {
+    const s = src.shape(n);
+    return s ? a + s.reduce((x, y) => x * y, 1) : a;
+  }, 0);
+}
+
+export async function readModelConfig(dir: string): Promise<ModelConfig> {
+  const file = join(dir, "config.json");
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(file, "utf8"));
+  } catch (e) {
+    throw new DsrError("DSR_CONFIG_MISSING", `${file}: cannot read (${(e as Error).message})`, { hint: "point at a model directory with config.json" });
+  }
+  return parseModelConfig(raw, file);
+}
+
+/** `dsr convert SRC --to onnx`: a local safetensors checkpoint directory → ONNX directory. */
+export async function convertToOnnx(srcDir: string, outDir: string, opts: BuildOptions): Promise<OnnxManifest> {
+  validateBuildOptions(opts);
+  const cfg = await readModelConfig(srcDir);
+  checkSupported(cfg);
+  const src = await checkpointWeights(srcDir);
+  try {
+    return await buildOnnxFromSource(cfg, src, srcDir, outDir, opts);
+  } finally {
+    await src.close();
+  }
+}
+
+export function describeOutput(outDir: string): string {
+  return `${basename(outDir)}/${MODEL_FILE}`;
+}
