@@ -10,7 +10,8 @@ const standalone = process.argv.includes("--standalone");
 const outdir = standalone ? "dist-standalone" : "dist";
 rmSync(outdir, { recursive: true, force: true });
 await build({
-  entryPoints: { cli: "src/cli.ts" },
+  // convert-worker: the worker_threads entry of `dsr convert` (loaded by URL next to cli.mjs).
+  entryPoints: { cli: "src/cli.ts", "convert-worker": "src/engine/transform/worker.ts" },
   outdir,
   bundle: true,
   platform: "node",

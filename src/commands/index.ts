@@ -5,13 +5,14 @@
 import type { Command } from "commander";
 import type { CommandContext } from "./context.js";
 import { registerNotBuilt } from "./not-built.js";
+import { register as registerConvert } from "./convert.js";
 
 type Register = (program: Command, ctx: () => CommandContext) => void;
 
 export const COMMANDS: { name: string; summary: string; register?: Register }[] = [
   { name: "pull", summary: "download a model from Hugging Face or ModelScope: parallel, resumable, verified" },
   { name: "inspect", summary: "shards, dtypes, parameters, integrity and GPU memory fit of a local or remote checkpoint" },
-  { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine" },
+  { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine", register: registerConvert },
   { name: "quantize", summary: "AWQ / GPTQ 4-bit and INT8 with real calibration, in formats vLLM loads" },
   { name: "serve", summary: "OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang" },
   { name: "chat", summary: "chat with a model in the terminal on the embedded engine" },

@@ -1,0 +1,128 @@
+/**
+ * `dsr convert SRC --to T --out DIR`: flags → a target from the TARGETS table → engine → render.
+ * Each `--to` value maps to one runner, so another output kind (e.g. `onnx`, built in
+ * src/engine/onnx) is one more entry in the table plus its own module.
+ */
+import { existsSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { fileURLToPath } from "node:url";
+import type { Command } from "commander";
+import { usageError } from "../engine/errors.js";
+import { convertCheckpoint, type ConvertSummary } from "../engine/transform/convert.js";
+import type { TargetDtype } from "../engine/transform/kernels.js";
+import { DEFAULT_KEEP_DTYPE } from "../engine/transform/plan.js";
+import { parseByteSize } from "../engine/transform/size.js";
+import { Progress } from "../ui/progress.js";
+import { formatBytes, formatDuration } from "../ui/table.js";
+import type { CommandContext } from "./context.js";
+
+export interface ConvertFlags {
+  to: string;
+  out: string;
+  maxShardSize?: string;
+  dropMtp?: boolean;
+  threads?: string;
+  keepDtype?: string[];
+  castAll?: boolean;
+  overwrite?: boolean;
+}
+
+type TargetRunner = (src: string, flags: ConvertFlags, ctx: CommandContext) => Promise<void>;
+
+/** `--to` values. Add a new output kind here. */
+export const TARGETS: Record<string, { summary: string; run: TargetRunner }> = {
+  bf16: { summary: "BF16 safetensors (DeepSeek FP8 blocks dequantised, floats cast)", run: (s, f, c) => runDtype("BF16", s, f, c) },
+  fp16: { summary: "FP16 safetensors", run: (s, f, c) => runDtype("F16", s, f, c) },
+  fp32: { summary: "FP32 safetensors", run: (s, f, c) => runDtype("F32", s, f, c) },
+};
+
+export function register(program: Command, ctx: () => CommandContext): void {
+  program
+    .command("convert")
+    .summary("FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine")
+    .description(
+      "Convert a local safetensors checkpoint: dequantise DeepSeek FP8 (e4m3, 128×128 weight_scale_inv blocks) or cast between " +
+        "F32/F16/BF16, re-shard, drop the MTP layer. Streams with bounded memory on all cores; an interrupted run resumes.",
+    )
+    .argument("<src>", "checkpoint folder (config.json, *.safetensors, model.safetensors.index.json)")
+    .requiredOption("--to <target>", `output kind: ${Object.keys(TARGETS).join(", ")}`)
+    .requiredOption("--out <dir>", "output folder (new, empty, or an interrupted run of the same conversion)")
+    .option("--max-shard-size <size>", "re-shard to at most this many tensor bytes per file, e.g. 5GB (decimal) or 4GiB")
+    .option("--drop-mtp", "leave out DeepSeek's MTP layer (model.layers.N, N ≥ num_hidden_layers)")
+    .option("--threads <n>", "worker threads (default: all cores)")
+    .option("--keep-dtype <glob...>", `tensor-name globs copied unchanged (default: ${DEFAULT_KEEP_DTYPE.join(" ")})`)
+    .option("--cast-all", "cast every float tensor, including the default --keep-dtype ones")
+    .option("--overwrite", "replace the weights already in --out")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  dsr convert ./DeepSeek-R1 --to bf16 --out ./DeepSeek-R1-BF16\n  dsr convert ./model --to fp16 --out ./model-fp16 --max-shard-size 2GB\n  dsr convert ./model --to bf16 --out ./merged --max-shard-size 100GB   # merge shards",
+    )
+    .action(async (src: string, flags: ConvertFlags) => {
+      const target = TARGETS[flags.to.toLowerCase()];
+      if (!target) throw usageError(`--to ${flags.to}: unknown target`, `use one of ${Object.keys(TARGETS).join(", ")}`);
+      await target.run(src, flags, ctx());
+    });
+}
+
+function parseThreads(v: string | undefined): number {
+  if (v === undefined) return availableParallelism();
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw usageError(`--threads ${v}: must be an integer from 1 to 256`);
+  return n;
+}
+
+/** The bundled worker sits next to the bundled CLI; when absent (running from source) work runs inline. */
+function workerUrl(): URL | undefined {
+  const url = new URL("./convert-worker.mjs", import.meta.url);
+  return existsSync(fileURLToPath(url)) ? url : undefined;
+}
+
+async function runDtype(to: TargetDtype, src: string, flags: ConvertFlags, ctx: CommandContext): Promise<void> {
+  const { out } = ctx;
+  const threads = parseThreads(flags.threads);
+  const keepDtype = flags.castAll ? [] : (flags.keepDtype ?? DEFAULT_KEEP_DTYPE);
+  const progress = new Progress(out, "bytes");
+  let bar: ReturnType<Progress["bar"]> | undefined;
+  let summary: ConvertSummary;
+  try {
+    summary = await convertCheckpoint({
+      src,
+      out: flags.out,
+      options: {
+        to,
+        maxShardSize: flags.maxShardSize === undefined ? undefined : parseByteSize(flags.maxShardSize),
+        dropMtp: !!flags.dropMtp,
+        keepDtype,
+      },
+      threads,
+      workerUrl: workerUrl(),
+      overwrite: !!flags.overwrite,
+      signal: ctx.signal,
+      onPlan: (plan, reused) => {
+        const c = plan.counts;
+        progress.log(
+          `${plan.shards.length} shard(s) → ${to}: ${c.dequantized} FP8 dequantised, ${c.cast} cast, ${c.copied} copied, ` +
+            `${c.droppedScales} scales dropped${c.droppedMtp ? `, ${c.droppedMtp} MTP tensors dropped` : ""}` +
+            (reused.length ? `; resuming, ${reused.length} shard(s) already done` : ""),
+        );
+        bar = progress.bar("convert", plan.shards.filter((s) => !reused.includes(s.file)).reduce((a, s) => a + s.inputBytes, 0));
+      },
+      onProgress: (done) => bar?.update(done),
+      onShard: (file, reused) => out.debug(`${reused ? "kept" : "wrote"} ${file}`),
+    });
+  } finally {
+    bar?.stop();
+    progress.stop();
+  }
+  const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+  out.result({ ...summary, peakRssBytes });
+  const reusedCount = summary.shards.filter((s) => s.reused).length;
+  if (reusedCount === summary.shards.length) {
+    out.line(`nothing to do: ${summary.out} already holds this conversion (${summary.shards.length} shard(s), ${formatBytes(summary.outputBytes)})`);
+    return;
+  }
+  out.line(
+    `converted ${formatBytes(summary.processedBytes)} in ${formatDuration(summary.seconds)} (${summary.inputGBps.toFixed(2)} GB/s input, ${summary.threads} thread(s)) → ` +
+      `${summary.out}: ${summary.shards.length} shard(s), ${formatBytes(summary.outputBytes)}${reusedCount ? `, ${reusedCount} kept from the interrupted run` : ""}`,
+  );
+}
