@@ -6,6 +6,7 @@ import type { Command } from "commander";
 import type { CommandContext } from "./context.js";
 import { registerNotBuilt } from "./not-built.js";
 import { register as registerConvert } from "./convert.js";
+import { register as registerServe } from "./serve.js";
 
 type Register = (program: Command, ctx: () => CommandContext) => void;
 
@@ -14,7 +15,7 @@ export const COMMANDS: { name: string; summary: string; register?: Register }[] 
   { name: "inspect", summary: "shards, dtypes, parameters, integrity and GPU memory fit of a local or remote checkpoint" },
   { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine", register: registerConvert },
   { name: "quantize", summary: "AWQ / GPTQ 4-bit and INT8 with real calibration, in formats vLLM loads" },
-  { name: "serve", summary: "OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang" },
+  { name: "serve", summary: "OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang", register: registerServe },
   { name: "chat", summary: "chat with a model in the terminal on the embedded engine" },
   { name: "bench", summary: "load-test an endpoint with vLLM-compatible metrics, SLO goodput and reports" },
 ];

@@ -1,0 +1,253 @@
+/**
+ * `dsr serve`: flags → ServeConfig → engine/serve/server.ts. Prints the engine choice, the listening
+ * URL and (with --dry-run) the exact child command lines; on SIGINT/SIGTERM drains in-flight requests
+ * for up to --grace seconds, stops the children and exits 0.
+ */
+import { readFile } from "node:fs/promises";
+import { basename, resolve } from "node:path";
+import { Command, Option } from "commander";
+import type { CommandContext } from "./context.js";
+import { usageError } from "../engine/errors.js";
+import { parseKeyFile } from "../engine/serve/auth.js";
+import { MemoryCache, RedisCache, type ResponseCache } from "../engine/serve/cache.js";
+import { REASONING_FIELDS, type ReasoningField } from "../engine/serve/reasoning.js";
+import { RequestLog } from "../engine/serve/request-log.js";
+import { planServe, startServe, type EngineName, type ServeConfig } from "../engine/serve/server.js";
+import { VERSION } from "../version.js";
+
+interface Flags {
+  engine: EngineName;
+  upstream?: string[];
+  upstreamApiKey?: string;
+  host: string;
+  port: string;
+  instances: string;
+  tp?: string;
+  pp?: string;
+  maxModelLen?: string;
+  gpuMemoryUtilization?: string;
+  quantization?: string;
+  dtype?: string;
+  kvCacheDtype?: string;
+  maxNumSeqs?: string;
+  servedModelName?: string[];
+  reasoningField: string;
+  r1Advice: boolean;
+  trustRemoteCode?: boolean;
+  downloadDir?: string;
+  enforceEager?: boolean;
+  engineArg?: string[];
+  python: string;
+  apiKey?: string[];
+  apiKeyFile?: string;
+  protectAll?: boolean;
+  maxConcurrency: string;
+  maxQueue: string;
+  queueTimeout: string;
+  requestTimeout: string;
+  maxBody: string;
+  logFile?: string;
+  logMaxSize: string;
+  logKeep: string;
+  logPrompts?: boolean;
+  cache?: string;
+  cacheTtl: string;
+  cacheSize: string;
+  affinity?: boolean;
+  grace: string;
+  readyTimeout: string;
+  dryRun?: boolean;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export function register(program: Command, ctx: () => CommandContext): void {
+  program
+    .command("serve")
+    .summary("OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang")
+    .description("Serve MODEL behind an OpenAI-compatible gateway (chat, completions, models, health, ready, metrics), or front existing servers with --upstream.")
+    .argument("[model]", "local model directory or hub id (not needed with --upstream)")
+    .addOption(new Option("--engine <name>", "engine to run").choices(["auto", "embedded", "torch", "vllm", "sglang"]).default("auto"))
+    .option("--upstream <url...>", "front existing OpenAI-compatible servers instead of starting an engine")
+    .option("--upstream-api-key <key>", "bearer key the upstreams expect")
+    .option("--host <addr>", "listen address", "127.0.0.1")
+    .option("--port <n>", "listen port", "8000")
+    .option("--instances <n>", "engine instances behind the router (GPU engines share the memory fraction)", "1")
+    .option("--tp <n>", "tensor parallel size (vllm/sglang)")
+    .option("--pp <n>", "pipeline parallel size (vllm/sglang)")
+    .option("--max-model-len <n>", "context length")
+    .option("--gpu-memory-utilization <f>", "GPU memory fraction for ALL instances together (split per instance)")
+    .option("--quantization <method>", "quantization method (vllm/sglang)")
+    .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang)")
+    .option("--kv-cache-dtype <dtype>", "KV cache dtype (vllm/sglang)")
+    .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests)")
+    .option("--served-model-name <name>", "name clients use (repeat for aliases; default: the model directory name)", collect)
+    .option("--reasoning-field <which>", "where <think> text goes: both, reasoning_content, reasoning, none", "both")
+    .option("--no-r1-advice", "do not fold system prompts into the user turn or default temperature to generation_config's")
+    .option("--trust-remote-code", "allow model code from the hub (vllm/sglang)")
+    .option("--download-dir <dir>", "weights download directory (vllm/sglang)")
+    .option("--enforce-eager", "no CUDA graphs (vllm)")
+    .option("--engine-arg <arg>", "extra argument for the engine command line, verbatim (repeatable)", collect)
+    .option("--python <exe>", "python for sglang / torch detection", "python3")
+    .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
+    .option("--api-key-file <file>", "file of keys, one per line")
+    .option("--protect-all", "require a key on /health, /ready, /metrics and /version too")
+    .option("--max-concurrency <n>", "requests generated at once; more wait in the queue", "256")
+    .option("--max-queue <n>", "requests waiting beyond --max-concurrency before 429", "1024")
+    .option("--queue-timeout <s>", "longest wait in the queue before 408 (0 = none)", "0")
+    .option("--request-timeout <s>", "per-request deadline (0 = none)", "0")
+    .option("--max-body <bytes>", "largest request body", "4mb")
+    .option("--log-file <path>", "JSON-lines request log (no prompt text unless --log-prompts)")
+    .option("--log-max-size <bytes>", "rotate the request log at this size", "50mb")
+    .option("--log-keep <n>", "rotated request logs kept", "5")
+    .option("--log-prompts", "include prompts in the request log")
+    .option("--cache <where>", "response cache for deterministic requests: memory, or redis://host:port")
+    .option("--cache-ttl <s>", "cache entry lifetime", "600")
+    .option("--cache-size <n>", "in-memory cache entries", "10000")
+    .option("--affinity", "route a chat session (same system prompt + first turn, or x-session-id) to the same instance")
+    .option("--grace <s>", "on SIGINT/SIGTERM, let in-flight requests finish this long", "30")
+    .option("--ready-timeout <s>", "wait this long for engine instances to become ready", "1800")
+    .option("--dry-run", "print the engine choice and exact child commands, start nothing")
+    .action(async (model: string | undefined, f: Flags) => run(model, f, ctx()));
+}
+
+async function run(model: string | undefined, f: Flags, c: CommandContext): Promise<void> {
+  const { out } = c;
+  const keys = [...(f.apiKey ?? [])];
+  if (c.env.DSR_API_KEY) keys.push(c.env.DSR_API_KEY);
+  if (f.apiKeyFile) keys.push(...parseKeyFile(await readFile(f.apiKeyFile, "utf8").catch((e) => { throw usageError(`--api-key-file ${f.apiKeyFile}: ${(e as Error).message}`); })));
+  const modelPath = model && !f.upstream?.length && /^[./~]/.test(model) ? resolve(model) : model;
+  const cfg: ServeConfig = {
+    model: modelPath,
+    engine: f.engine,
+    upstreams: (f.upstream ?? []).map(checkUrl),
+    upstreamApiKey: f.upstreamApiKey,
+    host: f.host,
+    port: int(f.port, "--port", 0, 65535),
+    instances: int(f.instances, "--instances", 1, 64),
+    servedNames: f.servedModelName?.length ? f.servedModelName : model && !f.upstream?.length ? [basename(model.replace(/\/+$/, ""))] : [],
+    reasoningFields: reasoningFields(f.reasoningField),
+    r1Advice: f.r1Advice,
+    affinity: !!f.affinity,
+    engineFlags: {
+      tp: optInt(f.tp, "--tp"),
+      pp: optInt(f.pp, "--pp"),
+      maxModelLen: optInt(f.maxModelLen, "--max-model-len"),
+      gpuMemoryUtilization: f.gpuMemoryUtilization === undefined ? undefined : fraction(f.gpuMemoryUtilization),
+      quantization: f.quantization,
+      dtype: f.dtype,
+      kvCacheDtype: f.kvCacheDtype,
+      maxNumSeqs: optInt(f.maxNumSeqs, "--max-num-seqs"),
+      trustRemoteCode: f.trustRemoteCode,
+      downloadDir: f.downloadDir,
+      enforceEager: f.enforceEager,
+      extra: f.engineArg,
+    },
+    python: f.python,
+    readyTimeoutMs: seconds(f.readyTimeout, "--ready-timeout") * 1000,
+    gateway: {
+      apiKeys: keys,
+      protectAll: !!f.protectAll,
+      maxConcurrency: int(f.maxConcurrency, "--max-concurrency", 1, 1e6),
+      maxQueue: int(f.maxQueue, "--max-queue", 0, 1e7),
+      queueTimeoutMs: seconds(f.queueTimeout, "--queue-timeout") * 1000,
+      requestTimeoutMs: seconds(f.requestTimeout, "--request-timeout") * 1000,
+      maxBodyBytes: bytes(f.maxBody, "--max-body"),
+      logPrompts: !!f.logPrompts,
+    },
+  };
+  if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");
+  const selfCommand = { command: process.execPath, args: [...process.execArgv, process.argv[1]] }; // how to run this dsr again for child instances
+  const deps = { pathValue: c.env.PATH, env: c.env, selfCommand };
+  const plan = await planServe(cfg, deps);
+  out.note(`engine: ${plan.engine} (${plan.reason})`);
+
+  if (f.dryRun) {
+    for (const ch of plan.children) out.line(ch.line);
+    if (plan.children.length === 0) out.line(plan.engine === "upstream" ? `# gateway in front of ${plan.upstreams.join(" ")}` : `# ${plan.engine} engine in process: no child command`);
+    out.result({ engine: plan.engine, reason: plan.reason, children: plan.children.map(({ name, command, args, env, port, readyPath }) => ({ name, command, args, env, port, ready_path: readyPath })), upstreams: plan.upstreams, listen: `${cfg.host}:${cfg.port}` });
+    return;
+  }
+
+  let cache: ResponseCache | undefined;
+  if (f.cache) {
+    const ttl = seconds(f.cacheTtl, "--cache-ttl") * 1000;
+    if (f.cache === "memory") cache = new MemoryCache(int(f.cacheSize, "--cache-size", 1, 1e8), ttl);
+    else if (/^rediss?:\/\//.test(f.cache)) cache = await RedisCache.connect(f.cache, ttl).catch((e) => { throw usageError(`--cache ${redact(f.cache!)}: cannot connect (${(e as Error).message})`, "start redis-server, or use --cache memory"); });
+    else throw usageError(`--cache ${f.cache}: expected "memory" or a redis:// URL`);
+  }
+  const requestLog = f.logFile ? await RequestLog.open({ path: f.logFile, maxBytes: bytes(f.logMaxSize, "--log-max-size"), keep: int(f.logKeep, "--log-keep", 0, 1000) }) : undefined;
+
+  const server = await startServe(cfg, plan, {
+    ...deps,
+    version: VERSION,
+    openTokenEngine: undefined,
+    cache,
+    requestLog,
+    note: (l) => out.note(l),
+    childLog: (name, line) => out.note(`[${name}] ${line}`),
+    signal: c.signal,
+  }).catch(async (e) => {
+    await cache?.close();
+    await requestLog?.close();
+    throw e;
+  });
+  const names = cfg.servedNames.join(", ");
+  out.note(`serving ${names} at ${server.url}/v1 (${keys.length ? `${keys.length} API key(s)` : "no API key"}; metrics at /metrics)`);
+  out.result({ url: server.url, engine: plan.engine, models: cfg.servedNames, instances: plan.children.length || plan.upstreams.length || 1 });
+
+  await new Promise<void>((r) => (c.signal.aborted ? r() : c.signal.addEventListener("abort", () => r(), { once: true })));
+  const grace = seconds(f.grace, "--grace") * 1000;
+  out.note(`shutting down: finishing ${server.gateway.inFlight} in-flight request(s) (up to ${grace / 1000} s)…`);
+  const cancelled = await server.shutdown(grace);
+  await cache?.close();
+  await requestLog?.close();
+  out.note(cancelled ? `stopped; ${cancelled} request(s) cancelled after the grace period` : "stopped cleanly");
+  process.exitCode = 0; // a drained shutdown is a success, not an interruption
+}
+
+function reasoningFields(v: string): ReasoningField[] {
+  if (v === "both") return [...REASONING_FIELDS];
+  if (v === "none") return [];
+  if ((REASONING_FIELDS as readonly string[]).includes(v)) return [v as ReasoningField];
+  throw usageError(`--reasoning-field ${v}: expected both, reasoning_content, reasoning or none`);
+}
+
+function int(v: string, flag: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw usageError(`${flag} ${v}: expected an integer from ${min} to ${max}`);
+  return n;
+}
+const optInt = (v: string | undefined, flag: string) => (v === undefined ? undefined : int(v, flag, 1, 1e9));
+
+function fraction(v: string): number {
+  const n = Number(v);
+  if (!(n > 0 && n <= 1)) throw usageError(`--gpu-memory-utilization ${v}: expected a fraction in (0, 1]`);
+  return n;
+}
+
+function seconds(v: string, flag: string): number {
+  const n = Number(v);
+  if (!(n >= 0) || !Number.isFinite(n)) throw usageError(`${flag} ${v}: expected seconds (a number ≥ 0)`);
+  return n;
+}
+
+function bytes(v: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?$/i.exec(v.trim());
+  if (!m) throw usageError(`${flag} ${v}: expected a size such as 4mb or 1048576`);
+  const unit = (m[2] ?? "b").toLowerCase();
+  const mult = unit === "b" ? 1 : unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : 1024 ** 3;
+  return Math.floor(Number(m[1]) * mult);
+}
+
+function checkUrl(u: string): string {
+  try {
+    const x = new URL(u);
+    if (x.protocol !== "http:" && x.protocol !== "https:") throw new Error("not http(s)");
+    return x.origin;
+  } catch {
+    throw usageError(`--upstream ${u}: not an http(s) URL`, "e.g. --upstream http://127.0.0.1:8001 http://127.0.0.1:8002");
+  }
+}
+
+const redact = (u: string) => u.replace(/\/\/[^@/]*@/, "//***@");

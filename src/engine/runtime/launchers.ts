@@ -1,0 +1,129 @@
+/**
+ * Child command lines for GPU engines, with dsr's flags translated (facts §1.2, §3.1). Only flags
+ * that current releases accept are emitted: never vLLM's removed `--enable-reasoning` or
+ * `--swap-space`; the reasoning parser is spelled `deepseek_r1` for vLLM and `deepseek-r1` for SGLang.
+ * Children listen on loopback only; auth, limits and metrics are the gateway's job.
+ */
+import { access, constants } from "node:fs/promises";
+import { delimiter, join } from "node:path";
+import { execFile } from "node:child_process";
+import { DsrError, ExitCode } from "../errors.js";
+
+export interface EngineFlags {
+  model: string;
+  tp?: number;
+  pp?: number;
+  maxModelLen?: number;
+  /** Fraction of each GPU this instance may use (already divided among instances). */
+  gpuMemoryUtilization?: number;
+  quantization?: string;
+  dtype?: string;
+  kvCacheDtype?: string;
+  maxNumSeqs?: number;
+  servedModelName?: string;
+  reasoning: boolean;
+  trustRemoteCode?: boolean;
+  downloadDir?: string;
+  enforceEager?: boolean;
+  /** Passed through verbatim after the translated flags (`--engine-arg`). */
+  extra?: string[];
+}
+
+export interface ChildCommand {
+  command: string;
+  args: string[];
+  /** Readiness path: vLLM's /health, SGLang's /health_generate (its /health and /v1/models answer early). */
+  readyPath: string;
+}
+
+const opt = (args: string[], flag: string, v: string | number | undefined) => {
+  if (v !== undefined && v !== "") args.push(flag, String(v));
+};
+
+export function vllmCommand(f: EngineFlags, host: string, port: number, vllmBin = "vllm"): ChildCommand {
+  const a = ["serve", f.model, "--host", host, "--port", String(port)];
+  opt(a, "--tensor-parallel-size", f.tp);
+  opt(a, "--pipeline-parallel-size", f.pp);
+  opt(a, "--max-model-len", f.maxModelLen);
+  opt(a, "--gpu-memory-utilization", f.gpuMemoryUtilization);
+  opt(a, "--quantization", f.quantization);
+  opt(a, "--dtype", f.dtype);
+  opt(a, "--kv-cache-dtype", f.kvCacheDtype);
+  opt(a, "--max-num-seqs", f.maxNumSeqs);
+  opt(a, "--served-model-name", f.servedModelName);
+  if (f.reasoning) a.push("--reasoning-parser", "deepseek_r1");
+  if (f.trustRemoteCode) a.push("--trust-remote-code");
+  opt(a, "--download-dir", f.downloadDir);
+  if (f.enforceEager) a.push("--enforce-eager");
+  a.push(...(f.extra ?? []));
+  return { command: vllmBin, args: a, readyPath: "/health" };
+}
+
+export function sglangCommand(f: EngineFlags, host: string, port: number, python = "python3"): ChildCommand {
+  const a = ["-m", "sglang.launch_server", "--model-path", f.model, "--host", host, "--port", String(port)];
+  opt(a, "--tp-size", f.tp);
+  opt(a, "--pp-size", f.pp);
+  opt(a, "--context-length", f.maxModelLen);
+  opt(a, "--mem-fraction-static", f.gpuMemoryUtilization);
+  opt(a, "--quantization", f.quantization);
+  opt(a, "--dtype", f.dtype);
+  opt(a, "--kv-cache-dtype", f.kvCacheDtype);
+  opt(a, "--max-running-requests", f.maxNumSeqs);
+  opt(a, "--served-model-name", f.servedModelName);
+  if (f.reasoning) a.push("--reasoning-parser", "deepseek-r1");
+  if (f.trustRemoteCode) a.push("--trust-remote-code");
+  opt(a, "--download-dir", f.downloadDir);
+  a.push("--enable-metrics");
+  a.push(...(f.extra ?? []));
+  return { command: python, args: a, readyPath: "/health_generate" };
+}
+
+/** Quotes a command line for printing (--dry-run) so it can be pasted into a shell. */
+export function shellLine(env: Record<string, string>, command: string, args: string[]): string {
+  const q = (s: string) => (/^[A-Za-z0-9_\-./:=@,+]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  const e = Object.entries(env).map(([k, v]) => `${k}=${q(v)}`);
+  return [...e, q(command), ...args.map(q)].join(" ");
+}
+
+/** Finds an executable on PATH (the PATH value is passed in: engine code does not read process.env). */
+export async function which(name: string, pathValue: string | undefined): Promise<string | undefined> {
+  if (name.includes("/")) return (await isExec(name)) ? name : undefined;
+  for (const dir of (pathValue ?? "").split(delimiter)) {
+    if (!dir) continue;
+    const p = join(dir, name);
+    if (await isExec(p)) return p;
+  }
+  return undefined;
+}
+
+const isExec = (p: string) => access(p, constants.X_OK).then(() => true, () => false);
+
+function run(cmd: string, args: string[], timeoutMs: number, env?: NodeJS.ProcessEnv): Promise<{ ok: boolean; stdout: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, env }, (err, stdout) => resolve({ ok: !err, stdout: String(stdout) }));
+  });
+}
+
+/** Number of NVIDIA GPUs `nvidia-smi -L` lists (0 when it is absent). */
+export async function countGpus(pathValue: string | undefined): Promise<number> {
+  const smi = await which("nvidia-smi", pathValue);
+  if (!smi) return 0;
+  const r = await run(smi, ["-L"], 10_000);
+  return r.ok ? r.stdout.split("\n").filter((l) => l.startsWith("GPU ")).length : 0;
+}
+
+/** True when `python -c "import <module>"` succeeds. */
+export async function pythonHas(python: string, module: string, env?: NodeJS.ProcessEnv): Promise<boolean> {
+  return (await run(python, ["-c", `import ${module}`], 60_000, env)).ok;
+}
+
+export function missingEngine(engine: "vllm" | "sglang", python: string): DsrError {
+  return new DsrError(
+    "DSR_ENGINE_MISSING",
+    engine === "vllm" ? "--engine vllm: the `vllm` command is not installed (not on PATH)" : `--engine sglang: \`${python} -m sglang.launch_server\` is not available (module sglang not importable)`,
+    {
+      exitCode: ExitCode.usage,
+      hint: engine === "vllm" ? "install it with `pip install vllm` (needs a CUDA GPU), or use --engine embedded, or --upstream URL" : 'install it with `pip install "sglang[all]"` (needs a CUDA GPU), or pass --python, or use --engine embedded',
+    },
+  );
+}

@@ -1,0 +1,91 @@
+/**
+ * One OpenAI-compatible upstream (vLLM, SGLang, Ollama, another dsr, a dsr child instance): a
+ * keep-alive connection pool, a health probe, and the in-flight count the router balances on.
+ * `gate` lets a supervisor hold the instance unhealthy while its process is down or starting.
+ */
+import { Pool } from "undici";
+
+export interface UpstreamOptions {
+  /** Liveness path probed periodically: /health (vLLM, SGLang, dsr); falls back to /v1/models on 404. */
+  healthPath?: string;
+  probeIntervalMs?: number;
+  apiKey?: string;
+  gate?: () => boolean;
+}
+
+export class UpstreamInstance {
+  readonly origin: string;
+  readonly pool: Pool;
+  outstanding = 0;
+  probeOk = true;
+  lastError?: string;
+  modelIds: string[] = [];
+  private healthPath: string;
+  private timer?: NodeJS.Timeout;
+
+  constructor(readonly name: string, url: string, readonly o: UpstreamOptions = {}) {
+    const u = new URL(url);
+    this.origin = u.origin;
+    this.healthPath = o.healthPath ?? "/health";
+    // HTTP/1.1 has one stream per connection: no cap, so 1000 concurrent streams get 1000 sockets.
+    this.pool = new Pool(this.origin, { connections: null, pipelining: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connectTimeout: 5_000, headersTimeout: 0, bodyTimeout: 0 });
+  }
+
+  get healthy(): boolean {
+    return this.probeOk && (this.o.gate ? this.o.gate() : true);
+  }
+
+  authHeaders(): Record<string, string> {
+    return this.o.apiKey ? { authorization: `Bearer ${this.o.apiKey}` } : {};
+  }
+
+  /** Marks the instance down after a failed request; the next successful probe brings it back. */
+  markFailed(reason: string): void {
+    this.probeOk = false;
+    this.lastError = reason;
+  }
+
+  async probe(signal?: AbortSignal): Promise<boolean> {
+    try {
+      let r = await this.pool.request({ path: this.healthPath, method: "GET", headers: this.authHeaders(), signal, headersTimeout: 5_000, bodyTimeout: 5_000 });
+      await r.body.dump();
+      if (r.statusCode === 404 && this.healthPath !== "/v1/models") {
+        this.healthPath = "/v1/models"; // a generic OpenAI server without /health
+        r = await this.pool.request({ path: this.healthPath, method: "GET", headers: this.authHeaders(), signal, headersTimeout: 5_000, bodyTimeout: 5_000 });
+        await r.body.dump();
+      }
+      this.probeOk = r.statusCode === 200;
+      this.lastError = this.probeOk ? undefined : `${this.healthPath} answered HTTP ${r.statusCode}`;
+    } catch (e) {
+      this.probeOk = false;
+      this.lastError = (e as Error).message;
+    }
+    return this.probeOk;
+  }
+
+  /** Model ids the upstream serves (GET /v1/models), remembered for model-name mapping. */
+  async fetchModels(): Promise<string[]> {
+    const r = await this.pool.request({ path: "/v1/models", method: "GET", headers: this.authHeaders(), headersTimeout: 10_000, bodyTimeout: 10_000 });
+    const text = await r.body.text();
+    if (r.statusCode !== 200) throw new Error(`GET ${this.origin}/v1/models answered HTTP ${r.statusCode}: ${text.slice(0, 200)}`);
+    const j = JSON.parse(text) as { data?: { id?: unknown }[] };
+    this.modelIds = (j.data ?? []).map((m) => m.id).filter((x): x is string => typeof x === "string");
+    return this.modelIds;
+  }
+
+  startProbing(): void {
+    if (this.timer) return;
+    const tick = () => {
+      void this.probe().finally(() => {
+        if (this.timer) this.timer = setTimeout(tick, this.o.probeIntervalMs ?? 2_000).unref();
+      });
+    };
+    this.timer = setTimeout(tick, this.o.probeIntervalMs ?? 2_000).unref();
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.pool.destroy().catch(() => undefined);
+  }
+}

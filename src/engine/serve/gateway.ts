@@ -1,0 +1,320 @@
+/**
+ * The OpenAI-compatible HTTP front: routing, auth, body limits, validation, admission control,
+ * response cache, metrics, request log and graceful drain. Generation itself is the backend's job
+ * (an upstream router or a token engine); the gateway only hands it a validated request and a Sink.
+ *
+ * node:http directly rather than a framework: the hot path (a proxied SSE stream) must add well under
+ * a millisecond, and there are only eight routes.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { randomUUID } from "node:crypto";
+import { ApiKeys } from "./auth.js";
+import { cacheKey, type ResponseCache } from "./cache.js";
+import { HttpError } from "./http-error.js";
+import { Limiter } from "./limiter.js";
+import { GatewayMetrics } from "./metrics.js";
+import type { RequestLog, RequestLogEntry } from "./request-log.js";
+import { parseRequest, type Endpoint } from "./schemas.js";
+import { ResponseSink } from "./sink.js";
+import type { Backend, GenerationRequest, RequestRecord } from "./types.js";
+
+export interface GatewayOptions {
+  backend: Backend;
+  version: string;
+  apiKeys?: readonly string[];
+  /** Guard /health, /ready, /metrics and /version too. */
+  protectAll?: boolean;
+  maxConcurrency: number;
+  maxQueue: number;
+  queueTimeoutMs?: number;
+  /** Per-request deadline (ms); 0 = none. */
+  requestTimeoutMs?: number;
+  maxBodyBytes: number;
+  cache?: ResponseCache;
+  requestLog?: RequestLog;
+  logPrompts?: boolean;
+  metrics?: GatewayMetrics;
+}
+
+const ROUTES: Record<string, Endpoint> = { "/v1/chat/completions": "chat", "/v1/completions": "completions" };
+
+export class Gateway {
+  readonly metrics: GatewayMetrics;
+  private readonly server: Server;
+  private readonly keys: ApiKeys;
+  private readonly limiter: Limiter;
+  private draining = false;
+  private readonly inflight = new Set<AbortController>();
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly o: GatewayOptions) {
+    this.metrics = o.metrics ?? new GatewayMetrics(o.backend.models()[0]?.id ?? "unknown");
+    this.keys = new ApiKeys(o.apiKeys ?? []);
+    this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
+    this.server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
+      void this.dispatch(req, res);
+    });
+    this.server.maxHeadersCount = 200;
+  }
+
+  listen(port: number, host: string): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen({ port, host, backlog: 4096 }, () => {
+        this.server.off("error", reject);
+        resolve(this.server.address() as AddressInfo);
+      });
+    });
+  }
+
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `graceMs`, then cancels the rest.
+   * Returns how many requests had to be cancelled.
+   */
+  async drain(graceMs: number): Promise<number> {
+    this.draining = true;
+    this.server.close();
+    this.server.closeIdleConnections();
+    if (this.inflight.size > 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, graceMs);
+        this.idleWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    const cancelled = this.inflight.size;
+    for (const c of this.inflight) c.abort(new HttpError(503, "server shutting down", { code: "shutting_down" }));
+    // give aborted handlers a moment to write their in-band error before sockets are cut
+    if (cancelled > 0) await new Promise((r) => setTimeout(r, 50));
+    this.server.closeAllConnections();
+    return cancelled;
+  }
+
+  private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const t0 = performance.now();
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    const path = q >= 0 ? url.slice(0, q) : url;
+    const idHeader = req.headers["x-request-id"];
+    const id = typeof idHeader === "string" && idHeader.length > 0 && idHeader.length <= 128 ? idHeader : randomUUID();
+    res.setHeader("x-request-id", id);
+    try {
+      if (req.method === "OPTIONS") {
+        res.writeHead(204, { allow: "GET, POST, OPTIONS" }).end();
+        return;
+      }
+      const endpoint = ROUTES[path];
+      if (endpoint) {
+        if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
+        this.keys.check(req.headers);
+        await this.generate(endpoint, id, path, req, res, t0);
+        return;
+      }
+      if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
+      if (path.startsWith("/v1/") || this.o.protectAll) this.keys.check(req.headers);
+      await this.serveInfo(path, res);
+    } catch (e) {
+      this.fail(res, e);
+    }
+  }
+
+  private async serveInfo(path: string, res: ServerResponse): Promise<void> {
+    switch (path) {
+      case "/":
+        return void res.writeHead(200, { "content-type": "text/plain" }).end("dsr serve is running\n");
+      case "/health":
+        return sendJson(res, this.draining ? 503 : 200, { status: this.draining ? "draining" : "ok" });
+      case "/ready": {
+        const ready = !this.draining && this.o.backend.ready();
+        return sendJson(res, ready ? 200 : 503, { ready, draining: this.draining, ...this.o.backend.describe() });
+      }
+      case "/version":
+        return sendJson(res, 200, { version: this.o.version });
+      case "/metrics": {
+        this.metrics.running.set(this.limiter.running);
+        this.metrics.waiting.set(this.limiter.waiting);
+        const m = await this.metrics.render();
+        return void res.writeHead(200, { "content-type": m.contentType }).end(m.body);
+      }
+      case "/v1/models":
+        return sendJson(res, 200, { object: "list", data: this.o.backend.models() });
+      default:
+        if (path.startsWith("/v1/models/")) {
+          const name = decodeURIComponent(path.slice("/v1/models/".length));
+          const card = this.o.backend.models().find((m) => m.id === name);
+          if (card) return sendJson(res, 200, card);
+          throw modelNotFound(name);
+        }
+        throw new HttpError(404, `no route ${path}`, { code: "not_found" });
+    }
+  }
+
+  private async generate(endpoint: Endpoint, id: string, path: string, req: IncomingMessage, res: ServerResponse, t0: number): Promise<void> {
+    if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
+    const ac = new AbortController();
+    this.inflight.add(ac);
+    const record: RequestRecord = {};
+    const entry: Partial<RequestLogEntry> = {};
+    let status = 500;
+    let queueMs: number | undefined;
+    let release: (() => void) | undefined;
+    const onClose = () => {
+      if (!res.writableFinished) ac.abort(new HttpError(499, "client disconnected", { code: "client_closed" }));
+    };
+    res.on("close", onClose);
+    let timer: NodeJS.Timeout | undefined;
+    if (this.o.requestTimeoutMs) {
+      timer = setTimeout(() => ac.abort(new HttpError(504, `request exceeded the ${this.o.requestTimeoutMs} ms timeout`, { code: "timeout" })), this.o.requestTimeoutMs);
+    }
+    const sink = new ResponseSink(res, ac.signal);
+    try {
+      const rawBody = await readBody(req, this.o.maxBodyBytes);
+      let body: unknown;
+      try {
+        body = JSON.parse(rawBody.toString("utf8"));
+      } catch (e) {
+        throw new HttpError(400, `invalid JSON in request body: ${(e as Error).message}`, { code: "invalid_json" });
+      }
+      const parsed = parseRequest(endpoint, body);
+      const model = this.resolveModel(parsed.model);
+      const stream = parsed.stream === true;
+      Object.assign(entry, { model, stream });
+      if (this.o.logPrompts) entry.prompt = endpoint === "chat" ? (parsed as { messages: unknown }).messages : (parsed as { prompt: unknown }).prompt;
+
+      const key = this.o.cache ? cacheKey(endpoint, model, body as Record<string, unknown>) : undefined;
+      if (key && this.o.cache) {
+        const hit = await this.o.cache.get(key);
+        this.metrics.cacheLookups.inc({ result: hit ? "hit" : "miss" });
+        entry.cache = hit ? "hit" : "miss";
+        if (hit) {
+          res.writeHead(200, { "content-type": hit.contentType, "x-dsr-cache": "hit" }).end(hit.body);
+          status = 200;
+          return;
+        }
+        sink.capture();
+      }
+
+      const tq = performance.now();
+      const got = this.limiter.acquire(ac.signal);
+      release = typeof got === "function" ? got : await got;
+      queueMs = performance.now() - tq;
+      this.metrics.queueTime.observe(queueMs / 1000);
+
+      const g: GenerationRequest = { id, endpoint, req: parsed, rawBody, model, stream, headers: req.headers, signal: ac.signal, sink, record, t0 };
+      await this.o.backend.handle(g);
+      status = sink.status || 200;
+      if (key && this.o.cache && status === 200 && !ac.signal.aborted && !sink.failedInBand) {
+        const captured = sink.captured();
+        if (captured) await this.o.cache.set(key, captured);
+      }
+    } catch (e) {
+      const err = ac.signal.aborted && ac.signal.reason instanceof HttpError && !(e instanceof HttpError && e.status < 500) ? ac.signal.reason : e;
+      status = err instanceof HttpError ? err.status : 500;
+      entry.error = err instanceof Error ? err.message : String(err);
+      if (sink.started) sink.inBandError(err);
+      else this.fail(res, err);
+    } finally {
+      release?.();
+      if (timer) clearTimeout(timer);
+      res.off("close", onClose);
+      this.inflight.delete(ac);
+      if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
+      this.finish(id, path, status, t0, queueMs, record, entry);
+    }
+  }
+
+  private resolveModel(requested: string | undefined): string {
+    const models = this.o.backend.models();
+    if (!requested) return models[0].id;
+    if (models.some((m) => m.id === requested)) return requested;
+    throw modelNotFound(requested);
+  }
+
+  private finish(id: string, path: string, status: number, t0: number, queueMs: number | undefined, r: RequestRecord, entry: Partial<RequestLogEntry>): void {
+    const latency = performance.now() - t0;
+    const m = this.metrics;
+    if (status === 200) {
+      m.success.inc({ finished_reason: r.finishReason ?? "stop" });
+      m.e2e.observe(latency / 1000);
+      if (r.promptTokens) m.promptTokens.inc(r.promptTokens);
+      if (r.completionTokens) {
+        m.generationTokens.inc(r.completionTokens);
+        if (r.ttftMs !== undefined && r.completionTokens > 1) m.tpot.observe((latency - r.ttftMs) / 1000 / (r.completionTokens - 1));
+      }
+    } else {
+      m.failures.inc({ status: String(status) });
+    }
+    this.o.requestLog?.write({
+      ts: new Date().toISOString(),
+      id,
+      method: "POST",
+      path,
+      status,
+      ...entry,
+      instance: r.instance,
+      prompt_tokens: r.promptTokens,
+      completion_tokens: r.completionTokens,
+      finish_reason: r.finishReason,
+      ttft_ms: r.ttftMs === undefined ? undefined : round(r.ttftMs),
+      latency_ms: round(latency),
+      queue_ms: queueMs === undefined ? undefined : round(queueMs),
+      retries: r.retries || undefined,
+    });
+  }
+
+  private fail(res: ServerResponse, e: unknown): void {
+    const err = e instanceof HttpError ? e : new HttpError(500, `internal error: ${e instanceof Error ? e.message : String(e)}`, { code: "internal_error" });
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    // 499 is our internal "client went away": nobody is listening, just close.
+    if (err.status === 499) {
+      res.destroy();
+      return;
+    }
+    sendJson(res, err.status, err.body(), err.headers);
+  }
+}
+
+function modelNotFound(name: string): HttpError {
+  return new HttpError(404, `The model \`${name}\` does not exist.`, { param: "model", code: "model_not_found" });
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const s = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(s), ...headers }).end(s);
+}
+
+const round = (ms: number) => Math.round(ms * 100) / 100;
+
+/** Reads the body, refusing more than `limit` bytes with 413 before buffering them. */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers["content-length"]);
+  if (Number.isFinite(declared) && declared > limit) {
+    req.resume();
+    return Promise.reject(new HttpError(413, `request body of ${declared} bytes exceeds the ${limit}-byte limit`, { code: "body_too_large", headers: { connection: "close" } }));
+  }
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    req.on("data", (c: Buffer) => {
+      n += c.length;
+      if (n > limit) {
+        req.removeAllListeners("data");
+        req.resume(); // discard the rest so the 413 can still be written on this connection
+        reject(new HttpError(413, `request body exceeds the ${limit}-byte limit`, { code: "body_too_large", headers: { connection: "close" } }));
+      } else parts.push(c);
+    });
+    req.on("end", () => resolve(parts.length === 1 ? parts[0] : Buffer.concat(parts)));
+    req.on("error", reject);
+    req.on("aborted", () => reject(new HttpError(499, "client disconnected", { code: "client_closed" })));
+  });
+}

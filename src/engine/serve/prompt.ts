@@ -1,0 +1,79 @@
+/**
+ * Request → prompt token ids for token engines, where the gateway owns the text side: chat template,
+ * the seed guides' R1 advice (no system turn: fold it into the first user message), sampling defaults
+ * from generation_config.json (R1: temperature 0.6), and the context-length check (400 with the
+ * numbers, worded like vLLM's so clients that parse it keep working).
+ */
+import type { SamplingParams } from "../runtime/types.js";
+import type { ChatMessage as TemplateMessage, TextModel } from "../text/index.js";
+import { HttpError } from "./http-error.js";
+import { messageText, requestedMaxTokens, type ChatRequest, type CompletionRequest } from "./schemas.js";
+
+export interface PromptOptions {
+  /** Fold system prompts into the first user turn and default temperature to generation_config's (0.6 for R1). */
+  r1Advice: boolean;
+}
+
+export function chatPromptIds(text: TextModel, req: ChatRequest, o: PromptOptions): number[] {
+  let msgs: TemplateMessage[] = req.messages.map((m) => ({ role: m.role === "developer" ? "system" : m.role, content: messageText(m) }));
+  if (o.r1Advice) msgs = foldSystem(msgs);
+  return text.encode(text.applyChatTemplate(msgs, { addGenerationPrompt: true }));
+}
+
+/** DeepSeek's R1 usage advice: "avoid adding a system prompt; all instructions should be contained within the user prompt". */
+export function foldSystem(msgs: TemplateMessage[]): TemplateMessage[] {
+  const system = msgs.filter((m) => m.role === "system").map((m) => m.content).filter((c) => c.length > 0);
+  const rest = msgs.filter((m) => m.role !== "system");
+  if (system.length === 0) return rest;
+  const i = rest.findIndex((m) => m.role === "user");
+  const prefix = system.join("\n\n");
+  if (i < 0) return [{ role: "user", content: prefix }, ...rest];
+  return rest.map((m, k) => (k === i ? { ...m, content: `${prefix}\n\n${m.content}` } : m));
+}
+
+/** Completions prompts: text, token ids, or a batch of either (each becomes its own choice). */
+export function completionPrompts(text: TextModel, req: CompletionRequest): { ids: number[]; text: string }[] {
+  const p = req.prompt;
+  if (typeof p === "string") return [{ ids: text.encode(p), text: p }];
+  if (p.length > 0 && typeof p[0] === "number") return [{ ids: p as number[], text: text.decode(p as number[]) }];
+  if (p.length > 0 && Array.isArray(p[0])) return (p as number[][]).map((ids) => ({ ids, text: text.decode(ids) }));
+  return (p as string[]).map((s) => ({ ids: text.encode(s), text: s }));
+}
+
+/** The generation budget, checked against the context window. */
+export function tokenBudget(req: ChatRequest | CompletionRequest, promptLen: number, contextLength: number): number {
+  const asked = requestedMaxTokens(req);
+  const field = (req as ChatRequest).max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
+  if (asked !== undefined && promptLen + asked > contextLength) {
+    throw new HttpError(
+      400,
+      `This model's maximum context length is ${contextLength} tokens. However, you requested ${promptLen + asked} tokens (${promptLen} in the messages, ${asked} in the completion). Please reduce the length of the messages or completion.`,
+      { param: field, code: "context_length_exceeded" },
+    );
+  }
+  if (promptLen >= contextLength) {
+    throw new HttpError(
+      400,
+      `This model's maximum context length is ${contextLength} tokens. However, your messages resulted in ${promptLen} tokens. Please reduce the length of the messages.`,
+      { param: "messages", code: "context_length_exceeded" },
+    );
+  }
+  return asked ?? contextLength - promptLen;
+}
+
+export function samplingFor(text: TextModel, req: ChatRequest | CompletionRequest, o: PromptOptions, logprobs: number | undefined, index: number): SamplingParams {
+  const d = text.generationDefaults;
+  const temperature = req.temperature ?? (o.r1Advice ? d.temperature ?? 0.6 : 1);
+  return {
+    temperature,
+    topP: req.top_p ?? (o.r1Advice ? d.topP ?? 1 : 1),
+    topK: req.top_k != null && req.top_k > 0 ? req.top_k : o.r1Advice ? d.topK ?? 0 : 0,
+    minP: req.min_p ?? 0,
+    // n > 1 with a seed: distinct but reproducible streams
+    seed: req.seed != null ? req.seed + index : undefined,
+    presencePenalty: req.presence_penalty ?? 0,
+    frequencyPenalty: req.frequency_penalty ?? 0,
+    repetitionPenalty: req.repetition_penalty ?? (o.r1Advice ? d.repetitionPenalty ?? 1 : 1),
+    logprobs,
+  };
+}

@@ -1,0 +1,68 @@
+/**
+ * Picks an instance for each request: least outstanding requests among the healthy ones, or the
+ * better of two random picks ("power of two choices") when there are many, so a stale view of the
+ * loads does not send a burst to one instance. With affinity on, requests with the same affinity key
+ * (chat session: system prompt + first user turn, or an `x-session-id` header) return to the instance
+ * that served the key before, unless it is unhealthy or clearly busier than the least-loaded one —
+ * SGLang's cache-aware balance guard (facts §3.2), simplified to request counts.
+ */
+export interface RoutedInstance {
+  readonly name: string;
+  readonly healthy: boolean;
+  outstanding: number;
+}
+
+export interface RouterOptions {
+  affinity: boolean;
+  /** Above this many healthy instances, use power-of-two-choices. */
+  p2cThreshold?: number;
+  /** Affinity is ignored when the sticky instance has this many more requests than the least loaded. */
+  balanceAbs?: number;
+  /** Remembered affinity keys (LRU). */
+  maxKeys?: number;
+  random?: () => number;
+}
+
+export class Router<T extends RoutedInstance> {
+  private readonly sticky = new Map<string, T>();
+  private readonly rnd: () => number;
+
+  constructor(readonly instances: readonly T[], private readonly o: RouterOptions) {
+    this.rnd = o.random ?? Math.random;
+  }
+
+  healthy(): T[] {
+    return this.instances.filter((i) => i.healthy);
+  }
+
+  pick(exclude: ReadonlySet<T> = new Set(), affinityKey?: string): T | undefined {
+    const cands = this.instances.filter((i) => i.healthy && !exclude.has(i));
+    if (cands.length === 0) return undefined;
+    const least = this.leastLoaded(cands);
+    if (!this.o.affinity || affinityKey === undefined) return least;
+    const prev = this.sticky.get(affinityKey);
+    let chosen = least;
+    if (prev && cands.includes(prev) && prev.outstanding - least.outstanding <= (this.o.balanceAbs ?? 4)) chosen = prev;
+    this.sticky.delete(affinityKey);
+    this.sticky.set(affinityKey, chosen);
+    if (this.sticky.size > (this.o.maxKeys ?? 100_000)) this.sticky.delete(this.sticky.keys().next().value!);
+    return chosen;
+  }
+
+  private leastLoaded(cands: T[]): T {
+    if (cands.length > (this.o.p2cThreshold ?? 4)) {
+      const a = cands[Math.floor(this.rnd() * cands.length)];
+      let b = cands[Math.floor(this.rnd() * (cands.length - 1))];
+      if (b === a) b = cands[cands.length - 1];
+      return b.outstanding < a.outstanding ? b : a;
+    }
+    // start the scan at a random offset so ties spread instead of always landing on instance 0
+    const off = Math.floor(this.rnd() * cands.length);
+    let best = cands[off];
+    for (let k = 1; k < cands.length; k++) {
+      const c = cands[(off + k) % cands.length];
+      if (c.outstanding < best.outstanding) best = c;
+    }
+    return best;
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * Assembles a running `dsr serve` from its options: picks the engine (`auto` prints why), plans the
+ * child processes (vLLM / SGLang / dsr embedded instances) with their exact command lines — what
+ * `--dry-run` prints — then starts children under supervisors, waits for real readiness, and puts the
+ * gateway in front. Multi-instance is one code path: N children, each an OpenAI upstream behind the
+ * router. A single embedded instance runs in process (no extra hop).
+ */
+import { createServer } from "node:net";
+import { DsrError, ExitCode } from "../errors.js";
+import { countGpus, missingEngine, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags } from "../runtime/launchers.js";
+import { Supervisor, type ChildState } from "../runtime/supervisor.js";
+import type { TokenEngine } from "../runtime/types.js";
+import { UpstreamInstance } from "../runtime/upstream.js";
+import type { TextModel } from "../text/index.js";
+import type { ResponseCache } from "./cache.js";
+import { Gateway } from "./gateway.js";
+import { GatewayMetrics } from "./metrics.js";
+import { ProxyBackend } from "./proxy.js";
+import type { ReasoningField } from "./reasoning.js";
+import type { RequestLog } from "./request-log.js";
+import { TokenBackend } from "./token-backend.js";
+import type { Backend } from "./types.js";
+
+export type EngineName = "auto" | "embedded" | "torch" | "vllm" | "sglang";
+
+export interface ServeConfig {
+  model?: string;
+  engine: EngineName;
+  upstreams: string[];
+  upstreamApiKey?: string;
+  host: string;
+  port: number;
+  instances: number;
+  servedNames: string[];
+  reasoningFields: ReasoningField[];
+  r1Advice: boolean;
+  affinity: boolean;
+  engineFlags: Omit<EngineFlags, "model" | "servedModelName" | "reasoning">;
+  python: string;
+  readyTimeoutMs: number;
+  gateway: {
+    apiKeys: string[];
+    protectAll: boolean;
+    maxConcurrency: number;
+    maxQueue: number;
+    queueTimeoutMs: number;
+    requestTimeoutMs: number;
+    maxBodyBytes: number;
+    logPrompts: boolean;
+  };
+}
+
+export interface ServeDeps {
+  version: string;
+  /** PATH, for finding vllm / nvidia-smi. */
+  pathValue: string | undefined;
+  env: NodeJS.ProcessEnv;
+  /** How to run this dsr again (node + entry script), for embedded child instances. */
+  selfCommand: { command: string; args: string[] };
+  /** Opens the in-process token engine (absent until the embedded engine is built). */
+  openTokenEngine?: (modelPath: string) => Promise<{ engine: TokenEngine; text: TextModel }>;
+  cache?: ResponseCache;
+  requestLog?: RequestLog;
+  note: (line: string) => void;
+  childLog: (name: string, line: string) => void;
+  signal: AbortSignal;
+}
+
+export interface PlannedChild {
+  name: string;
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  port: number;
+  readyPath: string;
+  line: string;
+}
+
+export interface ServePlan {
+  engine: Exclude<EngineName, "auto"> | "upstream";
+  reason: string;
+  children: PlannedChild[];
+  upstreams: string[];
+}
+
+/** Decides the engine. `auto`: vLLM if installed and a GPU is visible, else the torch worker if PyTorch sees a GPU (not built yet: skipped), else embedded. */
+export async function chooseEngine(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env">): Promise<{ engine: ServePlan["engine"]; reason: string }> {
+  if (cfg.upstreams.length > 0) return { engine: "upstream", reason: `--upstream given (${cfg.upstreams.length} URL${cfg.upstreams.length > 1 ? "s" : ""})` };
+  if (cfg.engine !== "auto") return { engine: cfg.engine, reason: `--engine ${cfg.engine}` };
+  const gpus = await countGpus(deps.pathValue);
+  if (gpus > 0 && (await which("vllm", deps.pathValue))) return { engine: "vllm", reason: `auto: vllm installed and ${gpus} GPU(s) visible` };
+  if (gpus > 0 && (await pythonHas(cfg.python, "torch", deps.env))) {
+    return { engine: "embedded", reason: `auto: ${gpus} GPU(s) and PyTorch found, but the torch worker is not built yet; using the embedded CPU engine` };
+  }
+  return { engine: "embedded", reason: gpus > 0 ? `auto: ${gpus} GPU(s) but no vllm on PATH; using the embedded CPU engine` : "auto: no GPU visible; using the embedded CPU engine" };
+}
+
+export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env" | "selfCommand">): Promise<ServePlan> {
+  const { engine, reason } = await chooseEngine(cfg, deps);
+  if (engine === "upstream") return { engine, reason, children: [], upstreams: cfg.upstreams };
+  if (engine === "torch") {
+    throw new DsrError("DSR_NOT_BUILT", "--engine torch: the CUDA-backed PyTorch worker (native/) is not built yet", {
+      exitCode: ExitCode.usage,
+      hint: "use --engine vllm or --engine sglang on a GPU machine, --engine embedded on CPU, or --upstream URL",
+    });
+  }
+  if (!cfg.model) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
+  const n = cfg.instances;
+  if (engine === "embedded" && n === 1) return { engine, reason, children: [], upstreams: [] };
+  const ports = await freePorts(n);
+  const name = cfg.servedNames[0];
+  const children = ports.map((port, i): PlannedChild => {
+    let cmd: { command: string; args: string[]; readyPath: string };
+    const env: Record<string, string> = {};
+    if (engine === "embedded") {
+      const a = [...deps.selfCommand.args, "serve", cfg.model!, "--engine", "embedded", "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
+      for (const s of cfg.servedNames) a.push("--served-model-name", s);
+      a.push("--reasoning-field", cfg.reasoningFields.length === 2 ? "both" : cfg.reasoningFields[0] ?? "none");
+      if (!cfg.r1Advice) a.push("--no-r1-advice");
+      a.push("--max-concurrency", String(cfg.gateway.maxConcurrency), "--max-queue", String(cfg.gateway.maxQueue), "--grace", "5");
+      cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };
+    } else {
+      // GPU engines: the memory fraction is shared out among instances, as the seed guides do by hand (0.4 + 0.4).
+      const util = cfg.engineFlags.gpuMemoryUtilization ?? 0.9;
+      const flags: EngineFlags = { ...cfg.engineFlags, model: cfg.model!, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: n > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / n) : undefined };
+      cmd = engine === "vllm" ? vllmCommand(flags, "127.0.0.1", port) : sglangCommand(flags, "127.0.0.1", port, cfg.python);
+    }
+    return { name: `i${i}`, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args) };
+  });
+  return { engine, reason, children, upstreams: [] };
+}
+
+export interface RunningServe {
+  url: string;
+  gateway: Gateway;
+  plan: ServePlan;
+  /** Drains the gateway (up to graceMs), stops children, closes everything. Returns cancelled requests. */
+  shutdown(graceMs: number): Promise<number>;
+}
+
+export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeDeps): Promise<RunningServe> {
+  const metrics = new GatewayMetrics(cfg.servedNames[0] ?? "unknown");
+  const supervisors: Supervisor[] = [];
+  let backend: Backend;
+  const closers: (() => Promise<unknown>)[] = [];
+  try {
+    if (plan.engine === "embedded" && plan.children.length === 0) {
+      if (!deps.openTokenEngine) {
+        throw new DsrError("DSR_NOT_BUILT", "--engine embedded: the embedded onnxruntime engine is not built into this dsr yet", { exitCode: ExitCode.usage, hint: "use --upstream URL, or --engine vllm on a GPU machine" });
+      }
+      deps.note(`loading ${cfg.model} on the embedded engine…`);
+      const { engine, text } = await deps.openTokenEngine(cfg.model!);
+      backend = new TokenBackend({ engine, text, servedNames: cfg.servedNames, root: cfg.model!, reasoningFields: cfg.reasoningFields, r1Advice: cfg.r1Advice, metrics });
+    } else {
+      if (plan.engine === "vllm" && !(await which("vllm", deps.pathValue))) throw missingEngine("vllm", cfg.python);
+      if (plan.engine === "sglang" && !(await pythonHas(cfg.python, "sglang", deps.env))) throw missingEngine("sglang", cfg.python);
+      const instances = plan.children.length
+        ? plan.children.map((c) => {
+            const sup = new Supervisor(
+              { name: c.name, command: c.command, args: c.args, env: c.env, readyUrl: `http://127.0.0.1:${c.port}${c.readyPath}` },
+              {
+                onLog: deps.childLog,
+                onState: (name, s: ChildState, detail) => {
+                  if (s === "backoff") metrics.instanceRestarts.inc({ instance: name });
+                  deps.note(`[${name}] ${s}${detail ? `: ${detail}` : ""}`);
+                },
+                backoffInitialMs: 500,
+              },
+            );
+            supervisors.push(sup);
+            return new UpstreamInstance(c.name, `http://127.0.0.1:${c.port}`, { gate: () => sup.ready, probeIntervalMs: 1000 });
+          })
+        : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
+      closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
+      for (const s of supervisors) s.start();
+      if (supervisors.length) {
+        deps.note(`waiting for ${supervisors.length} ${plan.engine} instance(s) to become ready…`);
+        await Promise.all(supervisors.map((s) => s.waitReady(cfg.readyTimeoutMs, deps.signal)));
+      }
+      let upstreamModel: string | undefined;
+      if (plan.engine === "upstream") {
+        upstreamModel = await discoverModel(instances, deps.note);
+      }
+      const servedNames = cfg.servedNames.length ? cfg.servedNames : [upstreamModel ?? "default"];
+      if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
+      metrics.setModelName(servedNames[0]);
+      for (const i of instances) i.startProbing();
+      backend = new ProxyBackend({
+        instances,
+        servedNames,
+        upstreamModel,
+        reasoningFields: cfg.reasoningFields,
+        affinity: cfg.affinity,
+        metrics,
+        ownedBy: "dsr",
+        describeExtra: supervisors.length ? () => ({ children: supervisors.map((s) => ({ name: s.spec.name, state: s.state, pid: s.pid, restarts: s.restarts, last_exit: s.lastExit })) }) : undefined,
+      });
+    }
+  } catch (e) {
+    for (const c of closers) await c().catch(() => undefined);
+    throw e;
+  }
+  const gateway = new Gateway({ backend, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, metrics });
+  let addr;
+  try {
+    addr = await gateway.listen(cfg.port, cfg.host);
+  } catch (e) {
+    await backend.close().catch(() => undefined);
+    for (const c of closers) await c().catch(() => undefined);
+    const err = e as NodeJS.ErrnoException;
+    throw new DsrError("DSR_LISTEN_FAILED", `cannot listen on ${cfg.host}:${cfg.port}: ${err.code ?? err.message}`, { hint: err.code === "EADDRINUSE" ? "another server uses that port: pick one with --port" : undefined });
+  }
+  const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
+  return {
+    url: `http://${host}:${addr.port}`,
+    gateway,
+    plan,
+    async shutdown(graceMs) {
+      for (const s of supervisors) s.holdRestarts();
+      const cancelled = await gateway.drain(graceMs);
+      await backend.close().catch(() => undefined);
+      for (const c of closers) await c().catch(() => undefined);
+      return cancelled;
+    },
+  };
+}
+
+async function discoverModel(instances: UpstreamInstance[], note: (l: string) => void): Promise<string | undefined> {
+  for (const i of instances) {
+    try {
+      const ids = await i.fetchModels();
+      if (ids.length) {
+        note(`upstream ${i.origin} serves ${ids.join(", ")}`);
+        return ids[0];
+      }
+    } catch (e) {
+      note(`upstream ${i.origin}: ${(e as Error).message}`);
+    }
+  }
+  return undefined;
+}
+
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<import("node:net").Server>((resolve, reject) => {
+      const s = createServer();
+      s.once("error", reject);
+      s.listen(0, "127.0.0.1", () => resolve(s));
+    })),
+  );
+  const ports = servers.map((s) => (s.address() as import("node:net").AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+const round2 = (x: number) => Math.floor(x * 100) / 100;

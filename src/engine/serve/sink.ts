@@ -1,0 +1,92 @@
+/**
+ * The gateway's Sink over a ServerResponse: SSE headers, backpressure, an in-band error event once
+ * bytes were sent (facts §1.3: a `data:` line holding `{"error":{…}}`), and an optional copy of the
+ * bytes for the response cache.
+ */
+import type { ServerResponse } from "node:http";
+import type { CachedResponse } from "./cache.js";
+import { HttpError } from "./http-error.js";
+import type { Sink } from "./types.js";
+
+const SSE_HEADERS = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+  "x-accel-buffering": "no", // tells an nginx in front not to buffer the stream
+};
+
+export class ResponseSink implements Sink {
+  status = 0;
+  failedInBand = false;
+  private capturing = false;
+  private parts: (string | Buffer)[] = [];
+  private contentType = "";
+
+  constructor(private readonly res: ServerResponse, private readonly signal: AbortSignal) {}
+
+  get started(): boolean {
+    return this.res.headersSent;
+  }
+
+  capture(): void {
+    this.capturing = true;
+  }
+
+  captured(): CachedResponse | undefined {
+    if (!this.capturing || this.parts.length === 0) return undefined;
+    const body = this.parts.map((p) => (typeof p === "string" ? p : p.toString("utf8"))).join("");
+    return { contentType: this.contentType, body };
+  }
+
+  json(status: number, body: unknown, headers: Record<string, string> = {}): void {
+    this.raw(status, JSON.stringify(body), "application/json", headers);
+  }
+
+  raw(status: number, body: string | Buffer, contentType: string, headers: Record<string, string> = {}): void {
+    this.status = status;
+    this.contentType = contentType;
+    if (this.capturing && status === 200) this.parts.push(body);
+    this.res.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body), ...headers }).end(body);
+  }
+
+  startStream(headers: Record<string, string> = {}): void {
+    this.status = 200;
+    this.contentType = SSE_HEADERS["content-type"];
+    this.res.writeHead(200, { ...SSE_HEADERS, ...headers });
+    this.res.flushHeaders();
+  }
+
+  write(chunk: string | Buffer): Promise<void> | void {
+    if (this.capturing) this.parts.push(chunk);
+    if (this.res.write(chunk)) return;
+    if (this.res.destroyed) return;
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.res.off("drain", done);
+        this.res.off("close", done);
+        resolve();
+      };
+      this.res.on("drain", done);
+      this.res.on("close", done);
+    });
+  }
+
+  end(): void {
+    if (!this.res.writableEnded) this.res.end();
+  }
+
+  /** After the first byte an error can only travel inside the stream. */
+  inBandError(e: unknown): void {
+    this.failedInBand = true;
+    if (this.res.writableEnded || this.res.destroyed) return;
+    const err = e instanceof HttpError ? e : new HttpError(500, e instanceof Error ? e.message : String(e), { code: "internal_error" });
+    if (this.signal.aborted && err.status === 499) {
+      this.res.destroy();
+      return;
+    }
+    if (this.contentType.startsWith("text/event-stream")) {
+      this.res.end(`data: ${JSON.stringify(err.body())}\n\ndata: [DONE]\n\n`);
+    } else {
+      this.res.destroy();
+    }
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * The backend for token engines (embedded onnxruntime, later the torch worker): the gateway owns
+ * the text side — chat template, tokenization, incremental detokenization, stop strings, logprobs
+ * formatting and the reasoning split — and asks the engine only for token ids (DESIGN.md "Two kinds
+ * of upstream"). Each of the `n` choices (× each prompt of a batched completion) is one engine
+ * submission; a stop string aborts its submission at once.
+ */
+import type { TokenChunk, TokenEngine, TokenLogprob } from "../runtime/types.js";
+import type { TextModel } from "../text/index.js";
+import { createStopMatcher } from "../text/index.js";
+import { HttpError } from "./http-error.js";
+import type { GatewayMetrics } from "./metrics.js";
+import { chatPromptIds, completionPrompts, samplingFor, tokenBudget } from "./prompt.js";
+import { ReasoningSplitter, setReasoning, type ReasoningField } from "./reasoning.js";
+import { stopList, type ChatRequest, type CompletionRequest } from "./schemas.js";
+import type { Backend, GenerationRequest, ModelCard } from "./types.js";
+
+export interface TokenBackendOptions {
+  engine: TokenEngine;
+  text: TextModel;
+  servedNames: string[];
+  /** The model path, shown as `root` in /v1/models. */
+  root: string;
+  reasoningFields: readonly ReasoningField[];
+  r1Advice: boolean;
+  metrics: GatewayMetrics;
+  instanceName?: string;
+}
+
+interface Choice {
+  index: number;
+  promptIds: number[];
+  promptText: string;
+  reasoning: string;
+  content: string;
+  tokens: number;
+  finish: string | null;
+  logprobs: TokenLogprob[];
+  pendingLogprobs: TokenLogprob[];
+}
+
+export class TokenBackend implements Backend {
+  private readonly created = Math.floor(Date.now() / 1000);
+  private readonly instance: string;
+
+  constructor(private readonly o: TokenBackendOptions) {
+    this.instance = o.instanceName ?? "embedded";
+  }
+
+  models(): ModelCard[] {
+    return this.o.servedNames.map((id) => ({ id, object: "model" as const, created: this.created, owned_by: "dsr", root: this.o.root, max_model_len: this.o.text.contextLength }));
+  }
+
+  ready(): boolean {
+    return true;
+  }
+
+  describe(): Record<string, unknown> {
+    const s = this.o.engine.stats();
+    if (s.kvCapacityTokens) this.o.metrics.kvUsage.set({ instance: this.instance }, (s.kvUsedTokens ?? 0) / s.kvCapacityTokens);
+    return { engine: { running: s.running, waiting: s.waiting, kv_used_tokens: s.kvUsedTokens, kv_capacity_tokens: s.kvCapacityTokens, max_context: s.maxContext } };
+  }
+
+  async close(): Promise<void> {
+    await this.o.engine.close();
+  }
+
+  async handle(g: GenerationRequest): Promise<void> {
+    const chat = g.endpoint === "chat";
+    const req = g.req;
+    const text = this.o.text;
+    if (chat && (req as ChatRequest).response_format && (req as ChatRequest).response_format!.type !== "text") {
+      throw new HttpError(400, "response_format json_object/json_schema needs constrained decoding, which the embedded engine does not have; use --engine vllm or --upstream", { param: "response_format", code: "unsupported_parameter" });
+    }
+    const prompts = chat ? [{ ids: chatPromptIds(text, req as ChatRequest, this.o), text: "" }] : completionPrompts(text, req as CompletionRequest);
+    const n = req.n ?? 1;
+    const budgets = prompts.map((p) => tokenBudget(req, p.ids.length, Math.min(text.contextLength, this.o.engine.stats().maxContext || Infinity)));
+    const logprobs = chat ? ((req as ChatRequest).logprobs ? (req as ChatRequest).top_logprobs ?? 0 : undefined) : ((req as CompletionRequest).logprobs ?? undefined);
+    const split = chat && this.o.reasoningFields.length > 0 && text.promptOpensThink;
+    const stops = stopList(req.stop);
+    const stopIds = req.ignore_eos ? [] : text.eosTokenIds;
+    const id = `${chat ? "chatcmpl" : "cmpl"}-${g.id.replace(/[^A-Za-z0-9-]/g, "").slice(0, 40)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const ins = this.o.metrics.instrument(this.instance);
+    g.record.instance = this.instance;
+    g.record.promptTokens = prompts.reduce((a, p) => a + p.ids.length, 0);
+
+    const choices: Choice[] = [];
+    prompts.forEach((p, pi) => {
+      for (let k = 0; k < n; k++) choices.push({ index: pi * n + k, promptIds: p.ids, promptText: p.text, reasoning: "", content: "", tokens: 0, finish: null, logprobs: [], pendingLogprobs: [] });
+    });
+
+    const head = (c: Record<string, unknown>) => `data: ${JSON.stringify({ id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: g.model, choices: [c] })}\n\n`;
+    let lastEventAt = 0;
+    const emit = async (c: Choice, reasoning: string, content: string, finish: string | null): Promise<void> => {
+      if (!g.stream) return;
+      if (!reasoning && !content && !finish && c.pendingLogprobs.length === 0) return;
+      if (!g.sink.started) {
+        g.sink.startStream();
+        if (chat) for (const x of choices) await g.sink.write(head({ index: x.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }));
+      }
+      const lp = c.pendingLogprobs.length ? this.formatLogprobs(chat, c.pendingLogprobs, logprobs!) : null;
+      c.pendingLogprobs = [];
+      let ev: Record<string, unknown>;
+      if (chat) {
+        const delta: Record<string, unknown> = {};
+        if (reasoning) setReasoning(delta, this.o.reasoningFields, reasoning);
+        if (content || (!reasoning && !finish)) delta.content = content;
+        ev = { index: c.index, delta, logprobs: lp, finish_reason: finish };
+      } else {
+        ev = { index: c.index, text: content, logprobs: lp, finish_reason: finish };
+      }
+      const now = performance.now();
+      if (lastEventAt) ins.itl((now - lastEventAt) / 1000);
+      lastEventAt = now;
+      const w = g.sink.write(head(ev));
+      if (w) await w;
+    };
+
+    const run = async (c: Choice, budget: number): Promise<void> => {
+      const ac = new AbortController();
+      const onAbort = () => ac.abort(g.signal.reason);
+      g.signal.addEventListener("abort", onAbort, { once: true });
+      const decoder = text.createDecoder();
+      const stop = createStopMatcher(stops);
+      const splitter = split ? new ReasoningSplitter() : undefined;
+      let stopped = false;
+      if (!chat && (req as CompletionRequest).echo) {
+        c.content += c.promptText;
+        await emit(c, "", c.promptText, null);
+      }
+      const take = async (s: string, final: boolean) => {
+        let out = s;
+        if (!stopped) {
+          const r = stop.push(s);
+          out = r.emit;
+          if (r.stopped) {
+            stopped = true;
+            ac.abort(); // a stop string ends this choice: free the engine's slot now
+          }
+        }
+        if (final && !stopped) out += stop.flush();
+        const piece = splitter ? splitter.push(out) : { reasoning: "", content: out };
+        if (final && splitter) {
+          const tail = splitter.flush();
+          piece.reasoning += tail.reasoning;
+          piece.content += tail.content;
+        }
+        c.reasoning += piece.reasoning;
+        c.content += piece.content;
+        await emit(c, piece.reasoning, piece.content, null);
+      };
+      try {
+        const sub = this.o.engine.submit({ promptIds: c.promptIds, sampling: samplingFor(text, req, this.o, logprobs, c.index), maxTokens: budget, stopIds, signal: ac.signal });
+        for await (const chunk of sub as AsyncIterable<TokenChunk>) {
+          if (chunk.ids.length > 0 && g.record.ttftMs === undefined) {
+            g.record.ttftMs = performance.now() - g.t0;
+            ins.ttft(g.record.ttftMs / 1000);
+          }
+          if (stopped) break;
+          c.tokens += chunk.ids.length;
+          if (chunk.logprobs && logprobs !== undefined) {
+            c.logprobs.push(...chunk.logprobs);
+            c.pendingLogprobs.push(...chunk.logprobs);
+          }
+          await take(decoder.push(chunk.ids.filter((x) => !stopIds.includes(x))), false);
+          if (chunk.finish) {
+            if (chunk.finish === "error") throw new HttpError(500, "the engine failed while generating", { code: "engine_error" });
+            if (chunk.finish !== "abort") c.finish = chunk.finish;
+            break;
+          }
+        }
+      } catch (e) {
+        if (!(stopped && ac.signal.aborted && !g.signal.aborted)) throw e;
+      } finally {
+        g.signal.removeEventListener("abort", onAbort);
+      }
+      if (g.signal.aborted) throw g.signal.reason ?? new HttpError(499, "client disconnected", { code: "client_closed" });
+      await take(decoder.flush(), true);
+      if (stopped) c.finish = "stop";
+      c.finish ??= "length";
+      await emit(c, "", "", c.finish);
+    };
+
+    await Promise.all(choices.map((c) => run(c, budgets[Math.floor(c.index / n)])));
+
+    const completionTokens = choices.reduce((a, c) => a + c.tokens, 0);
+    g.record.completionTokens = completionTokens;
+    g.record.finishReason = choices[0].finish;
+    const usage = { prompt_tokens: g.record.promptTokens, completion_tokens: completionTokens, total_tokens: g.record.promptTokens + completionTokens };
+    if (g.stream) {
+      if (!g.sink.started) g.sink.startStream();
+      if (req.stream_options?.include_usage) await g.sink.write(`data: ${JSON.stringify({ id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: g.model, choices: [], usage })}\n\n`);
+      await g.sink.write("data: [DONE]\n\n");
+      g.sink.end();
+      return;
+    }
+    const out = choices.map((c) => {
+      const lp = logprobs !== undefined ? this.formatLogprobs(chat, c.logprobs, logprobs) : null;
+      if (!chat) return { index: c.index, text: c.content, logprobs: lp, finish_reason: c.finish };
+      const message: Record<string, unknown> = { role: "assistant", content: split ? c.content || null : c.content };
+      if (split) setReasoning(message, this.o.reasoningFields, c.reasoning || null);
+      return { index: c.index, message, logprobs: lp, finish_reason: c.finish };
+    });
+    g.sink.json(200, { id, object: chat ? "chat.completion" : "text_completion", created, model: g.model, choices: out, usage });
+  }
+
+  /** OpenAI logprobs: chat `{content:[{token,logprob,bytes,top_logprobs}]}`, completions `{tokens,token_logprobs,top_logprobs,text_offset}`. */
+  private formatLogprobs(chat: boolean, lps: TokenLogprob[], top: number): unknown {
+    const tok = (id: number) => this.o.text.decode([id]);
+    if (chat) {
+      return {
+        content: lps.map((l) => {
+          const t = tok(l.id);
+          return {
+            token: t,
+            logprob: l.logprob,
+            bytes: [...Buffer.from(t)],
+            top_logprobs: l.top.slice(0, top).map((x) => {
+              const s = tok(x.id);
+              return { token: s, logprob: x.logprob, bytes: [...Buffer.from(s)] };
+            }),
+          };
+        }),
+      };
+    }
+    let offset = 0;
+    const tokens: string[] = [];
+    const offsets: number[] = [];
+    for (const l of lps) {
+      const t = tok(l.id);
+      tokens.push(t);
+      offsets.push(offset);
+      offset += t.length;
+    }
+    return {
+      tokens,
+      token_logprobs: lps.map((l) => l.logprob),
+      top_logprobs: lps.map((l) => Object.fromEntries(l.top.slice(0, top).map((x) => [tok(x.id), x.logprob]))),
+      text_offset: offsets,
+    };
+  }
+}

@@ -1,0 +1,66 @@
+/** What the HTTP gateway hands to a backend (an upstream router or a token engine) for one request. */
+import type { IncomingHttpHeaders } from "node:http";
+import type { ChatRequest, CompletionRequest, Endpoint } from "./schemas.js";
+
+export interface ModelCard {
+  id: string;
+  object: "model";
+  created: number;
+  owned_by: string;
+  root?: string;
+  max_model_len?: number;
+}
+
+/**
+ * Where a backend writes its answer. `started` turns true with the first byte sent to the client:
+ * from then on a failure can no longer be retried elsewhere and is reported in-band.
+ */
+export interface Sink {
+  readonly started: boolean;
+  json(status: number, body: unknown, headers?: Record<string, string>): void;
+  /** Raw bytes of a complete non-stream body (already JSON). */
+  raw(status: number, body: string | Buffer, contentType: string): void;
+  startStream(headers?: Record<string, string>): void;
+  /** Writes SSE bytes; resolves when the socket can take more (backpressure). */
+  write(chunk: string | Buffer): Promise<void> | void;
+  end(): void;
+}
+
+/** Filled by the backend, read by the request log and metrics. */
+export interface RequestRecord {
+  instance?: string;
+  promptTokens?: number;
+  completionTokens?: number;
+  finishReason?: string | null;
+  ttftMs?: number;
+  retries?: number;
+}
+
+export interface GenerationRequest {
+  id: string;
+  endpoint: Endpoint;
+  /** The validated request. */
+  req: ChatRequest | CompletionRequest;
+  /** The body exactly as received (proxies forward it without re-serialising when they can). */
+  rawBody: Buffer;
+  /** The model name the client used, already checked against the served names. */
+  model: string;
+  stream: boolean;
+  headers: IncomingHttpHeaders;
+  signal: AbortSignal;
+  sink: Sink;
+  record: RequestRecord;
+  /** Wall-clock start, performance.now() ms. */
+  t0: number;
+}
+
+export interface Backend {
+  /** Served model names (the first is the default); /v1/models lists them. */
+  models(): ModelCard[];
+  /** True when a request could be served now (at least one healthy instance). */
+  ready(): boolean;
+  /** Details for /ready and the startup banner. */
+  describe(): Record<string, unknown>;
+  handle(g: GenerationRequest): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,97 @@
+/** Starts the built `dsr serve` as a real child process and waits for its "serving … at URL" line. */
+import { createServer } from "node:net";
+import { spawn, type ChildProcess } from "node:child_process";
+import { runDsr } from "../support/cli.js";
+
+export interface ServeProc {
+  url: string;
+  proc: ReturnType<typeof runDsr>;
+  /** Everything the server printed on stderr so far. */
+  log(): string;
+  /** SIGTERM and wait for the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | undefined>;
+}
+
+export async function startServe(args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<ServeProc> {
+  const proc = runDsr(["serve", "--port", "0", ...args], { env: { ...process.env, ...opts.env }, buffer: false, stdout: "pipe", stderr: "pipe" });
+  let err = "";
+  proc.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+  proc.stdout!.resume();
+  const url = await new Promise<string>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`dsr serve did not start in time:\n${err}`)), opts.timeoutMs ?? 30_000);
+    const check = () => {
+      const m = /serving .* at (http:\/\/[^\s/]+)\/v1/.exec(err);
+      if (m) {
+        clearTimeout(t);
+        resolve(m[1]);
+      }
+    };
+    proc.stderr!.on("data", check);
+    proc.on("exit", (code) => {
+      clearTimeout(t);
+      reject(new Error(`dsr serve exited with ${code} before listening:\n${err}`));
+    });
+  });
+  return {
+    url,
+    proc,
+    log: () => err,
+    async stop(signal = "SIGTERM") {
+      if (proc.exitCode !== null) return proc.exitCode;
+      proc.kill(signal);
+      const r = await proc;
+      return r.exitCode;
+    },
+  };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+/** A real redis-server on a free loopback port, without persistence. */
+export async function startRedis(): Promise<{ url: string; stop(): Promise<void>; proc: ChildProcess }> {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "pipe"] });
+  await new Promise<void>((resolve, reject) => {
+    let out = "";
+    const t = setTimeout(() => reject(new Error(`redis-server did not start: ${out}`)), 10_000);
+    proc.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (/Ready to accept connections/.test(out)) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    proc.on("error", (e) => {
+      clearTimeout(t);
+      reject(e);
+    });
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    proc,
+    stop: () =>
+      new Promise<void>((r) => {
+        proc.once("exit", () => r());
+        proc.kill("SIGTERM");
+      }),
+  };
+}
+
+/** Reads an SSE response body into its `data:` payloads. */
+export async function sseEvents(res: Response): Promise<string[]> {
+  const text = await res.text();
+  return text
+    .split("\n\n")
+    .map((e) => e.trim())
+    .filter((e) => e.startsWith("data:"))
+    .map((e) => e.slice(5).trim());
+}

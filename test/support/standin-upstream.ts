@@ -1,0 +1,146 @@
+/**
+ * A real OpenAI-compatible server on loopback that stands in for vLLM: it streams `tokens` tokens at a
+ * fixed pace (token k leaves at start + k × paceMs, so timers never drift), answers non-streaming
+ * requests, /v1/models and /health, and can misbehave on demand (status codes, dying mid-stream,
+ * vLLM-style `reasoning` fields, the old flat error shape). Tests and bench/gateway.ts use it; run it
+ * as a script (`tsx test/support/standin-upstream.ts --port 0 --tokens 64 --pace-ms 10`) to get a
+ * separate process that prints `{"port":N}` on stdout.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+
+export interface StandinOptions {
+  tokens?: number;
+  paceMs?: number;
+  model?: string;
+  /** Emit the first `reasoningTokens` tokens as `delta.reasoning` (vLLM ≥0.17 naming). */
+  reasoningTokens?: number;
+  reasoningField?: "reasoning" | "reasoning_content";
+  /** Answer every generation request with this status and a vLLM-flat error body. */
+  failStatus?: number;
+  /** Destroy the socket after this many streamed tokens. */
+  dieAfterTokens?: number;
+  /** Require this bearer key. */
+  apiKey?: string;
+}
+
+export interface Standin {
+  url: string;
+  port: number;
+  server: Server;
+  /** Generation requests received (by x-request-id when sent). */
+  requests: { id: string | undefined; body: Record<string, unknown> }[];
+  /** Streams whose client went away before the end. */
+  cancelled: number;
+  options: StandinOptions;
+  close(): Promise<void>;
+}
+
+export async function startStandin(options: StandinOptions = {}, port = 0): Promise<Standin> {
+  const o = options;
+  const state: Standin = { url: "", port: 0, server: undefined as unknown as Server, requests: [], cancelled: 0, options: o, close: async () => undefined };
+  const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => void handle(req, res, state));
+  server.maxConnections = 100_000;
+  await new Promise<void>((r) => server.listen({ port, host: "127.0.0.1", backlog: 4096 }, r));
+  state.server = server;
+  state.port = (server.address() as AddressInfo).port;
+  state.url = `http://127.0.0.1:${state.port}`;
+  state.close = () =>
+    new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
+  return state;
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): Promise<void> {
+  const o = st.options;
+  const model = o.model ?? "standin";
+  const url = req.url ?? "/";
+  if (req.method === "GET" && url === "/health") return void res.writeHead(200).end();
+  if (req.method === "GET" && url === "/v1/models") {
+    return json(res, 200, { object: "list", data: [{ id: model, object: "model", created: 0, owned_by: "vllm", root: model, max_model_len: 4096 }] });
+  }
+  const chat = url === "/v1/chat/completions";
+  if (req.method !== "POST" || (!chat && url !== "/v1/completions")) return json(res, 404, { error: { message: "not found", type: "NotFoundError", param: null, code: 404 } });
+  if (o.apiKey && req.headers.authorization !== `Bearer ${o.apiKey}`) return json(res, 401, { error: "Unauthorized" });
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+  } catch {
+    return json(res, 400, { object: "error", message: "bad json", type: "BadRequestError", param: null, code: 400 });
+  }
+  const rid = req.headers["x-request-id"];
+  st.requests.push({ id: typeof rid === "string" ? rid : undefined, body });
+  if (o.failStatus) return json(res, o.failStatus, { object: "error", message: `stand-in failure ${o.failStatus}`, type: "InternalServerError", param: null, code: o.failStatus });
+  if (body.model !== model) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
+
+  const n = typeof body.max_tokens === "number" ? Math.min(body.max_tokens, o.tokens ?? 64) : o.tokens ?? 64;
+  const pace = o.paceMs ?? 10;
+  const rTok = o.reasoningTokens ?? 0;
+  const rField = o.reasoningField ?? "reasoning";
+  const id = `cmpl-${Math.random().toString(36).slice(2, 12)}`;
+  const created = Math.floor(Date.now() / 1000);
+  const tok = (k: number) => ` t${k}`;
+  const usage = { prompt_tokens: 7, completion_tokens: n, total_tokens: 7 + n };
+
+  if (body.stream !== true) {
+    await sleep(pace * n);
+    let reasoning = "";
+    let content = "";
+    for (let k = 0; k < n; k++) (k < rTok ? (reasoning += tok(k)) : (content += tok(k)));
+    const choice = chat
+      ? { index: 0, message: { role: "assistant", content, ...(rTok ? { [rField]: reasoning } : {}) }, finish_reason: "length", logprobs: null }
+      : { index: 0, text: content, finish_reason: "length", logprobs: null };
+    return json(res, 200, { id, object: chat ? "chat.completion" : "text_completion", created, model, choices: [choice], usage });
+  }
+
+  res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+  const head = `{"id":"${id}","object":"${chat ? "chat.completion.chunk" : "text_completion"}","created":${created},"model":"${model}","choices":[`;
+  const event = (k: number, finish: string | null) => {
+    const piece = JSON.stringify(tok(k));
+    const fin = finish ? `"${finish}"` : "null";
+    const choice = chat
+      ? `{"index":0,"delta":{${k < rTok ? `"${rField}":${piece}` : `"content":${piece}`}},"logprobs":null,"finish_reason":${fin}}`
+      : `{"index":0,"text":${piece},"logprobs":null,"finish_reason":${fin}}`;
+    return `data: ${head}${choice}]}\n\n`;
+  };
+  if (chat) res.write(`data: ${head}{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n`);
+  const t0 = performance.now();
+  let closed = false;
+  res.on("close", () => {
+    if (!res.writableFinished) {
+      closed = true;
+      st.cancelled++;
+    }
+  });
+  for (let k = 0; k < n; k++) {
+    const wait = t0 + (k + 1) * pace - performance.now();
+    if (wait > 0) await sleep(wait);
+    if (closed) return;
+    if (o.dieAfterTokens !== undefined && k >= o.dieAfterTokens) return void res.destroy();
+    res.write(event(k, k === n - 1 ? "length" : null));
+  }
+  const so = body.stream_options as { include_usage?: boolean } | undefined;
+  if (so?.include_usage) res.write(`data: ${head}],"usage":${JSON.stringify(usage)}}\n\n`);
+  res.end("data: [DONE]\n\n");
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const s = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(s) }).end(s);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// Script mode: a separate process for the benchmark.
+if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//, "/"))) {
+  const arg = (name: string, d: number) => {
+    const i = process.argv.indexOf(name);
+    return i >= 0 ? Number(process.argv[i + 1]) : d;
+  };
+  const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10) }, arg("--port", 0));
+  process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
+}
