@@ -1,0 +1,84 @@
+/**
+ * Weight bytes on the busiest GPU under TP × PP, from the checkpoint's own tensors (so FP8 blocks,
+ * AWQ/GPTQ packing and replicated tensors count exactly), optionally after a hypothetical
+ * re-quantisation for "what if" suggestions.
+ *
+ * TP: column/row/vocab-split tensors cost 1/tp per rank; k/v projections cost ⌈kv_heads/tp⌉/kv_heads
+ * (replicated once tp > kv_heads); replicated tensors (norms, router, MLA down-projections) cost
+ * their full size on every rank. PP: layers are split evenly over stages (vLLM get_pp_indices), the
+ * embedding sits on the first stage, the final norm and head on the last. MTP layers are skipped:
+ * vLLM loads them only for speculative decoding.
+ */
+import type { ModelConfig } from "../arch/config.js";
+import type { TensorLike } from "../arch/params.js";
+import type { ArchDef } from "../arch/types.js";
+import { DTYPE_BITS, numel, tensorByteSize } from "../tensors/dtypes.js";
+
+/** A weight format the planner can price: the checkpoint as it is, or re-quantised linears. */
+export type WeightVariant = "as-is" | "fp8" | "int8" | "awq-int4";
+
+/** Bytes of one tensor after a variant; only 16/32-bit Linear weights (not embeddings/head) change. */
+export function variantBytes(arch: ArchDef, t: TensorLike, variant: WeightVariant): number {
+  const bytes = tensorByteSize(t.dtype, t.shape) ?? 0;
+  if (variant === "as-is") return bytes;
+  // 4-bit re-quantisation of an FP8 checkpoint replaces its block scales too.
+  if (variant === "awq-int4" && t.name.endsWith(".weight_scale_inv")) return 0;
+  const minBits = variant === "awq-int4" ? 8 : 16;
+  if (arch.role(t.name) !== "linear" || t.shape.length !== 2 || DTYPE_BITS[t.dtype] < minBits) return bytes;
+  const n = numel(t.shape);
+  const out = t.shape[0];
+  switch (variant) {
+    case "fp8": // W8A8 FP8, per-channel F32 scales
+    case "int8": // compressed-tensors W8A8 INT8, per-channel scales
+      return n + out * 4;
+    case "awq-int4": // 4-bit, group 128: fp16 scales + packed 4-bit zeros per group
+      return n / 2 + (n / 128) * 2 + n / 128 / 2;
+  }
+}
+
+export interface RankWeights {
+  /** Bytes on the GPU holding the most (the first or last PP stage). */
+  maxBytes: number;
+  /** Bytes of every weight once (all ranks together would hold at least this). */
+  totalBytes: number;
+  /** Bytes skipped because only speculative decoding uses them (MTP). */
+  speculativeBytes: number;
+}
+
+export function rankWeights(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorLike>, tp: number, pp: number, variant: WeightVariant = "as-is"): RankWeights {
+  const stages = new Array<number>(pp).fill(0);
+  const L = cfg.numLayers;
+  const stageOf = (layer: number) => Math.min(pp - 1, Math.floor((layer * pp) / L));
+  let totalBytes = 0;
+  let speculativeBytes = 0;
+  for (const t of tensors) {
+    const bytes = variantBytes(arch, t, variant);
+    if (arch.isSpeculativeOnly(t.name, cfg)) {
+      speculativeBytes += bytes;
+      continue;
+    }
+    totalBytes += bytes;
+    let frac: number;
+    switch (arch.shardRule(t.name, cfg)) {
+      case "column":
+      case "row":
+      case "vocab":
+        frac = 1 / tp;
+        break;
+      case "kv_heads":
+        frac = Math.ceil(cfg.numKvHeads / tp) / cfg.numKvHeads;
+        break;
+      default:
+        frac = 1;
+    }
+    const layer = arch.layerOf(t.name, cfg).index;
+    const role = arch.role(t.name);
+    const perRank = bytes * frac;
+    if (layer !== undefined) stages[stageOf(layer)] += perRank;
+    else if (role === "embed") {
+      stages[0] += perRank;
+      if (cfg.tieWordEmbeddings && pp > 1) stages[pp - 1] += perRank; // the tied head needs it too
+    } else stages[pp - 1] += perRank; // final norm, lm_head
+  }
+  return { maxBytes: Math.max(...stages), totalBytes, speculativeBytes };
+}
