@@ -79,7 +79,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
 
   const n = typeof body.max_tokens === "number" ? Math.min(body.max_tokens, o.tokens ?? 64) : o.tokens ?? 64;
   const pace = o.paceMs ?? 10;
-  const rTok = o.reasoningTokens ?? 0;
+  const rTok = chat ? o.reasoningTokens ?? 0 : 0; // reasoning exists only in chat
   const rField = o.reasoningField ?? "reasoning";
   const id = `cmpl-${Math.random().toString(36).slice(2, 12)}`;
   const created = Math.floor(Date.now() / 1000);

@@ -299,8 +299,8 @@ const round = (ms: number) => Math.round(ms * 100) / 100;
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"]);
   if (Number.isFinite(declared) && declared > limit) {
-    req.resume();
-    return Promise.reject(new HttpError(413, `request body of ${declared} bytes exceeds the ${limit}-byte limit`, { code: "body_too_large", headers: { connection: "close" } }));
+    req.resume(); // node discards the unread body, so the 413 reaches a client that is still sending
+    return Promise.reject(new HttpError(413, `request body of ${declared} bytes exceeds the ${limit}-byte limit`, { code: "body_too_large" }));
   }
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
@@ -310,7 +310,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       if (n > limit) {
         req.removeAllListeners("data");
         req.resume(); // discard the rest so the 413 can still be written on this connection
-        reject(new HttpError(413, `request body exceeds the ${limit}-byte limit`, { code: "body_too_large", headers: { connection: "close" } }));
+        reject(new HttpError(413, `request body exceeds the ${limit}-byte limit`, { code: "body_too_large" }));
       } else parts.push(c);
     });
     req.on("end", () => resolve(parts.length === 1 ? parts[0] : Buffer.concat(parts)));

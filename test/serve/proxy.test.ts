@@ -1,0 +1,230 @@
+/**
+ * `dsr serve --upstream` as a real child process in front of real loopback stand-in servers:
+ * the official openai SDK (chat + completions, stream + non-stream), reasoning-field normalisation,
+ * upstream error shapes, retries before the first byte, in-band errors after it, client disconnect
+ * cancelling upstream, metrics checked by promtool, request log without keys.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import OpenAI from "openai";
+import { spawnSync } from "node:child_process";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { tempDir } from "../support/tmp.js";
+import { sseEvents, startServe, type ServeProc } from "./helpers.js";
+
+let good: Standin;
+let broken: Standin;
+let gw: ServeProc;
+let dir: string;
+const KEY = "sk-test-secret-0123456789";
+
+beforeAll(async () => {
+  dir = await tempDir();
+  good = await startStandin({ tokens: 12, paceMs: 2, reasoningTokens: 4, model: "r1-upstream" });
+  broken = await startStandin({ tokens: 12, paceMs: 2, failStatus: 500, model: "r1-upstream" });
+  await writeFile(join(dir, "keys.txt"), `# team keys\n${KEY}\nsk-other\n`);
+  gw = await startServe([
+    "--upstream", broken.url, good.url,
+    "--served-model-name", "dsr-r1",
+    "--api-key-file", join(dir, "keys.txt"),
+    "--log-file", join(dir, "req.log"),
+  ]);
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  await good?.close();
+  await broken?.close();
+});
+
+const client = () => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: KEY, maxRetries: 0 });
+
+describe("dsr serve --upstream (proxy mode)", () => {
+  it("lists the served name and maps it to the upstream's model id", async () => {
+    const models = await client().models.list();
+    expect(models.data.map((m) => m.id)).toEqual(["dsr-r1"]);
+    expect((models.data[0] as unknown as { root: string }).root).toBe("r1-upstream");
+  });
+
+  it("chat non-stream via the SDK: both reasoning fields, content, usage; the failing instance is retried around", async () => {
+    const before = broken.requests.length;
+    const r = await client().chat.completions.create({ model: "dsr-r1", messages: [{ role: "user", content: "hi" }] });
+    const msg = r.choices[0].message as unknown as Record<string, unknown>;
+    expect(msg.reasoning).toBe(" t0 t1 t2 t3");
+    expect(msg.reasoning_content).toBe(" t0 t1 t2 t3");
+    expect(msg.content).toBe(" t4 t5 t6 t7 t8 t9 t10 t11");
+    expect(r.usage).toMatchObject({ completion_tokens: 12 });
+    // whichever instance the router tried first, the answer came from the good one exactly once
+    const tried = broken.requests.length - before;
+    expect(tried).toBeLessThanOrEqual(1);
+  });
+
+  it("chat stream via the SDK: reasoning deltas under both names, then content, no usage unless asked", async () => {
+    const s = await client().chat.completions.create({ model: "dsr-r1", messages: [{ role: "user", content: "hi" }], stream: true });
+    let reasoning = "";
+    let content = "";
+    let usageSeen = false;
+    for await (const ch of s) {
+      if (ch.usage) usageSeen = true;
+      const d = ch.choices[0]?.delta as Record<string, string> | undefined;
+      if (d?.reasoning) {
+        expect(d.reasoning_content).toBe(d.reasoning);
+        reasoning += d.reasoning;
+      }
+      content += d?.content ?? "";
+    }
+    expect(reasoning).toBe(" t0 t1 t2 t3");
+    expect(content).toBe(" t4 t5 t6 t7 t8 t9 t10 t11");
+    expect(usageSeen).toBe(false); // the gateway asked the upstream for usage but drops it for this client
+    // …and the upstream really was asked for usage, so token metrics are exact
+    expect(good.requests.at(-1)!.body.stream_options).toEqual({ include_usage: true });
+  });
+
+  it("completions stream and non-stream via the SDK, with usage when asked", async () => {
+    const c = await client().completions.create({ model: "dsr-r1", prompt: "x", max_tokens: 5 });
+    expect(c.choices[0].text).toBe(" t0 t1 t2 t3 t4");
+    const s = await client().completions.create({ model: "dsr-r1", prompt: "x", max_tokens: 3, stream: true, stream_options: { include_usage: true } });
+    let text = "";
+    let usage;
+    for await (const ch of s) {
+      text += ch.choices[0]?.text ?? "";
+      if (ch.usage) usage = ch.usage;
+    }
+    expect(text).toBe(" t0 t1 t2");
+    expect(usage).toMatchObject({ completion_tokens: 3 });
+  });
+
+  it("OpenAI-shaped errors: 401 without/with a wrong key, 404 unknown model, 400 bad params and bad JSON, 413 huge body", async () => {
+    const post = (body: string, headers: Record<string, string> = { authorization: `Bearer ${KEY}` }) =>
+      fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+    const noKey = await post("{}", {});
+    expect(noKey.status).toBe(401);
+    expect((await noKey.json()).error.code).toBe("invalid_api_key");
+    expect((await post("{}", { authorization: "Bearer sk-wrong" })).status).toBe(401);
+    const unknown = await post(JSON.stringify({ model: "gpt-4", messages: [{ role: "user", content: "x" }] }));
+    expect(unknown.status).toBe(404);
+    expect((await unknown.json()).error).toMatchObject({ type: "not_found_error", param: "model" });
+    const bad = await post(JSON.stringify({ model: "dsr-r1", messages: [{ role: "user", content: "x" }], temperature: 9 }));
+    expect(bad.status).toBe(400);
+    expect((await bad.json()).error.param).toBe("temperature");
+    const badJson = await post("{nope");
+    expect(badJson.status).toBe(400);
+    expect((await badJson.json()).error.code).toBe("invalid_json");
+    const huge = await post(JSON.stringify({ model: "dsr-r1", messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] }));
+    expect(huge.status).toBe(413);
+    // /health stays open without a key (vLLM semantics); /v1/models is guarded
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+    expect((await fetch(`${gw.url}/v1/models`)).status).toBe(401);
+  });
+
+  it("fuzzed request bodies never crash the gateway and always get a JSON error or an answer", async () => {
+    const seeds = ['{"model":"dsr-r1","messages":[{"role":"user","content":"hi"}]}', '{"prompt":"x","max_tokens":2}'];
+    let rnd = 12345;
+    const next = () => ((rnd = (rnd * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const mutations = ["", "{", "}", "[", "]", '"', ",", ":", "null", "-1", "1e999", "\u0000", "\\", "true", "💥", "[[[[[[", '"messages":'];
+    const reqs: Promise<void>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const base = seeds[i % 2];
+      const chars = [...base];
+      for (let m = 0; m < 1 + Math.floor(next() * 4); m++) {
+        const at = Math.floor(next() * chars.length);
+        if (next() < 0.5) chars.splice(at, 1);
+        else chars.splice(at, 0, mutations[Math.floor(next() * mutations.length)]);
+      }
+      const path = i % 2 ? "/v1/completions" : "/v1/chat/completions";
+      reqs.push(
+        fetch(gw.url + path, { method: "POST", headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" }, body: chars.join("") }).then(async (r) => {
+          const body = await r.json();
+          if (r.status === 200) expect(body.choices).toBeDefined();
+          else {
+            expect([400, 404, 413]).toContain(r.status);
+            expect(typeof body.error.message).toBe("string");
+          }
+        }),
+      );
+    }
+    await Promise.all(reqs);
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+  });
+
+  it("client disconnect cancels the upstream stream at once", async () => {
+    const slow = await startStandin({ tokens: 500, paceMs: 20, model: "m" });
+    const g2 = await startServe(["--upstream", slow.url]);
+    try {
+      const ac = new AbortController();
+      const r = await fetch(`${g2.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "m", prompt: "x", stream: true }), signal: ac.signal });
+      const reader = r.body!.getReader();
+      await reader.read();
+      ac.abort();
+      await expect.poll(() => slow.cancelled, { timeout: 3000 }).toBe(1);
+    } finally {
+      await g2.stop();
+      await slow.close();
+    }
+  });
+
+  it("an upstream that dies mid-stream gives an in-band error event, never a replay on another instance", async () => {
+    const dying = await startStandin({ tokens: 20, paceMs: 2, dieAfterTokens: 5, model: "m" });
+    const spare = await startStandin({ tokens: 20, paceMs: 2, model: "m" });
+    const g2 = await startServe(["--upstream", dying.url, spare.url]);
+    try {
+      for (let i = 0; i < 6; i++) {
+        const r = await fetch(`${g2.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "m", prompt: "x", stream: true }) });
+        const events = await sseEvents(r);
+        const texts = events.filter((e) => e !== "[DONE]").map((e) => JSON.parse(e));
+        const tokens = texts.filter((t) => t.choices).map((t) => t.choices[0].text);
+        // never duplicated: token k appears at most once, in order
+        expect(tokens).toEqual(tokens.map((_, k) => ` t${k}`));
+        if (tokens.length < 20) expect(texts.at(-1).error.code).toBe("upstream_error");
+      }
+      // non-stream requests are retried transparently: nothing was sent yet
+      const ok = await fetch(`${g2.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "m", prompt: "x" }) });
+      expect(ok.status).toBe(200);
+    } finally {
+      await g2.stop();
+      await dying.close();
+      await spare.close();
+    }
+  });
+
+  it("normalises vLLM's flat error shape from an upstream 4xx", async () => {
+    const r = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${KEY}` }, body: JSON.stringify({ model: "dsr-r1", prompt: "x", max_tokens: 2, extra: 1 }) });
+    expect(r.status).toBe(200);
+    const bad = await startStandin({ failStatus: 422, model: "m" });
+    const g2 = await startServe(["--upstream", bad.url]);
+    try {
+      const e = await fetch(`${g2.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "m", prompt: "x" }) });
+      expect(e.status).toBe(422);
+      expect(await e.json()).toEqual({ error: { message: "stand-in failure 422", type: "InternalServerError", param: null, code: 422 } });
+    } finally {
+      await g2.stop();
+      await bad.close();
+    }
+  });
+
+  it("/metrics passes promtool and carries dsr:* series with model and instance labels", async () => {
+    const m = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(m).toMatch(/dsr:request_success_total\{finished_reason="length",model_name="dsr-r1"\} \d+/);
+    expect(m).toMatch(/dsr:time_to_first_token_seconds_bucket\{le="[^"]+",model_name="dsr-r1",instance="u1"\}/);
+    expect(m).toContain("dsr:request_retries_total");
+    // promtool parses the exposition and lints it; its one complaint must be the deliberate `:` in
+    // the names (vLLM's `vllm:` metrics draw the same lint). Parse errors or other lint would show here.
+    const r = spawnSync("promtool", ["check", "metrics"], { input: m, encoding: "utf8" });
+    const complaints = (r.stdout + r.stderr).split("\n").filter((l) => l.trim());
+    expect(complaints.length).toBeGreaterThan(0);
+    for (const l of complaints) expect(l).toMatch(/^dsr:[a-z0-9_]+ metric names should not contain ':'$/);
+  });
+
+  it("writes one JSON line per request to the log, never the API key", async () => {
+    await new Promise((r) => setTimeout(r, 400)); // the log is flushed every 200 ms
+    const text = await readFile(join(dir, "req.log"), "utf8");
+    expect(text).not.toContain(KEY);
+    const lines = text.trim().split("\n").map((l) => JSON.parse(l));
+    const ok = lines.find((l) => l.status === 200 && l.stream === true);
+    expect(ok).toMatchObject({ model: "dsr-r1", path: "/v1/chat/completions", instance: "u1" });
+    expect(ok.ttft_ms).toBeGreaterThan(0);
+    expect(lines.some((l) => l.status === 401)).toBe(false); // auth failures never reach the generation path
+    expect(lines.some((l) => l.prompt !== undefined)).toBe(false);
+  });
+});
