@@ -212,10 +212,12 @@ class ShardRun {
       } finally {
         closeSync(fd);
       }
-      await rename(path + ".partial", path);
+      // Recorded before the rename: a listed shard may be missing (killed in between) and is then
+      // redone, but a shard file in place is always listed. Two shards may finish together, so
+      // manifest writes go one after the other.
       manifest.done[s.file] = { size: s.fileSize };
-      // Two shards may finish together: manifest writes go one after the other.
       await (this.manifestWrites = this.manifestWrites.then(() => writeManifest(outDir, manifest)));
+      await rename(path + ".partial", path);
       this.p.onShard?.(s.file, false);
     })();
     return { finished };
