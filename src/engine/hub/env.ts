@@ -36,3 +36,13 @@ export function hubOptionsFromEnv(env: NodeJS.ProcessEnv, overrides: Partial<Hub
   for (const [k, v] of Object.entries(overrides)) if (v !== undefined) (base as Record<string, unknown>)[k] = v;
   return base;
 }
+
+/** HF cache root: HF_HUB_CACHE, then the legacy HUGGINGFACE_HUB_CACHE, then $HF_HOME/hub (facts §1.6). */
+export function hfHubCache(env: NodeJS.ProcessEnv): string {
+  return env.HF_HUB_CACHE || env.HUGGINGFACE_HUB_CACHE || join(hfHome(env), "hub");
+}
+
+/** ModelScope cache root: MODELSCOPE_CACHE, else ~/.cache/modelscope/hub (facts §2). */
+export function msCache(env: NodeJS.ProcessEnv): string {
+  return env.MODELSCOPE_CACHE || join(homedir(), ".cache", "modelscope", "hub");
+}
