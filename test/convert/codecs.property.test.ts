@@ -62,17 +62,31 @@ describe("fp8 codes", () => {
       }
     }
   });
-  it("dequantBlockRow applies the right scale to partial edge blocks", () => {
-    const rows = 3;
-    const cols = 300; // blocks of 128, 128, 44
-    const src = new Uint8Array(rows * cols);
+  it("dequantBlockRow applies the right scale to partial edge blocks, word-wide and byte-wide paths, every target", () => {
     const r = rng(2);
-    for (let i = 0; i < src.length; i++) src[i] = (r() * 256) | 0;
-    const scaleRow = Float32Array.from([0.25, 3, 1e-3]);
-    const out = new Uint8Array(rows * cols * 2);
-    dequantBlockRow("BF16", src, rows, cols, scaleRow, out);
-    const o = new Uint16Array(out.buffer);
-    for (let i = 0; i < src.length; i++) expect(o[i]).toBe(refDequantBf16(src[i], scaleRow[Math.floor((i % cols) / 128)]));
+    for (const cols of [300, 301]) {
+      // 300: blocks of 128, 128, 44 on the 4-codes-per-load path; 301: the byte-by-byte path.
+      const rows = 3;
+      const src = new Uint8Array(rows * cols);
+      for (let i = 0; i < src.length; i++) src[i] = (r() * 256) | 0;
+      const scaleRow = Float32Array.from([0.25, 3, 1e-3]);
+      const block = (i: number) => scaleRow[Math.floor((i % cols) / 128)];
+      const product = (i: number) => Math.fround(refE4m3(src[i]) * block(i));
+      const nan = (i: number) => Number.isNaN(refE4m3(src[i]));
+      const sign = (i: number) => (src[i] & 0x80 ? 1 : 0);
+      const bf = new Uint8Array(rows * cols * 2);
+      dequantBlockRow("BF16", src, rows, cols, scaleRow, bf);
+      const obf = new Uint16Array(bf.buffer);
+      for (let i = 0; i < src.length; i++) expect(obf[i]).toBe(refDequantBf16(src[i], block(i)));
+      const h = new Uint8Array(rows * cols * 2);
+      dequantBlockRow("F16", src, rows, cols, scaleRow, h);
+      const oh = new Uint16Array(h.buffer);
+      for (let i = 0; i < src.length; i++) expect(oh[i]).toBe(nan(i) ? (sign(i) << 15) | 0x7e00 : refF16(product(i)));
+      const f = new Uint8Array(rows * cols * 4);
+      dequantBlockRow("F32", src, rows, cols, scaleRow, f);
+      const of = new Uint32Array(f.buffer);
+      for (let i = 0; i < src.length; i++) expect(of[i]).toBe(nan(i) ? (sign(i) ? 0xffc00000 : 0x7fc00000) : bitsOf(product(i)));
+    }
   });
 });
 
