@@ -1,0 +1,171 @@
+/**
+ * One onnxruntime-node session over a dsr decoder graph, plus its KV cache. Each layer's K and V live
+ * in one buffer laid out [rows, kvHeads, stride, headDim]; row r is a sequence's slot. GQA runs with
+ * past and present bound to the *same* buffer (facts §4.6), so the kernel appends in place and its
+ * attention cost follows the real lengths. But onnxruntime-node 1.30 copies every fetched output back
+ * into a fresh ArrayBuffer — a cost proportional to rows × stride — so the stride is kept just above
+ * the longest sequence (a multiple of STRIDE_STEP) and re-laid out as sequences grow or leave, rather
+ * than fixed at maxContext (measured: 16 rows at stride 2048 cost 126 ms/step on tiny-r1, at 128 6 ms).
+ */
+import type * as Ort from "onnxruntime-node";
+import { join } from "node:path";
+import { DsrError } from "../../errors.js";
+import { MODEL_FILE, type OnnxManifest } from "../../onnx/build.js";
+
+export interface DecoderSessionOptions {
+  threads: number;
+  maxBatch: number;
+  maxContext: number;
+}
+
+/** Granularity of the KV stride: a re-layout at most every STRIDE_STEP tokens of growth. */
+export const STRIDE_STEP = 64;
+
+export class DecoderSession {
+  readonly layers: number;
+  readonly vocab: number;
+  readonly slotFloats: number;
+  /** Bytes of KV cache per token (all layers, K and V). */
+  readonly kvBytesPerToken: number;
+  private readonly k: Float32Array[] = [];
+  private readonly v: Float32Array[] = [];
+  private readonly rowFloats: number;
+  /** Current positions per (row, head) in the buffers. */
+  private stride: number;
+
+  private constructor(
+    private readonly ort: typeof Ort,
+    private readonly session: Ort.InferenceSession,
+    readonly manifest: OnnxManifest,
+    readonly opts: DecoderSessionOptions,
+  ) {
+    const { numLayers, kvHeads, headDim, vocabSize } = manifest.io;
+    this.layers = numLayers;
+    this.vocab = vocabSize;
+    this.rowFloats = headDim;
+    this.slotFloats = kvHeads * opts.maxContext * headDim;
+    this.stride = Math.min(STRIDE_STEP, opts.maxContext);
+    this.kvBytesPerToken = numLayers * 2 * kvHeads * headDim * 4;
+    for (let i = 0; i < numLayers; i++) {
+      // Zero-filled allocations are lazily committed by the OS: only pages the cache touches cost RAM.
+      this.k.push(new Float32Array(opts.maxBatch * this.slotFloats));
+      this.v.push(new Float32Array(opts.maxBatch * this.slotFloats));
+    }
+  }
+
+  static async open(onnxDir: string, manifest: OnnxManifest, opts: DecoderSessionOptions): Promise<DecoderSession> {
+    const ort = await import("onnxruntime-node");
+    let session: Ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(join(onnxDir, MODEL_FILE), {
+        intraOpNumThreads: opts.threads,
+        interOpNumThreads: 1,
+        executionMode: "sequential",
+        graphOptimizationLevel: "all",
+      });
+    } catch (e) {
+      throw new DsrError("DSR_ONNX_LOAD_FAILED", `${join(onnxDir, MODEL_FILE)}: onnxruntime could not load the model (${(e as Error).message.split("\n")[0]})`, {
+        hint: "rebuild it with `dsr convert SRC --to onnx --out DIR` (the file may be truncated or from an older dsr)",
+      });
+    }
+    return new DecoderSession(ort, session, manifest, opts);
+  }
+
+  private kvFeeds(first: number, n: number, feeds: Record<string, Ort.Tensor>, fetches: Record<string, Ort.Tensor | null>): void {
+    const { kvHeads, headDim } = this.manifest.io;
+    const dims = [n, kvHeads, this.stride, headDim];
+    const rowFloats = kvHeads * this.stride * headDim;
+    for (let i = 0; i < this.layers; i++) {
+      const kt = new this.ort.Tensor("float32", this.k[i]!.subarray(first * rowFloats, (first + n) * rowFloats), dims);
+      const vt = new this.ort.Tensor("float32", this.v[i]!.subarray(first * rowFloats, (first + n) * rowFloats), dims);
+      feeds[`past_key_values.${i}.key`] = kt;
+      feeds[`past_key_values.${i}.value`] = vt;
+      fetches[`present.${i}.key`] = kt;
+      fetches[`present.${i}.value`] = vt;
+    }
+  }
+
+  /**
+   * Runs `tokens` (one row per slot, all rows the same length) for slots [first, first+rows) whose
+   * caches already hold `past[r]` tokens. Returns logits [rows, keep, vocab].
+   */
+  async run(first: number, tokens: number[][], past: number[], keep = 1): Promise<Float32Array> {
+    const rows = tokens.length;
+    const S = tokens[0]!.length;
+    const ids = new BigInt64Array(rows * S);
+    const seqlens = new Int32Array(rows);
+    let total = 0;
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < S; j++) ids[r * S + j] = BigInt(tokens[r]![j]!);
+      seqlens[r] = past[r]! + S - 1;
+      total = Math.max(total, past[r]! + S);
+    }
+    if (total > this.stride) throw new Error(`KV stride ${this.stride} < ${total}: call fit() before run()`);
+    const feeds: Record<string, Ort.Tensor> = {
+      input_ids: new this.ort.Tensor("int64", ids, [rows, S]),
+      seqlens_k: new this.ort.Tensor("int32", seqlens, [rows]),
+      total_sequence_length: new this.ort.Tensor("int32", Int32Array.of(total), []),
+      num_logits_to_keep: new this.ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), [1]),
+    };
+    const fetches: Record<string, Ort.Tensor | null> = { logits: null };
+    this.kvFeeds(first, rows, feeds, fetches);
+    const out = await this.session.run(feeds, fetches as Ort.InferenceSession.FetchesType);
+    return out.logits!.data as Float32Array;
+  }
+
+  /** The stride needed for sequences of up to `longest` tokens. */
+  strideFor(longest: number): number {
+    return Math.min(this.opts.maxContext, Math.max(STRIDE_STEP, Math.ceil(longest / STRIDE_STEP) * STRIDE_STEP));
+  }
+
+  /**
+   * Makes room for sequences of up to `longest` tokens: grows the stride (or shrinks it when it is more
+   * than twice what is needed), moving the first lens[r] positions of every row r in use.
+   */
+  fit(longest: number, lens: number[]): void {
+    const want = this.strideFor(longest);
+    if (want < this.stride && want * 2 > this.stride) return;
+    if (want === this.stride) return;
+    const { kvHeads } = this.manifest.io;
+    const D = this.rowFloats;
+    const old = this.stride;
+    // Growing moves data to higher offsets: walk backwards; shrinking: forwards. Either way no
+    // unread (row, head) block is overwritten.
+    const order: [number, number][] = [];
+    for (let r = 0; r < lens.length; r++) for (let h = 0; h < kvHeads; h++) order.push([r, h]);
+    if (want > old) order.reverse();
+    for (const bufs of [this.k, this.v]) {
+      for (const b of bufs) {
+        for (const [r, h] of order) {
+          const src = (r * kvHeads + h) * old * D;
+          const dst = (r * kvHeads + h) * want * D;
+          if (src !== dst && lens[r]! > 0) b.copyWithin(dst, src, src + lens[r]! * D);
+        }
+      }
+    }
+    this.stride = want;
+  }
+
+  get currentStride(): number {
+    return this.stride;
+  }
+
+  /** Copies the first `len` cached positions of row `from` into row `to` (a sequence changes slot). */
+  moveSlot(from: number, to: number, len: number): void {
+    if (from === to || len <= 0) return;
+    const { kvHeads } = this.manifest.io;
+    const perHead = this.stride * this.rowFloats;
+    for (const bufs of [this.k, this.v]) {
+      for (const b of bufs) {
+        for (let h = 0; h < kvHeads; h++) {
+          const src = (from * kvHeads + h) * perHead;
+          b.copyWithin((to * kvHeads + h) * perHead, src, src + len * this.rowFloats);
+        }
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}
