@@ -6,13 +6,14 @@ import type { Command } from "commander";
 import type { CommandContext } from "./context.js";
 import { registerNotBuilt } from "./not-built.js";
 import { register as registerConvert } from "./convert.js";
+import { register as registerPull } from "./pull.js";
 import { register as registerInspect } from "./inspect.js";
 import { register as registerServe } from "./serve.js";
 
 type Register = (program: Command, ctx: () => CommandContext) => void;
 
 export const COMMANDS: { name: string; summary: string; register?: Register }[] = [
-  { name: "pull", summary: "download a model from Hugging Face or ModelScope: parallel, resumable, verified" },
+  { name: "pull", summary: "download a model from Hugging Face or ModelScope: parallel, resumable, verified", register: registerPull },
   { name: "inspect", summary: "shards, dtypes, parameters, integrity and GPU memory fit of a local or remote checkpoint", register: registerInspect },
   { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine", register: registerConvert },
   { name: "quantize", summary: "AWQ / GPTQ 4-bit and INT8 with real calibration, in formats vLLM loads" },

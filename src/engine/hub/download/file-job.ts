@@ -3,11 +3,11 @@
  * beside it), 1 MiB write coalescing per part, and the ordered hasher. The pool (pool.ts) decides
  * which part runs on which connection; the job only knows how to fetch a part and how to verify.
  */
-import { open, rm, type FileHandle } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { DsrError } from "../../errors.js";
 import type { HubFile } from "../types.js";
 import { OrderedHasher, type DigestKind } from "./hasher.js";
-import { loadState, removeState, saveState, splitParts, type FileState, type PartState } from "./state.js";
+import { ProgressFile, loadState, removeState, saveState, splitParts, type PartState } from "./state.js";
 
 export type RangeReader = (path: string, start: number, end: number, onChunk: (chunk: Uint8Array, offset: number) => Promise<void> | void) => Promise<void>;
 
@@ -31,6 +31,7 @@ export class FileJob {
   settled = false;
   finishing = false;
   private fhp?: Promise<FileHandle>;
+  private progress?: ProgressFile;
   private hasher!: OrderedHasher;
   private dirty = false;
   private sealed = false;
@@ -43,18 +44,18 @@ export class FileJob {
     readonly partialPath: string,
     readonly statePath: string,
     private readonly partSize: number,
-    state: FileState | undefined,
+    resumed: PartState[] | undefined,
   ) {
     this.digest = digestOf(file);
-    this.parts = state?.parts ?? splitParts(file.size, partSize);
+    this.parts = resumed ?? splitParts(file.size, partSize);
     this.resumedBytes = this.doneBytes();
     this.newHasher();
   }
 
   static async load(file: HubFile, partialPath: string, partSize: number): Promise<FileJob> {
     const statePath = `${partialPath}.json`;
-    const state = await loadState(statePath, partialPath, { size: file.size, digest: digestKey(digestOf(file)) });
-    return new FileJob(file, partialPath, statePath, partSize, state);
+    const parts = await loadState(statePath, partialPath, { size: file.size, digest: digestKey(digestOf(file)) });
+    return new FileJob(file, partialPath, statePath, partSize, parts);
   }
 
   private newHasher(): void {
@@ -67,6 +68,9 @@ export class FileJob {
       const fresh = this.doneBytes() === 0;
       const fh = await open(this.partialPath, fresh ? "w+" : "r+");
       if (fresh) await fh.truncate(this.file.size);
+      else await fh.datasync(); // resumed bytes (same boot: maybe only in page cache) become durable
+      await this.writeState();
+      this.progress = await ProgressFile.open(this.statePath, this.parts);
       return fh;
     })());
   }
@@ -96,6 +100,7 @@ export class FileJob {
     this.assigned.add(part);
     this.active++;
     const fh = await this.handle();
+    const index = this.parts.indexOf(part);
     const buf = Buffer.allocUnsafe(Math.min(WRITE_BLOCK, Math.max(1, part.end - part.start)));
     let fill = 0;
     const flush = async () => {
@@ -103,6 +108,7 @@ export class FileJob {
       const at = part.start + part.done;
       await writeFully(fh, buf, fill, at, this.file.path);
       part.done += fill;
+      await this.progress!.record(index, part.done);
       this.dirty = true;
       this.hasher.offer(buf.subarray(0, fill), at);
       onBytes(fill);
@@ -148,10 +154,15 @@ export class FileJob {
     return this.exclusive(async () => {
       if (this.sealed || (!this.dirty && !force)) return;
       this.dirty = false;
-      const parts = this.parts.map((p) => ({ ...p })); // what is durable once datasync returns
-      if (this.fhp) await (await this.fhp).datasync();
-      await saveState(this.statePath, { version: 1, path: this.file.path, size: this.file.size, digest: digestKey(this.digest), parts });
+      if (this.fhp) await this.writeState(await this.fhp);
     });
+  }
+
+  /** fdatasync the partial, then record what it made durable. */
+  private async writeState(fh?: FileHandle): Promise<void> {
+    const parts = this.parts.map((p) => ({ start: p.start, end: p.end, durable: p.done })); // durable once datasync returns
+    if (fh) await fh.datasync();
+    await saveState(this.statePath, { path: this.file.path, size: this.file.size, digest: digestKey(this.digest), parts });
   }
 
   /** Durable partial, closed; the caller renames it into place. No state is saved after this. */
@@ -162,12 +173,16 @@ export class FileJob {
       await fh.sync();
       await fh.close();
       this.fhp = undefined;
+      await this.progress?.close();
+      this.progress = undefined;
     });
   }
 
   async close(): Promise<void> {
     const p = this.fhp;
     this.fhp = undefined;
+    await this.progress?.close();
+    this.progress = undefined;
     if (p) await (await p).close().catch(() => {});
   }
 
@@ -184,7 +199,7 @@ export class FileJob {
 
   /** After the verified partial was moved into place. */
   async dropState(): Promise<void> {
-    await rm(this.statePath, { force: true });
+    await removeState(this.statePath, this.partialPath); // the partial itself was renamed away already
   }
 }
 
