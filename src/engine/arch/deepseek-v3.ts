@@ -31,8 +31,16 @@ export interface DeepseekFields {
 
 const numOr = (v: unknown, d: number): number => (typeof v === "number" && Number.isFinite(v) ? v : d);
 
-/** Reads DeepSeek fields from the raw config; accepts the older and newer spellings. */
+const fieldsCache = new WeakMap<ModelConfig, DeepseekFields>();
+
+/** Reads DeepSeek fields from the raw config; accepts the older and newer spellings. Cached per config. */
 export function deepseekFields(cfg: ModelConfig): DeepseekFields {
+  let f = fieldsCache.get(cfg);
+  if (!f) fieldsCache.set(cfg, (f = readFields(cfg)));
+  return f;
+}
+
+function readFields(cfg: ModelConfig): DeepseekFields {
   const r = cfg.raw;
   const q = r.q_lora_rank;
   const qc = cfg.quantizationConfig;

@@ -59,7 +59,7 @@ export interface ShardJob {
   names?: readonly string[];
 }
 
-export type ShardResult = { file: string; ok: true; read: HeaderReadResult } | { file: string; ok: false; error: Error };
+export type ShardResult = { file: string; ok: true; read: HeaderReadResult } | { file: string; ok: false; error: Error; tensor?: string };
 
 export interface ReadHeadersOptions {
   concurrency: number;
@@ -86,7 +86,8 @@ export async function readHeaders(jobs: readonly ShardJob[], opts: ReadHeadersOp
       r = { file: job.file, ok: true, read };
     } catch (e) {
       if (!isDsrError(e) || e.exitCode !== ExitCode.integrity) throw e;
-      r = { file: job.file, ok: false, error: e };
+      const tensor = e.code === "DSR_ST_INCOMPLETE_BUFFER" ? await cutShortTensor(job.source).catch(() => undefined) : undefined;
+      r = { file: job.file, ok: false, error: e, tensor };
     } finally {
       await job.source.close?.().catch(() => {});
     }
@@ -101,4 +102,13 @@ export async function readHeaders(jobs: readonly ShardJob[], opts: ReadHeadersOp
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, jobs.length - next)) }, worker));
   return results;
+}
+
+/** For a truncated file: the first tensor (in data order) whose bytes run past the end of the file. */
+async function cutShortTensor(src: ByteSource): Promise<string | undefined> {
+  const size = await src.size();
+  if (size === undefined) return undefined;
+  // Re-read the header without the file-size check, which is what rejected it.
+  const { header } = await readHeader({ name: src.name, size: async () => undefined, read: (s, l) => src.read(s, Math.min(l, size - s)) });
+  return header.tensors.find((t) => header.dataStart + t.end > size)?.name;
 }

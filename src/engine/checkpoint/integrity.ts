@@ -82,7 +82,9 @@ function checkFp8Scales(ck: Checkpoint, [bo, bi]: [number, number], blockMode: b
   for (const [name, t] of ck.tensors) {
     if (name.endsWith(".weight_scale_inv")) {
       const w = name.slice(0, -"_scale_inv".length);
-      if (!ck.tensors.has(w)) fs.add({ severity: "warning", code: "DSR_FP8_SCALE_ORPHAN", file: t.file, tensor: name, message: `${t.file}: scale "${name}" has no weight "${w}"` });
+      const wFile = ck.index?.weightMap.get(w);
+      const wUnread = wFile !== undefined && ck.shards.find((x) => x.file === wFile)?.status !== "ok";
+      if (!ck.tensors.has(w) && !wUnread) fs.add({ severity: "warning", code: "DSR_FP8_SCALE_ORPHAN", file: t.file, tensor: name, message: `${t.file}: scale "${name}" has no weight "${w}"` });
       continue;
     }
     if (!blockMode || (t.dtype !== "F8_E4M3" && t.dtype !== "F8_E5M2") || !name.endsWith(".weight") || t.shape.length !== 2) continue;

@@ -82,7 +82,8 @@ export async function openCheckpoint(src: CheckpointSource, opts: OpenOptions = 
       shard.status = "unreadable";
       const e = r.error;
       const d = isDsrError(e) ? e.details : undefined;
-      findings.push({ severity: "error", code: isDsrError(e) ? e.code : "DSR_ST_INVALID", file: r.file, tensor: d?.tensor as string | undefined, message: e.message });
+      const tensor = r.tensor ?? (d?.tensor as string | undefined);
+      findings.push({ severity: "error", code: isDsrError(e) ? e.code : "DSR_ST_INVALID", file: r.file, tensor, message: r.tensor ? `${e.message}; first tensor cut short: "${r.tensor}"` : e.message });
       continue;
     }
     const { header } = r.read;

@@ -16,7 +16,7 @@ import { deepseekFields } from "../arch/deepseek-v3.js";
 import { usageError } from "../errors.js";
 import { DTYPE_BITS } from "../tensors/dtypes.js";
 import { ccAtLeast, vllmBatchDefaults, type GpuProfile } from "./gpus.js";
-import { rankWeights, type WeightVariant } from "./weights.js";
+import { rankWeightsFromTable, weightTable, type WeightTable, type WeightVariant } from "./weights.js";
 
 const GiB = 2 ** 30;
 
@@ -92,11 +92,11 @@ function activationBytes(model: PlanModel, gpu: GpuProfile, tp: number): number 
   return T * act * (4 * h + mlp + attn) + maxNumSeqs * cfg.vocabSize * 4 * 2;
 }
 
-function evaluate(model: PlanModel, gpu: GpuProfile, tp: number, pp: number, util: number, maxModelLen: number, concurrency: number, kv: string, variant: WeightVariant): PlanPoint {
+function evaluate(model: PlanModel, table: WeightTable, gpu: GpuProfile, tp: number, pp: number, util: number, maxModelLen: number, concurrency: number, kv: string, variant: WeightVariant): PlanPoint {
   const { arch, cfg } = model;
   const memoryBytes = gpu.memoryGiB * GiB;
   const budgetBytes = memoryBytes * util;
-  const weightsBytes = rankWeights(arch, cfg, model.tensors, tp, pp, variant).maxBytes;
+  const weightsBytes = rankWeightsFromTable(table, cfg, tp, pp, variant).maxBytes;
   const activation = activationBytes(model, gpu, tp);
   const layersHere = Math.ceil(cfg.numLayers / pp);
   const cudaGraphBytes = (0.5 + 0.015 * layersHere) * GiB;
@@ -175,9 +175,10 @@ export function planMemory(model: PlanModel, opts: PlanOptions): MemoryPlan {
   if (!validTp(cfg, tp)) {
     throw usageError(`--tp ${tp} does not divide the model's ${cfg.numHeads} attention heads / ${cfg.numKvHeads} KV heads`, `use a TP size that divides ${cfg.numHeads}, and add --pp for more GPUs`);
   }
-  const base = evaluate(model, opts.gpu, tp, pp, util, maxModelLen, concurrency, kv, "as-is");
+  const table = weightTable(model.arch, cfg, model.tensors);
+  const base = evaluate(model, table, opts.gpu, tp, pp, util, maxModelLen, concurrency, kv, "as-is");
   const notes: string[] = [];
-  const speculative = rankWeights(model.arch, cfg, model.tensors, 1, 1).speculativeBytes;
+  const speculative = table.speculative[0];
   if (speculative > 0) notes.push(`MTP layers (${speculative >= GiB ? (speculative / GiB).toFixed(1) + " GiB" : (speculative / 2 ** 20).toFixed(1) + " MiB"}) are not counted: vLLM loads them only with speculative decoding`);
   const q = model.quantMethod;
   if (q.startsWith("fp8") && !opts.gpu.fp8) {
@@ -188,7 +189,7 @@ export function planMemory(model: PlanModel, opts: PlanOptions): MemoryPlan {
   const suggestions: MemoryPlan["suggestions"] = [];
   const search = (variant: WeightVariant, kvd: string, change: string) => {
     for (const l of layouts(cfg)) {
-      const p = evaluate(model, opts.gpu, l.tp, l.pp, util, maxModelLen, concurrency, kvd, variant);
+      const p = evaluate(model, table, opts.gpu, l.tp, l.pp, util, maxModelLen, concurrency, kvd, variant);
       if (p.verdict === "fits") {
         if (!(p.gpus === base.gpus && variant === "as-is" && kvd === kv)) suggestions.push({ ...p, change });
         return p;

@@ -11,7 +11,7 @@
  */
 import type { ModelConfig } from "../arch/config.js";
 import type { TensorLike } from "../arch/params.js";
-import type { ArchDef } from "../arch/types.js";
+import type { ArchDef, ShardRule } from "../arch/types.js";
 import { DTYPE_BITS, numel, tensorByteSize } from "../tensors/dtypes.js";
 
 /** A weight format the planner can price: the checkpoint as it is, or re-quantised linears. */
@@ -45,40 +45,58 @@ export interface RankWeights {
   speculativeBytes: number;
 }
 
-export function rankWeights(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorLike>, tp: number, pp: number, variant: WeightVariant = "as-is"): RankWeights {
-  const stages = new Array<number>(pp).fill(0);
-  const L = cfg.numLayers;
-  const stageOf = (layer: number) => Math.min(pp - 1, Math.floor((layer * pp) / L));
-  let totalBytes = 0;
-  let speculativeBytes = 0;
+const VARIANTS: WeightVariant[] = ["as-is", "fp8", "int8", "awq-int4"];
+/** Layer slot for tensors outside decoder layers. */
+const EMBED = -1;
+const HEAD = -2;
+
+/**
+ * Per-tensor classification collapsed into sums by (shard rule, layer slot): the planner evaluates
+ * dozens of layouts, and R1 has 92k tensors, so names are matched once, not once per layout.
+ */
+export interface WeightTable {
+  buckets: { rule: ShardRule; layer: number; bytes: Float64Array }[];
+  speculative: Float64Array;
+}
+
+export function weightTable(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorLike>): WeightTable {
+  const map = new Map<string, { rule: ShardRule; layer: number; bytes: Float64Array }>();
+  const speculative = new Float64Array(VARIANTS.length);
   for (const t of tensors) {
-    const bytes = variantBytes(arch, t, variant);
+    const bytes = VARIANTS.map((v) => variantBytes(arch, t, v));
     if (arch.isSpeculativeOnly(t.name, cfg)) {
-      speculativeBytes += bytes;
+      bytes.forEach((b, i) => (speculative[i] += b));
       continue;
     }
-    totalBytes += bytes;
-    let frac: number;
-    switch (arch.shardRule(t.name, cfg)) {
-      case "column":
-      case "row":
-      case "vocab":
-        frac = 1 / tp;
-        break;
-      case "kv_heads":
-        frac = Math.ceil(cfg.numKvHeads / tp) / cfg.numKvHeads;
-        break;
-      default:
-        frac = 1;
-    }
-    const layer = arch.layerOf(t.name, cfg).index;
-    const role = arch.role(t.name);
-    const perRank = bytes * frac;
-    if (layer !== undefined) stages[stageOf(layer)] += perRank;
-    else if (role === "embed") {
+    const rule = arch.shardRule(t.name, cfg);
+    const idx = arch.layerOf(t.name, cfg).index;
+    const layer = idx ?? (arch.role(t.name) === "embed" ? EMBED : HEAD);
+    const key = `${rule}|${layer}`;
+    const b = map.get(key) ?? map.set(key, { rule, layer, bytes: new Float64Array(VARIANTS.length) }).get(key)!;
+    bytes.forEach((x, i) => (b.bytes[i] += x));
+  }
+  return { buckets: [...map.values()], speculative };
+}
+
+export function rankWeightsFromTable(table: WeightTable, cfg: ModelConfig, tp: number, pp: number, variant: WeightVariant = "as-is"): RankWeights {
+  const v = VARIANTS.indexOf(variant);
+  const stages = new Array<number>(pp).fill(0);
+  const L = cfg.numLayers;
+  let totalBytes = 0;
+  for (const { rule, layer, bytes } of table.buckets) {
+    const b = bytes[v];
+    totalBytes += b;
+    const frac = rule === "replicated" ? 1 : rule === "kv_heads" ? Math.ceil(cfg.numKvHeads / tp) / cfg.numKvHeads : 1 / tp;
+    const perRank = b * frac;
+    if (layer >= 0) stages[Math.min(pp - 1, Math.floor((layer * pp) / L))] += perRank;
+    else if (layer === EMBED) {
       stages[0] += perRank;
       if (cfg.tieWordEmbeddings && pp > 1) stages[pp - 1] += perRank; // the tied head needs it too
     } else stages[pp - 1] += perRank; // final norm, lm_head
   }
-  return { maxBytes: Math.max(...stages), totalBytes, speculativeBytes };
+  return { maxBytes: Math.max(...stages), totalBytes, speculativeBytes: table.speculative[v] };
+}
+
+export function rankWeights(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorLike>, tp: number, pp: number, variant: WeightVariant = "as-is"): RankWeights {
+  return rankWeightsFromTable(weightTable(arch, cfg, tensors), cfg, tp, pp, variant);
 }

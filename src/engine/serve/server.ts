@@ -37,6 +37,8 @@ export interface ServeConfig {
   affinity: boolean;
   engineFlags: Omit<EngineFlags, "model" | "servedModelName" | "reasoning">;
   python: string;
+  /** CPU threads per embedded instance. */
+  threads?: number;
   readyTimeoutMs: number;
   gateway: {
     apiKeys: string[];
@@ -118,6 +120,8 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       a.push("--reasoning-field", cfg.reasoningFields.length === 2 ? "both" : cfg.reasoningFields[0] ?? "none");
       if (!cfg.r1Advice) a.push("--no-r1-advice");
       a.push("--max-concurrency", String(cfg.gateway.maxConcurrency), "--max-queue", String(cfg.gateway.maxQueue), "--grace", "5");
+      if (cfg.threads) a.push("--threads", String(cfg.threads));
+      if (cfg.engineFlags.maxModelLen) a.push("--max-model-len", String(cfg.engineFlags.maxModelLen));
       cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };
     } else {
       // GPU engines: the memory fraction is shared out among instances, as the seed guides do by hand (0.4 + 0.4).
@@ -172,9 +176,13 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
           })
         : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
       closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
-      for (const s of supervisors) s.start();
       if (supervisors.length) {
+        // The first instance starts alone: it may convert the checkpoint (embedded) or profile GPU
+        // memory (vLLM counts a sibling's allocation wrongly when both start together, facts §5.1).
         deps.note(`waiting for ${supervisors.length} ${plan.engine} instance(s) to become ready…`);
+        supervisors[0].start();
+        await supervisors[0].waitReady(cfg.readyTimeoutMs, deps.signal);
+        for (const s of supervisors.slice(1)) s.start();
         await Promise.all(supervisors.map((s) => s.waitReady(cfg.readyTimeoutMs, deps.signal)));
       }
       let upstreamModel: string | undefined;

@@ -7,7 +7,7 @@
  */
 import type { TokenChunk, TokenEngine, TokenLogprob } from "../runtime/types.js";
 import type { TextModel } from "../text/index.js";
-import { createStopMatcher } from "../text/index.js";
+import { createIncrementalDecoder, createStopMatcher } from "../text/index.js";
 import { HttpError } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
 import { chatPromptIds, completionPrompts, samplingFor, tokenBudget } from "./prompt.js";
@@ -79,6 +79,7 @@ export class TokenBackend implements Backend {
     const split = chat && this.o.reasoningFields.length > 0 && text.promptOpensThink;
     const stops = stopList(req.stop);
     const stopIds = req.ignore_eos ? [] : text.eosTokenIds;
+    const skipIds = new Set([...text.eosTokenIds, ...(text.bosTokenId === undefined ? [] : [text.bosTokenId])]);
     const id = `${chat ? "chatcmpl" : "cmpl"}-${g.id.replace(/[^A-Za-z0-9-]/g, "").slice(0, 40)}`;
     const created = Math.floor(Date.now() / 1000);
     const ins = this.o.metrics.instrument(this.instance);
@@ -121,7 +122,9 @@ export class TokenBackend implements Backend {
       const ac = new AbortController();
       const onAbort = () => ac.abort(g.signal.reason);
       g.signal.addEventListener("abort", onAbort, { once: true });
-      const decoder = text.createDecoder();
+      // Our own incremental decoder over text.decode: the stock createDecoder() calls the tokenizer
+      // with an empty id list on its first push, which @huggingface/tokenizers rejects.
+      const decoder = createIncrementalDecoder((ids) => (ids.length ? text.decode(ids) : ""), skipIds);
       const stop = createStopMatcher(stops);
       const splitter = split ? new ReasoningSplitter() : undefined;
       let stopped = false;
@@ -163,7 +166,7 @@ export class TokenBackend implements Backend {
             c.logprobs.push(...chunk.logprobs);
             c.pendingLogprobs.push(...chunk.logprobs);
           }
-          await take(decoder.push(chunk.ids.filter((x) => !stopIds.includes(x))), false);
+          if (chunk.ids.length) await take(decoder.push(chunk.ids), false);
           if (chunk.finish) {
             if (chunk.finish === "error") throw new HttpError(500, "the engine failed while generating", { code: "engine_error" });
             if (chunk.finish !== "abort") c.finish = chunk.finish;

@@ -59,9 +59,10 @@ export class OrderedHasher {
 
   private async catchUp(): Promise<void> {
     if (!this.hash) return;
-    const fh = await this.fh();
+    let fh: FileHandle | undefined;
     let buf: Buffer | undefined;
     for (let end = this.writtenEnd(); end > this.pos; end = this.writtenEnd()) {
+      fh ??= await this.fh();
       buf ??= Buffer.allocUnsafe(READ_BACK);
       const n = Math.min(READ_BACK, end - this.pos);
       const { bytesRead } = await fh.read(buf, 0, n, this.pos);
