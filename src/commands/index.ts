@@ -9,6 +9,7 @@ import { register as registerConvert } from "./convert.js";
 import { register as registerPull } from "./pull.js";
 import { register as registerInspect } from "./inspect.js";
 import { register as registerServe } from "./serve.js";
+import { register as registerChat } from "./chat.js";
 
 type Register = (program: Command, ctx: () => CommandContext) => void;
 
@@ -18,7 +19,7 @@ export const COMMANDS: { name: string; summary: string; register?: Register }[] 
   { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine", register: registerConvert },
   { name: "quantize", summary: "AWQ / GPTQ 4-bit and INT8 with real calibration, in formats vLLM loads" },
   { name: "serve", summary: "OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang", register: registerServe },
-  { name: "chat", summary: "chat with a model in the terminal on the embedded engine" },
+  { name: "chat", summary: "chat with a model in the terminal on the embedded engine", register: registerChat },
   { name: "bench", summary: "load-test an endpoint with vLLM-compatible metrics, SLO goodput and reports" },
 ];
 

@@ -116,7 +116,8 @@ export async function loadTextModel(modelDir: string): Promise<TextModel> {
   if (bosTokenId !== undefined) skip.add(bosTokenId);
   if (padId !== undefined) skip.add(padId);
 
-  const decode = (xs: number[]): string => tok.decode(xs, { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+  // (the tokenizer rejects an empty id list)
+  const decode = (xs: number[]): string => (xs.length ? tok.decode(xs, { skip_special_tokens: false, clean_up_tokenization_spaces: false }) : "");
   const template = templateText ? new Template(templateText) : undefined;
   const applyChatTemplate = (messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string => {
     if (!template) {
