@@ -4,7 +4,9 @@
  * for up to --grace seconds, stops the children and exits 0.
  */
 import { readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
 import { basename, resolve } from "node:path";
+import { availableParallelism } from "node:os";
 import { Command, Option } from "commander";
 import type { CommandContext } from "./context.js";
 import { usageError } from "../engine/errors.js";
@@ -38,6 +40,7 @@ interface Flags {
   enforceEager?: boolean;
   engineArg?: string[];
   python: string;
+  threads?: string;
   apiKey?: string[];
   apiKeyFile?: string;
   protectAll?: boolean;
@@ -88,6 +91,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--download-dir <dir>", "weights download directory (vllm/sglang)")
     .option("--enforce-eager", "no CUDA graphs (vllm)")
     .option("--engine-arg <arg>", "extra argument for the engine command line, verbatim (repeatable)", collect)
+    .option("--threads <n>", "CPU threads per embedded instance (default: cores / instances)")
     .option("--python <exe>", "python for sglang / torch detection", "python3")
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
     .option("--api-key-file <file>", "file of keys, one per line")
@@ -116,7 +120,8 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   const keys = [...(f.apiKey ?? [])];
   if (c.env.DSR_API_KEY) keys.push(c.env.DSR_API_KEY);
   if (f.apiKeyFile) keys.push(...parseKeyFile(await readFile(f.apiKeyFile, "utf8").catch((e) => { throw usageError(`--api-key-file ${f.apiKeyFile}: ${(e as Error).message}`); })));
-  const modelPath = model && !f.upstream?.length && /^[./~]/.test(model) ? resolve(model) : model;
+  // a local directory travels to child instances (and logs) as an absolute path
+  const modelPath = model && !f.upstream?.length && existsSync(model) ? resolve(model) : model;
   const cfg: ServeConfig = {
     model: modelPath,
     engine: f.engine,
@@ -144,6 +149,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       extra: f.engineArg,
     },
     python: f.python,
+    threads: f.threads === undefined ? Math.max(1, Math.floor(availableParallelism() / int(f.instances, "--instances", 1, 64))) : int(f.threads, "--threads", 1, 1024),
     readyTimeoutMs: seconds(f.readyTimeout, "--ready-timeout") * 1000,
     gateway: {
       apiKeys: keys,
@@ -181,7 +187,13 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   const server = await startServe(cfg, plan, {
     ...deps,
     version: VERSION,
-    openTokenEngine: undefined,
+    openTokenEngine: async (path) => {
+      // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways
+      const { openEmbeddedEngine, defaultOnnxCacheDir } = await import("../engine/runtime/embedded/index.js");
+      const r = await openEmbeddedEngine(path, { threads: cfg.threads, maxContext: cfg.engineFlags.maxModelLen, cacheDir: defaultOnnxCacheDir(c.env.XDG_CACHE_HOME), signal: c.signal });
+      out.note(`embedded engine: ${r.info.weights} weights, ${r.info.threads} thread(s), batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}${r.info.converted ? ` (converted to ${r.info.onnxDir})` : ""}`);
+      return r;
+    },
     cache,
     requestLog,
     note: (l) => out.note(l),

@@ -1,0 +1,176 @@
+/**
+ * `dsr serve tiny-r1 --instances 2` on the embedded engine, as real processes: the front gateway and
+ * two supervised `dsr serve --engine embedded` children. Real clients (openai SDK, raw fetch); an
+ * instance is SIGKILLed under load; the front is SIGTERMed mid-stream and must drain.
+ *
+ * tiny-r1 often mis-copies the operands of "What is A + B?" into its reasoning (the torch reference
+ * output in its reference.json does too), so the answer is checked against the arithmetic in its own
+ * last reasoning line: `So X + Y = Z` must be right and `\boxed{Z}` must carry it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import OpenAI from "openai";
+import { TINY_R1 } from "../support/cli.js";
+import { tempDir } from "../support/tmp.js";
+import { sseEvents, startServe, type ServeProc } from "./helpers.js";
+
+let gw: ServeProc;
+let cacheHome: string;
+const Q = "What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}.";
+
+beforeAll(async () => {
+  cacheHome = await tempDir();
+  gw = await startServe([TINY_R1, "--instances", "2", "--max-concurrency", "32", "--grace", "20"], { env: { XDG_CACHE_HOME: cacheHome }, timeoutMs: 90_000 });
+}, 120_000);
+
+afterAll(async () => {
+  if (gw?.proc.exitCode === null) await gw.stop();
+});
+
+const client = () => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "none", maxRetries: 0 });
+
+/** The reasoning's final line does the arithmetic; the boxed answer must carry its (correct) result. */
+function checkAnswer(reasoning: string, content: string): number {
+  const m = /So (\d+) ([+-]) (\d+) = (-?\d+)\.?\s*$/.exec(reasoning);
+  expect(m, reasoning).not.toBeNull();
+  const [x, op, y, z] = [Number(m![1]), m![2], Number(m![3]), Number(m![4])];
+  expect(z).toBe(op === "+" ? x + y : x - y);
+  expect(content).toBe(`The answer is \\boxed{${z}}.`);
+  return z;
+}
+
+async function ready(): Promise<{ children: { name: string; state: string; pid: number; restarts: number }[]; instances: { healthy: boolean }[] }> {
+  return (await fetch(`${gw.url}/ready`)).json();
+}
+
+describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
+  let expected: { reasoning: string; content: string };
+
+  it("chat, non-stream, via the SDK: <think> split into reasoning_content and reasoning, answer in content", async () => {
+    const r = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0 });
+    const m = r.choices[0].message as unknown as { content: string; reasoning: string; reasoning_content: string };
+    expect(m.reasoning_content).toBe(m.reasoning);
+    expect(m.reasoning).not.toContain("think>");
+    checkAnswer(m.reasoning, m.content);
+    expect(r.choices[0].finish_reason).toBe("stop");
+    expect(r.usage!.prompt_tokens).toBeGreaterThan(20);
+    expect(r.usage!.completion_tokens).toBeGreaterThan(10);
+    expected = { reasoning: m.reasoning, content: m.content };
+  });
+
+  it("chat, stream, via the SDK: role chunk, reasoning deltas, content deltas — equal to the non-stream answer", async () => {
+    const s = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let reasoning = "";
+    let content = "";
+    let first = true;
+    let usage;
+    let finish;
+    for await (const ch of s) {
+      if (ch.usage) usage = ch.usage;
+      const c = ch.choices[0];
+      if (!c) continue;
+      if (first) expect(c.delta.role).toBe("assistant");
+      first = false;
+      const d = c.delta as { reasoning?: string; reasoning_content?: string; content?: string };
+      reasoning += d.reasoning ?? "";
+      expect(d.reasoning_content).toBe(d.reasoning);
+      content += d.content ?? "";
+      finish = c.finish_reason ?? finish;
+    }
+    expect({ reasoning, content }).toEqual(expected);
+    expect(finish).toBe("stop");
+    expect(usage).toMatchObject({ total_tokens: expect.any(Number) });
+  });
+
+  it("R1 advice: a system prompt is folded into the user turn (same answer as putting it there)", async () => {
+    const a = await client().chat.completions.create({ model: "tiny-r1", temperature: 0, max_tokens: 24, messages: [{ role: "system", content: "Be brief." }, { role: "user", content: Q }] });
+    const b = await client().chat.completions.create({ model: "tiny-r1", temperature: 0, max_tokens: 24, messages: [{ role: "user", content: `Be brief.\n\n${Q}` }] });
+    expect(a.choices[0].message).toEqual(b.choices[0].message);
+    expect(a.usage!.prompt_tokens).toBe(b.usage!.prompt_tokens);
+  });
+
+  it("completions (stream and non-stream), stop strings, n with a seed, logprobs", async () => {
+    const prompt = `<｜begin▁of▁sentence｜><｜User｜>${Q}<｜Assistant｜><think>\n`;
+    const c = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 6, temperature: 0, logprobs: 2 });
+    expect(c.choices[0].finish_reason).toBe("length");
+    expect(c.usage!.completion_tokens).toBe(6);
+    const lp = c.choices[0].logprobs!;
+    expect(lp.tokens!.length).toBe(6);
+    expect(lp.tokens!.join("")).toBe(c.choices[0].text);
+    expect(Object.keys(lp.top_logprobs![0]).length).toBeGreaterThanOrEqual(1);
+    let streamed = "";
+    for await (const ch of await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 6, temperature: 0, stream: true })) streamed += ch.choices[0]?.text ?? "";
+    expect(streamed).toBe(c.choices[0].text);
+    const stopped = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 60, temperature: 0, stop: ["\n"] });
+    expect(stopped.choices[0].finish_reason).toBe("stop");
+    expect(stopped.choices[0].text).not.toContain("\n");
+    expect(expected.reasoning.startsWith(stopped.choices[0].text.trim())).toBe(true);
+    const two = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], n: 2, seed: 7, max_tokens: 8 });
+    expect(two.choices.map((x) => x.index)).toEqual([0, 1]);
+  });
+
+  it("context overflow is a 400 that names the numbers", async () => {
+    const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], max_tokens: 5000 }) });
+    expect(r.status).toBe(400);
+    const e = (await r.json()).error;
+    expect(e.code).toBe("context_length_exceeded");
+    expect(e.message).toMatch(/maximum context length is 2048 tokens\. However, you requested \d+ tokens \(\d+ in the messages, 5000 in the completion\)/);
+  });
+
+  it("SIGKILL of an instance under load: every non-stream request answers once and correctly, streams never duplicate, the instance comes back", async () => {
+    const before = await ready();
+    const victim = before.children.find((c) => c.name === "i0")!;
+    const N = 16;
+    const nonStream = Array.from({ length: N }, () =>
+      fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0 }) }).then(async (r) => ({ status: r.status, body: await r.json() })),
+    );
+    const streams = Array.from({ length: 4 }, () =>
+      fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, stream: true }) }).then(sseEvents),
+    );
+    await new Promise((r) => setTimeout(r, 150));
+    process.kill(victim.pid, "SIGKILL");
+    const results = await Promise.all(nonStream);
+    for (const r of results) {
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body.choices).toHaveLength(1);
+      expect(r.body.choices[0].message.content).toBe(expected.content);
+      expect(r.body.choices[0].message.reasoning).toBe(expected.reasoning);
+    }
+    for (const events of await Promise.all(streams)) {
+      const objs = events.filter((e) => e !== "[DONE]").map((e) => JSON.parse(e));
+      const reasoning = objs.map((o) => o.choices?.[0]?.delta?.reasoning ?? "").join("");
+      const content = objs.map((o) => o.choices?.[0]?.delta?.content ?? "").join("");
+      if (objs.at(-1).error) {
+        // cut by the kill after bytes were sent: an in-band error, and what was sent is a prefix — never a replay
+        expect(expected.reasoning.startsWith(reasoning)).toBe(true);
+        expect(content === "" || expected.content.startsWith(content)).toBe(true);
+      } else {
+        expect({ reasoning, content }).toEqual(expected);
+      }
+    }
+    await expect
+      .poll(async () => (await ready()).children.find((c) => c.name === "i0"), { timeout: 30_000, interval: 250 })
+      .toMatchObject({ state: "ready", restarts: 1 });
+    const after = (await ready()).children.find((c) => c.name === "i0")!;
+    expect(after.pid).not.toBe(victim.pid);
+    const m = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(m).toMatch(/dsr:instance_restarts_total\{instance="i0",model_name="tiny-r1"\} 1/);
+    // the kill hit requests in flight: some were retried on i1 before their first byte
+    expect(Number(/dsr:request_retries_total\{model_name="tiny-r1"\} (\d+)/.exec(m)![1])).toBeGreaterThan(0);
+  }, 60_000);
+
+  it("SIGTERM drains: an in-flight stream finishes, new connections are refused, children stop, exit 0", async () => {
+    const pids = (await ready()).children.map((c) => c.pid);
+    const res = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, stream: true }) });
+    const events = sseEvents(res);
+    const exit = gw.stop("SIGTERM");
+    const ev = await events;
+    expect(ev.at(-1)).toBe("[DONE]");
+    const objs = ev.slice(0, -1).map((e) => JSON.parse(e));
+    expect(objs.some((o) => o.error)).toBe(false);
+    expect(objs.map((o) => o.choices[0].delta.content ?? "").join("")).toBe(expected.content);
+    expect(await exit).toBe(0);
+    await expect(fetch(`${gw.url}/health`)).rejects.toThrow();
+    for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
+    expect(gw.log()).toMatch(/stopped cleanly/);
+  }, 60_000);
+});
