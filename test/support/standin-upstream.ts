@@ -141,6 +141,8 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
     const i = process.argv.indexOf(name);
     return i >= 0 ? Number(process.argv[i + 1]) : d;
   };
-  const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10) }, arg("--port", 0));
+  const mi = process.argv.indexOf("--model");
+  const model = mi >= 0 ? process.argv[mi + 1] : undefined;
+  const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model }, arg("--port", 0));
   process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
 }

@@ -1,0 +1,97 @@
+/**
+ * Engine choice and child command lines: `--dry-run` prints exactly what would run (and never a flag
+ * current vLLM rejects); a missing engine is a clear error naming what to install; `--engine vllm`
+ * really supervises children — here a stand-in `vllm` executable on PATH that starts a real OpenAI
+ * server on the port it is given (there is no GPU here), behind a stand-in `nvidia-smi`.
+ */
+import { describe, expect, it } from "vitest";
+import { chmod, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { ROOT, runDsr } from "../support/cli.js";
+import { tempDir } from "../support/tmp.js";
+import { startServe } from "./helpers.js";
+
+const BARE_PATH = "/usr/local/bin:/usr/bin:/bin";
+
+async function fakeGpuBin(): Promise<{ dir: string; argsFile: string }> {
+  const dir = await tempDir();
+  const argsFile = join(dir, "vllm-args.txt");
+  await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"\n`);
+  // `vllm serve MODEL --host H --port P … --served-model-name NAME …` → a real OpenAI server on P
+  await writeFile(
+    join(dir, "vllm"),
+    `#!/bin/bash
+echo "$@" >> ${argsFile}
+port=""; name=""
+while [ $# -gt 0 ]; do case "$1" in --port) port=$2; shift;; --served-model-name) name=$2; shift;; esac; shift; done
+cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstream.ts --port "$port" --model "$name" --tokens 5 --pace-ms 1
+`,
+  );
+  await chmod(join(dir, "nvidia-smi"), 0o755);
+  await chmod(join(dir, "vllm"), 0o755);
+  return { dir, argsFile };
+}
+
+describe("engine launchers", () => {
+  it("--dry-run vllm: translated flags, memory fraction split across instances, no removed flags", async () => {
+    const r = await runDsr(["--json", "serve", "/models/DeepSeek-R1-Distill-Qwen-7B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "64", "--dtype", "bfloat16", "--quantization", "awq", "--trust-remote-code", "--download-dir", "/data/hf", "--served-model-name", "r1"]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.engine).toBe("vllm");
+    expect(j.children).toHaveLength(2);
+    const a = j.children[0].args as string[];
+    expect(j.children[0].command).toBe("vllm");
+    expect(a.slice(0, 2)).toEqual(["serve", "/models/DeepSeek-R1-Distill-Qwen-7B"]);
+    const flag = (f: string) => a[a.indexOf(f) + 1];
+    expect(flag("--tensor-parallel-size")).toBe("2");
+    expect(flag("--gpu-memory-utilization")).toBe("0.4");
+    expect(flag("--max-model-len")).toBe("8192");
+    expect(flag("--max-num-seqs")).toBe("64");
+    expect(flag("--reasoning-parser")).toBe("deepseek_r1");
+    expect(flag("--served-model-name")).toBe("r1");
+    expect(flag("--host")).toBe("127.0.0.1");
+    expect(a).toContain("--trust-remote-code");
+    for (const banned of ["--enable-reasoning", "--swap-space", "--api-key"]) expect(a).not.toContain(banned);
+    expect(j.children[0].ready_path).toBe("/health");
+    expect(j.children[0].port).not.toBe(j.children[1].port);
+  });
+
+  it("--dry-run sglang: its own spellings and /health_generate readiness; plain text prints pasteable lines", async () => {
+    const r = await runDsr(["serve", "m/R1", "--engine", "sglang", "--dry-run", "--tp", "4", "--max-model-len", "4096", "--max-num-seqs", "32", "--gpu-memory-utilization", "0.85"]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr).toContain("engine: sglang (--engine sglang)");
+    expect(r.stdout).toMatch(/^python3 -m sglang\.launch_server --model-path m\/R1 --host 127\.0\.0\.1 --port \d+ --tp-size 4 --context-length 4096 --mem-fraction-static 0\.85 --max-running-requests 32 --served-model-name R1 --reasoning-parser deepseek-r1 --enable-metrics$/m);
+  });
+
+  it("auto picks the embedded engine without a GPU and says why; torch is a clear not-built error", async () => {
+    const r = await runDsr(["serve", "m", "--dry-run"], { env: { PATH: BARE_PATH } });
+    expect(r.stderr).toContain("engine: embedded (auto: no GPU visible; using the embedded CPU engine)");
+    const t = await runDsr(["serve", "m", "--engine", "torch"]);
+    expect(t.exitCode).toBe(2);
+    expect(t.stderr).toMatch(/--engine torch: the CUDA-backed PyTorch worker \(native\/\) is not built yet/);
+  });
+
+  it("a missing vllm is a usage error that names what to install", async () => {
+    const r = await runDsr(["serve", "some/model", "--engine", "vllm"], { env: { PATH: BARE_PATH } });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toContain("--engine vllm: the `vllm` command is not installed");
+    expect(r.stderr).toContain("pip install vllm");
+  });
+
+  it("auto picks vllm when it is installed and a GPU is visible, supervises N children, proxies through them", async () => {
+    const { dir, argsFile } = await fakeGpuBin();
+    const g = await startServe(["org/DeepSeek-R1-Distill-Qwen-1.5B", "--instances", "2", "--gpu-memory-utilization", "0.9"], { env: { PATH: `${dir}:${process.env.PATH}` }, timeoutMs: 45_000 });
+    try {
+      expect(g.log()).toContain("engine: vllm (auto: vllm installed and 1 GPU(s) visible)");
+      const lines = (await readFile(argsFile, "utf8")).trim().split("\n");
+      expect(lines).toHaveLength(2);
+      for (const l of lines) expect(l).toMatch(/^serve org\/DeepSeek-R1-Distill-Qwen-1\.5B --host 127\.0\.0\.1 --port \d+ --gpu-memory-utilization 0\.45 --served-model-name DeepSeek-R1-Distill-Qwen-1\.5B --reasoning-parser deepseek_r1$/);
+      const r = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "DeepSeek-R1-Distill-Qwen-1.5B", prompt: "x" }) });
+      expect((await r.json()).choices[0].text).toBe(" t0 t1 t2 t3 t4");
+      const ready = await (await fetch(`${g.url}/ready`)).json();
+      expect(ready.children.map((c: { state: string }) => c.state)).toEqual(["ready", "ready"]);
+    } finally {
+      expect(await g.stop()).toBe(0);
+    }
+  }, 60_000);
+});
