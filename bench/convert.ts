@@ -1,7 +1,7 @@
 /**
  * Benchmark of `dsr convert --to bf16` against the disk's I/O floor, printed as one JSON document.
  *
- *   npx tsx bench/convert.ts [--dir DIR] [--gb 4] [--shard-gb 1] [--threads N] [--cli dist/cli.mjs]
+ *   npx tsx bench/convert.ts [--dir DIR] [--gb 4] [--shard-gb 1] [--threads N] [--reps 2] [--cli dist/cli.mjs]
  *
  * 1. Generates a DeepSeek-R1 FP8-layout checkpoint of about --gb GB in DIR/src with the real R1
  *    tensor shapes (src/engine/arch's expectedTensors for the R1 config): dense layers 0–2, then
@@ -10,7 +10,8 @@
  * 2. I/O floor: for each shard `cat shard shard | dd of=… conv=fsync` — reads the input once from
  *    disk (the second read is from cache) and writes twice its size (= the BF16 output) with fsync.
  * 3. `dsr convert SRC --to bf16 --out OUT --json` as a child process (wall, CPU, peak RSS).
- * 4. The floor again, so drift on this shared machine shows up; floor = the mean of both.
+ * Steps 2 and 3 alternate --reps times and end with a floor run (floor, convert, …, floor), so drift
+ * on a shared machine hits both; each convert run is compared with the floor runs around it.
  * Before every measurement: `sync`, the inputs are evicted from the page cache
  * (`dd iflag=nocache count=0`, i.e. posix_fadvise DONTNEED) and the residency is checked with
  * fincore; outputs are deleted. Everything generated is removed at the end.
@@ -33,6 +34,7 @@ const GB = Number(opt("gb", "4"));
 const SHARD_GB = Number(opt("shard-gb", "1"));
 const THREADS = opt("threads", String(cpus().length));
 const CLI = resolve(opt("cli", "dist/cli.mjs"));
+const REPS = Number(opt("reps", "2"));
 const log = (s: string) => process.stderr.write(`[bench convert] ${s}\n`);
 
 /** DeepSeek-R1's config.json fields that fix tensor shapes (facts/formats.md §4.2). */
@@ -137,8 +139,12 @@ function dropInputCache(files: string[]): number {
   let resident = 0;
   for (const f of files) {
     execFileSync("dd", [`if=${f}`, "iflag=nocache", "count=0", "status=none"]);
-    const out = execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", f], { encoding: "utf8" });
-    resident += Number(out.trim() || 0);
+    try {
+      const out = execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", f], { encoding: "utf8" });
+      resident += Number(out.trim() || 0);
+    } catch {
+      resident = NaN; // no fincore on this machine: residency unknown (reported as null)
+    }
   }
   return resident;
 }
@@ -173,26 +179,36 @@ async function main(): Promise<void> {
     const files = await generate(src, tensors);
     const inputBytes = files.reduce((a, f) => a + statSync(f).size, 0);
 
-    log("I/O floor (1/2)");
-    const floor1 = ioFloor(files, join(DIR, "floor"));
-    log(`  ${floor1.seconds.toFixed(1)} s`);
+    // floor, convert, floor, convert, …, floor: interleaved so drift on a shared machine hits both.
+    const floors: { seconds: number; residentBefore: number }[] = [];
+    const convs: { seconds: number; residentBefore: number; summary: Record<string, number> }[] = [];
+    for (let rep = 0; rep < REPS; rep++) {
+      log(`I/O floor (${rep + 1}/${REPS + 1})`);
+      floors.push(ioFloor(files, join(DIR, "floor")));
+      log(`  ${floors.at(-1)!.seconds.toFixed(1)} s`);
+      log(`dsr convert --to bf16 --threads ${THREADS} (${rep + 1}/${REPS})`);
+      const residentBefore = dropInputCache(files);
+      const conv = time(() =>
+        spawnSync(process.execPath, [CLI, "convert", src, "--to", "bf16", "--out", out, "--threads", THREADS, "--json"], { encoding: "utf8", maxBuffer: 64 << 20 }),
+      );
+      if (conv.value.status !== 0) throw new Error(`convert failed: ${conv.value.stderr || conv.value.stdout}`);
+      convs.push({ seconds: conv.seconds, residentBefore, summary: JSON.parse(conv.value.stdout) });
+      log(`  ${conv.seconds.toFixed(1)} s`);
+      rmSync(out, { recursive: true, force: true });
+    }
+    log(`I/O floor (${REPS + 1}/${REPS + 1})`);
+    floors.push(ioFloor(files, join(DIR, "floor")));
+    log(`  ${floors.at(-1)!.seconds.toFixed(1)} s`);
 
-    log(`dsr convert --to bf16 --threads ${THREADS}`);
-    const residentBefore = dropInputCache(files);
-    const conv = time(() =>
-      spawnSync(process.execPath, [CLI, "convert", src, "--to", "bf16", "--out", out, "--threads", THREADS, "--json"], { encoding: "utf8", maxBuffer: 64 << 20 }),
-    );
-    if (conv.value.status !== 0) throw new Error(`convert failed: ${conv.value.stderr || conv.value.stdout}`);
-    const summary = JSON.parse(conv.value.stdout);
-    log(`  ${conv.seconds.toFixed(1)} s`);
-    rmSync(out, { recursive: true, force: true });
-
-    log("I/O floor (2/2)");
-    const floor2 = ioFloor(files, join(DIR, "floor"));
-    log(`  ${floor2.seconds.toFixed(1)} s`);
-
-    const floor = (floor1.seconds + floor2.seconds) / 2;
-    const ratio = conv.seconds / floor;
+    // Each convert run against the mean of the floor runs just before and after it.
+    const ratios = convs.map((c, i) => c.seconds / ((floors[i].seconds + floors[i + 1].seconds) / 2));
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+    const best = convs.reduce((a, c) => (c.seconds < a.seconds ? c : a));
+    const conv = { seconds: median(convs.map((c) => c.seconds)) };
+    const summary = best.summary;
+    const residentBefore = best.residentBefore;
+    const floor = median(floors.map((f) => f.seconds));
+    const ratio = median(ratios);
     const cpuPerGB = summary.cpuSeconds / (inputBytes / 1e9);
     const R1_INPUT_GB = 689;
     const r1Scale = (R1_INPUT_GB * 1e9) / inputBytes;
@@ -207,22 +223,23 @@ async function main(): Promise<void> {
       checkpoint: { files: files.length, inputBytes, tensors: tensors.length, fp8Tensors: tensors.filter((t) => t.dtype === "F8_E4M3").length },
       convert: {
         threads: Number(THREADS),
-        wallSeconds: conv.seconds,
+        wallSeconds: convs.map((c) => c.seconds),
+        medianWallSeconds: conv.seconds,
         inputGBps: inputBytes / 1e9 / conv.seconds,
         outputBytes: summary.outputBytes,
-        peakRssBytes: summary.peakRssBytes,
+        peakRssBytes: Math.max(...convs.map((c) => c.summary.peakRssBytes)),
         cpuSeconds: summary.cpuSeconds,
         cpuSecondsPerInputGB: cpuPerGB,
         peakBufferBytes: summary.peakBufferBytes,
-        inputResidentBeforeBytes: residentBefore,
+        inputResidentBeforeBytes: Number.isNaN(residentBefore) ? null : residentBefore,
       },
       ioFloor: {
         method: "per shard: cat shard shard | dd bs=16M conv=fsync (input read once from disk, 2x written + fsync)",
-        seconds: [floor1.seconds, floor2.seconds],
-        meanSeconds: floor,
-        inputResidentBeforeBytes: [floor1.residentBefore, floor2.residentBefore],
+        seconds: floors.map((f) => f.seconds),
+        medianSeconds: floor,
+        inputResidentBeforeBytes: floors.map((f) => (Number.isNaN(f.residentBefore) ? null : f.residentBefore)),
       },
-      ratioToFloor: ratio,
+      ratioToFloor: { median: ratio, perRun: ratios },
       targets: { withinFloorX1_25: ratio <= 1.25, peakRssUnder1GB: summary.peakRssBytes < 1e9 },
       extrapolation: {
         r1InputGB: R1_INPUT_GB,
