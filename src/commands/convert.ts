@@ -15,6 +15,7 @@ import { parseByteSize } from "../engine/transform/size.js";
 import { Progress } from "../ui/progress.js";
 import { formatBytes, formatDuration } from "../ui/table.js";
 import type { CommandContext } from "./context.js";
+import { runOnnx } from "./convert-onnx.js";
 
 export interface ConvertFlags {
   to: string;
@@ -25,6 +26,9 @@ export interface ConvertFlags {
   keepDtype?: string[];
   castAll?: boolean;
   overwrite?: boolean;
+  /** --to onnx only (src/commands/convert-onnx.ts). */
+  weights?: string;
+  blockSize?: string;
 }
 
 type TargetRunner = (src: string, flags: ConvertFlags, ctx: CommandContext) => Promise<void>;
@@ -34,6 +38,7 @@ export const TARGETS: Record<string, { summary: string; run: TargetRunner }> = {
   bf16: { summary: "BF16 safetensors (DeepSeek FP8 blocks dequantised, floats cast)", run: (s, f, c) => runDtype("BF16", s, f, c) },
   fp16: { summary: "FP16 safetensors", run: (s, f, c) => runDtype("F16", s, f, c) },
   fp32: { summary: "FP32 safetensors", run: (s, f, c) => runDtype("F32", s, f, c) },
+  onnx: { summary: "ONNX decoder for the embedded CPU engine (qwen2/llama; --weights, --block-size)", run: (s, f, c) => runOnnx(s, f, c) },
 };
 
 export function register(program: Command, ctx: () => CommandContext): void {
@@ -53,9 +58,11 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--keep-dtype <glob...>", `tensor-name globs copied unchanged (default: ${DEFAULT_KEEP_DTYPE.join(" ")})`)
     .option("--cast-all", "cast every float tensor, including the default --keep-dtype ones")
     .option("--overwrite", "replace the weights already in --out")
+    .option("--weights <w>", "--to onnx: fp32, fp16, int8 or int4 (MatMulNBits, round-to-nearest; default int4)")
+    .option("--block-size <n>", "--to onnx with int4/int8: quantization block along K: 32, 64 or 128 (default 32)")
     .addHelpText(
       "after",
-      "\nExamples:\n  dsr convert ./DeepSeek-R1 --to bf16 --out ./DeepSeek-R1-BF16\n  dsr convert ./model --to fp16 --out ./model-fp16 --max-shard-size 2GB\n  dsr convert ./model --to bf16 --out ./merged --max-shard-size 100GB   # merge shards",
+      "\nExamples:\n  dsr convert ./DeepSeek-R1 --to bf16 --out ./DeepSeek-R1-BF16\n  dsr convert ./model --to fp16 --out ./model-fp16 --max-shard-size 2GB\n  dsr convert ./model --to bf16 --out ./merged --max-shard-size 100GB   # merge shards\n  dsr convert ./DeepSeek-R1-Distill-Qwen-1.5B --to onnx --weights int4 --out ./r1-1.5b-onnx",
     )
     .action(async (src: string, flags: ConvertFlags) => {
       const target = TARGETS[flags.to.toLowerCase()];

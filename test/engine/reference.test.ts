@@ -44,7 +44,7 @@ describe("tiny-r1 fp32 ONNX vs PyTorch reference", () => {
 
       // The same prompt prefilled in three chunks into row 1 gives the same last logits.
       const cuts = [0, 5, Math.floor(S / 2), S];
-      let chunked = new Float32Array();
+      let chunked: Float32Array = new Float32Array();
       for (let k = 0; k + 1 < cuts.length; k++) chunked = await session.run(1, [c.input_ids.slice(cuts[k], cuts[k + 1])], [cuts[k]!]);
       let chunkDiff = 0;
       for (let j = 0; j < V; j++) chunkDiff = Math.max(chunkDiff, Math.abs(chunked[j]! - c.last_logits[j]!));

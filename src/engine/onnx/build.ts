@@ -4,8 +4,8 @@
  * fingerprint, so a stale conversion is detected). Built into `<out>.partial/` and renamed into place
  * when complete: an interrupted build never looks finished.
  */
-import { copyFile, mkdir, readFile, rename, rm, stat, writeFile, open } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { copyFile, mkdir, readdir, readFile, rename, rm, stat, open } from "node:fs/promises";
+import { join } from "node:path";
 import { parseModelConfig, type ModelConfig } from "../arch/config.js";
 import { DsrError, interruptedError, usageError } from "../errors.js";
 import { ExternalDataWriter } from "./data-file.js";
@@ -67,7 +67,8 @@ async function exists(p: string): Promise<boolean> {
 export async function buildOnnxFromSource(cfg: ModelConfig, src: WeightSource, textDir: string | undefined, outDir: string, opts: BuildOptions): Promise<OnnxManifest> {
   validateBuildOptions(opts);
   checkSupported(cfg);
-  const partial = `${outDir}.partial`;
+  // Unique per build: two processes converting the same checkpoint into one cache do not collide.
+  const partial = `${outDir}.partial-${process.pid}-${Date.now().toString(36)}`;
   await rm(partial, { recursive: true, force: true });
   await mkdir(partial, { recursive: true });
   const maxPositions = opts.maxPositions ?? (cfg.maxPositionEmbeddings || 4096);
@@ -115,6 +116,11 @@ export async function buildOnnxFromSource(cfg: ModelConfig, src: WeightSource, t
     if (textDir) for (const f of TEXT_FILES) if (await exists(join(textDir, f))) await copyFile(join(textDir, f), join(partial, f));
     if (!(await exists(join(partial, "config.json")))) await writeSynced(join(partial, "config.json"), new TextEncoder().encode(JSON.stringify(cfg.raw, null, 2)));
     await writeSynced(join(partial, MANIFEST_FILE), new TextEncoder().encode(JSON.stringify(manifest, null, 2) + "\n"));
+    const raced = await readManifest(outDir);
+    if (raced && raced.source.fingerprint === manifest.source.fingerprint && raced.weights === manifest.weights && raced.blockSize === manifest.blockSize) {
+      await rm(partial, { recursive: true, force: true }); // another process finished the same build first
+      return raced;
+    }
     await rm(outDir, { recursive: true, force: true });
     await rename(partial, outDir);
     return manifest;
@@ -159,19 +165,34 @@ export async function readModelConfig(dir: string): Promise<ModelConfig> {
   return parseModelConfig(raw, file);
 }
 
-/** `dsr convert SRC --to onnx`: a local safetensors checkpoint directory → ONNX directory. */
-export async function convertToOnnx(srcDir: string, outDir: string, opts: BuildOptions): Promise<OnnxManifest> {
+export interface ConvertToOnnxResult {
+  manifest: OnnxManifest;
+  /** False when --out already held this exact conversion (same source fingerprint and options). */
+  built: boolean;
+}
+
+/**
+ * `dsr convert SRC --to onnx`: a local safetensors checkpoint directory → ONNX directory. An --out
+ * that already holds the same conversion is left alone; any other non-empty --out needs `overwrite`.
+ */
+export async function convertToOnnx(srcDir: string, outDir: string, opts: BuildOptions & { overwrite?: boolean }): Promise<ConvertToOnnxResult> {
   validateBuildOptions(opts);
   const cfg = await readModelConfig(srcDir);
   checkSupported(cfg);
   const src = await checkpointWeights(srcDir);
   try {
-    return await buildOnnxFromSource(cfg, src, srcDir, outDir, opts);
+    const existing = await readManifest(outDir);
+    const blockSize = opts.weights === "int4" || opts.weights === "int8" ? (opts.blockSize ?? 32) : undefined;
+    if (existing && existing.version === MANIFEST_VERSION && existing.source.fingerprint === src.fingerprint && existing.weights === opts.weights && existing.blockSize === blockSize) {
+      return { manifest: existing, built: false };
+    }
+    const entries = await readdir(outDir).catch(() => [] as string[]);
+    if (entries.length > 0 && !opts.overwrite) {
+      throw usageError(`--out ${outDir}: folder is not empty${existing ? " (it holds a different ONNX conversion)" : ""}`, "choose a new folder, or pass --overwrite to replace it");
+    }
+    return { manifest: await buildOnnxFromSource(cfg, src, srcDir, outDir, opts), built: true };
   } finally {
     await src.close();
   }
 }
 
-export function describeOutput(outDir: string): string {
-  return `${basename(outDir)}/${MODEL_FILE}`;
-}

@@ -13,7 +13,6 @@ import { buildOnnxFromSource, MANIFEST_VERSION, readManifest, readModelConfig, t
 import type { WeightFormat } from "../../onnx/layers.js";
 import { checkpointWeights } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
-import type { TokenEngine } from "../types.js";
 import { DecoderSession } from "./decoder-session.js";
 import { Scheduler } from "./scheduler.js";
 
@@ -108,7 +107,7 @@ function approxParams(cfg: { hiddenSize: number; numLayers: number; intermediate
 export async function openEmbeddedEngine(
   modelPath: string,
   opts: EmbeddedEngineOptions = {},
-): Promise<{ engine: TokenEngine & Scheduler; text: TextModel; info: EmbeddedEngineInfo }> {
+): Promise<{ engine: Scheduler; text: TextModel; info: EmbeddedEngineInfo }> {
   const { onnxDir, manifest, converted } = await resolveOnnxDir(modelPath, opts);
   const text = await loadTextModel(onnxDir);
   const maxContext = Math.min(opts.maxContext ?? Math.min(4096, manifest.io.maxPositions), manifest.io.maxPositions);
