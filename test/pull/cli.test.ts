@@ -36,6 +36,11 @@ afterAll(async () => {
 });
 
 const env = (home: string, server = hub, extra: Record<string, string> = {}) => ({ HF_HOME: home, HF_ENDPOINT: server.hfEndpoint, HF_TOKEN: "", DSR_MODELSCOPE_ENDPOINT: server.msEndpoint, MODELSCOPE_CACHE: join(home, "ms"), ...extra });
+/** runDsr with string outputs (execa's types widen stdout for generic options). */
+async function dsr(args: string[], e: Record<string, string>) {
+  const r = await runDsr(args, { env: e });
+  return { exitCode: r.exitCode, signal: r.signal, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 async function checkCache(home: string, repo: string, files: ServedFile[]) {
@@ -61,7 +66,7 @@ async function waitFor(cond: () => boolean, ms = 20_000) {
 describe("dsr pull", () => {
   it("pulls into the HF cache, prints where the model is and what to run next; a re-run transfers nothing", async () => {
     const home = await tempDir();
-    const r = await runDsr(["pull", "org/m"], { env: env(home) });
+    const r = await dsr(["pull", "org/m"], env(home));
     expect(r.exitCode, r.stderr).toBe(0);
     const snap = join(home, "hub", "models--org--m", "snapshots", COMMIT);
     expect(r.stdout).toContain(`model: ${snap}`);
@@ -70,7 +75,7 @@ describe("dsr pull", () => {
     await checkCache(home, "org/m", small);
 
     hub.resetStats();
-    const again = await runDsr(["pull", "org/m", "--json"], { env: env(home) });
+    const again = await dsr(["pull", "org/m", "--json"], env(home));
     expect(again.exitCode).toBe(0);
     const j = JSON.parse(again.stdout);
     expect(j).toMatchObject({ repo: "org/m", commit: COMMIT, revision: "main", downloadedBytes: 0, needBytes: 0, modelPath: snap });
@@ -109,7 +114,7 @@ describe("dsr pull", () => {
     expect(sentBeforeKill - finished).toBeLessThan(4 * (MB + 512 * 1024));
 
     slow.resetStats();
-    const resumed = await runDsr(args, { env: env(home, slow) });
+    const resumed = await dsr(args, env(home, slow));
     expect(resumed.exitCode, resumed.stderr).toBe(0);
     const j = JSON.parse(resumed.stdout);
     expect(Object.fromEntries(slow.stats.byPath)).toEqual(perFile);
@@ -132,7 +137,7 @@ describe("dsr pull", () => {
     expect(r.stderr).toMatch(/run the same command again to resume/);
     const blobs = await readdir(join(home, "hub", "models--org--big", "blobs"));
     expect(blobs.some((b) => b.endsWith(".dsr-partial.json"))).toBe(true);
-    const again = await runDsr(["pull", "org/big", "--connections", "8"], { env: env(home, slow) });
+    const again = await dsr(["pull", "org/big", "--connections", "8"], env(home, slow));
     expect(again.exitCode, again.stderr).toBe(0);
     await checkCache(home, "org/big", big);
   });
@@ -148,20 +153,20 @@ describe("dsr pull", () => {
       [["pull", "ms:org/nothere"], {}, /error: org\/nothere was not found on ModelScope/],
     ];
     for (const [args, extra, re] of cases) {
-      const r = await runDsr(args, { env: env(home, hub, extra) });
+      const r = await dsr(args, env(home, hub, extra));
       expect(r.exitCode, args.join(" ")).toBe(1);
       expect(r.stderr, args.join(" ")).toMatch(re);
     }
-    const ok = await runDsr(["pull", "org/private", "--include", "*.json"], { env: env(home, hub, { HF_TOKEN: TOKEN }) });
+    const ok = await dsr(["pull", "org/private", "--include", "*.json"], env(home, hub, { HF_TOKEN: TOKEN }));
     expect(ok.exitCode, ok.stderr).toBe(0);
-    const bad = await runDsr(["pull", "not a repo"], { env: env(home) });
+    const bad = await dsr(["pull", "not a repo"], env(home));
     expect(bad.exitCode).toBe(2);
   });
 
   it("checks free disk space before fetching anything", async () => {
     const home = await tempDir();
     hub.resetStats();
-    const r = await runDsr(["pull", "org/huge"], { env: env(home) });
+    const r = await dsr(["pull", "org/huge"], env(home));
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/error: not enough disk space for org\/huge: 102400\.00 GiB still to download, [\d.]+ GiB free at /);
     expect(hub.stats.bytes).toBe(0);
@@ -169,13 +174,13 @@ describe("dsr pull", () => {
 
   it("--dry-run lists files, sizes, total and disk need; --json gives the plan", async () => {
     const home = await tempDir();
-    const r = await runDsr(["pull", "org/m", "--dry-run", "--exclude", "tokenizer*"], { env: env(home) });
+    const r = await dsr(["pull", "org/m", "--dry-run", "--exclude", "tokenizer*"], env(home));
     expect(r.exitCode, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/config\.json\s+28 B\s+download/);
     expect(r.stdout).toMatch(/model\.safetensors\s+3\.0 MB\s+download/);
     expect(r.stdout).not.toContain("tokenizer");
     expect(r.stdout).toMatch(/2 files, 3\.0 MB total; 3\.0 MB to download, .* free at the target/);
-    const j = JSON.parse((await runDsr(["pull", "org/m", "--dry-run", "--json"], { env: env(home) })).stdout);
+    const j = JSON.parse((await dsr(["pull", "org/m", "--dry-run", "--json"], env(home))).stdout);
     expect(j).toMatchObject({ dryRun: true, totalBytes: 3_000_030, needBytes: 3_000_030 });
     expect(j.files).toHaveLength(3);
     expect(await readdir(home)).toEqual([]);
@@ -183,32 +188,32 @@ describe("dsr pull", () => {
 
   it("--verify detects a corrupted blob (exit 3, names the file) and the next pull repairs it", async () => {
     const home = await tempDir();
-    expect((await runDsr(["pull", "org/m"], { env: env(home) })).exitCode).toBe(0);
+    expect((await dsr(["pull", "org/m"], env(home))).exitCode).toBe(0);
     const blob = await realpath(join(home, "hub", "models--org--m", "snapshots", COMMIT, "model.safetensors"));
     const buf = await readFile(blob);
     buf[1_000_000] ^= 0x40;
     await writeFile(blob, buf);
-    const good = await runDsr(["pull", "org/m", "--verify", "--include", "*.json"], { env: env(home) });
+    const good = await dsr(["pull", "org/m", "--verify", "--include", "*.json"], env(home));
     expect(good.exitCode).toBe(0);
-    const v = await runDsr(["pull", "org/m", "--verify"], { env: env(home) });
+    const v = await dsr(["pull", "org/m", "--verify"], env(home));
     expect(v.exitCode).toBe(3);
     expect(v.stderr).toMatch(/✗ model\.safetensors: corrupt/);
     expect(v.stderr).toMatch(/error: org\/m: 1 corrupt and 0 missing file\(s\), e\.g\. model\.safetensors/);
-    const fix = await runDsr(["pull", "org/m", "--json"], { env: env(home) });
+    const fix = await dsr(["pull", "org/m", "--json"], env(home));
     expect(JSON.parse(fix.stdout).downloadedBytes).toBe(3_000_000);
     await checkCache(home, "org/m", small);
-    expect((await runDsr(["pull", "org/m", "--verify"], { env: env(home) })).exitCode).toBe(0);
+    expect((await dsr(["pull", "org/m", "--verify"], env(home))).exitCode).toBe(0);
   });
 
   it("ms: prefix pulls into the ModelScope cache; --local-dir writes plain files", async () => {
     const home = await tempDir();
-    const r = await runDsr(["pull", "ms:org/m", "--json"], { env: env(home) });
+    const r = await dsr(["pull", "ms:org/m", "--json"], env(home));
     expect(r.exitCode, r.stderr).toBe(0);
     const dir = join(home, "ms", "models", "org", "m");
     expect(JSON.parse(r.stdout)).toMatchObject({ source: "modelscope", layout: "ms-cache", modelPath: dir, revision: "master" });
     for (const f of small) expect((await readFile(join(dir, f.path))).equals(Buffer.from(await f.read(0, f.size)))).toBe(true);
     const local = join(home, "plain");
-    const l = await runDsr(["pull", "org/m", "--local-dir", local], { env: env(home) });
+    const l = await dsr(["pull", "org/m", "--local-dir", local], env(home));
     expect(l.exitCode, l.stderr).toBe(0);
     expect(l.stdout).toContain(`next:  dsr serve ${local}`);
     for (const f of small) expect((await lstat(join(local, f.path))).isFile()).toBe(true);

@@ -10,6 +10,7 @@
  */
 import { DsrError, interruptedError } from "../errors.js";
 import { describeCause, hubHttpError, networkError, type RequestContext } from "./errors.js";
+import type { RawResponse, Transport } from "./transport.js";
 
 export interface RetryPolicy {
   /** Attempts per request (or per stretch of a ranged read without progress). */
@@ -21,7 +22,7 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 7, baseDelayMs: 500, maxDelayMs: 30_000 };
 
 export interface HttpConfig {
-  fetch: typeof fetch;
+  transport: Transport;
   /** Auth headers sent only to `authOrigins` (Bearer for HF, the m_session_id cookie for ModelScope). */
   authHeaders: Record<string, string>;
   authOrigins: string[];
@@ -55,16 +56,16 @@ export class HubHttp {
   constructor(readonly cfg: HttpConfig) {}
 
   /** One request: redirects followed by hand, auth only on hub origins, a headers timeout. No retries. */
-  private async send(url: string, init: { method?: string; headers?: Record<string, string> }, signal: AbortSignal): Promise<{ res: Response; url: string }> {
+  private async send(url: string, init: { method?: string; headers?: Record<string, string> }, signal: AbortSignal): Promise<{ res: RawResponse; url: string }> {
     let current = url;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
       const origin = new URL(current).origin;
       const headers: Record<string, string> = { "user-agent": this.cfg.userAgent, ...init.headers };
       if (this.cfg.authOrigins.includes(origin)) Object.assign(headers, this.cfg.authHeaders);
       this.counters.requests++;
-      const res = await this.cfg.fetch(current, { method: init.method ?? "GET", headers, redirect: "manual", signal });
+      const res = await this.cfg.transport(current, { method: init.method ?? "GET", headers, signal });
       if (res.status >= 300 && res.status < 400 && res.headers.get("location")) {
-        await res.body?.cancel().catch(() => {});
+        await res.cancel();
         current = new URL(res.headers.get("location")!, current).toString();
         continue;
       }
@@ -102,7 +103,7 @@ export class HubHttp {
     this.checkAborted();
   }
 
-  private async classify(res: Response, ctx: RequestContext): Promise<never> {
+  private async classify(res: RawResponse, ctx: RequestContext): Promise<never> {
     const body = await res.text().catch(() => "");
     if (res.status >= 500 || res.status === 429 || res.status === 408) {
       throw new RetryableError(`HTTP ${res.status}`, retryAfter(res.headers), { cause: hubHttpError(res.status, res.headers, body, ctx) });
@@ -111,7 +112,7 @@ export class HubHttp {
   }
 
   /** GET/HEAD with retries; returns an OK response (body unread) or throws a mapped DsrError. */
-  async request(url: string, ctx: RequestContext, init: { method?: string; headers?: Record<string, string> } = {}): Promise<Response> {
+  async request(url: string, ctx: RequestContext, init: { method?: string; headers?: Record<string, string> } = {}): Promise<RawResponse> {
     let last: unknown;
     for (let attempt = 0; attempt < this.cfg.retry.attempts; attempt++) {
       this.checkAborted();
@@ -119,7 +120,7 @@ export class HubHttp {
       try {
         const { res } = await this.send(url, init, a.signal);
         a.done();
-        if (res.ok) return res;
+        if (res.status >= 200 && res.status < 300) return res;
         await this.classify(res, ctx);
       } catch (e) {
         a.done();
@@ -132,7 +133,7 @@ export class HubHttp {
     throw finalError(last, ctx, this.cfg.retry.attempts);
   }
 
-  async json<T>(url: string, ctx: RequestContext): Promise<{ data: T; res: Response }> {
+  async json<T>(url: string, ctx: RequestContext): Promise<{ data: T; res: RawResponse }> {
     const res = await this.request(url, ctx, { headers: { accept: "application/json" } });
     const text = await res.text();
     this.counters.bytes += Buffer.byteLength(text);
@@ -155,9 +156,9 @@ export class HubHttp {
       const headers = Object.fromEntries(new Headers(init?.headers).entries());
       delete headers.authorization; // auth is ours to add, per origin
       const res = await this.request(url, ctx, { method: init?.method, headers });
-      const buf = new Uint8Array(await res.arrayBuffer());
-      this.counters.bytes += buf.byteLength;
-      return new Response(buf, { status: res.status, headers: res.headers });
+      const text = await res.text();
+      this.counters.bytes += Buffer.byteLength(text);
+      return new Response(text, { status: res.status, headers: res.headers });
     }) as typeof fetch;
   }
 
@@ -177,11 +178,11 @@ export class HubHttp {
       let progressed = false;
       try {
         const { res, url: finalUrl } = await this.send(target, { headers: { range: `bytes=${pos}-${end - 1}`, "accept-encoding": "identity" } }, a.signal);
-        if (!res.ok) {
+        if (res.status < 200 || res.status >= 300) {
           if (target !== url) {
             // A cached CDN URL may have expired: forget it and go back through the hub.
             this.redirectCache.delete(url);
-            await res.body?.cancel().catch(() => {});
+            await res.cancel();
             a.done();
             continue;
           }
@@ -191,34 +192,30 @@ export class HubHttp {
         let skip = 0;
         if (res.status === 206) {
           const m = /^bytes (\d+)-(\d+)\//.exec(res.headers.get("content-range") ?? "");
-          if (!m || Number(m[1]) !== pos) throw new RetryableError(`bad Content-Range "${res.headers.get("content-range")}" for bytes=${pos}-`);
+          if (!m || Number(m[1]) !== pos) {
+            await res.cancel();
+            throw new RetryableError(`bad Content-Range "${res.headers.get("content-range")}" for bytes=${pos}-`);
+          }
         } else if (pos !== 0) {
           // The server ignored Range (a proxy re-encoding, say): skip to pos rather than fail.
           skip = pos;
         }
         a.kick();
-        const reader = res.body!.getReader();
-        try {
-          while (pos < end) {
-            const { done, value } = await reader.read();
-            if (done) break;
-            a.kick();
-            this.counters.bytes += value.byteLength;
-            let chunk = value;
-            if (skip > 0) {
-              const s = Math.min(skip, chunk.byteLength);
-              skip -= s;
-              chunk = chunk.subarray(s);
-              if (chunk.byteLength === 0) continue;
-            }
-            if (chunk.byteLength > end - pos) chunk = chunk.subarray(0, end - pos);
-            await onChunk(chunk, pos);
-            pos += chunk.byteLength;
-            progressed = true;
+        for await (const value of res.body) {
+          a.kick();
+          this.counters.bytes += value.byteLength;
+          let chunk = value;
+          if (skip > 0) {
+            const s = Math.min(skip, chunk.byteLength);
+            skip -= s;
+            chunk = chunk.subarray(s);
+            if (chunk.byteLength === 0) continue;
           }
-        } finally {
-          if (pos >= end) await reader.cancel().catch(() => {});
-          reader.releaseLock();
+          if (chunk.byteLength > end - pos) chunk = chunk.subarray(0, end - pos);
+          await onChunk(chunk, pos);
+          pos += chunk.byteLength;
+          progressed = true;
+          if (pos >= end) break; // leaving the loop drops the rest of the body
         }
         a.done();
         if (pos < end) throw new RetryableError(`connection closed at byte ${pos} of ${end}`);

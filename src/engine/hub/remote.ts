@@ -5,6 +5,7 @@ import { DsrError } from "../errors.js";
 import type { ByteSource } from "../tensors/source.js";
 import type { RequestContext } from "./errors.js";
 import { DEFAULT_RETRY, HubHttp } from "./http.js";
+import { fetchTransport, undiciTransport } from "./transport.js";
 import { HF_DEFAULT_ENDPOINT, HF_DEFAULT_REVISION, hfFileUrl, hfListFiles, hfResolveCommit } from "./hf.js";
 import { MS_DEFAULT_ENDPOINT, MS_DEFAULT_REVISION, msFileUrl, msListFiles } from "./modelscope.js";
 import type { RepoRef } from "./repo-spec.js";
@@ -17,7 +18,7 @@ export function makeHttp(ref: RepoRef, opts: HubOptions): { http: HubHttp; endpo
   const token = opts.token ?? (ref.source === "hf" ? opts.hfToken : opts.msToken);
   const authHeaders: Record<string, string> = !token ? {} : ref.source === "hf" ? { authorization: `Bearer ${token}` } : { cookie: `m_session_id=${token}` };
   const http = new HubHttp({
-    fetch: opts.fetch ?? globalThis.fetch,
+    transport: opts.fetch ? fetchTransport(opts.fetch) : undiciTransport(),
     authHeaders,
     authOrigins: [new URL(endpoint).origin],
     signal: opts.signal,
