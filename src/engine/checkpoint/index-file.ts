@@ -35,7 +35,7 @@ export function parseIndex(bytes: Uint8Array, file = INDEX_FILE): IndexInfo {
   const weightMap = new Map<string, string>();
   const shards = new Set<string>();
   for (const [tensor, shard] of entries) {
-    if (typeof shard !== "string" || !isSafeShardName(shard)) {
+    if (typeof shard !== "string" || (!shards.has(shard) && !isSafeShardName(shard))) {
       throw integrityError("DSR_INDEX_INVALID", `${file}: tensor "${tensor}" maps to an invalid shard name ${JSON.stringify(shard)}`, {
         hint: "shard names must be relative file names inside the model folder",
         details: { file, tensor },

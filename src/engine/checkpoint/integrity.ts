@@ -73,17 +73,19 @@ export function checkIntegrity(ck: Checkpoint, arch: ArchDef): void {
       message: `config.json declares ${quant.configSays} quantization but the weights are ${quant.method === "none" ? "unquantised" : quant.method}${quant.configSays.startsWith("fp8") ? "; remove quantization_config (fp8_cast_bf16 leaves it behind)" : ""}`,
     });
   }
-  checkFp8Scales(ck, quant.blockSize ?? [128, 128], quant.method === "fp8-block", fs);
-  if (ck.config && arch.id !== "generic") checkExpected(ck, arch, quant.method, fs);
+  checkFp8Scales(ck, quant.blockSize ?? [128, 128], quant.method === "fp8-block", fs, status);
+  if (ck.config && arch.id !== "generic") checkExpected(ck, arch, quant.method, fs, status);
   fs.flush();
 }
 
-function checkFp8Scales(ck: Checkpoint, [bo, bi]: [number, number], blockMode: boolean, fs: Findings): void {
+type Status = Map<string, string>;
+
+function checkFp8Scales(ck: Checkpoint, [bo, bi]: [number, number], blockMode: boolean, fs: Findings, status: Status): void {
   for (const [name, t] of ck.tensors) {
     if (name.endsWith(".weight_scale_inv")) {
       const w = name.slice(0, -"_scale_inv".length);
       const wFile = ck.index?.weightMap.get(w);
-      const wUnread = wFile !== undefined && ck.shards.find((x) => x.file === wFile)?.status !== "ok";
+      const wUnread = wFile !== undefined && status.get(wFile) !== "ok";
       if (!ck.tensors.has(w) && !wUnread) fs.add({ severity: "warning", code: "DSR_FP8_SCALE_ORPHAN", file: t.file, tensor: name, message: `${t.file}: scale "${name}" has no weight "${w}"` });
       continue;
     }
@@ -94,7 +96,7 @@ function checkFp8Scales(ck: Checkpoint, [bo, bi]: [number, number], blockMode: b
     if (!s) {
       // The scale may sit in a shard that could not be read: then the shard finding covers it.
       const mapped = ck.index?.weightMap.get(sName);
-      if (mapped && ck.shards.find((x) => x.file === mapped)?.status !== "ok") continue;
+      if (mapped && status.get(mapped) !== "ok") continue;
       fs.add({ severity: "error", code: "DSR_FP8_SCALE_MISSING", file: t.file, tensor: name, message: `${t.file}: FP8 weight "${name}" ${shape(t.shape)} has no "${sName}" (expected ${shape(want)} F32)` });
     } else if (s.shape.length !== 2 || s.shape[0] !== want[0] || s.shape[1] !== want[1]) {
       fs.add({
@@ -110,13 +112,13 @@ function checkFp8Scales(ck: Checkpoint, [bo, bi]: [number, number], blockMode: b
   }
 }
 
-function checkExpected(ck: Checkpoint, arch: ArchDef, method: string, fs: Findings): void {
+function checkExpected(ck: Checkpoint, arch: ArchDef, method: string, fs: Findings, status: Status): void {
   const cfg = ck.config!;
   const expected = arch.expectedTensors(cfg);
   const names = new Set<string>();
   const readable = (n: string) => {
     const f = ck.index?.weightMap.get(n);
-    return !f || ck.shards.find((s) => s.file === f)?.status === "ok";
+    return !f || status.get(f) === "ok";
   };
   const packed = method === "awq" || method === "gptq" || method === "compressed-tensors";
   const fp8Weights = method === "fp8-block" || method === "fp8";

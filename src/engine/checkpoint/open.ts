@@ -106,7 +106,8 @@ export async function openCheckpoint(src: CheckpointSource, opts: OpenOptions = 
         });
         continue;
       }
-      tensors.set(t.name, { ...t, file: r.file });
+      (t as TensorEntry).file = r.file; // headers are ours: annotate in place (92k tensors on R1)
+      tensors.set(t.name, t as TensorEntry);
     }
   }
   for (const s of shards) {

@@ -76,23 +76,32 @@ export interface LayerGroup {
   dtypes: string[];
 }
 
+/** FNV-1a of a string; layer signatures sum these, so tensor order does not matter. */
+function fnv(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
 /** Groups consecutive layers whose tensors have the same names (past the index), dtypes and shapes. */
 export function groupLayers(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorEntry>): LayerGroup[] {
-  const layers = new Map<number, { kind: string; sig: string[]; params: number; bytes: number; dt: Map<string, number> }>();
+  const layers = new Map<number, { kind: string; sig: number; n: number; params: number; bytes: number; dt: Map<string, number> }>();
   for (const t of tensors) {
     const ref = arch.layerOf(t.name, cfg);
     if (ref.index === undefined) continue;
-    const l = layers.get(ref.index) ?? layers.set(ref.index, { kind: ref.kind, sig: [], params: 0, bytes: 0, dt: new Map() }).get(ref.index)!;
-    l.sig.push(`${t.name.slice(t.name.indexOf(`.${ref.index}.`) + String(ref.index).length + 2)}:${t.dtype}:${t.shape.join("x")}`);
+    const l = layers.get(ref.index) ?? layers.set(ref.index, { kind: ref.kind, sig: 0, n: 0, params: 0, bytes: 0, dt: new Map() }).get(ref.index)!;
+    const suffix = t.name.slice(t.name.indexOf(`.${ref.index}.`) + String(ref.index).length + 2);
+    l.sig = (l.sig + fnv(`${suffix}:${t.dtype}:${t.shape.join("x")}`)) % 4294967296;
+    l.n++;
     l.params += numel(t.shape);
-    const b = tensorByteSize(t.dtype, t.shape) ?? 0;
+    const b = t.end - t.begin;
     l.bytes += b;
     l.dt.set(t.dtype, (l.dt.get(t.dtype) ?? 0) + b);
   }
   const groups: (LayerGroup & { sig: string })[] = [];
   for (const idx of [...layers.keys()].sort((a, b) => a - b)) {
     const l = layers.get(idx)!;
-    const sig = l.kind + "|" + l.sig.sort().join(",");
+    const sig = `${l.kind}|${l.n}|${l.sig}`;
     const last = groups.at(-1);
     if (last && last.sig === sig && last.to === idx - 1) {
       last.to = idx;
@@ -100,7 +109,7 @@ export function groupLayers(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<T
       continue;
     }
     const dtypes = [...l.dt.entries()].sort((a, b) => b[1] - a[1]).map(([d]) => d);
-    groups.push({ from: idx, to: idx, count: 1, kind: l.kind, tensorsPerLayer: l.sig.length, paramsPerLayer: l.params, bytesPerLayer: l.bytes, dtypes, sig });
+    groups.push({ from: idx, to: idx, count: 1, kind: l.kind, tensorsPerLayer: l.n, paramsPerLayer: l.params, bytesPerLayer: l.bytes, dtypes, sig });
   }
   return groups.map(({ sig: _sig, ...g }) => g);
 }

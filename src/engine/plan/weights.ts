@@ -19,12 +19,15 @@ export type WeightVariant = "as-is" | "fp8" | "int8" | "awq-int4";
 
 /** Bytes of one tensor after a variant; only 16/32-bit Linear weights (not embeddings/head) change. */
 export function variantBytes(arch: ArchDef, t: TensorLike, variant: WeightVariant): number {
-  const bytes = tensorByteSize(t.dtype, t.shape) ?? 0;
+  return variantBytesOf(t, variant, tensorByteSize(t.dtype, t.shape) ?? 0, arch.role(t.name) === "linear");
+}
+
+function variantBytesOf(t: TensorLike, variant: WeightVariant, bytes: number, linear: boolean): number {
   if (variant === "as-is") return bytes;
   // 4-bit re-quantisation of an FP8 checkpoint replaces its block scales too.
   if (variant === "awq-int4" && t.name.endsWith(".weight_scale_inv")) return 0;
   const minBits = variant === "awq-int4" ? 8 : 16;
-  if (arch.role(t.name) !== "linear" || t.shape.length !== 2 || DTYPE_BITS[t.dtype] < minBits) return bytes;
+  if (!linear || t.shape.length !== 2 || DTYPE_BITS[t.dtype] < minBits) return bytes;
   const n = numel(t.shape);
   const out = t.shape[0];
   switch (variant) {
@@ -63,14 +66,16 @@ export function weightTable(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<T
   const map = new Map<string, { rule: ShardRule; layer: number; bytes: Float64Array }>();
   const speculative = new Float64Array(VARIANTS.length);
   for (const t of tensors) {
-    const bytes = VARIANTS.map((v) => variantBytes(arch, t, v));
+    const size = "end" in t && "begin" in t ? (t as unknown as { end: number; begin: number }).end - (t as unknown as { begin: number }).begin : tensorByteSize(t.dtype, t.shape) ?? 0;
+    const role = arch.role(t.name);
+    const bytes = VARIANTS.map((v) => variantBytesOf(t, v, size, role === "linear"));
     if (arch.isSpeculativeOnly(t.name, cfg)) {
       bytes.forEach((b, i) => (speculative[i] += b));
       continue;
     }
     const rule = arch.shardRule(t.name, cfg);
     const idx = arch.layerOf(t.name, cfg).index;
-    const layer = idx ?? (arch.role(t.name) === "embed" ? EMBED : HEAD);
+    const layer = idx ?? (role === "embed" ? EMBED : HEAD);
     const key = `${rule}|${layer}`;
     const b = map.get(key) ?? map.set(key, { rule, layer, bytes: new Float64Array(VARIANTS.length) }).get(key)!;
     bytes.forEach((x, i) => (b.bytes[i] += x));
