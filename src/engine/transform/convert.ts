@@ -296,7 +296,7 @@ class ShardRun {
     }
   }
 
-  /** Scale tensors are tiny (R1's largest is 256×4 KiB): read whole on the main thread. */
+  /** Scale tensors are tiny (R1: ≤ 32 KiB): read whole on the main thread. */
   private readScale(s: SourceTensor): Float32Array {
     const len = s.end - s.begin;
     const buf = Buffer.allocUnsafeSlow(len);
