@@ -10,6 +10,7 @@
  * twice.
  */
 import { createHash } from "node:crypto";
+import type { Readable } from "node:stream";
 import type { UpstreamInstance } from "../runtime/upstream.js";
 import { HttpError, normaliseErrorBody } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
@@ -153,7 +154,7 @@ export class ProxyBackend implements Backend {
     return this.relayWhole(g, inst, res.body);
   }
 
-  private async relayStream(g: GenerationRequest, inst: UpstreamInstance, body: AsyncIterable<Buffer>, injectedUsage: boolean): Promise<void> {
+  private async relayStream(g: GenerationRequest, inst: UpstreamInstance, body: Readable, injectedUsage: boolean): Promise<void> {
     const ins = this.o.metrics.instrument(inst.name);
     let prev = 0;
     const relay = new SseRelay({
@@ -167,20 +168,34 @@ export class ProxyBackend implements Backend {
         prev = now;
       },
     });
-    try {
-      for await (const chunk of body) {
+    // Event-driven rather than `for await`: no promise per chunk on the hot path; the upstream is
+    // paused only while the client socket pushes back.
+    await new Promise<void>((resolve, reject) => {
+      let failed = false;
+      const fail = (e: Error) => {
+        if (failed) return;
+        failed = true;
+        if (g.signal.aborted) return reject(e);
+        inst.markFailed(`stream broke: ${e.message}`);
+        if (!g.sink.started) return reject(new RetryableError(`${inst.name} failed before its first event: ${e.message}`));
+        reject(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
+      };
+      body.on("data", (chunk: Buffer) => {
         const out = relay.push(chunk);
-        if (!out) continue;
+        if (!out) return;
         if (!g.sink.started) g.sink.startStream();
         const w = g.sink.write(out);
-        if (w) await w;
-      }
-    } catch (e) {
-      if (g.signal.aborted) throw e;
-      inst.markFailed(`stream broke: ${(e as Error).message}`);
-      if (!g.sink.started) throw new RetryableError(`${inst.name} failed before its first event: ${(e as Error).message}`);
-      throw new HttpError(502, `upstream ${inst.name} failed mid-stream: ${(e as Error).message}`, { code: "upstream_error" });
-    }
+        if (w) {
+          body.pause();
+          void w.then(() => body.resume());
+        }
+      });
+      body.once("end", () => resolve());
+      body.once("error", fail);
+      body.once("close", () => {
+        if (!body.readableEnded) fail(new Error("upstream connection closed"));
+      });
+    });
     const rest = relay.flush();
     if (!g.sink.started) {
       if (!rest) throw new RetryableError(`${inst.name} closed the stream without sending anything`);

@@ -1,0 +1,289 @@
+/**
+ * The gateway's own cost. A stand-in upstream (test/support/standin-upstream.ts, its own process)
+ * streams 64 tokens per request at a fixed pace; the same closed-loop load reaches it (a) directly,
+ * (b) through `dsr serve --upstream` and (c) through nginx configured as the seed guides do
+ * (proxy_pass to an upstream block with keepalive, proxy_http_version 1.1, proxy_buffering off).
+ *
+ * Two runs per target: a latency run (1000 concurrent streams at the real pace: TTFT and inter-token
+ * gaps, compared with direct) and a throughput run (1000 concurrent streams at a 1 ms pace, so the
+ * machine's CPU is the limit: completed streams/s). CPU per stream = the proxy processes' utime+stime
+ * (from /proc) over completed streams.
+ *
+ * The load generator runs in this process on an undici Pool (one keep-alive connection per stream,
+ * SSE parsed by scanning for the blank line, no JSON parsing); its own CPU use is reported so a
+ * saturated generator is visible. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 25]
+ * [--seconds 12] [--nginx-workers auto]` — prints one JSON document.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Pool } from "undici";
+
+const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
+const arg = (name: string, d: string) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : d;
+};
+const CONC = Number(arg("--concurrency", "1000"));
+const PACE = Number(arg("--pace-ms", "25"));
+const TOKENS = 64;
+const SECONDS = Number(arg("--seconds", "12"));
+const WARMUP = 3;
+const NGINX_WORKERS = arg("--nginx-workers", "auto");
+
+interface RunResult {
+  streams: number;
+  errors: number;
+  seconds: number;
+  streams_per_s: number;
+  ttft_ms: { p50: number; p99: number; mean: number };
+  itl_ms: { p50: number; p99: number; mean: number };
+  proxy_cpu_ms_per_stream?: number;
+  proxy_cpu_util?: number;
+  loadgen_cpu_util: number;
+}
+
+/** Closed loop: `conc` workers each send a streaming completion, read it to the end, repeat. */
+async function load(url: string, conc: number, seconds: number, proxyPids: () => Promise<number[]>): Promise<RunResult> {
+  const pool = new Pool(url, { connections: conc, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
+  const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true });
+  let measuring = false;
+  let stop = false;
+  const ttft: number[] = [];
+  const itl: number[] = [];
+  let streams = 0;
+  let errors = 0;
+  const one = () =>
+    new Promise<void>((resolve) => {
+      const t0 = performance.now();
+      let last = 0;
+      let first = true;
+      let events = 0;
+      const rec = measuring;
+      pool.request({ path: "/v1/completions", method: "POST", headers: { "content-type": "application/json" }, body }, (err, res) => {
+        if (err || !res || res.statusCode !== 200) {
+          if (rec) errors++;
+          res?.body.resume();
+          return resolve();
+        }
+        res.body.on("data", (chunk: Buffer) => {
+          const now = performance.now();
+          // every "\n\n" ends an event; the last one is [DONE]
+          let i = chunk.indexOf(10);
+          while (i >= 0) {
+            if (chunk[i + 1] === 10) {
+              events++;
+              if (events <= TOKENS && rec) {
+                if (first) ttft.push(now - t0);
+                else itl.push(now - last);
+              }
+              first = false;
+              last = now;
+            }
+            i = chunk.indexOf(10, i + 1);
+          }
+        });
+        res.body.on("end", () => {
+          if (rec) {
+            if (events >= TOKENS + 1) streams++;
+            else errors++;
+          }
+          resolve();
+        });
+        res.body.on("error", () => {
+          if (rec) errors++;
+          resolve();
+        });
+      });
+    });
+  const worker = async () => {
+    while (!stop) await one();
+  };
+  const workers = Array.from({ length: conc }, worker);
+  await sleep(WARMUP * 1000);
+  measuring = true;
+  const pids = await proxyPids();
+  const cpu0 = await cpuMs(pids);
+  const self0 = process.cpuUsage();
+  const t0 = performance.now();
+  await sleep(seconds * 1000);
+  measuring = false;
+  const dt = (performance.now() - t0) / 1000;
+  const cpu1 = await cpuMs(pids);
+  const self = process.cpuUsage(self0);
+  stop = true;
+  await Promise.all(workers);
+  await pool.close();
+  const proxyCpu = pids.length ? cpu1 - cpu0 : undefined;
+  return {
+    streams,
+    errors,
+    seconds: round(dt),
+    streams_per_s: round(streams / dt),
+    ttft_ms: summary(ttft),
+    itl_ms: summary(itl),
+    proxy_cpu_ms_per_stream: proxyCpu === undefined ? undefined : round(proxyCpu / Math.max(1, streams), 3),
+    proxy_cpu_util: proxyCpu === undefined ? undefined : round(proxyCpu / 1000 / dt),
+    loadgen_cpu_util: round((self.user + self.system) / 1e6 / dt),
+  };
+}
+
+function summary(xs: number[]): { p50: number; p99: number; mean: number } {
+  if (xs.length === 0) return { p50: NaN, p99: NaN, mean: NaN };
+  const s = Float64Array.from(xs).sort();
+  const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * (s.length - 1)))];
+  return { p50: round(q(0.5), 3), p99: round(q(0.99), 3), mean: round(s.reduce((a, b) => a + b, 0) / s.length, 3) };
+}
+
+/** utime + stime of the given processes, in ms (clock ticks are 1/100 s on Linux). */
+async function cpuMs(pids: number[]): Promise<number> {
+  let ticks = 0;
+  for (const p of pids) {
+    const stat = await readFile(`/proc/${p}/stat`, "utf8").catch(() => "");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    ticks += Number(f[11] ?? 0) + Number(f[12] ?? 0);
+  }
+  return ticks * 10;
+}
+
+async function childrenOf(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const d of await readdir("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    const stat = await readFile(`/proc/${d}/stat`, "utf8").catch(() => "");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (Number(f[1]) === pid) out.push(Number(d));
+  }
+  return out;
+}
+
+function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string } = {}): Promise<{ proc: ChildProcess; match: RegExpMatchArray }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let buf = "";
+    const on = (d: Buffer) => {
+      buf += d.toString();
+      const m = ready.exec(buf);
+      if (m) resolve({ proc, match: m });
+    };
+    proc.stdout!.on("data", on);
+    proc.stderr!.on("data", on);
+    proc.on("exit", (c) => reject(new Error(`${cmd} exited with ${c}: ${buf}`)));
+    setTimeout(() => reject(new Error(`${cmd} did not start: ${buf}`)), 30_000);
+  });
+}
+
+async function startNginx(upstreamPort: number, dir: string): Promise<{ proc: ChildProcess; port: number }> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  // As the seed guides configure it in front of vLLM: upstream keepalive, HTTP/1.1 to the upstream,
+  // no buffering so SSE tokens pass at once, long read timeouts.
+  const conf = `
+daemon off;
+user root;
+worker_processes ${NGINX_WORKERS};
+worker_rlimit_nofile 20000;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  upstream llm { server 127.0.0.1:${upstreamPort}; keepalive 1024; }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    location / {
+      proxy_pass http://llm;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_buffering off;
+      proxy_cache off;
+      proxy_read_timeout 3600s;
+      keepalive_requests 100000;
+    }
+  }
+}`;
+  await writeFile(join(dir, "nginx.conf"), conf);
+  const proc = spawn("nginx", ["-c", join(dir, "nginx.conf"), "-p", dir], { stdio: ["ignore", "pipe", "pipe"] });
+  for (let i = 0; i < 100; i++) {
+    await sleep(100);
+    const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false);
+    if (ok) return { proc, port };
+  }
+  throw new Error(`nginx did not start: ${await readFile(join(dir, "error.log"), "utf8").catch(() => "")}`);
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "dsr-bench-gw-"));
+  const procs: ChildProcess[] = [];
+  const tsx = ["--import", "tsx"];
+  const startUpstream = async (pace: number) => {
+    const u = await start(process.execPath, [...tsx, "test/support/standin-upstream.ts", "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace)], /"port":(\d+)/);
+    procs.push(u.proc);
+    return { proc: u.proc, port: Number(u.match[1]) };
+  };
+  const results: Record<string, Record<string, RunResult>> = {};
+  try {
+    for (const [run, pace, secs] of [["latency", PACE, SECONDS], ["throughput", 1, Math.max(6, SECONDS / 2)]] as const) {
+      const up = await startUpstream(pace);
+      const gw = await start(process.execPath, [join(ROOT, "bin/dsr"), "serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"], /^serving .* at (http:\/\/[^\s/]+)\/v1/m);
+      procs.push(gw.proc);
+      const ng = await startNginx(up.port, dir);
+      procs.push(ng.proc);
+      const nginxWorkers = () => childrenOf(ng.proc.pid!);
+      const targets: [string, string, () => Promise<number[]>][] = [
+        ["direct", `http://127.0.0.1:${up.port}`, async () => []],
+        ["dsr", gw.match[1], async () => [gw.proc.pid!]],
+        ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
+      ];
+      results[run] = {};
+      for (const [name, url, pids] of targets) {
+        results[run][name] = await load(url, CONC, secs, pids);
+        await sleep(500);
+      }
+      for (const p of [ng.proc, gw.proc, up.proc]) await stopProc(p);
+    }
+  } finally {
+    for (const p of procs) await stopProc(p);
+    await rm(dir, { recursive: true, force: true });
+  }
+  const lat = results.latency;
+  const added = (t: string) => ({
+    ttft_p50_ms: round(lat[t].ttft_ms.p50 - lat.direct.ttft_ms.p50, 3),
+    ttft_p99_ms: round(lat[t].ttft_ms.p99 - lat.direct.ttft_ms.p99, 3),
+    itl_p50_ms: round(lat[t].itl_ms.p50 - lat.direct.itl_ms.p50, 3),
+    itl_p99_ms: round(lat[t].itl_ms.p99 - lat.direct.itl_ms.p99, 3),
+  });
+  const thr = results.throughput;
+  const doc = {
+    schema: "dsr.bench.gateway/1",
+    config: { concurrency: CONC, tokens_per_stream: TOKENS, latency_pace_ms: PACE, throughput_pace_ms: 1, seconds: SECONDS, warmup_seconds: WARMUP, nginx_worker_processes: NGINX_WORKERS, endpoint: "/v1/completions stream" },
+    environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },
+    added_latency_vs_direct: { dsr: added("dsr"), nginx: added("nginx") },
+    max_streams_per_s: { direct: thr.direct.streams_per_s, dsr: thr.dsr.streams_per_s, nginx: thr.nginx.streams_per_s },
+    cpu_ms_per_stream: { dsr: thr.dsr.proxy_cpu_ms_per_stream, nginx: thr.nginx.proxy_cpu_ms_per_stream, dsr_at_latency_run: lat.dsr.proxy_cpu_ms_per_stream, nginx_at_latency_run: lat.nginx.proxy_cpu_ms_per_stream },
+    targets: { p99_added_le_2ms: added("dsr").ttft_p99_ms <= 2 && added("dsr").itl_p99_ms <= 2, throughput_ge_nginx: thr.dsr.streams_per_s >= thr.nginx.streams_per_s },
+    runs: results,
+  };
+  process.stdout.write(JSON.stringify(doc, null, 2) + "\n");
+}
+
+async function stopProc(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const done = new Promise((r) => p.once("exit", r));
+  p.kill("SIGTERM");
+  const t = setTimeout(() => p.kill("SIGKILL"), 5000);
+  await done;
+  clearTimeout(t);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+
+await main();
