@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { open, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { HashPool } from "../../src/engine/hub/download/hash-pool.js";
 import { OrderedHasher } from "../../src/engine/hub/download/hasher.js";
 import { ProgressFile, bootId, loadState, saveState, splitParts } from "../../src/engine/hub/download/state.js";
 import { tempDir } from "../support/tmp.js";
@@ -40,8 +41,12 @@ describe("resume state", () => {
 });
 
 describe("ordered hasher", () => {
-  it("gives the right digest whatever order parts and blocks arrive in, reading back only what arrived ahead", async () => {
+  it.each([
+    ["on the main thread", 0],
+    ["in a worker thread", 2],
+  ])("gives the right digest whatever order parts and blocks arrive in, reading back only what arrived ahead (%s)", async (_, threads) => {
     const dir = await tempDir();
+    const pool = threads ? new HashPool(threads) : undefined;
     for (let trial = 0; trial < 25; trial++) {
       const size = 1 + Math.floor(Math.random() * 200_000);
       const data = Buffer.alloc(size);
@@ -51,7 +56,7 @@ describe("ordered hasher", () => {
       const fh = await open(path, "w+");
       await fh.truncate(size);
       const parts = splitParts(size, 1 + Math.floor(Math.random() * 50_000));
-      const h = new OrderedHasher({ algo: "sha256", hex: want }, size, parts, async () => fh);
+      const h = new OrderedHasher({ algo: "sha256", hex: want }, size, parts, async () => fh, pool);
       // Interleave blocks of all parts randomly, each part's blocks in order (as connections deliver them).
       const queues = parts.map((p) => {
         const blocks: [number, number][] = [];
@@ -70,7 +75,7 @@ describe("ordered hasher", () => {
         const [s, n] = queues[qi].shift()!;
         await fh.write(data, s, n, s);
         parts[qi].done += n;
-        h.offer(data.subarray(s, s + n), s);
+        await h.offer(Uint8Array.from(data.subarray(s, s + n)), s, true); // owned blocks may be transferred
         if (Math.random() < 0.3) await new Promise((r) => setImmediate(r));
       }
       expect(await h.finish(), `trial ${trial}`).toBe(want);
@@ -78,6 +83,7 @@ describe("ordered hasher", () => {
       expect(h.readBack).toBeLessThanOrEqual(size);
       await fh.close();
     }
+    await pool?.close();
   });
 
   it("computes the git blob sha1 for small files", async () => {

@@ -8,11 +8,13 @@
  * check or HF_ENDPOINT support, and has no ModelScope (facts §1.9–1.10).
  */
 import { mkdir } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { dirname } from "node:path";
 import picomatch from "picomatch";
 import { DsrError, usageError } from "../errors.js";
 import { freeBytes } from "./disk.js";
 import { FileJob, digestOf } from "./download/file-job.js";
+import { HashPool } from "./download/hash-pool.js";
 import { runPool } from "./download/pool.js";
 import { hashFile } from "./hash-file.js";
 import { makeLayout, type Layout, type LayoutSpec } from "./layout.js";
@@ -36,6 +38,8 @@ export interface PullOptions {
   onEvent?: (e: PullEvent) => void;
   /** Free-space probe (default: statfs on the target filesystem). */
   freeSpace?: (path: string) => Promise<number>;
+  /** Worker threads for SHA-256 (default: CPUs − 1, 1 to 4; 0 hashes on the main thread). */
+  hashThreads?: number;
   /** How often resume state is made durable with fdatasync (default 5 s; SIGKILL-safe progress is recorded per 1 MiB block regardless). */
   stateIntervalMs?: number;
 }
@@ -113,6 +117,24 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     const k = layout.key(f);
     groups.set(k, [...(groups.get(k) ?? []), f]);
   }
+  const threads = o.dryRun ? 0 : (o.hashThreads ?? Math.min(4, Math.max(1, availableParallelism() - 1)));
+  const hashPool = threads > 0 ? new HashPool(threads) : undefined;
+  try {
+    return await transfer(o, remote, layout, files, groups, hashPool, { t0, emit, internal, partSize, signal });
+  } finally {
+    await hashPool?.close();
+  }
+}
+
+async function transfer(
+  o: PullOptions,
+  remote: Awaited<ReturnType<typeof openRemoteRepo>>,
+  layout: Layout,
+  files: HubFile[],
+  groups: Map<string, HubFile[]>,
+  hashPool: HashPool | undefined,
+  { t0, emit, internal, partSize, signal }: { t0: number; emit: (e: PullEvent) => void; internal: AbortController; partSize: number; signal: AbortSignal },
+): Promise<PullResult> {
   const planned = new Map<string, PlannedFile>();
   const present: HubFile[][] = [];
   const jobs: FileJob[] = [];
@@ -133,7 +155,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       plan("present", f.size);
       continue;
     }
-    const job = await FileJob.load(f, layout.partialPath(f), partSize);
+    const job = await FileJob.load(f, layout.partialPath(f), partSize, hashPool);
     jobs.push(job);
     groupOf.set(job, group);
     plan(job.resumedBytes > 0 ? "resume" : "download", job.resumedBytes);

@@ -6,6 +6,7 @@
 import { open, type FileHandle } from "node:fs/promises";
 import { DsrError } from "../../errors.js";
 import type { HubFile } from "../types.js";
+import type { HashPool } from "./hash-pool.js";
 import { OrderedHasher, type DigestKind } from "./hasher.js";
 import { ProgressFile, loadState, removeState, saveState, splitParts, type PartState } from "./state.js";
 
@@ -45,6 +46,7 @@ export class FileJob {
     readonly statePath: string,
     private readonly partSize: number,
     resumed: PartState[] | undefined,
+    private readonly pool?: HashPool,
   ) {
     this.digest = digestOf(file);
     this.parts = resumed ?? splitParts(file.size, partSize);
@@ -52,14 +54,14 @@ export class FileJob {
     this.newHasher();
   }
 
-  static async load(file: HubFile, partialPath: string, partSize: number): Promise<FileJob> {
+  static async load(file: HubFile, partialPath: string, partSize: number, pool?: HashPool): Promise<FileJob> {
     const statePath = `${partialPath}.json`;
     const parts = await loadState(statePath, partialPath, { size: file.size, digest: digestKey(digestOf(file)) });
-    return new FileJob(file, partialPath, statePath, partSize, parts);
+    return new FileJob(file, partialPath, statePath, partSize, parts, pool);
   }
 
   private newHasher(): void {
-    this.hasher = new OrderedHasher(this.digest, this.file.size, this.parts, () => this.handle());
+    this.hasher = new OrderedHasher(this.digest, this.file.size, this.parts, () => this.handle(), this.pool);
   }
 
   private handle(): Promise<FileHandle> {
@@ -101,7 +103,9 @@ export class FileJob {
     this.active++;
     const fh = await this.handle();
     const index = this.parts.indexOf(part);
-    const buf = Buffer.allocUnsafe(Math.min(WRITE_BLOCK, Math.max(1, part.end - part.start)));
+    const blockSize = Math.min(WRITE_BLOCK, Math.max(1, part.end - part.start));
+    // A fresh block each time: a written block is handed to the hash thread without a copy.
+    let buf = Buffer.allocUnsafeSlow(blockSize);
     let fill = 0;
     const flush = async () => {
       if (fill === 0) return;
@@ -110,9 +114,13 @@ export class FileJob {
       part.done += fill;
       await this.progress!.record(index, part.done);
       this.dirty = true;
-      this.hasher.offer(buf.subarray(0, fill), at);
-      onBytes(fill);
+      const whole = fill === buf.byteLength;
+      const block = whole ? buf : buf.subarray(0, fill);
+      const n = fill;
+      buf = Buffer.allocUnsafeSlow(blockSize);
       fill = 0;
+      onBytes(n);
+      await this.hasher.offer(block, at, whole);
     };
     try {
       await read(this.file.path, part.start + part.done, part.end, async (chunk) => {

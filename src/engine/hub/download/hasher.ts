@@ -10,16 +10,22 @@
  * happens only for parts fetched in parallel within one file (the tail of a pull, or one huge file),
  * and once for the already-finished prefix after a resume (node's hash state cannot be saved).
  */
-import { createHash, type Hash } from "node:crypto";
+import { createHash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
+import type { HashPool, HashSink } from "./hash-pool.js";
 import type { PartState } from "./state.js";
 
 export type DigestKind = { algo: "sha256"; hex: string } | { algo: "gitsha1"; hex: string } | { algo: "none" };
 
 const READ_BACK = 4 << 20;
 
+function localSink(algo: "sha256" | "gitsha1", prefix: string): HashSink {
+  const h = algo === "sha256" ? createHash("sha256") : createHash("sha1").update(prefix);
+  return { update: (d) => void h.update(d), digest: async () => h.digest("hex") };
+}
+
 export class OrderedHasher {
-  private readonly hash?: Hash;
+  private readonly sink?: HashSink;
   /** Bytes [0, pos) have been hashed. */
   pos = 0;
   /** Bytes hashed by reading back from disk (reported by benchmarks). */
@@ -32,19 +38,27 @@ export class OrderedHasher {
     private readonly size: number,
     private readonly parts: readonly PartState[],
     private readonly fh: () => Promise<FileHandle>,
+    pool?: HashPool,
   ) {
-    if (kind.algo === "sha256") this.hash = createHash("sha256");
-    else if (kind.algo === "gitsha1") this.hash = createHash("sha1").update(`blob ${size}\0`);
+    if (kind.algo !== "none") {
+      const prefix = kind.algo === "gitsha1" ? `blob ${size}\0` : "";
+      this.sink = pool ? pool.open(kind.algo, prefix) : localSink(kind.algo, prefix);
+    }
   }
 
-  /** A block [offset, offset+len) was just written to disk. Hash it now if it extends the frontier. */
-  offer(block: Uint8Array, offset: number): void {
+  /**
+   * A block [offset, offset+len) was just written to disk. Hashed now if it extends the frontier;
+   * `owned` blocks may be handed to the hash thread without a copy (the caller must not reuse them).
+   * Resolves when the hash thread has room again (backpressure).
+   */
+  offer(block: Uint8Array, offset: number, owned = false): void | Promise<void> {
     const end = offset + block.byteLength;
     // Ahead of the frontier, or a read-back is running (it will cover this block from disk): skip.
-    if (!this.hash || this.running || offset > this.pos || end <= this.pos) return;
-    this.hash.update(block.subarray(this.pos - offset));
+    if (!this.sink || this.running || offset > this.pos || end <= this.pos) return;
+    const wait = this.sink.update(block.subarray(this.pos - offset), owned && this.pos === offset);
     this.pos = end;
     if (this.writtenEnd() > this.pos) void this.kick().catch((e) => (this.failed ??= e));
+    return wait;
   }
 
   /** End of the contiguous written run that contains `pos` (pos itself when nothing is there). */
@@ -58,28 +72,27 @@ export class OrderedHasher {
   }
 
   private async catchUp(): Promise<void> {
-    if (!this.hash) return;
+    if (!this.sink) return;
     let fh: FileHandle | undefined;
-    let buf: Buffer | undefined;
     for (let end = this.writtenEnd(); end > this.pos; end = this.writtenEnd()) {
       fh ??= await this.fh();
-      buf ??= Buffer.allocUnsafe(READ_BACK);
       const n = Math.min(READ_BACK, end - this.pos);
+      const buf = Buffer.allocUnsafeSlow(n); // its own ArrayBuffer: moved to the hash thread as is
       const { bytesRead } = await fh.read(buf, 0, n, this.pos);
       if (bytesRead !== n) throw new Error(`short read-back at ${this.pos}`);
-      this.hash.update(buf.subarray(0, n));
       this.pos += n;
       this.readBack += n;
+      await this.sink.update(buf, true);
     }
   }
 
   /** Hashes whatever is still behind the frontier and returns the hex digest (undefined for "none"). */
   async finish(): Promise<string | undefined> {
-    if (!this.hash) return undefined;
+    if (!this.sink) return undefined;
     while (this.running) await this.running.catch(() => {});
     if (this.failed) throw this.failed;
     await this.kick();
     if (this.pos !== this.size) throw new Error(`hash frontier at ${this.pos} of ${this.size}`);
-    return this.hash?.digest("hex");
+    return this.sink.digest();
   }
 }
