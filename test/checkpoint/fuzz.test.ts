@@ -74,7 +74,7 @@ describe("header reader fuzz", () => {
     const codes = new Set<string>();
     const t0 = Date.now();
     for (let i = 0; i < 3000; i++) {
-      let bytes = good;
+      let bytes: Uint8Array = good;
       for (let k = 1 + pick(r, 3); k > 0; k--) bytes = MUTATORS[pick(r, MUTATORS.length)](bytes, r, headerEnd);
       const src = new MemSource(bytes);
       for (const speculativeBytes of [0, 4096]) {
@@ -106,7 +106,7 @@ describe("header reader fuzz", () => {
     const headerEnd = 8 + Number(new DataView(good.buffer).getBigUint64(0, true));
     const r = mulberry32(7);
     for (let i = 0; i < 200; i++) {
-      await writeFile(file, MUTATORS[pick(r, MUTATORS.length)](good, r, headerEnd));
+      await writeFile(file, Buffer.from(MUTATORS[pick(r, MUTATORS.length)](good, r, headerEnd)));
       const got = await openCheckpoint(await openLocalSource(ck.dir));
       for (const f of got.findings) expect(f.message).toBeTypeOf("string");
       expect(got.shards).toHaveLength(2);

@@ -10,10 +10,16 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readHeaderFromFile } from "../../src/engine/tensors/read.js";
 import { numel } from "../../src/engine/tensors/dtypes.js";
-import { runDsr, TINY_DSV3_FP8, TINY_R1 } from "../support/cli.js";
+import { runDsr as runDsrRaw, TINY_DSV3_FP8, TINY_R1 } from "../support/cli.js";
 import { CORRUPTIONS, writeTinyCheckpoint, type TinyKind } from "../support/fixtures.js";
 import { startHubServer, type HubServer } from "../support/hub-server.js";
 import { tempDir } from "../support/tmp.js";
+
+/** runDsr with string outputs (execa's result types are generic over its options). */
+async function runDsr(args: string[], opts: Parameters<typeof runDsrRaw>[1] = {}) {
+  const r = await runDsrRaw(args, opts);
+  return { exitCode: r.exitCode, stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? "") };
+}
 
 const root = await tempDir("dsr-inspect-cli-");
 

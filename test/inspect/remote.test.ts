@@ -8,10 +8,16 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openCheckpoint, remoteSource, buildInspectReport } from "../../src/engine/checkpoint/index.js";
 import { openRemoteRepo, parseRepoSpec } from "../../src/engine/hub/index.js";
-import { runDsr } from "../support/cli.js";
+import { runDsr as runDsrRaw } from "../support/cli.js";
 import { CORRUPTIONS, r1ShapedRepo, writeTinyCheckpoint } from "../support/fixtures.js";
 import { servedRepoFromDir, startHubServer, type HubServer } from "../support/hub-server.js";
 import { tempDir } from "../support/tmp.js";
+
+/** runDsr with string outputs (execa's result types are generic over its options). */
+async function runDsr(args: string[], opts: Parameters<typeof runDsrRaw>[1] = {}) {
+  const r = await runDsrRaw(args, opts);
+  return { exitCode: r.exitCode, stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? "") };
+}
 
 const root = await tempDir("dsr-inspect-remote-");
 const repo = r1ShapedRepo();

@@ -8,6 +8,7 @@
 import { DTYPE_BITS, numel, type Dtype } from "../tensors/dtypes.js";
 import type { ModelConfig } from "./config.js";
 import type { ArchDef } from "./types.js";
+import { classify } from "./classify.js";
 
 export interface TensorLike {
   name: string;
@@ -31,8 +32,7 @@ export interface ParamCounts {
 }
 
 /** Logical parameters one tensor holds; 0 for quantisation side tensors. */
-export function tensorParams(arch: ArchDef, t: TensorLike, packBits = 4): number {
-  const role = arch.role(t.name);
+export function tensorParams(arch: ArchDef, t: TensorLike, packBits = 4, role = arch.role(t.name)): number {
   if (role === "quant_aux") return 0;
   const n = numel(t.shape);
   if (/\.(qweight|weight_packed)$/.test(t.name) && DTYPE_BITS[t.dtype] === 32) return n * (32 / packBits);
@@ -42,17 +42,17 @@ export function tensorParams(arch: ArchDef, t: TensorLike, packBits = 4): number
 export function countParams(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorLike>, packBits = 4): ParamCounts {
   const c: ParamCounts = { total: 0, main: 0, mtp: 0, activePerToken: 0, routedExperts: 0, embedding: 0, lmHead: 0 };
   for (const t of tensors) {
-    const p = tensorParams(arch, t, packBits);
+    const k = classify(arch, cfg, t.name);
+    const p = tensorParams(arch, t, packBits, k.role);
     c.total += p;
-    if (arch.isSpeculativeOnly(t.name, cfg)) {
+    if (k.speculative) {
       c.mtp += p;
       continue;
     }
     c.main += p;
-    const role = arch.role(t.name);
-    if (role === "embed") c.embedding += p;
-    if (role === "lm_head") c.lmHead += p;
-    if (arch.isRoutedExpert(t.name)) c.routedExperts += p;
+    if (k.role === "embed") c.embedding += p;
+    if (k.role === "lm_head") c.lmHead += p;
+    if (k.routedExpert) c.routedExperts += p;
   }
   const frac = arch.routedFraction(cfg);
   c.activePerToken = frac === undefined ? c.main : c.main - c.routedExperts + c.routedExperts * frac;

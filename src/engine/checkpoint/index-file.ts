@@ -30,11 +30,12 @@ export function parseIndex(bytes: Uint8Array, file = INDEX_FILE): IndexInfo {
   if (typeof wm !== "object" || wm === null || Array.isArray(wm)) throw bad('"weight_map" is missing or not an object');
   const meta = o.metadata ?? {};
   if (typeof meta !== "object" || meta === null || Array.isArray(meta)) throw bad('"metadata" is not an object');
-  const entries = Object.entries(wm as Record<string, unknown>);
-  if (entries.length > MAX_INDEX_ENTRIES) throw bad(`${entries.length} tensors exceeds the limit of ${MAX_INDEX_ENTRIES}`);
   const weightMap = new Map<string, string>();
   const shards = new Set<string>();
-  for (const [tensor, shard] of entries) {
+  const map = wm as Record<string, unknown>;
+  for (const tensor in map) {
+    const shard = map[tensor];
+    if (weightMap.size >= MAX_INDEX_ENTRIES) throw bad(`more than ${MAX_INDEX_ENTRIES} tensors`);
     if (typeof shard !== "string" || (!shards.has(shard) && !isSafeShardName(shard))) {
       throw integrityError("DSR_INDEX_INVALID", `${file}: tensor "${tensor}" maps to an invalid shard name ${JSON.stringify(shard)}`, {
         hint: "shard names must be relative file names inside the model folder",

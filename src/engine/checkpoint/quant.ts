@@ -69,7 +69,16 @@ function fromTensors(ck: Checkpoint): { method: QuantMethod; count: number } {
 /** GPTQ checkpoints may omit g_idx; AWQ and GPTQ both use qweight, so treat them as one family here. */
 const family = (m: QuantMethod) => (m === "awq" || m === "gptq" ? "int4" : m === "fp8-block" ? "fp8" : m);
 
+const memo = new WeakMap<Checkpoint, QuantInfo>();
+
+/** Memoised per checkpoint: integrity and the report both ask. */
 export function detectQuantization(ck: Checkpoint): QuantInfo {
+  let q = memo.get(ck);
+  if (!q) memo.set(ck, (q = detect(ck)));
+  return q;
+}
+
+function detect(ck: Checkpoint): QuantInfo {
   const cfg = fromConfig(ck.config?.quantizationConfig) ?? fromConfig(ck.quantConfigFile?.raw);
   const t = fromTensors(ck);
   if (!cfg) return t.method === "none" ? { method: "none", source: "none", quantizedTensors: 0 } : { method: t.method, source: "tensors", quantizedTensors: t.count, bits: t.method.startsWith("fp8") ? 8 : undefined };

@@ -1,6 +1,7 @@
 /** Summaries of a Checkpoint for inspect: shard sizes, dtype breakdown, grouped layers, embeddings. */
 import type { ModelConfig } from "../arch/config.js";
 import type { ArchDef } from "../arch/types.js";
+import { classify } from "../arch/classify.js";
 import { numel, tensorByteSize, type Dtype } from "../tensors/dtypes.js";
 import type { Checkpoint, TensorEntry } from "./types.js";
 
@@ -87,7 +88,7 @@ function fnv(s: string): number {
 export function groupLayers(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorEntry>): LayerGroup[] {
   const layers = new Map<number, { kind: string; sig: number; n: number; params: number; bytes: number; dt: Map<string, number> }>();
   for (const t of tensors) {
-    const ref = arch.layerOf(t.name, cfg);
+    const ref = classify(arch, cfg, t.name).layer;
     if (ref.index === undefined) continue;
     const l = layers.get(ref.index) ?? layers.set(ref.index, { kind: ref.kind, sig: 0, n: 0, params: 0, bytes: 0, dt: new Map() }).get(ref.index)!;
     const suffix = t.name.slice(t.name.indexOf(`.${ref.index}.`) + String(ref.index).length + 2);

@@ -12,6 +12,7 @@
 import type { ModelConfig } from "../arch/config.js";
 import type { TensorLike } from "../arch/params.js";
 import type { ArchDef, ShardRule } from "../arch/types.js";
+import { classify } from "../arch/classify.js";
 import { DTYPE_BITS, numel, tensorByteSize } from "../tensors/dtypes.js";
 
 /** A weight format the planner can price: the checkpoint as it is, or re-quantised linears. */
@@ -67,14 +68,15 @@ export function weightTable(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<T
   const speculative = new Float64Array(VARIANTS.length);
   for (const t of tensors) {
     const size = "end" in t && "begin" in t ? (t as unknown as { end: number; begin: number }).end - (t as unknown as { begin: number }).begin : tensorByteSize(t.dtype, t.shape) ?? 0;
-    const role = arch.role(t.name);
+    const k = classify(arch, cfg, t.name);
+    const role = k.role;
     const bytes = VARIANTS.map((v) => variantBytesOf(t, v, size, role === "linear"));
-    if (arch.isSpeculativeOnly(t.name, cfg)) {
+    if (k.speculative) {
       bytes.forEach((b, i) => (speculative[i] += b));
       continue;
     }
-    const rule = arch.shardRule(t.name, cfg);
-    const idx = arch.layerOf(t.name, cfg).index;
+    const rule = k.rule;
+    const idx = k.layer.index;
     const layer = idx ?? (role === "embed" ? EMBED : HEAD);
     const key = `${rule}|${layer}`;
     const b = map.get(key) ?? map.set(key, { rule, layer, bytes: new Float64Array(VARIANTS.length) }).get(key)!;
