@@ -37,6 +37,7 @@ interface PullFlags {
   localDir?: string;
   cacheDir?: string;
   stallTimeout: number;
+  hashThreads?: number;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -75,6 +76,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--local-dir <dir>", "write plain files into DIR instead of the hub cache")
     .option("--cache-dir <dir>", "cache root (default: HF_HUB_CACHE or $HF_HOME/hub; MODELSCOPE_CACHE for ModelScope)")
     .option("--stall-timeout <seconds>", "retry a connection that sends no bytes for this long", positiveInt, 30)
+    .option("--hash-threads <n>", "worker threads for SHA-256 (default: CPUs - 1, at most 4; 0 = main thread)", (v) => (v === "0" ? 0 : positiveInt(v)))
     .addHelpText(
       "after",
       [
@@ -108,7 +110,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
           : { kind: "hf-cache", cacheDir: flags.cacheDir ?? hfHubCache(c.env) };
       const common = { ref, hub, layout, include: flags.include, exclude: flags.exclude, signal: c.signal };
       if (flags.verify) return runVerify(c.out, common);
-      await runPull(c.out, { ...common, dryRun: flags.dryRun, connections: flags.connections, partSize: flags.partSize });
+      await runPull(c.out, { ...common, dryRun: flags.dryRun, connections: flags.connections, partSize: flags.partSize, hashThreads: flags.hashThreads });
     });
 }
 

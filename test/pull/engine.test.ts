@@ -81,6 +81,7 @@ describe("pull into the Hugging Face cache", () => {
       { error500: { times: 3 } },
       { rateLimit: { times: 2, retryAfterSec: 0 } },
       { stall: { afterBytes: 50_000, ms: 5_000, times: 2 } },
+      { slow: { bytesPerSec: 4_000_000 } },
     ]) {
       const cache = await tempDir();
       hub.setFaults(structuredClone(faults));
