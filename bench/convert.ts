@@ -202,7 +202,10 @@ async function main(): Promise<void> {
 
     // Each convert run against the mean of the floor runs just before and after it.
     const ratios = convs.map((c, i) => c.seconds / ((floors[i].seconds + floors[i + 1].seconds) / 2));
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+    const median = (xs: number[]) => {
+      const s = [...xs].sort((a, b) => a - b);
+      return (s[Math.floor((s.length - 1) / 2)] + s[Math.ceil((s.length - 1) / 2)]) / 2;
+    };
     const best = convs.reduce((a, c) => (c.seconds < a.seconds ? c : a));
     const conv = { seconds: median(convs.map((c) => c.seconds)) };
     const summary = best.summary;
