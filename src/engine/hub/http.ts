@@ -74,20 +74,33 @@ export class HubHttp {
     throw new DsrError("DSR_HUB_REDIRECTS", `too many redirects for ${url}`, { hint: "check HF_ENDPOINT / the ModelScope endpoint" });
   }
 
+  /**
+   * Per-attempt abort signal: the headers timeout first, then (after kick) the stall timeout. The
+   * body loop calls kick() per chunk, so it only stamps the time; one coarse timer checks it.
+   */
   private attemptSignal(): { signal: AbortSignal; kick(): void; done(): void; timedOut(): boolean } {
     const ac = new AbortController();
     let out = false;
-    let timer: NodeJS.Timeout | undefined;
-    const arm = (ms: number) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
+    let last = performance.now();
+    let limit = this.cfg.headersTimeoutMs;
+    const tick = Math.max(50, Math.min(1000, this.cfg.stallTimeoutMs / 4, this.cfg.headersTimeoutMs / 4));
+    const timer = setInterval(() => {
+      if (performance.now() - last > limit) {
         out = true;
-        ac.abort(new Error(`no data for ${ms} ms`));
-      }, ms);
-    };
-    arm(this.cfg.headersTimeoutMs);
+        clearInterval(timer);
+        ac.abort(new Error(`no data for ${limit} ms`));
+      }
+    }, tick);
     const signal = this.cfg.signal ? AbortSignal.any([ac.signal, this.cfg.signal]) : ac.signal;
-    return { signal, kick: () => arm(this.cfg.stallTimeoutMs), done: () => clearTimeout(timer), timedOut: () => out };
+    return {
+      signal,
+      kick: () => {
+        last = performance.now();
+        limit = this.cfg.stallTimeoutMs;
+      },
+      done: () => clearInterval(timer),
+      timedOut: () => out,
+    };
   }
 
   private checkAborted(): void {
@@ -212,7 +225,8 @@ export class HubHttp {
             if (chunk.byteLength === 0) continue;
           }
           if (chunk.byteLength > end - pos) chunk = chunk.subarray(0, end - pos);
-          await onChunk(chunk, pos);
+          const wait = onChunk(chunk, pos);
+          if (wait) await wait; // most chunks only fill a buffer: no promise, no microtask
           pos += chunk.byteLength;
           progressed = true;
           if (pos >= end) break; // leaving the loop drops the rest of the body

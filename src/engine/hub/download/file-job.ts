@@ -123,15 +123,18 @@ export class FileJob {
       await this.hasher.offer(block, at, whole);
     };
     try {
-      await read(this.file.path, part.start + part.done, part.end, async (chunk) => {
-        for (let off = 0; off < chunk.byteLength; ) {
+      // Copies into the block synchronously; returns a promise only when a full block must be flushed.
+      const fill1 = (chunk: Uint8Array, off: number): Promise<void> | undefined => {
+        while (off < chunk.byteLength) {
           const n = Math.min(chunk.byteLength - off, buf.byteLength - fill);
-          buf.set(chunk.subarray(off, off + n), fill);
+          buf.set(n === chunk.byteLength ? chunk : chunk.subarray(off, off + n), fill);
           fill += n;
           off += n;
-          if (fill === buf.byteLength) await flush();
+          if (fill === buf.byteLength) return flush().then(() => fill1(chunk, off));
         }
-      });
+        return undefined;
+      };
+      await read(this.file.path, part.start + part.done, part.end, (chunk) => fill1(chunk, 0));
       await flush();
     } catch (e) {
       // Bytes received in order before the failure are good: keep them for the resume.
