@@ -11,7 +11,8 @@ const outdir = standalone ? "dist-standalone" : "dist";
 rmSync(outdir, { recursive: true, force: true });
 await build({
   // convert-worker: the worker_threads entry of `dsr convert` (loaded by URL next to cli.mjs).
-  entryPoints: { cli: "src/cli.ts", "convert-worker": "src/engine/transform/worker.ts" },
+  // embedded-worker: the embedded engine's session + scheduler thread (src/engine/runtime/embedded).
+  entryPoints: { cli: "src/cli.ts", "convert-worker": "src/engine/transform/worker.ts", "embedded-worker": "src/engine/runtime/embedded/worker.ts" },
   outdir,
   bundle: true,
   platform: "node",

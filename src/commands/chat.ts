@@ -92,7 +92,7 @@ async function runChat(model: string, prompt: string | undefined, flags: ChatFla
     progress.stop();
   });
   const { engine, text, info } = opened;
-  out.debug(`engine: ${info.onnxDir} (${info.weights}, context ${info.maxContext}, ${info.threads} threads, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  out.debug(`engine: ${info.onnxDir} (${info.weights}, context ${info.maxContext}, ${info.threads} threads${info.inWorker ? ", worker thread" : ""}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   const d = text.generationDefaults;
   const sampling: SamplingParams = {
     temperature: temperature ?? d.temperature ?? 0.6,

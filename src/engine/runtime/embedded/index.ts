@@ -7,6 +7,8 @@
 import { availableParallelism, homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { stat } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
 import { DsrError, usageError } from "../../errors.js";
 import { buildOnnxFromSource, MANIFEST_VERSION, readManifest, readModelConfig, type OnnxManifest } from "../../onnx/build.js";
@@ -14,7 +16,9 @@ import type { WeightFormat } from "../../onnx/layers.js";
 import { checkpointWeights } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
 import { DecoderSession } from "./decoder-session.js";
-import { Scheduler } from "./scheduler.js";
+import { Scheduler, type EmbeddedStats, type EngineCounters } from "./scheduler.js";
+import { WorkerEngine } from "./worker-engine.js";
+import type { TokenEngine } from "../types.js";
 
 export interface EmbeddedEngineOptions {
   threads?: number;
@@ -29,6 +33,18 @@ export interface EmbeddedEngineOptions {
   signal?: AbortSignal;
   onProgress?: (p: { phase: string; done: number; total: number }) => void;
   cacheDir?: string;
+  /**
+   * Run the session and scheduler in a worker thread (keeps the event loop free during steps).
+   * Default: when the bundled worker (dist/embedded-worker.mjs) sits next to the running bundle;
+   * from source (tests, tsx) the engine runs in the calling thread.
+   */
+  worker?: boolean;
+}
+
+/** What openEmbeddedEngine returns: a TokenEngine with KV stats and step counters. */
+export interface EmbeddedEngine extends TokenEngine {
+  stats(): EmbeddedStats;
+  readonly counters: EngineCounters;
 }
 
 export interface EmbeddedEngineInfo {
@@ -40,9 +56,15 @@ export interface EmbeddedEngineInfo {
   threads: number;
   /** True when this call converted the checkpoint (false: an existing conversion was reused). */
   converted: boolean;
+  /** True when the engine runs in a worker thread. */
+  inWorker: boolean;
 }
 
-export type { Scheduler as EmbeddedEngine } from "./scheduler.js";
+/** The bundled worker entry next to the CLI bundle; absent when running from source. */
+function bundledWorker(): URL | undefined {
+  const url = new URL("./embedded-worker.mjs", import.meta.url);
+  return url.protocol === "file:" && existsSync(fileURLToPath(url)) ? url : undefined;
+}
 
 /** $XDG_CACHE_HOME/dsr/onnx, else ~/.cache/dsr/onnx (commands pass their env value in). */
 export function defaultOnnxCacheDir(xdgCacheHome?: string): string {
@@ -107,7 +129,7 @@ function approxParams(cfg: { hiddenSize: number; numLayers: number; intermediate
 export async function openEmbeddedEngine(
   modelPath: string,
   opts: EmbeddedEngineOptions = {},
-): Promise<{ engine: Scheduler; text: TextModel; info: EmbeddedEngineInfo }> {
+): Promise<{ engine: EmbeddedEngine; text: TextModel; info: EmbeddedEngineInfo }> {
   const { onnxDir, manifest, converted } = await resolveOnnxDir(modelPath, opts);
   const text = await loadTextModel(onnxDir);
   const maxContext = Math.min(opts.maxContext ?? Math.min(4096, manifest.io.maxPositions), manifest.io.maxPositions);
@@ -118,7 +140,16 @@ export async function openEmbeddedEngine(
     throw usageError(`KV budget of ${opts.kvBudgetTokens} tokens cannot hold one sequence of ${maxContext} tokens`, "raise the KV budget or lower the max context");
   }
   const threads = opts.threads ?? availableParallelism();
-  const session = await DecoderSession.open(onnxDir, manifest, { threads, maxBatch, maxContext });
-  const engine = new Scheduler(session, { maxBatch, maxContext, prefillChunk: opts.prefillChunk ?? 64, prefillChunkIdle: 512 });
-  return { engine, text, info: { modelDir: resolve(modelPath), onnxDir, weights: manifest.weights, maxContext, maxBatch, threads, converted } };
+  const sessionOpts = { threads, maxBatch, maxContext };
+  const schedOpts = { maxBatch, maxContext, prefillChunk: opts.prefillChunk ?? 64, prefillChunkIdle: 512 };
+  const workerUrl = opts.worker === false ? undefined : bundledWorker();
+  if (opts.worker === true && !workerUrl) throw new DsrError("DSR_NO_WORKER", "the embedded engine worker is not built", { hint: "run `npm run build`" });
+  const engine: EmbeddedEngine = workerUrl
+    ? await WorkerEngine.open(workerUrl, onnxDir, manifest, sessionOpts, schedOpts)
+    : new Scheduler(await DecoderSession.open(onnxDir, manifest, sessionOpts), schedOpts);
+  return {
+    engine,
+    text,
+    info: { modelDir: resolve(modelPath), onnxDir, weights: manifest.weights, maxContext, maxBatch, threads, converted, inWorker: !!workerUrl },
+  };
 }

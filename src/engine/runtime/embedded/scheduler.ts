@@ -45,6 +45,23 @@ export interface EngineCounters {
   decodeSteps: number;
 }
 
+/** Checks a request before it is queued (also used by the worker proxy, which must throw synchronously). */
+export function validateRequest(req: SubmitRequest, maxContext: number, vocab: number): void {
+  const n = req.promptIds.length;
+  if (n === 0) throw new DsrError("DSR_EMPTY_PROMPT", "request has an empty prompt", { hint: "send at least one token" });
+  if (n >= maxContext) {
+    throw new DsrError("DSR_CONTEXT_OVERFLOW", `prompt of ${n} tokens does not fit the engine context of ${maxContext} tokens (it needs room for at least one new token)`, {
+      hint: "shorten the prompt, or open the engine with a larger maxContext (--max-context) if the model supports it",
+      details: { promptTokens: n, maxContext },
+    });
+  }
+  for (const id of req.promptIds) {
+    if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new DsrError("DSR_BAD_TOKEN", `prompt token id ${id} is outside the vocabulary (0..${vocab - 1})`, { hint: "tokenize with the model's own tokenizer" });
+  }
+}
+
+export type EmbeddedStats = EngineStats & { kvBytesPerToken: number; kvCapacityBytes: number };
+
 export class Scheduler implements TokenEngine {
   private waiting: Seq[] = [];
   private active: Seq[] = [];
@@ -59,18 +76,9 @@ export class Scheduler implements TokenEngine {
 
   submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
     if (this.closed) throw new DsrError("DSR_ENGINE_CLOSED", "the embedded engine is closed", { hint: "open a new engine" });
+    validateRequest(req, this.opts.maxContext, this.session.vocab);
     const n = req.promptIds.length;
-    if (n === 0) throw new DsrError("DSR_EMPTY_PROMPT", "request has an empty prompt", { hint: "send at least one token" });
-    if (n >= this.opts.maxContext) {
-      throw new DsrError("DSR_CONTEXT_OVERFLOW", `prompt of ${n} tokens does not fit the engine context of ${this.opts.maxContext} tokens (it needs room for at least one new token)`, {
-        hint: "shorten the prompt, or open the engine with a larger maxContext (--max-context) if the model supports it",
-        details: { promptTokens: n, maxContext: this.opts.maxContext },
-      });
-    }
     const vocab = this.session.vocab;
-    for (const id of req.promptIds) {
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new DsrError("DSR_BAD_TOKEN", `prompt token id ${id} is outside the vocabulary (0..${vocab - 1})`, { hint: "tokenize with the model's own tokenizer" });
-    }
     const seq: Seq = {
       prompt: req.promptIds.slice(),
       slot: -1,
@@ -100,11 +108,15 @@ export class Scheduler implements TokenEngine {
     return seq.channel;
   }
 
-  stats(): EngineStats & { kvBytesPerToken: number; kvCapacityBytes: number } {
+  /** Called after every scheduling step (the worker forwards stats to the main thread). */
+  onStep?: () => void;
+
+  stats(): EmbeddedStats {
+    const live = this.active.filter((s) => s.state !== "done");
     return {
-      running: this.active.length,
+      running: live.length,
       waiting: this.waiting.length,
-      kvUsedTokens: this.active.reduce((a, s) => a + s.len, 0),
+      kvUsedTokens: live.reduce((a, s) => a + s.len, 0),
       kvCapacityTokens: this.opts.maxBatch * this.opts.maxContext,
       maxContext: this.opts.maxContext,
       kvBytesPerToken: this.session.kvBytesPerToken,
@@ -248,7 +260,10 @@ export class Scheduler implements TokenEngine {
         this.counters.prefillMs += performance.now() - t0;
       }
       const dec = decoding.filter((s) => s.state === "decode" && !s.cancelled);
-      if (dec.length === 0) continue;
+      if (dec.length === 0) {
+        this.onStep?.();
+        continue;
+      }
       if (dec.some((s, i) => s.slot !== i)) continue; // a cancellation left a hole: re-pack first
       const t0 = performance.now();
       try {
@@ -264,6 +279,7 @@ export class Scheduler implements TokenEngine {
         this.fail(dec, e);
       }
       this.counters.decodeMs += performance.now() - t0;
+      this.onStep?.();
     }
   }
 }

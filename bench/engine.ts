@@ -1,0 +1,285 @@
+/**
+ * Benchmark of the embedded engine on a DeepSeek-R1-Distill-Qwen-1.5B-shaped model, printed as one
+ * JSON document.
+ *
+ *   npx tsx bench/engine.ts [--dir DIR] [--threads N] [--weights int4] [--block-size 32] [--decode 32] [--reps 3] [--keep]
+ *                           [--model ONNX_DIR]   (reuse a model a previous --keep run left)
+ *
+ * 1. Builds the model straight to int4 with seeded random weights (no fp32 checkpoint on disk):
+ *    hidden 1536, 28 layers, 12 heads / 2 KV heads (head 128), MLP 8960, vocab 151936, q/k/v bias,
+ *    untied lm_head (as R1-Distill-Qwen-1.5B), RTN MatMulNBits block 32, accuracy_level 4.
+ * 2. Memory copy bandwidth (large Float64Array copies) → the bandwidth bound on decode tok/s =
+ *    bandwidth ÷ weight bytes read per token (every MatMulNBits weight + scales + zero points, lm_head
+ *    included; the embedding row is negligible).
+ * 3. Baseline and dsr single stream, interleaved --reps times (the machine is shared: interleaving
+ *    puts the same drift on both): a bare loop of onnxruntime session.run on that graph (batch 1,
+ *    shared KV buffer, 128-token prompt then --decode greedy steps, no dsr scheduling), then the same
+ *    through dsr's scheduler (the engine `dsr serve`/`dsr chat` use): TTFT of the 128-token prompt,
+ *    prefill tok/s, decode tok/s. Medians are reported.
+ * 4. dsr with 4, 8 and 16 concurrent streams (aggregate decode tok/s in the window where all streams
+ *    are decoding), each followed by a single-stream run for the ratio.
+ * Everything generated is deleted at the end unless --keep.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { execFileSync } from "node:child_process";
+import * as ort from "onnxruntime-node";
+import { parseModelConfig } from "../src/engine/arch/config.js";
+import { buildOnnxFromSource, readManifest, type OnnxManifest } from "../src/engine/onnx/build.js";
+import type { WeightFormat } from "../src/engine/onnx/layers.js";
+import { syntheticWeights } from "../src/engine/onnx/weights.js";
+import { DecoderSession } from "../src/engine/runtime/embedded/decoder-session.js";
+import { seededRandom } from "../src/engine/runtime/embedded/sampler.js";
+import { Scheduler } from "../src/engine/runtime/embedded/scheduler.js";
+import type { SamplingParams } from "../src/engine/runtime/types.js";
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : dflt;
+};
+const threads = Number(opt("threads", String(cpus().length)));
+const weights = opt("weights", "int4") as WeightFormat;
+const blockSize = Number(opt("block-size", "32"));
+const decodeSteps = Number(opt("decode", "32"));
+const reps = Number(opt("reps", "3"));
+const reuse = opt("model", "");
+const root = mkdtempSync(join(opt("dir", tmpdir()), "dsr-bench-engine-"));
+const log = (s: string) => process.stderr.write(`[bench/engine] ${s}\n`);
+
+const CONFIG = {
+  architectures: ["Qwen2ForCausalLM"],
+  model_type: "qwen2",
+  hidden_size: 1536,
+  intermediate_size: 8960,
+  num_hidden_layers: 28,
+  num_attention_heads: 12,
+  num_key_value_heads: 2,
+  vocab_size: 151936,
+  max_position_embeddings: 131072,
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000,
+  tie_word_embeddings: false,
+  hidden_act: "silu",
+  bos_token_id: 151646,
+  eos_token_id: 151643,
+};
+
+function shapes(): Map<string, number[]> {
+  const c = CONFIG;
+  const hd = c.hidden_size / c.num_attention_heads;
+  const m = new Map<string, number[]>();
+  m.set("model.embed_tokens.weight", [c.vocab_size, c.hidden_size]);
+  m.set("lm_head.weight", [c.vocab_size, c.hidden_size]);
+  m.set("model.norm.weight", [c.hidden_size]);
+  for (let i = 0; i < c.num_hidden_layers; i++) {
+    const p = `model.layers.${i}`;
+    m.set(`${p}.self_attn.q_proj.weight`, [c.num_attention_heads * hd, c.hidden_size]);
+    m.set(`${p}.self_attn.k_proj.weight`, [c.num_key_value_heads * hd, c.hidden_size]);
+    m.set(`${p}.self_attn.v_proj.weight`, [c.num_key_value_heads * hd, c.hidden_size]);
+    m.set(`${p}.self_attn.q_proj.bias`, [c.num_attention_heads * hd]);
+    m.set(`${p}.self_attn.k_proj.bias`, [c.num_key_value_heads * hd]);
+    m.set(`${p}.self_attn.v_proj.bias`, [c.num_key_value_heads * hd]);
+    m.set(`${p}.self_attn.o_proj.weight`, [c.hidden_size, c.num_attention_heads * hd]);
+    m.set(`${p}.mlp.gate_proj.weight`, [c.intermediate_size, c.hidden_size]);
+    m.set(`${p}.mlp.up_proj.weight`, [c.intermediate_size, c.hidden_size]);
+    m.set(`${p}.mlp.down_proj.weight`, [c.hidden_size, c.intermediate_size]);
+    m.set(`${p}.input_layernorm.weight`, [c.hidden_size]);
+    m.set(`${p}.post_attention_layernorm.weight`, [c.hidden_size]);
+  }
+  return m;
+}
+
+/** Bytes of quantized weights (+ fp32 scales + packed zero points) a decode step reads. */
+function weightBytesPerToken(sh: Map<string, number[]>, bits: number, block: number): number {
+  let total = 0;
+  for (const [name, s] of sh) {
+    if (s.length !== 2 || name === "model.embed_tokens.weight") continue;
+    const [n, k] = s as [number, number];
+    const kb = Math.ceil(k / block);
+    total += n * kb * ((block * bits) / 8) + n * kb * 4 + n * Math.ceil((kb * bits) / 8);
+  }
+  return total;
+}
+
+/** Copy bandwidth in bytes read per second (best of several 256 MiB copies). */
+function copyBandwidth(): number {
+  const n = (256 << 20) / 8;
+  const a = new Float64Array(n).fill(1);
+  const b = new Float64Array(n);
+  let best = 0;
+  for (let i = 0; i < 6; i++) {
+    const t = performance.now();
+    b.set(a);
+    const s = (performance.now() - t) / 1000;
+    best = Math.max(best, (n * 8) / s);
+  }
+  return best;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+function randomPrompt(len: number, seed: number): number[] {
+  const r = seededRandom(seed);
+  return Array.from({ length: len }, () => Math.floor(r() * 150000));
+}
+
+/** The baseline: a bare loop of session.run with a shared KV buffer, greedy argmax, no scheduler. */
+async function bareLoop(dir: string, m: OnnxManifest): Promise<{ prefillTokPerS: number; decodeTokPerS: number; decodeMsMedian: number }> {
+  const s = await ort.InferenceSession.create(join(dir, "model.onnx"), { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all" });
+  const { numLayers, kvHeads, headDim, vocabSize } = m.io;
+  const MAX = 128 + decodeSteps + 8;
+  const kv: ort.Tensor[] = [];
+  for (let i = 0; i < 2 * numLayers; i++) kv.push(new ort.Tensor("float32", new Float32Array(kvHeads * MAX * headDim), [1, kvHeads, MAX, headDim]));
+  const step = async (ids: number[], past: number) => {
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, ids.length]),
+      seqlens_k: new ort.Tensor("int32", Int32Array.of(past + ids.length - 1), [1]),
+      total_sequence_length: new ort.Tensor("int32", Int32Array.of(past + ids.length), []),
+      num_logits_to_keep: new ort.Tensor("int64", BigInt64Array.of(1n), [1]),
+    };
+    const fetches: Record<string, ort.Tensor | null> = { logits: null };
+    for (let i = 0; i < numLayers; i++) {
+      feeds[`past_key_values.${i}.key`] = fetches[`present.${i}.key`] = kv[2 * i]!;
+      feeds[`past_key_values.${i}.value`] = fetches[`present.${i}.value`] = kv[2 * i + 1]!;
+    }
+    const out = await s.run(feeds, fetches as ort.InferenceSession.FetchesType);
+    const l = out.logits!.data as Float32Array;
+    let best = 0;
+    for (let j = 1; j < vocabSize; j++) if (l[j]! > l[best]!) best = j;
+    return best;
+  };
+  const prompt = randomPrompt(128, 1);
+  const t0 = performance.now();
+  let tok = await step(prompt, 0);
+  const prefillS = (performance.now() - t0) / 1000;
+  const times: number[] = [];
+  for (let i = 0; i < decodeSteps; i++) {
+    const t = performance.now();
+    tok = await step([tok], 128 + i);
+    times.push(performance.now() - t);
+  }
+  await s.release();
+  const steady = times.slice(2);
+  return { prefillTokPerS: 128 / prefillS, decodeTokPerS: (steady.length * 1000) / steady.reduce((a, b) => a + b, 0), decodeMsMedian: median(steady) };
+}
+
+const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1 };
+
+/** n concurrent streams through the scheduler; aggregate decode tok/s while all n are decoding. */
+async function streams(sched: Scheduler, n: number, promptLen: number, maxTokens: number) {
+  const starts: number[] = [];
+  const firsts: number[] = [];
+  const ends: number[] = [];
+  const stamps: number[][] = [];
+  await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      stamps[i] = [];
+      starts[i] = performance.now();
+      for await (const c of sched.submit({ promptIds: randomPrompt(promptLen, 100 + i), sampling: GREEDY, maxTokens, stopIds: [] })) {
+        if (c.ids.length) stamps[i]!.push(performance.now());
+      }
+      firsts[i] = stamps[i]![0]!;
+      ends[i] = performance.now();
+    }),
+  );
+  const from = Math.max(...firsts);
+  const to = Math.min(...ends);
+  const inWindow = stamps.reduce((a, s) => a + s.filter((t) => t > from && t <= to).length, 0);
+  return {
+    streams: n,
+    aggregateDecodeTokPerS: to > from ? (inWindow * 1000) / (to - from) : 0,
+    windowSeconds: (to - from) / 1000,
+    ttftSeconds: (firsts[0]! - starts[0]!) / 1000,
+    perStreamDecodeTokPerS: stamps.map((s) => ((s.length - 1) * 1000) / (s[s.length - 1]! - s[0]!)),
+  };
+}
+
+async function main() {
+  const loadBefore = loadavg();
+  const uptimeBefore = execFileSync("uptime").toString().trim();
+  const sh = shapes();
+  const cfg = parseModelConfig(CONFIG);
+  let dir = reuse;
+  let manifest: OnnxManifest;
+  let buildSeconds = 0;
+  if (reuse) {
+    manifest = (await readManifest(reuse))!;
+  } else {
+    log(`building ${weights} (block ${blockSize}) model in ${root}…`);
+    const tBuild = performance.now();
+    dir = join(root, "onnx");
+    let lastPct = -1;
+    manifest = await buildOnnxFromSource(cfg, syntheticWeights(sh), undefined, dir, {
+      weights,
+      blockSize,
+      maxPositions: 4096,
+      onProgress: (p) => {
+        const pct = Math.floor((100 * p.done) / p.total);
+        if (pct % 10 === 0 && pct !== lastPct) log(`build ${pct}%`), (lastPct = pct);
+      },
+    });
+    buildSeconds = (performance.now() - tBuild) / 1000;
+  }
+  const bits = manifest.weights === "int4" ? 4 : manifest.weights === "int8" ? 8 : 32;
+  const bytesPerToken = bits < 32 ? weightBytesPerToken(sh, bits, manifest.blockSize ?? blockSize) : NaN;
+  log("measuring copy bandwidth…");
+  const bandwidth = copyBandwidth();
+
+  const maxContext = 1024;
+  const session = await DecoderSession.open(dir, manifest, { threads, maxBatch: 16, maxContext });
+  const sched = new Scheduler(session, { maxBatch: 16, maxContext, prefillChunk: 64, prefillChunkIdle: 512 });
+  await streams(sched, 1, 16, 4); // warm-up
+  const bareRuns: Awaited<ReturnType<typeof bareLoop>>[] = [];
+  const singles: Awaited<ReturnType<typeof streams>>[] = [];
+  for (let r = 0; r < reps; r++) {
+    log(`rep ${r + 1}/${reps}: bare onnxruntime loop…`);
+    bareRuns.push(await bareLoop(dir, manifest));
+    log(`rep ${r + 1}/${reps}: dsr single stream…`);
+    singles.push(await streams(sched, 1, 128, decodeSteps));
+    log(`  bare ${bareRuns[r]!.decodeTokPerS.toFixed(2)} tok/s, dsr ${singles[r]!.perStreamDecodeTokPerS[0]!.toFixed(2)} tok/s`);
+  }
+  const multi = [];
+  for (const n of [4, 8, 16]) {
+    log(`dsr ${n} streams…`);
+    const m = await streams(sched, n, 32, n >= 16 ? 24 : 32);
+    const s1 = await streams(sched, 1, 32, decodeSteps);
+    multi.push({ streams: n, aggregateDecodeTokPerS: m.aggregateDecodeTokPerS, windowSeconds: m.windowSeconds, singleRightAfterTokPerS: s1.perStreamDecodeTokPerS[0]!, ratioToSingle: m.aggregateDecodeTokPerS / s1.perStreamDecodeTokPerS[0]! });
+  }
+  await sched.close();
+  const bare = median(bareRuns.map((b) => b.decodeTokPerS));
+  const singleDecode = median(singles.map((x) => x.perStreamDecodeTokPerS[0]!));
+  const ttft = median(singles.map((x) => x.ttftSeconds));
+  const eight = multi.find((m) => m.streams === 8)!;
+  const result = {
+    machine: { cpu: cpus()[0]?.model, cores: cpus().length, threads, loadavgBefore: loadBefore, loadavgAfter: loadavg(), uptimeBefore, uptimeAfter: execFileSync("uptime").toString().trim() },
+    versions: { node: process.version, onnxruntime: ort.env.versions?.common },
+    model: { shape: "DeepSeek-R1-Distill-Qwen-1.5B (random weights)", weights: manifest.weights, blockSize: manifest.blockSize, accuracyLevel: manifest.accuracyLevel, dataBytes: manifest.dataBytes, buildSeconds },
+    bandwidth: { copyBytesPerSecond: bandwidth, weightBytesPerToken: bytesPerToken, boundTokPerS: bandwidth / bytesPerToken },
+    bareLoop: { runs: bareRuns, decodeTokPerSMedian: bare, prefillTokPerSMedian: median(bareRuns.map((b) => b.prefillTokPerS)) },
+    dsr: {
+      single: { runs: singles.map((x) => ({ ttftSeconds: x.ttftSeconds, decodeTokPerS: x.perStreamDecodeTokPerS[0] })), ttft128Seconds: ttft, prefillTokPerS: 128 / ttft, decodeTokPerS: singleDecode },
+      concurrent: multi,
+    },
+    ratios: {
+      singleVsBareLoop: singleDecode / bare,
+      perRepSingleVsBare: singles.map((x, i) => x.perStreamDecodeTokPerS[0]! / bareRuns[i]!.decodeTokPerS),
+      eightStreamsVsSingle: eight.ratioToSingle,
+      singleVsBandwidthBound: singleDecode / (bandwidth / bytesPerToken),
+      bareVsBandwidthBound: bare / (bandwidth / bytesPerToken),
+    },
+    targets: {
+      singleAtLeast90PctOfBare: singleDecode >= 0.9 * bare,
+      eightStreamsAtLeast3xSingle: eight.ratioToSingle >= 3,
+      ttft128Under1_5s: ttft < 1.5,
+    },
+  };
+  process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+}
+
+try {
+  await main();
+} finally {
+  if (!args.includes("--keep")) rmSync(root, { recursive: true, force: true });
+}

@@ -1,0 +1,35 @@
+/** Messages between the main thread (WorkerEngine) and the engine worker (worker.ts). */
+import type { OnnxManifest } from "../../onnx/build.js";
+import type { SubmitRequest, TokenChunk } from "../types.js";
+import type { DecoderSessionOptions } from "./decoder-session.js";
+import type { EngineCounters, EmbeddedStats, SchedulerOptions } from "./scheduler.js";
+
+export interface OpenMessage {
+  type: "open";
+  onnxDir: string;
+  manifest: OnnxManifest;
+  session: DecoderSessionOptions;
+  scheduler: SchedulerOptions;
+}
+
+export type ToWorker =
+  | OpenMessage
+  | { type: "submit"; id: number; req: Omit<SubmitRequest, "signal"> }
+  | { type: "cancel"; id: number }
+  | { type: "close" };
+
+export interface WireError {
+  code: string;
+  message: string;
+  hint?: string;
+  details?: Record<string, unknown>;
+}
+
+export type FromWorker =
+  | { type: "opened"; vocab: number }
+  | { type: "open-error"; error: WireError }
+  | { type: "chunk"; id: number; chunk: TokenChunk }
+  | { type: "end"; id: number }
+  | { type: "error"; id: number; error: WireError }
+  | { type: "stats"; stats: EmbeddedStats; counters: EngineCounters }
+  | { type: "closed" };
