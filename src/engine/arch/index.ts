@@ -6,3 +6,4 @@ export { qwen2, llama, gqaKvBytes } from "./dense.js";
 export { deepseekV3, deepseekFields, isMoeLayer, type DeepseekFields } from "./deepseek-v3.js";
 export { generic } from "./generic.js";
 export { countParams, tensorParams, kvBytesPerToken, type ParamCounts, type TensorLike } from "./params.js";
+export { classify, classifyTensor, type TensorClass } from "./classify.js";

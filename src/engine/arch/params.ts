@@ -8,7 +8,7 @@
 import { DTYPE_BITS, numel, type Dtype } from "../tensors/dtypes.js";
 import type { ModelConfig } from "./config.js";
 import type { ArchDef } from "./types.js";
-import { classify } from "./classify.js";
+import { classifyTensor } from "./classify.js";
 
 export interface TensorLike {
   name: string;
@@ -42,7 +42,7 @@ export function tensorParams(arch: ArchDef, t: TensorLike, packBits = 4, role = 
 export function countParams(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorLike>, packBits = 4): ParamCounts {
   const c: ParamCounts = { total: 0, main: 0, mtp: 0, activePerToken: 0, routedExperts: 0, embedding: 0, lmHead: 0 };
   for (const t of tensors) {
-    const k = classify(arch, cfg, t.name);
+    const k = classifyTensor(arch, cfg, t);
     const p = tensorParams(arch, t, packBits, k.role);
     c.total += p;
     if (k.speculative) {

@@ -1,7 +1,7 @@
 /** Summaries of a Checkpoint for inspect: shard sizes, dtype breakdown, grouped layers, embeddings. */
 import type { ModelConfig } from "../arch/config.js";
 import type { ArchDef } from "../arch/types.js";
-import { classify } from "../arch/classify.js";
+import { classifyTensor } from "../arch/classify.js";
 import { numel, tensorByteSize, type Dtype } from "../tensors/dtypes.js";
 import type { Checkpoint, TensorEntry } from "./types.js";
 
@@ -77,22 +77,20 @@ export interface LayerGroup {
   dtypes: string[];
 }
 
-/** FNV-1a of a string; layer signatures sum these, so tensor order does not matter. */
-function fnv(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
-
-/** Groups consecutive layers whose tensors have the same names (past the index), dtypes and shapes. */
+/**
+ * Groups consecutive layers whose tensors have the same names (past the layer and expert numbers),
+ * dtypes and shapes: each layer's signature is an order-independent sum of per-tensor hashes.
+ */
 export function groupLayers(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<TensorEntry>): LayerGroup[] {
   const layers = new Map<number, { kind: string; sig: number; n: number; params: number; bytes: number; dt: Map<string, number> }>();
   for (const t of tensors) {
-    const ref = classify(arch, cfg, t.name).layer;
+    const k = classifyTensor(arch, cfg, t);
+    const ref = k.layer;
     if (ref.index === undefined) continue;
     const l = layers.get(ref.index) ?? layers.set(ref.index, { kind: ref.kind, sig: 0, n: 0, params: 0, bytes: 0, dt: new Map() }).get(ref.index)!;
-    const suffix = t.name.slice(t.name.indexOf(`.${ref.index}.`) + String(ref.index).length + 2);
-    l.sig = (l.sig + fnv(`${suffix}:${t.dtype}:${t.shape.join("x")}`)) % 4294967296;
+    let h = Math.imul(k.patternHash ^ t.dtype.length ^ (t.dtype.charCodeAt(1) << 8), 0x01000193);
+    for (const d of t.shape) h = Math.imul(h ^ d, 0x01000193);
+    l.sig = (l.sig + (h >>> 0)) % 4294967296;
     l.n++;
     l.params += numel(t.shape);
     const b = t.end - t.begin;

@@ -12,7 +12,7 @@
 import type { ModelConfig } from "../arch/config.js";
 import type { TensorLike } from "../arch/params.js";
 import type { ArchDef, ShardRule } from "../arch/types.js";
-import { classify } from "../arch/classify.js";
+import { classifyTensor } from "../arch/classify.js";
 import { DTYPE_BITS, numel, tensorByteSize } from "../tensors/dtypes.js";
 
 /** A weight format the planner can price: the checkpoint as it is, or re-quantised linears. */
@@ -68,19 +68,16 @@ export function weightTable(arch: ArchDef, cfg: ModelConfig, tensors: Iterable<T
   const speculative = new Float64Array(VARIANTS.length);
   for (const t of tensors) {
     const size = "end" in t && "begin" in t ? (t as unknown as { end: number; begin: number }).end - (t as unknown as { begin: number }).begin : tensorByteSize(t.dtype, t.shape) ?? 0;
-    const k = classify(arch, cfg, t.name);
-    const role = k.role;
-    const bytes = VARIANTS.map((v) => variantBytesOf(t, v, size, role === "linear"));
-    if (k.speculative) {
-      bytes.forEach((b, i) => (speculative[i] += b));
-      continue;
+    const k = classifyTensor(arch, cfg, t);
+    const linear = k.role === "linear";
+    let into: Float64Array;
+    if (k.speculative) into = speculative;
+    else {
+      const layer = k.layer.index ?? (k.role === "embed" ? EMBED : HEAD);
+      const key = `${k.rule}|${layer}`;
+      into = (map.get(key) ?? map.set(key, { rule: k.rule, layer, bytes: new Float64Array(VARIANTS.length) }).get(key)!).bytes;
     }
-    const rule = k.rule;
-    const idx = k.layer.index;
-    const layer = idx ?? (role === "embed" ? EMBED : HEAD);
-    const key = `${rule}|${layer}`;
-    const b = map.get(key) ?? map.set(key, { rule, layer, bytes: new Float64Array(VARIANTS.length) }).get(key)!;
-    bytes.forEach((x, i) => (b.bytes[i] += x));
+    for (let i = 0; i < VARIANTS.length; i++) into[i] += variantBytesOf(t, VARIANTS[i], size, linear);
   }
   return { buckets: [...map.values()], speculative };
 }
