@@ -1,8 +1,7 @@
 /**
  * Greedy arithmetic accuracy of tiny-r1 through the whole embedded engine (tokenizer, chat template,
- * continuous batching of 100 requests, detokenizer): ≥ 98% with fp32 and int8 weights. int4 RTN is
- * measured and must stay above a floor that documents what round-to-nearest 4-bit costs this 5.8M
- * model (docs/engine.md).
+ * continuous batching of 100 requests, detokenizer): ≥ 98% with fp32 and int8 weights. (int4 RTN on
+ * the same questions: 100% at block 32, 99% at 64 and 128 — measured once, recorded in docs/engine.md.)
  */
 import { describe, expect, it } from "vitest";
 import type { WeightFormat } from "../../src/engine/onnx/layers.js";
@@ -32,11 +31,11 @@ describe("greedy arithmetic accuracy on tiny-r1 (held-out, seeded)", () => {
     const acc = await accuracy("fp32", 100);
     console.log(`tiny-r1 fp32 accuracy: ${(acc * 100).toFixed(0)}%`);
     expect(acc).toBeGreaterThanOrEqual(0.98);
-  });
+  }, 120_000); // ~10 s on an idle 2-core machine; the margin is for a loaded one
 
   it("int8 weights (MatMulNBits, RTN, block 32): ≥ 98% of 100", async () => {
     const acc = await accuracy("int8", 100);
     console.log(`tiny-r1 int8 accuracy: ${(acc * 100).toFixed(0)}%`);
     expect(acc).toBeGreaterThanOrEqual(0.98);
-  });
+  }, 120_000);
 });
