@@ -8,6 +8,7 @@
  * sha256 precomputed once. LFS files redirect to the separate CDN port, as on the real Hub.
  * In one run, on the same files:
  *  1. ceiling: the unthrottled loopback — N parallel `curl` processes to /dev/null (N = connections);
+ *     and the same writing to files on the same disk (+ sync), since dsr has to write the bytes;
  *  2. curl: one `curl` stream (one connection, keep-alive) fetching every file to disk, throttled;
  *  3. dsr: `dsr pull --json` (built CLI, child process) into an empty HF cache, throttled to
  *     --rate-mb MB/s per connection; SHA-256 of every file included;
@@ -95,6 +96,20 @@ async function main() {
       out.ceiling = { tool: `${groups.length} parallel curl → /dev/null, unthrottled`, seconds: +s.toFixed(2), MBps: mbps(TOTAL, s) };
       log(`ceiling ${mbps(TOTAL, s)} MB/s`);
     }
+    // 1b. The same, writing the files to disk: what this machine's disk lets any client reach.
+    {
+      const dir = join(ROOT, "ceiling-disk");
+      spawnSync("mkdir", ["-p", dir]);
+      const groups = Array.from({ length: CONNS }, (_, i) => urls(open).map((u, j) => [u, j] as const).filter(([, j]) => j % CONNS === i)).filter((g) => g.length);
+      const t0 = performance.now();
+      const rs = await Promise.all(groups.map((g) => run("curl", ["-sfL", ...g.flatMap(([u, j]) => [u, "-o", join(dir, `f${j}`)])])));
+      spawnSync("sync");
+      const s = (performance.now() - t0) / 1000;
+      if (rs.some((r) => r.code !== 0)) throw new Error("disk ceiling curl failed");
+      out.ceilingToDisk = { tool: `${groups.length} parallel curl → files on the same disk, unthrottled, then sync`, seconds: +s.toFixed(2), MBps: mbps(TOTAL, s) };
+      log(`ceiling to disk ${mbps(TOTAL, s)} MB/s`);
+      rmSync(dir, { recursive: true, force: true });
+    }
     // 2. One curl stream, throttled, to disk.
     if (!args.includes("--skip-curl")) {
       const dir = join(ROOT, "curl");
@@ -165,13 +180,17 @@ async function main() {
       log(`resume: re-fetched ${refetchedFinished} finished bytes of ${finished}`);
     }
     const ceiling = (out.ceiling as { MBps: number }).MBps;
+    const ceilingDisk = (out.ceilingToDisk as { MBps: number }).MBps;
     const allowed = Math.min(ceiling, (CONNS * RATE) / 1e6);
+    const allowedDisk = Math.min(ceilingDisk, allowed);
     const dsr = (out.dsr as { MBps: number }).MBps;
     const curl = (out.curl as { MBps: number } | undefined)?.MBps;
     out.targets = {
       allowedCeilingMBps: allowed,
       dsrPctOfAllowed: Math.round((100 * dsr) / allowed),
       throughputMet: dsr >= 0.9 * allowed,
+      allowedWithDiskMBps: allowedDisk,
+      dsrPctOfAllowedWithDisk: Math.round((100 * dsr) / allowedDisk),
       dsrOverCurl: curl ? +(dsr / curl).toFixed(1) : null,
       overCurlMet: curl ? dsr >= 8 * curl : null,
       resumeMet: (out.resume as { refetchedFinishedPct: number }).refetchedFinishedPct < 1,

@@ -84,6 +84,19 @@ export interface HubServer {
   close(): Promise<void>;
 }
 
+/** Resolves on 'drain' or 'close', removing both listeners (a once() pair would leak the other). */
+function drained(res: http.ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sha1 = (s: string) => createHash("sha1").update(s).digest("hex");
 
@@ -201,7 +214,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
         pos += n;
         stats.bytes += n;
         stats.byPath.set(f.path, (stats.byPath.get(f.path) ?? 0) + n);
-        if (!ok) await new Promise((r) => res.once("drain", r).once("close", r));
+        if (!ok) await drained(res);
         if (rate) {
           const ahead = (sent / rate) * 1000 - (performance.now() - t0);
           if (ahead > 2) await sleep(ahead);

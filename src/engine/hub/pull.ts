@@ -13,7 +13,7 @@ import { dirname } from "node:path";
 import picomatch from "picomatch";
 import { DsrError, usageError } from "../errors.js";
 import { freeBytes } from "./disk.js";
-import { FileJob, digestOf } from "./download/file-job.js";
+import { FileJob, SyncLane, digestOf } from "./download/file-job.js";
 import { HashPool } from "./download/hash-pool.js";
 import { runPool } from "./download/pool.js";
 import { hashFile } from "./hash-file.js";
@@ -40,7 +40,7 @@ export interface PullOptions {
   freeSpace?: (path: string) => Promise<number>;
   /** Worker threads for SHA-256 (default: CPUs − 1, 1 to 4; 0 hashes on the main thread). */
   hashThreads?: number;
-  /** How often resume state is made durable with fdatasync (default 5 s; SIGKILL-safe progress is recorded per 1 MiB block regardless). */
+  /** How often resume state is made durable with fdatasync (default 10 s; SIGKILL-safe progress is recorded per 1 MiB block regardless). */
   stateIntervalMs?: number;
 }
 
@@ -136,6 +136,7 @@ async function transfer(
   { t0, emit, internal, partSize, signal }: { t0: number; emit: (e: PullEvent) => void; internal: AbortController; partSize: number; signal: AbortSignal },
 ): Promise<PullResult> {
   const planned = new Map<string, PlannedFile>();
+  const lane = new SyncLane();
   const present: HubFile[][] = [];
   const jobs: FileJob[] = [];
   const groupOf = new Map<FileJob, HubFile[]>();
@@ -155,7 +156,7 @@ async function transfer(
       plan("present", f.size);
       continue;
     }
-    const job = await FileJob.load(f, layout.partialPath(f), partSize, hashPool);
+    const job = await FileJob.load(f, layout.partialPath(f), partSize, hashPool, lane);
     jobs.push(job);
     groupOf.set(job, group);
     plan(job.resumedBytes > 0 ? "resume" : "download", job.resumedBytes);
@@ -196,7 +197,14 @@ async function transfer(
   let downloaded = 0;
   const refetched: string[] = [];
   const started = new Map<FileJob, { t: number; bytes: number }>();
-  const saver = setInterval(() => void Promise.all(jobs.filter((j) => !j.settled).map((j) => j.save().catch(() => {}))), o.stateIntervalMs ?? 5000);
+  let sweeping = false;
+  const saver = setInterval(() => {
+    if (sweeping) return; // the previous sweep is still waiting for its fdatasyncs
+    sweeping = true;
+    void (async () => {
+      for (const j of jobs) if (!j.settled) await j.save().catch(() => {});
+    })().finally(() => (sweeping = false));
+  }, o.stateIntervalMs ?? 10_000);
   try {
     await runPool(
       jobs,

@@ -10,6 +10,20 @@ import type { HashPool } from "./hash-pool.js";
 import { OrderedHasher, type DigestKind } from "./hasher.js";
 import { ProgressFile, loadState, removeState, saveState, splitParts, type PartState } from "./state.js";
 
+/**
+ * Runs fsync-like calls one at a time. An fsync of a file with hundreds of MB dirty blocks a libuv
+ * threadpool thread for seconds; with 4 threads, a few concurrent ones would stall every write of
+ * every connection. One lane keeps three threads free for the transfer.
+ */
+export class SyncLane {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const r = this.tail.then(fn, fn);
+    this.tail = r.catch(() => {});
+    return r;
+  }
+}
+
 export type RangeReader = (path: string, start: number, end: number, onChunk: (chunk: Uint8Array, offset: number) => Promise<void> | void) => Promise<void>;
 
 const WRITE_BLOCK = 1 << 20;
@@ -47,6 +61,7 @@ export class FileJob {
     private readonly partSize: number,
     resumed: PartState[] | undefined,
     private readonly pool?: HashPool,
+    private readonly lane: SyncLane = new SyncLane(),
   ) {
     this.digest = digestOf(file);
     this.parts = resumed ?? splitParts(file.size, partSize);
@@ -54,10 +69,10 @@ export class FileJob {
     this.newHasher();
   }
 
-  static async load(file: HubFile, partialPath: string, partSize: number, pool?: HashPool): Promise<FileJob> {
+  static async load(file: HubFile, partialPath: string, partSize: number, pool?: HashPool, lane?: SyncLane): Promise<FileJob> {
     const statePath = `${partialPath}.json`;
     const parts = await loadState(statePath, partialPath, { size: file.size, digest: digestKey(digestOf(file)) });
-    return new FileJob(file, partialPath, statePath, partSize, parts, pool);
+    return new FileJob(file, partialPath, statePath, partSize, parts, pool, lane);
   }
 
   private newHasher(): void {
@@ -70,7 +85,7 @@ export class FileJob {
       const fresh = this.doneBytes() === 0;
       const fh = await open(this.partialPath, fresh ? "w+" : "r+");
       if (fresh) await fh.truncate(this.file.size);
-      else await fh.datasync(); // resumed bytes (same boot: maybe only in page cache) become durable
+      else await this.lane.run(() => fh.datasync()); // resumed bytes (same boot: maybe only in page cache) become durable
       await this.writeState();
       this.progress = await ProgressFile.open(this.statePath, this.parts);
       return fh;
@@ -172,7 +187,7 @@ export class FileJob {
   /** fdatasync the partial, then record what it made durable. */
   private async writeState(fh?: FileHandle): Promise<void> {
     const parts = this.parts.map((p) => ({ start: p.start, end: p.end, durable: p.done })); // durable once datasync returns
-    if (fh) await fh.datasync();
+    if (fh) await this.lane.run(() => fh.datasync());
     await saveState(this.statePath, { path: this.file.path, size: this.file.size, digest: digestKey(this.digest), parts });
   }
 
@@ -181,7 +196,7 @@ export class FileJob {
     return this.exclusive(async () => {
       this.sealed = true;
       const fh = await this.handle();
-      await fh.sync();
+      await this.lane.run(() => fh.sync());
       await fh.close();
       this.fhp = undefined;
       await this.progress?.close();
