@@ -27,11 +27,12 @@ const arg = (name: string, d: string) => {
   return i >= 0 ? process.argv[i + 1] : d;
 };
 const CONC = Number(arg("--concurrency", "1000"));
-const PACE = Number(arg("--pace-ms", "25"));
+const PACE = Number(arg("--pace-ms", "50"));
 const TOKENS = 64;
 const SECONDS = Number(arg("--seconds", "12"));
 const WARMUP = 3;
 const NGINX_WORKERS = arg("--nginx-workers", "auto");
+const DSR_WORKERS = Number(arg("--dsr-workers", String(cpus().length)));
 
 interface RunResult {
   streams: number;
@@ -232,14 +233,18 @@ async function main(): Promise<void> {
   try {
     for (const [run, pace, secs] of [["latency", PACE, SECONDS], ["throughput", 1, Math.max(6, SECONDS / 2)]] as const) {
       const up = await startUpstream(pace);
-      const gw = await start(process.execPath, [join(ROOT, "bin/dsr"), "serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"], /^serving .* at (http:\/\/[^\s/]+)\/v1/m);
+      const dsrArgs = [join(ROOT, "bin/dsr"), "serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"];
+      const gw = await start(process.execPath, dsrArgs, /^serving .* at (http:\/\/[^\s/]+)\/v1/m);
       procs.push(gw.proc);
+      const gw2 = await start(process.execPath, [...dsrArgs, "--workers", String(DSR_WORKERS)], /^serving .* at (http:\/\/[^\s/]+)\/v1/m);
+      procs.push(gw2.proc);
       const ng = await startNginx(up.port, dir);
       procs.push(ng.proc);
       const nginxWorkers = () => childrenOf(ng.proc.pid!);
       const targets: [string, string, () => Promise<number[]>][] = [
         ["direct", `http://127.0.0.1:${up.port}`, async () => []],
         ["dsr", gw.match[1], async () => [gw.proc.pid!]],
+        [`dsr_workers${DSR_WORKERS}`, gw2.match[1], async () => [gw2.proc.pid!, ...(await childrenOf(gw2.proc.pid!))]],
         ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
       results[run] = {};
@@ -247,7 +252,7 @@ async function main(): Promise<void> {
         results[run][name] = await load(url, CONC, secs, pids);
         await sleep(500);
       }
-      for (const p of [ng.proc, gw.proc, up.proc]) await stopProc(p);
+      for (const p of [ng.proc, gw.proc, gw2.proc, up.proc]) await stopProc(p);
     }
   } finally {
     for (const p of procs) await stopProc(p);
@@ -261,14 +266,21 @@ async function main(): Promise<void> {
     itl_p99_ms: round(lat[t].itl_ms.p99 - lat.direct.itl_ms.p99, 3),
   });
   const thr = results.throughput;
+  const W = `dsr_workers${DSR_WORKERS}`;
   const doc = {
     schema: "dsr.bench.gateway/1",
-    config: { concurrency: CONC, tokens_per_stream: TOKENS, latency_pace_ms: PACE, throughput_pace_ms: 1, seconds: SECONDS, warmup_seconds: WARMUP, nginx_worker_processes: NGINX_WORKERS, endpoint: "/v1/completions stream" },
+    config: { dsr_workers: DSR_WORKERS, concurrency: CONC, tokens_per_stream: TOKENS, latency_pace_ms: PACE, throughput_pace_ms: 1, seconds: SECONDS, warmup_seconds: WARMUP, nginx_worker_processes: NGINX_WORKERS, endpoint: "/v1/completions stream" },
     environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },
-    added_latency_vs_direct: { dsr: added("dsr"), nginx: added("nginx") },
-    max_streams_per_s: { direct: thr.direct.streams_per_s, dsr: thr.dsr.streams_per_s, nginx: thr.nginx.streams_per_s },
-    cpu_ms_per_stream: { dsr: thr.dsr.proxy_cpu_ms_per_stream, nginx: thr.nginx.proxy_cpu_ms_per_stream, dsr_at_latency_run: lat.dsr.proxy_cpu_ms_per_stream, nginx_at_latency_run: lat.nginx.proxy_cpu_ms_per_stream },
-    targets: { p99_added_le_2ms: added("dsr").ttft_p99_ms <= 2 && added("dsr").itl_p99_ms <= 2, throughput_ge_nginx: thr.dsr.streams_per_s >= thr.nginx.streams_per_s },
+    added_latency_vs_direct: { dsr: added("dsr"), [W]: added(W), nginx: added("nginx") },
+    max_streams_per_s: { direct: thr.direct.streams_per_s, dsr: thr.dsr.streams_per_s, [W]: thr[W].streams_per_s, nginx: thr.nginx.streams_per_s },
+    cpu_ms_per_stream: {
+      throughput_run: { dsr: thr.dsr.proxy_cpu_ms_per_stream, [W]: thr[W].proxy_cpu_ms_per_stream, nginx: thr.nginx.proxy_cpu_ms_per_stream },
+      latency_run: { dsr: lat.dsr.proxy_cpu_ms_per_stream, [W]: lat[W].proxy_cpu_ms_per_stream, nginx: lat.nginx.proxy_cpu_ms_per_stream },
+    },
+    targets: {
+      p99_added_le_2ms: { dsr: added("dsr").ttft_p99_ms <= 2 && added("dsr").itl_p99_ms <= 2, [W]: added(W).ttft_p99_ms <= 2 && added(W).itl_p99_ms <= 2 },
+      throughput_ge_nginx: { dsr: thr.dsr.streams_per_s >= thr.nginx.streams_per_s, [W]: thr[W].streams_per_s >= thr.nginx.streams_per_s },
+    },
     runs: results,
   };
   process.stdout.write(JSON.stringify(doc, null, 2) + "\n");

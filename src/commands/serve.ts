@@ -14,7 +14,9 @@ import { parseKeyFile } from "../engine/serve/auth.js";
 import { MemoryCache, RedisCache, type ResponseCache } from "../engine/serve/cache.js";
 import { REASONING_FIELDS, type ReasoningField } from "../engine/serve/reasoning.js";
 import { RequestLog } from "../engine/serve/request-log.js";
-import { planServe, startServe, type EngineName, type ServeConfig } from "../engine/serve/server.js";
+import { planServe, startServe, type EngineName, type ServeConfig, type ServePlan } from "../engine/serve/server.js";
+import type { GatewayMetrics } from "../engine/serve/metrics.js";
+import { workerChannel, workerForker, workerSpec } from "./serve-workers.js";
 import { VERSION } from "../version.js";
 
 interface Flags {
@@ -24,6 +26,7 @@ interface Flags {
   host: string;
   port: string;
   instances: string;
+  workers: string;
   tp?: string;
   pp?: string;
   maxModelLen?: string;
@@ -76,6 +79,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--host <addr>", "listen address", "127.0.0.1")
     .option("--port <n>", "listen port", "8000")
     .option("--instances <n>", "engine instances behind the router (GPU engines share the memory fraction)", "1")
+    .option("--workers <n>", "gateway processes sharing the port (use the cores for heavy streaming loads)", "1")
     .option("--tp <n>", "tensor parallel size (vllm/sglang)")
     .option("--pp <n>", "pipeline parallel size (vllm/sglang)")
     .option("--max-model-len <n>", "context length")
@@ -130,6 +134,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     host: f.host,
     port: int(f.port, "--port", 0, 65535),
     instances: int(f.instances, "--instances", 1, 64),
+    workers: int(f.workers, "--workers", 1, 256),
     servedNames: f.servedModelName?.length ? f.servedModelName : model && !f.upstream?.length ? [basename(model.replace(/\/+$/, ""))] : [],
     reasoningFields: reasoningFields(f.reasoningField),
     r1Advice: f.r1Advice,
@@ -165,8 +170,19 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");
   const selfCommand = { command: process.execPath, args: [...process.execArgv, process.argv[1]] }; // how to run this dsr again for child instances
   const deps = { pathValue: c.env.PATH, env: c.env, selfCommand };
-  const plan = await planServe(cfg, deps);
-  out.note(`engine: ${plan.engine} (${plan.reason})`);
+  const worker = workerSpec(c.env);
+  if (worker) {
+    // a gateway worker of the primary: same flags, a share of the limits, its own log file
+    const w = worker.index;
+    const note = out.note.bind(out);
+    out.note = (l: string) => note(`[w${w}] ${l}`);
+    cfg.gateway.maxConcurrency = Math.max(1, Math.ceil(cfg.gateway.maxConcurrency / worker.workers));
+    cfg.gateway.maxQueue = Math.ceil(cfg.gateway.maxQueue / worker.workers);
+    if (f.logFile) f.logFile = `${f.logFile}.w${w}`;
+    cfg.servedNames = worker.servedNames;
+  }
+  const plan: ServePlan = worker ? { engine: "upstream", reason: `gateway worker ${worker.index}`, children: [], upstreams: worker.instances.map((i) => i.url) } : await planServe(cfg, deps);
+  if (!worker) out.note(`engine: ${plan.engine} (${plan.reason})`);
 
   if (f.dryRun) {
     for (const ch of plan.children) out.line(ch.line);
@@ -184,8 +200,20 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   }
   const requestLog = f.logFile ? await RequestLog.open({ path: f.logFile, maxBytes: bytes(f.logMaxSize, "--log-max-size"), keep: int(f.logKeep, "--log-keep", 0, 1000) }) : undefined;
 
+  let metrics: GatewayMetrics | undefined;
+  let shutdownRequested!: () => void;
+  const shutdown = new Promise<void>((r) => {
+    shutdownRequested = r;
+    if (c.signal.aborted) r();
+    else c.signal.addEventListener("abort", () => r(), { once: true });
+  });
+  const channel = worker ? workerChannel(() => metrics, () => shutdownRequested()) : undefined;
   const server = await startServe(cfg, plan, {
     ...deps,
+    worker,
+    forkWorkers: cfg.workers > 1 && !worker ? workerForker(() => metrics, (l) => out.note(l)) : undefined,
+    metricsSource: channel?.metricsSource,
+    onMetrics: (m) => (metrics = m),
     version: VERSION,
     openTokenEngine: async (path) => {
       // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways
@@ -206,16 +234,18 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   });
   const names = cfg.servedNames.join(", ");
   out.note(`serving ${names} at ${server.url}/v1 (${keys.length ? `${keys.length} API key(s)` : "no API key"}; metrics at /metrics)`);
-  out.result({ url: server.url, engine: plan.engine, models: cfg.servedNames, instances: plan.children.length || plan.upstreams.length || 1 });
+  if (!worker) out.result({ url: server.url, engine: plan.engine, models: cfg.servedNames, instances: plan.children.length || plan.upstreams.length || 1 });
 
-  await new Promise<void>((r) => (c.signal.aborted ? r() : c.signal.addEventListener("abort", () => r(), { once: true })));
+  await shutdown;
   const grace = seconds(f.grace, "--grace") * 1000;
-  out.note(`shutting down: finishing ${server.gateway.inFlight} in-flight request(s) (up to ${grace / 1000} s)…`);
+  const n = server.inFlight();
+  out.note(`shutting down: finishing ${Number.isNaN(n) ? "the" : n} in-flight request(s) (up to ${grace / 1000} s)…`);
   const cancelled = await server.shutdown(grace);
   await cache?.close();
   await requestLog?.close();
   out.note(cancelled ? `stopped; ${cancelled} request(s) cancelled after the grace period` : "stopped cleanly");
   process.exitCode = 0; // a drained shutdown is a success, not an interruption
+  if (worker) process.disconnect?.(); // the cluster IPC channel would keep a worker alive
 }
 
 function reasoningFields(v: string): ReasoningField[] {

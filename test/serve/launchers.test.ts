@@ -35,8 +35,8 @@ cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstrea
 describe("engine launchers", () => {
   it("--dry-run vllm: translated flags, memory fraction split across instances, no removed flags", async () => {
     const r = await runDsr(["--json", "serve", "/models/DeepSeek-R1-Distill-Qwen-7B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "64", "--dtype", "bfloat16", "--quantization", "awq", "--trust-remote-code", "--download-dir", "/data/hf", "--served-model-name", "r1"]);
-    expect(r.exitCode, r.stderr).toBe(0);
-    const j = JSON.parse(r.stdout);
+    expect(r.exitCode, String(r.stderr)).toBe(0);
+    const j = JSON.parse(String(r.stdout));
     expect(j.engine).toBe("vllm");
     expect(j.children).toHaveLength(2);
     const a = j.children[0].args as string[];
@@ -58,7 +58,7 @@ describe("engine launchers", () => {
 
   it("--dry-run sglang: its own spellings and /health_generate readiness; plain text prints pasteable lines", async () => {
     const r = await runDsr(["serve", "m/R1", "--engine", "sglang", "--dry-run", "--tp", "4", "--max-model-len", "4096", "--max-num-seqs", "32", "--gpu-memory-utilization", "0.85"]);
-    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.exitCode, String(r.stderr)).toBe(0);
     expect(r.stderr).toContain("engine: sglang (--engine sglang)");
     expect(r.stdout).toMatch(/^python3 -m sglang\.launch_server --model-path m\/R1 --host 127\.0\.0\.1 --port \d+ --tp-size 4 --context-length 4096 --mem-fraction-static 0\.85 --max-running-requests 32 --served-model-name R1 --reasoning-parser deepseek-r1 --enable-metrics$/m);
   });

@@ -35,6 +35,8 @@ export interface GatewayOptions {
   requestLog?: RequestLog;
   logPrompts?: boolean;
   metrics?: GatewayMetrics;
+  /** Overrides /metrics (a cluster worker returns the cluster-wide sum from the primary). */
+  metricsSource?: () => Promise<{ contentType: string; body: string }>;
 }
 
 const ROUTES: Record<string, Endpoint> = { "/v1/chat/completions": "chat", "/v1/completions": "completions" };
@@ -50,6 +52,7 @@ export class Gateway {
 
   constructor(private readonly o: GatewayOptions) {
     this.metrics = o.metrics ?? new GatewayMetrics(o.backend.models()[0]?.id ?? "unknown");
+    this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
     this.server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
@@ -125,6 +128,13 @@ export class Gateway {
     }
   }
 
+  /** Point-in-time gauges, set just before an exposition is rendered. */
+  refreshGauges(): void {
+    this.metrics.running.set(this.limiter.running);
+    this.metrics.waiting.set(this.limiter.waiting);
+    this.o.backend.describe(); // per-instance health / outstanding / KV gauges
+  }
+
   private async serveInfo(path: string, res: ServerResponse): Promise<void> {
     switch (path) {
       case "/":
@@ -138,9 +148,7 @@ export class Gateway {
       case "/version":
         return sendJson(res, 200, { version: this.o.version });
       case "/metrics": {
-        this.metrics.running.set(this.limiter.running);
-        this.metrics.waiting.set(this.limiter.waiting);
-        const m = await this.metrics.render();
+        const m = await (this.o.metricsSource ?? (() => this.metrics.render()))();
         return void res.writeHead(200, { "content-type": m.contentType }).end(m.body);
       }
       case "/v1/models":

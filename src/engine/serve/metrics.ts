@@ -34,6 +34,8 @@ export class GatewayMetrics {
   readonly cacheLookups: Counter;
   readonly kvUsage: Gauge;
   private readonly perInstance = new Map<string, Instrument>();
+  /** Set by the gateway: refreshes point-in-time gauges before any exposition or cluster collection. */
+  beforeCollect?: () => void;
 
   constructor(readonly modelName: string) {
     const r = [this.registry];
@@ -49,12 +51,12 @@ export class GatewayMetrics {
     this.tpot = new Histogram({ name: "dsr:request_time_per_output_token_seconds", help: "Per request: (latency - TTFT) / (output tokens - 1).", buckets: ITL_BUCKETS, registers: r });
     this.e2e = new Histogram({ name: "dsr:e2e_request_latency_seconds", help: "End-to-end request latency.", buckets: E2E_BUCKETS, registers: r });
     this.queueTime = new Histogram({ name: "dsr:request_queue_time_seconds", help: "Time spent in the gateway queue.", buckets: E2E_BUCKETS, registers: r });
-    this.instanceHealthy = new Gauge({ name: "dsr:instance_healthy", help: "1 when the instance passes its readiness check.", labelNames: ["instance"], registers: r });
+    this.instanceHealthy = new Gauge({ name: "dsr:instance_healthy", help: "1 when the instance passes its readiness check.", labelNames: ["instance"], registers: r, aggregator: "min" });
     this.instanceOutstanding = new Gauge({ name: "dsr:instance_outstanding_requests", help: "Requests in flight per instance.", labelNames: ["instance"], registers: r });
     this.instanceRestarts = new Counter({ name: "dsr:instance_restarts_total", help: "Supervised instance restarts.", labelNames: ["instance"], registers: r });
     this.retries = new Counter({ name: "dsr:request_retries_total", help: "Requests retried on another instance before the first byte.", registers: r });
     this.cacheLookups = new Counter({ name: "dsr:response_cache_lookups_total", help: "Response cache lookups.", labelNames: ["result"], registers: r });
-    this.kvUsage = new Gauge({ name: "dsr:kv_cache_usage_perc", help: "KV cache usage, 0-1, where the engine reports it.", labelNames: ["instance"], registers: r });
+    this.kvUsage = new Gauge({ name: "dsr:kv_cache_usage_perc", help: "KV cache usage, 0-1, where the engine reports it.", labelNames: ["instance"], registers: r, aggregator: "max" });
   }
 
   /** The served name is known only after an upstream answered /v1/models. */
@@ -74,7 +76,13 @@ export class GatewayMetrics {
     return i;
   }
 
+  async json(): Promise<unknown[]> {
+    this.beforeCollect?.();
+    return this.registry.getMetricsAsJSON();
+  }
+
   async render(): Promise<{ contentType: string; body: string }> {
+    this.beforeCollect?.();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }

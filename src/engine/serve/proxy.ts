@@ -10,7 +10,7 @@
  * twice.
  */
 import { createHash } from "node:crypto";
-import type { Readable } from "node:stream";
+import type { Dispatcher } from "undici";
 import type { UpstreamInstance } from "../runtime/upstream.js";
 import { HttpError, normaliseErrorBody } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
@@ -120,44 +120,99 @@ export class ProxyBackend implements Backend {
     return { bytes: JSON.stringify(b), injectedUsage: injectUsage };
   }
 
-  private async attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string, injectedUsage: boolean): Promise<void> {
+  /**
+   * One try on one instance, over undici's dispatch API: upstream bytes arrive in callbacks and go
+   * straight to the client socket — no Readable, no promise per chunk on the hot path. The upstream
+   * is paused only while the client pushes back.
+   */
+  private attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string, injectedUsage: boolean): Promise<void> {
     const path = g.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
-    let res;
-    try {
-      res = await inst.pool.request({
-        path,
-        method: "POST",
-        headers: { "content-type": "application/json", accept: g.stream ? "text/event-stream" : "application/json", "x-request-id": g.id, ...inst.authHeaders() },
-        body,
-        signal: g.signal,
-      });
-    } catch (e) {
-      if (g.signal.aborted) throw e;
-      inst.markFailed((e as Error).message);
-      throw new RetryableError(`${inst.name}: ${(e as Error).message}`);
-    }
-    if (res.statusCode >= 400) {
-      const text = await res.body.text().catch(() => "");
-      const err = normaliseErrorBody(res.statusCode, text);
-      if (res.statusCode >= 500) {
-        if (res.statusCode === 503) inst.markFailed(`HTTP 503: ${err.error.message}`);
-        throw new RetryableError(`${inst.name} answered HTTP ${res.statusCode}: ${err.error.message}`);
-      }
-      const headers: Record<string, string> = {};
-      const ra = res.headers["retry-after"];
-      if (typeof ra === "string") headers["retry-after"] = ra;
-      g.sink.json(res.statusCode, err, headers);
-      return;
-    }
-    const ctype = String(res.headers["content-type"] ?? "");
-    if (g.stream && ctype.startsWith("text/event-stream")) return this.relayStream(g, inst, res.body, injectedUsage);
-    return this.relayWhole(g, inst, res.body);
+    return new Promise<void>((resolve, reject) => {
+      let status = 0;
+      let headers: Record<string, string | string[] | undefined> = {};
+      let mode: "error" | "stream" | "whole" = "whole";
+      const parts: Buffer[] = [];
+      let relay: SseRelay | undefined;
+      let ctrl: Dispatcher.DispatchController | undefined;
+      let settled = false;
+      const onAbort = () => ctrl?.abort(g.signal.reason instanceof Error ? g.signal.reason : new Error("aborted"));
+      const done = (e?: unknown) => {
+        if (settled) return;
+        settled = true;
+        g.signal.removeEventListener("abort", onAbort);
+        if (e === undefined) resolve();
+        else reject(e);
+      };
+      g.signal.addEventListener("abort", onAbort, { once: true });
+      const fail = (e: Error) => {
+        if (g.signal.aborted) return done(e);
+        inst.markFailed(e.message);
+        if (g.sink.started) return done(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
+        // nothing reached the client yet (for non-stream requests: nothing at all), so another instance may try
+        done(new RetryableError(`${inst.name}: ${e.message}`));
+      };
+      inst.pool.dispatch(
+        {
+          path,
+          method: "POST",
+          headers: { "content-type": "application/json", accept: g.stream ? "text/event-stream" : "application/json", "x-request-id": g.id, ...inst.authHeaders() },
+          body,
+        },
+        {
+          onRequestStart: (c) => {
+            ctrl = c;
+            if (g.signal.aborted) onAbort();
+          },
+          onResponseStart: (_c, statusCode, h) => {
+            status = statusCode;
+            headers = h as typeof headers;
+            if (statusCode >= 400) mode = "error";
+            else if (g.stream && String(h["content-type"] ?? "").startsWith("text/event-stream")) {
+              mode = "stream";
+              relay = this.newRelay(g, inst, injectedUsage);
+            }
+          },
+          onResponseData: (c, chunk) => {
+            if (mode !== "stream") return void parts.push(chunk);
+            const out = relay!.push(chunk);
+            if (!out) return;
+            if (!g.sink.started) g.sink.startStream();
+            const w = g.sink.write(out);
+            if (w) {
+              c.pause();
+              void w.then(() => c.resume());
+            }
+          },
+          onResponseEnd: () => {
+            try {
+              if (mode === "error") this.upstreamError(g, inst, status, headers, Buffer.concat(parts).toString("utf8"));
+              else if (mode === "stream") return void this.endStream(g, inst, relay!).then(() => done(), done);
+              else this.relayWhole(g, inst, Buffer.concat(parts).toString("utf8"));
+              done();
+            } catch (e) {
+              done(e);
+            }
+          },
+          onResponseError: (_c, err) => fail(err),
+        },
+      );
+    });
   }
 
-  private async relayStream(g: GenerationRequest, inst: UpstreamInstance, body: Readable, injectedUsage: boolean): Promise<void> {
+  private upstreamError(g: GenerationRequest, inst: UpstreamInstance, status: number, headers: Record<string, string | string[] | undefined>, text: string): void {
+    const err = normaliseErrorBody(status, text);
+    if (status >= 500) {
+      if (status === 503) inst.markFailed(`HTTP 503: ${err.error.message}`);
+      throw new RetryableError(`${inst.name} answered HTTP ${status}: ${err.error.message}`);
+    }
+    const ra = headers["retry-after"];
+    g.sink.json(status, err, typeof ra === "string" ? { "retry-after": ra } : {});
+  }
+
+  private newRelay(g: GenerationRequest, inst: UpstreamInstance, injectedUsage: boolean): SseRelay {
     const ins = this.o.metrics.instrument(inst.name);
     let prev = 0;
-    const relay = new SseRelay({
+    return new SseRelay({
       fields: this.o.reasoningFields,
       dropUsageChunk: injectedUsage,
       onEvent: (now) => {
@@ -168,34 +223,9 @@ export class ProxyBackend implements Backend {
         prev = now;
       },
     });
-    // Event-driven rather than `for await`: no promise per chunk on the hot path; the upstream is
-    // paused only while the client socket pushes back.
-    await new Promise<void>((resolve, reject) => {
-      let failed = false;
-      const fail = (e: Error) => {
-        if (failed) return;
-        failed = true;
-        if (g.signal.aborted) return reject(e);
-        inst.markFailed(`stream broke: ${e.message}`);
-        if (!g.sink.started) return reject(new RetryableError(`${inst.name} failed before its first event: ${e.message}`));
-        reject(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
-      };
-      body.on("data", (chunk: Buffer) => {
-        const out = relay.push(chunk);
-        if (!out) return;
-        if (!g.sink.started) g.sink.startStream();
-        const w = g.sink.write(out);
-        if (w) {
-          body.pause();
-          void w.then(() => body.resume());
-        }
-      });
-      body.once("end", () => resolve());
-      body.once("error", fail);
-      body.once("close", () => {
-        if (!body.readableEnded) fail(new Error("upstream connection closed"));
-      });
-    });
+  }
+
+  private async endStream(g: GenerationRequest, inst: UpstreamInstance, relay: SseRelay): Promise<void> {
     const rest = relay.flush();
     if (!g.sink.started) {
       if (!rest) throw new RetryableError(`${inst.name} closed the stream without sending anything`);
@@ -209,23 +239,15 @@ export class ProxyBackend implements Backend {
     g.record.finishReason = s.error ? "error" : s.finishReason ?? null;
   }
 
-  private async relayWhole(g: GenerationRequest, inst: UpstreamInstance, body: { text(): Promise<string> }): Promise<void> {
-    let text: string;
-    try {
-      text = await body.text();
-    } catch (e) {
-      if (g.signal.aborted) throw e;
-      inst.markFailed(`body broke: ${(e as Error).message}`);
-      throw new RetryableError(`${inst.name} failed while sending its answer: ${(e as Error).message}`); // nothing sent yet
-    }
-    let obj: Record<string, unknown> | undefined;
+  private relayWhole(g: GenerationRequest, inst: UpstreamInstance, text: string): void {
+    let obj: Record<string, unknown>;
     try {
       obj = JSON.parse(text);
     } catch {
       throw new HttpError(502, `upstream ${inst.name} sent a body that is not JSON`, { code: "upstream_error" });
     }
-    const choices = Array.isArray(obj!.choices) ? (obj!.choices as Record<string, unknown>[]) : [];
-    const u = obj!.usage as { prompt_tokens?: number; completion_tokens?: number } | undefined;
+    const choices = Array.isArray(obj.choices) ? (obj.choices as Record<string, unknown>[]) : [];
+    const u = obj.usage as { prompt_tokens?: number; completion_tokens?: number } | undefined;
     g.record.promptTokens = u?.prompt_tokens;
     g.record.completionTokens = u?.completion_tokens;
     g.record.finishReason = (choices[0]?.finish_reason as string | undefined) ?? null;

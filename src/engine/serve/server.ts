@@ -31,6 +31,8 @@ export interface ServeConfig {
   host: string;
   port: number;
   instances: number;
+  /** Gateway processes (node:cluster) sharing the listening port; 1 = the gateway runs in this process. */
+  workers: number;
   servedNames: string[];
   reasoningFields: ReasoningField[];
   r1Advice: boolean;
@@ -52,6 +54,23 @@ export interface ServeConfig {
   };
 }
 
+/** What a gateway worker process needs to front the instances the primary started. */
+export interface WorkerSpec {
+  index: number;
+  workers: number;
+  instances: { name: string; url: string }[];
+  servedNames: string[];
+  upstreamModel?: string;
+}
+
+/** Gateway workers (node:cluster) started by the command once the engines are ready. */
+export interface WorkerPool {
+  url: string;
+  inFlight(): number;
+  /** Drains every worker (up to graceMs) and waits for them to exit; returns cancelled requests. */
+  stop(graceMs: number): Promise<number>;
+}
+
 export interface ServeDeps {
   version: string;
   /** PATH, for finding vllm / nvidia-smi. */
@@ -66,6 +85,13 @@ export interface ServeDeps {
   note: (line: string) => void;
   childLog: (name: string, line: string) => void;
   signal: AbortSignal;
+  /** Set in a gateway worker: front these instances, start no engine. */
+  worker?: WorkerSpec;
+  /** Set in the primary when --workers > 1: fork the gateway workers. */
+  forkWorkers?: (spec: Omit<WorkerSpec, "index">) => Promise<WorkerPool>;
+  /** Metrics exposition for /metrics (workers ask the primary for the cluster-wide sum). */
+  metricsSource?: () => Promise<{ contentType: string; body: string }>;
+  onMetrics?: (m: GatewayMetrics) => void;
 }
 
 export interface PlannedChild {
@@ -108,7 +134,8 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
   }
   if (!cfg.model) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
   const n = cfg.instances;
-  if (engine === "embedded" && n === 1) return { engine, reason, children: [], upstreams: [] };
+  // --workers > 1 runs the gateway in several processes, so even one embedded engine becomes a child
+  if (engine === "embedded" && n === 1 && cfg.workers <= 1) return { engine, reason, children: [], upstreams: [] };
   const ports = await freePorts(n);
   const name = cfg.servedNames[0];
   const children = ports.map((port, i): PlannedChild => {
@@ -136,7 +163,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
 
 export interface RunningServe {
   url: string;
-  gateway: Gateway;
+  inFlight(): number;
   plan: ServePlan;
   /** Drains the gateway (up to graceMs), stops children, closes everything. Returns cancelled requests. */
   shutdown(graceMs: number): Promise<number>;
@@ -147,8 +174,15 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   const supervisors: Supervisor[] = [];
   let backend: Backend;
   const closers: (() => Promise<unknown>)[] = [];
+  deps.onMetrics?.(metrics);
   try {
-    if (plan.engine === "embedded" && plan.children.length === 0) {
+    if (deps.worker) {
+      const w = deps.worker;
+      const instances = w.instances.map((i) => new UpstreamInstance(i.name, i.url, { apiKey: cfg.upstreamApiKey, probeIntervalMs: 1000 }));
+      metrics.setModelName(w.servedNames[0]);
+      for (const i of instances) i.startProbing();
+      backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
+    } else if (plan.engine === "embedded" && plan.children.length === 0) {
       if (!deps.openTokenEngine) {
         throw new DsrError("DSR_NOT_BUILT", "--engine embedded: the embedded onnxruntime engine is not built into this dsr yet", { exitCode: ExitCode.usage, hint: "use --upstream URL, or --engine vllm on a GPU machine" });
       }
@@ -192,6 +226,21 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       const servedNames = cfg.servedNames.length ? cfg.servedNames : [upstreamModel ?? "default"];
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
       metrics.setModelName(servedNames[0]);
+      if (deps.forkWorkers && cfg.workers > 1) {
+        const pool = await deps.forkWorkers({ workers: cfg.workers, instances: instances.map((i) => ({ name: i.name, url: i.origin })), servedNames, upstreamModel });
+        await Promise.all(instances.map((i) => i.close()));
+        return {
+          url: pool.url,
+          inFlight: () => pool.inFlight(),
+          plan,
+          async shutdown(graceMs) {
+            for (const s of supervisors) s.holdRestarts();
+            const cancelled = await pool.stop(graceMs);
+            for (const c of closers) await c().catch(() => undefined);
+            return cancelled;
+          },
+        };
+      }
       for (const i of instances) i.startProbing();
       backend = new ProxyBackend({
         instances,
@@ -208,7 +257,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
     for (const c of closers) await c().catch(() => undefined);
     throw e;
   }
-  const gateway = new Gateway({ backend, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, metrics });
+  const gateway = new Gateway({ backend, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, metrics, metricsSource: deps.metricsSource });
   let addr;
   try {
     addr = await gateway.listen(cfg.port, cfg.host);
@@ -221,7 +270,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
   return {
     url: `http://${host}:${addr.port}`,
-    gateway,
+    inFlight: () => gateway.inFlight,
     plan,
     async shutdown(graceMs) {
       for (const s of supervisors) s.holdRestarts();

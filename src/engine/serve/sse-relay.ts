@@ -33,6 +33,13 @@ const USAGE = Buffer.from('"usage"');
 const ERROR = Buffer.from('"error"');
 const FINISH = Buffer.from('"finish_reason":"');
 const ROLE = Buffer.from('"role"');
+const COMMENT = Buffer.from("\n\n:");
+
+function countOf(buf: Buffer, needle: Buffer, end: number): number {
+  let n = 0;
+  for (let i = buf.indexOf(needle); i >= 0 && i < end; i = buf.indexOf(needle, i + needle.length)) n++;
+  return n;
+}
 const EMPTY_CONTENT = Buffer.from('"content":""');
 
 export class SseRelay {
@@ -43,8 +50,11 @@ export class SseRelay {
 
   /** Returns the bytes to forward now (complete events), or undefined when there are none yet. */
   push(chunk: Buffer): Buffer | undefined {
-    let buf = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
+    const buf = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
     this.pending = undefined;
+    if (buf.indexOf(USAGE) < 0 && buf.indexOf(ERROR) < 0 && buf.indexOf(0x0d) < 0 && (this.o.fields.length === 0 || buf.indexOf(REASONING) < 0)) {
+      return this.fast(buf);
+    }
     const out: Buffer[] = [];
     let start = 0; // start of the current run of unchanged bytes
     let pos = 0;
@@ -70,6 +80,40 @@ export class SseRelay {
     if (pos > start) out.push(buf.subarray(start, pos));
     if (out.length === 0) return undefined;
     return out.length === 1 ? out[0] : Buffer.concat(out);
+  }
+
+  /**
+   * The common case — no event in this chunk needs a change: forward every complete event as the
+   * same bytes, count the token-bearing ones, and time the chunk once, without framing each event.
+   */
+  private fast(buf: Buffer): Buffer | undefined {
+    const last = buf.lastIndexOf(NN);
+    if (last < 0) {
+      this.pending = Buffer.from(buf);
+      return undefined;
+    }
+    const end = last + 2;
+    let tokens = 0;
+    // JSON escapes newlines, so each blank line ends exactly one event
+    for (let i = buf.indexOf(NN); i >= 0 && i < end; i = buf.indexOf(NN, i + 2)) tokens++;
+    const done = buf.indexOf(DONE);
+    if (done >= 0 && done < end) tokens--;
+    // `:` comment events (keep-alives) that are complete before `end` carry no token
+    if (buf[0] === 0x3a || buf.indexOf(COMMENT) >= 0) tokens = Math.max(0, tokens - countOf(buf, COMMENT, end - 2) - (buf[0] === 0x3a ? 1 : 0));
+    // vLLM's role-only first chunk carries no token: counting it would under-report TTFT (facts §1.3)
+    if (tokens > 0 && this.stats.events === 0 && buf.indexOf(ROLE) >= 0 && buf.indexOf(EMPTY_CONTENT) >= 0) tokens--;
+    if (tokens > 0) {
+      const now = performance.now();
+      this.stats.events += tokens - 1;
+      this.countToken(now);
+      const f = buf.lastIndexOf(FINISH, end);
+      if (f >= 0) {
+        const s = f + FINISH.length;
+        this.stats.finishReason = buf.toString("latin1", s, buf.indexOf(0x22, s));
+      }
+    }
+    if (end < buf.length) this.pending = Buffer.from(buf.subarray(end)); // copy: chunk buffers get reused
+    return end === buf.length ? buf : buf.subarray(0, end);
   }
 
   /** Bytes left over when the upstream ended mid-event (forwarded as they are). */

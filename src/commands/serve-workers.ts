@@ -1,0 +1,137 @@
+/**
+ * `dsr serve --workers N`: the gateway in N processes (node:cluster) sharing one listening socket,
+ * so a proxy under heavy streaming load uses every core, as nginx's worker processes do. The primary
+ * runs the engines and supervisors; each worker re-runs `dsr serve` with the same flags plus a
+ * WorkerSpec in its environment and fronts the instances the primary started. /metrics on any worker
+ * returns the sum over the primary and all workers (prom-client's AggregatorRegistry), collected
+ * over the cluster IPC channel. Workers that die are restarted; on shutdown each worker drains.
+ */
+import cluster, { type Worker } from "node:cluster";
+import { AggregatorRegistry } from "prom-client";
+
+type metric = object; // one metric family as prom-client's getMetricsAsJSON() returns it
+import type { GatewayMetrics } from "../engine/serve/metrics.js";
+import type { WorkerPool, WorkerSpec } from "../engine/serve/server.js";
+
+const SPEC_ENV = "DSR_SERVE_WORKER_SPEC";
+
+type Msg =
+  | { type: "dsr:metrics-req"; id: number }
+  | { type: "dsr:metrics"; id: number; body: string; contentType: string }
+  | { type: "dsr:collect"; id: number }
+  | { type: "dsr:collected"; id: number; json: metric[] }
+  | { type: "dsr:shutdown" };
+
+export function workerSpec(env: NodeJS.ProcessEnv): WorkerSpec | undefined {
+  return cluster.isWorker && env[SPEC_ENV] ? (JSON.parse(env[SPEC_ENV]) as WorkerSpec) : undefined;
+}
+
+/** Worker side: answers the primary's collection requests and asks it for the cluster-wide exposition. */
+export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutdown: () => void) {
+  let next = 0;
+  const pending = new Map<number, (v: { contentType: string; body: string }) => void>();
+  process.on("message", (m: Msg) => {
+    if (m?.type === "dsr:collect") {
+      void (async () => process.send!({ type: "dsr:collected", id: m.id, json: ((await metrics()?.json()) ?? []) as metric[] } satisfies Msg))();
+    } else if (m?.type === "dsr:metrics") {
+      pending.get(m.id)?.({ contentType: m.contentType, body: m.body });
+      pending.delete(m.id);
+    } else if (m?.type === "dsr:shutdown") {
+      onShutdown();
+    }
+  });
+  return {
+    metricsSource: () =>
+      new Promise<{ contentType: string; body: string }>((resolve) => {
+        const id = ++next;
+        pending.set(id, resolve);
+        process.send!({ type: "dsr:metrics-req", id } satisfies Msg);
+      }),
+  };
+}
+
+/** Primary side: forks the workers and serves their metrics requests. */
+export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, note: (l: string) => void) {
+  return async (spec: Omit<WorkerSpec, "index">): Promise<WorkerPool> => {
+    const workers = new Map<number, Worker>();
+    let stopping = false;
+    let collectId = 0;
+    const collecting = new Map<number, { left: number; parts: metric[][]; done: () => void }>();
+
+    const onMessage = (w: Worker) => async (m: Msg) => {
+      if (m?.type === "dsr:collected") {
+        const c = collecting.get(m.id);
+        if (!c) return;
+        c.parts.push(m.json);
+        if (--c.left === 0) c.done();
+      } else if (m?.type === "dsr:metrics-req") {
+        const id = ++collectId;
+        const live = [...workers.values()].filter((x) => x.isConnected());
+        const parts: metric[][] = [];
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, 2000); // a stuck worker must not hang /metrics
+          collecting.set(id, { left: live.length, parts, done: () => (clearTimeout(t), resolve()) });
+          for (const x of live) x.send({ type: "dsr:collect", id } satisfies Msg);
+        });
+        collecting.delete(id);
+        const own = primaryMetrics();
+        if (own) parts.push((await own.json()) as metric[]);
+        const reg = AggregatorRegistry.aggregate(parts);
+        w.send({ type: "dsr:metrics", id: m.id, body: await reg.metrics(), contentType: reg.contentType } satisfies Msg);
+      }
+    };
+
+    const fork = (index: number): Worker => {
+      const w = cluster.fork({ [SPEC_ENV]: JSON.stringify({ ...spec, index } satisfies WorkerSpec) });
+      workers.set(index, w);
+      w.on("message", onMessage(w));
+      w.on("exit", (code, sig) => {
+        if (stopping || workers.get(index) !== w) return;
+        note(`gateway worker w${index} ${sig ? `killed by ${sig}` : `exited with code ${code}`}; restarting`);
+        setTimeout(() => !stopping && fork(index), 500);
+      });
+      return w;
+    };
+
+    const listening = new Promise<string>((resolve, reject) => {
+      let n = 0;
+      const onListen = (_w: Worker, a: { address: string | null; port: number }) => {
+        if (++n === spec.workers) {
+          cluster.off("listening", onListen);
+          const host = !a.address || a.address === "::" ? "127.0.0.1" : a.address.includes(":") ? `[${a.address}]` : a.address;
+          resolve(`http://${host}:${a.port}`);
+        }
+      };
+      cluster.on("listening", onListen);
+      cluster.once("exit", (_w, code, sig) => n < spec.workers && reject(new Error(`a gateway worker ${sig ? `was killed by ${sig}` : `exited with code ${code}`} before listening`)));
+    });
+    for (let i = 0; i < spec.workers; i++) fork(i);
+    let url: string;
+    try {
+      url = await listening;
+    } catch (e) {
+      stopping = true;
+      for (const w of workers.values()) w.process.kill("SIGKILL");
+      throw e;
+    }
+    return {
+      url,
+      inFlight: () => NaN,
+      async stop(graceMs) {
+        stopping = true;
+        await Promise.all(
+          [...workers.values()].map(
+            (w) =>
+              new Promise<void>((resolve) => {
+                if (!w.isConnected()) return resolve();
+                const t = setTimeout(() => w.process.kill("SIGKILL"), graceMs + 5000);
+                w.once("exit", () => (clearTimeout(t), resolve()));
+                w.send({ type: "dsr:shutdown" } satisfies Msg);
+              }),
+          ),
+        );
+        return 0;
+      },
+    };
+  };
+}
