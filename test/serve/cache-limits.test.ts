@@ -152,3 +152,29 @@ describe("router", () => {
     expect(r.pick(undefined, "s1")).not.toBe(first);
   });
 });
+
+describe("--workers (gateway processes sharing the port)", () => {
+  it("serves from 2 worker processes, /metrics sums over all of them, SIGTERM stops every process with exit 0", async () => {
+    const up = await startStandin({ tokens: 3, paceMs: 1, model: "m" });
+    const g = await startServe(["--upstream", up.url, "--workers", "2"], { timeoutMs: 45_000 });
+    try {
+      const N = 40;
+      const answers = await Promise.all(
+        Array.from({ length: N }, () => fetch(`${g.url}/v1/completions`, { method: "POST", headers: { connection: "close" }, body: JSON.stringify({ model: "m", prompt: "x" }) }).then((r) => r.json())),
+      );
+      for (const a of answers) expect(a.choices[0].text).toBe(" t0 t1 t2");
+      // any worker answers /metrics with the cluster-wide sum
+      for (let k = 0; k < 3; k++) {
+        const m = await (await fetch(`${g.url}/metrics`, { headers: { connection: "close" } })).text();
+        expect(m).toMatch(new RegExp(`dsr:request_success_total\\{finished_reason="length",model_name="m"\\} ${N}\\b`));
+      }
+      expect(g.log()).toMatch(/\[w0\] serving m at/);
+      expect(g.log()).toMatch(/\[w1\] serving m at/);
+    } finally {
+      expect(await g.stop()).toBe(0);
+      await up.close();
+    }
+    expect(g.log()).toMatch(/\[w0\] stopped cleanly/);
+    expect(g.log()).toMatch(/\[w1\] stopped cleanly/);
+  }, 60_000);
+});
