@@ -8,12 +8,12 @@ import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import { usageError } from "../engine/errors.js";
-import { convertCheckpoint, type ConvertSummary } from "../engine/transform/convert.js";
+import { convertCheckpoint, planCheckpointConversion, type ConvertSummary } from "../engine/transform/convert.js";
 import type { TargetDtype } from "../engine/transform/kernels.js";
 import { DEFAULT_KEEP_DTYPE } from "../engine/transform/plan.js";
 import { parseByteSize } from "../engine/transform/size.js";
 import { Progress } from "../ui/progress.js";
-import { formatBytes, formatDuration } from "../ui/table.js";
+import { formatBytes, formatDuration, renderTable } from "../ui/table.js";
 import type { CommandContext } from "./context.js";
 import { runOnnx } from "./convert-onnx.js";
 
@@ -26,6 +26,7 @@ export interface ConvertFlags {
   keepDtype?: string[];
   castAll?: boolean;
   overwrite?: boolean;
+  dryRun?: boolean;
   /** --to onnx only (src/commands/convert-onnx.ts). */
   weights?: string;
   blockSize?: string;
@@ -58,6 +59,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--keep-dtype <glob...>", `tensor-name globs copied unchanged (default: ${DEFAULT_KEEP_DTYPE.join(" ")})`)
     .option("--cast-all", "cast every float tensor, including the default --keep-dtype ones")
     .option("--overwrite", "replace the weights already in --out")
+    .option("--dry-run", "validate the input and show the output shards and sizes; write nothing")
     .option("--weights <w>", "--to onnx: fp32, fp16, int8 or int4 (MatMulNBits, round-to-nearest; default int4)")
     .option("--block-size <n>", "--to onnx with int4/int8: quantization block along K: 32, 64 or 128 (default 32)")
     .addHelpText(
@@ -88,6 +90,13 @@ async function runDtype(to: TargetDtype, src: string, flags: ConvertFlags, ctx: 
   const { out } = ctx;
   const threads = parseThreads(flags.threads);
   const keepDtype = flags.castAll ? [] : (flags.keepDtype ?? DEFAULT_KEEP_DTYPE);
+  const options = {
+    to,
+    maxShardSize: flags.maxShardSize === undefined ? undefined : parseByteSize(flags.maxShardSize),
+    dropMtp: !!flags.dropMtp,
+    keepDtype,
+  };
+  if (flags.dryRun) return dryRun(src, options, ctx);
   const progress = new Progress(out, "bytes");
   let bar: ReturnType<Progress["bar"]> | undefined;
   let summary: ConvertSummary;
@@ -95,12 +104,7 @@ async function runDtype(to: TargetDtype, src: string, flags: ConvertFlags, ctx: 
     summary = await convertCheckpoint({
       src,
       out: flags.out,
-      options: {
-        to,
-        maxShardSize: flags.maxShardSize === undefined ? undefined : parseByteSize(flags.maxShardSize),
-        dropMtp: !!flags.dropMtp,
-        keepDtype,
-      },
+      options,
       threads,
       workerUrl: workerUrl(),
       overwrite: !!flags.overwrite,
@@ -133,4 +137,15 @@ async function runDtype(to: TargetDtype, src: string, flags: ConvertFlags, ctx: 
     `converted ${formatBytes(summary.processedBytes)} in ${formatDuration(summary.seconds)} (${summary.inputGBps.toFixed(2)} GB/s input, ${summary.threads} thread(s)) → ` +
       `${summary.out}: ${summary.shards.length} shard(s), ${formatBytes(summary.outputBytes)}${reusedCount ? `, ${reusedCount} kept from the interrupted run` : ""}`,
   );
+}
+
+async function dryRun(src: string, options: Parameters<typeof planCheckpointConversion>[1], ctx: CommandContext): Promise<void> {
+  const plan = await planCheckpointConversion(src, options);
+  const shards = plan.shards.map((s) => ({ file: s.file, bytes: s.fileSize, tensors: s.tensors.length }));
+  const outputBytes = shards.reduce((a, s) => a + s.bytes, 0);
+  ctx.out.result({ dryRun: true, to: options.to, sourceFormat: plan.sourceFormat, shards, index: plan.writeIndex ? "model.safetensors.index.json" : null, tensors: plan.counts, inputBytes: plan.inputBytes, totalSize: plan.totalSize, outputBytes });
+  const c = plan.counts;
+  ctx.out.line(`${src} → ${options.to} (${plan.sourceFormat}): ${c.dequantized} FP8 dequantised, ${c.cast} cast, ${c.copied} copied, ${c.droppedScales} scales and ${c.droppedMtp} MTP tensors dropped`);
+  ctx.out.line(renderTable([{ header: "file" }, { header: "size", align: "right" }, { header: "tensors", align: "right" }], shards.map((s) => [s.file, formatBytes(s.bytes), String(s.tensors)])));
+  ctx.out.line(`reads ${formatBytes(plan.inputBytes)} of tensors, writes ${formatBytes(outputBytes)} in ${shards.length} file(s)${plan.writeIndex ? " + index" : ""}`);
 }

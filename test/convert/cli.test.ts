@@ -3,7 +3,7 @@
  * re-sharding with and without a dtype change, --drop-mtp, small files, and bad inputs that must
  * fail with exit 3 and a one-line error naming the tensor and file, before anything is finalised.
  */
-import { cp, readFile, readdir, truncate, writeFile, mkdir } from "node:fs/promises";
+import { cp, readFile, readdir, truncate, writeFile, mkdir, symlink, lstat } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readHeaderFromFile } from "../../src/engine/tensors/read.js";
@@ -93,6 +93,33 @@ describe("re-sharding", () => {
     expect((await readdir(out)).filter((f) => f.includes("safetensors")).sort()).toEqual(["model.safetensors"]);
     const h = await readHeaderFromFile(join(out, "model.safetensors"));
     expect(h.tensors.length).toBe(r.json.tensors.dequantized + r.json.tensors.copied);
+  });
+});
+
+describe("--dry-run and Hugging Face cache snapshots", () => {
+  it("--dry-run validates and lists exactly the shards a real run writes, and writes nothing", async () => {
+    const dir = await tempDir();
+    const args = [TINY_DSV3_FP8, "--to", "bf16", "--max-shard-size", "4MB", "--drop-mtp"];
+    const dry = await convert([...args, "--out", join(dir, "dry"), "--dry-run"]);
+    expect(dry.exitCode, dry.stderr as string).toBe(0);
+    expect(dry.json.dryRun).toBe(true);
+    await expect(readdir(join(dir, "dry"))).rejects.toThrow();
+    const real = await convert([...args, "--out", join(dir, "real")]);
+    expect(real.exitCode, real.stderr as string).toBe(0);
+    expect(dry.json.shards).toEqual(real.json.shards.map((s: { file: string; bytes: number; tensors: number }) => ({ file: s.file, bytes: s.bytes, tensors: s.tensors })));
+    expect(dry.json.totalSize).toBe(real.json.totalSize);
+  });
+
+  it("follows symlinks of a cache snapshot and copies the tokenizer as a real file", async () => {
+    const snap = join(await tempDir(), "snapshot");
+    await mkdir(snap);
+    for (const f of await readdir(TINY_R1)) await symlink(join(TINY_R1, f), join(snap, f));
+    const out = join(await tempDir(), "out");
+    const r = await convert([snap, "--to", "fp16", "--out", out]);
+    expect(r.exitCode, r.stderr as string).toBe(0);
+    expect(r.json.copiedFiles).toEqual(expect.arrayContaining(["tokenizer.json", "tokenizer_config.json", "generation_config.json"]));
+    expect((await lstat(join(out, "tokenizer.json"))).isSymbolicLink()).toBe(false);
+    expect(Buffer.compare(await readFile(join(out, "tokenizer.json")), await readFile(join(TINY_R1, "tokenizer.json")))).toBe(0);
   });
 });
 

@@ -20,6 +20,7 @@ import { MANIFEST_FILE, readManifest, shardLooksComplete, writeFileAtomic, write
 import { planConversion, type ConvertOptions, type ConversionPlan, type PlannedShard, type PlannedTensor } from "./plan.js";
 import { InlineExecutor, WorkerPool, type Executor } from "./pool.js";
 import { INDEX_FILE, openSourceCheckpoint, type SourceTensor } from "./source.js";
+import { ensureFreeSpace } from "./space.js";
 import { CAST_CHUNK_ELEMENTS, COPY_CHUNK_BYTES, type Task } from "./tasks.js";
 
 const fsync = promisify(fsyncCb);
@@ -76,6 +77,8 @@ export async function convertCheckpoint(p: ConvertParams): Promise<ConvertSummar
     if (manifest.done[s.file]?.size === s.fileSize && (await shardLooksComplete(join(outDir, s.file), s.fileSize, s.header))) reused.push(s.file);
     else delete manifest.done[s.file];
   }
+  const reusedNames = new Set(reused);
+  await ensureFreeSpace(outDir, plan.shards.filter((s) => !reusedNames.has(s.file)).reduce((a, s) => a + s.fileSize, 0));
   p.onPlan?.(plan, reused);
 
   // Small files first (they are cheap and make a half-done folder self-describing); index last.
@@ -128,6 +131,11 @@ export async function convertCheckpoint(p: ConvertParams): Promise<ConvertSummar
     threads: exec.threads,
     peakBufferBytes: exec.peakBufferBytes(),
   };
+}
+
+/** What a conversion would write, validated like a real run, without touching any output. */
+export async function planCheckpointConversion(src: string, options: ConvertOptions): Promise<ConversionPlan> {
+  return planConversion(await openSourceCheckpoint(resolve(src)), options);
 }
 
 /**

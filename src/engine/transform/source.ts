@@ -49,7 +49,12 @@ export async function openSourceCheckpoint(dir: string): Promise<SourceCheckpoin
   } catch (e) {
     throw usageError(`${dir}: cannot read the checkpoint folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, "pass a local folder that holds *.safetensors files (dsr pull downloads one)");
   }
-  const names = new Set(entries.filter((e) => e.isFile() || e.isSymbolicLink()).map((e) => e.name));
+  // Hugging Face cache snapshots are folders of symlinks into blobs/: follow them.
+  const fileNames: string[] = [];
+  for (const e of entries) {
+    if (e.isFile() || (e.isSymbolicLink() && (await stat(join(dir, e.name)).then((s) => s.isFile(), () => false)))) fileNames.push(e.name);
+  }
+  const names = new Set(fileNames);
   let shardFiles: string[];
   let weightMap: Record<string, string> | undefined;
   if (names.has(INDEX_FILE)) {
@@ -118,10 +123,8 @@ export async function openSourceCheckpoint(dir: string): Promise<SourceCheckpoin
       throw integrityError("DSR_CONFIG_INVALID", `${join(dir, "config.json")}: not valid JSON (${(e as Error).message})`, { hint: "fix or re-download config.json" });
     }
   }
-  const otherFiles = entries
-    .filter((e) => e.isFile() && !e.name.startsWith(".") && e.name !== INDEX_FILE && e.name !== "config.json")
-    .map((e) => e.name)
-    .filter((n) => !WEIGHT_EXTENSIONS.some((x) => n.endsWith(x)))
+  const otherFiles = fileNames
+    .filter((n) => !n.startsWith(".") && n !== INDEX_FILE && n !== "config.json" && !WEIGHT_EXTENSIONS.some((x) => n.endsWith(x)))
     .sort();
   return { dir, shards, tensors, byName, config, otherFiles };
 }
