@@ -120,7 +120,7 @@ export async function openSourceCheckpoint(dir: string): Promise<SourceCheckpoin
     try {
       config = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
     } catch (e) {
-      throw integrityError("DSR_CONFIG_INVALID", `${join(dir, "config.json")}: not valid JSON (${(e as Error).message})`, { hint: "fix or re-download config.json" });
+      throw integrityError("DSR_CONFIG_INVALID", `${join(dir, "config.json")}: not valid JSON (${oneLine(e)})`, { hint: "fix or re-download config.json" });
     }
   }
   const otherFiles = fileNames
@@ -134,11 +134,16 @@ async function readIndex(path: string): Promise<Record<string, string>> {
   try {
     obj = JSON.parse(await readFile(path, "utf8"));
   } catch (e) {
-    throw integrityError("DSR_CONVERT_BAD_INDEX", `${path}: not valid JSON (${(e as Error).message})`, { hint: "re-download the index file" });
+    throw integrityError("DSR_CONVERT_BAD_INDEX", `${path}: not valid JSON (${oneLine(e)})`, { hint: "re-download the index file" });
   }
   const wm = (obj as { weight_map?: unknown })?.weight_map;
   if (typeof wm !== "object" || wm === null || Array.isArray(wm) || !Object.values(wm).every((v) => typeof v === "string")) {
     throw integrityError("DSR_CONVERT_BAD_INDEX", `${path}: "weight_map" must map tensor names to shard file names`, { hint: "re-download the index file" });
   }
   return wm as Record<string, string>;
+}
+
+/** JSON.parse messages can quote the text across lines; errors are one line. */
+function oneLine(e: unknown): string {
+  return ((e as Error)?.message ?? String(e)).replace(/\s+/g, " ").slice(0, 200);
 }
