@@ -1,7 +1,7 @@
 /**
  * Benchmark of `dsr pull` against the loopback hub, printed as one JSON document.
  *
- *   npx tsx bench/pull.ts [--gib 2] [--rate-mb 50] [--connections 16] [--dir DIR] [--skip-curl]
+ *   npm run build && npx tsx bench/pull.ts [--gib 2] [--rate-mb 50] [--connections 16] [--dir DIR] [--skip-curl]
  *
  * The loopback hub (test/support/hub-server.ts) serves an HF repo of 20 files totalling --gib GiB
  * (sizes 256/160/96/40 MiB: most above the 64 MiB part size), generated from a seeded pattern with
@@ -20,9 +20,9 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { loadState } from "../src/engine/hub/download/state.js";
 import { patternFile, startHubServer, type HubServer, type ServedFile } from "../test/support/hub-server.js";
 
@@ -35,7 +35,11 @@ const GIB = Number(opt("gib", "2"));
 const RATE = Number(opt("rate-mb", "50")) * 1e6;
 const CONNS = Number(opt("connections", "16"));
 const ROOT = mkdtempSync(join(resolve(opt("dir", tmpdir())), "dsr-bench-pull-"));
-const CLI = resolve("bin/dsr");
+// A private copy of the built CLI, inside the repo so node_modules resolves: another `npm run build`
+// during the run (it empties dist/) must not break the measurement.
+const CLI = resolve(".bench-out", `pull-cli-${process.pid}.mjs`);
+mkdirSync(dirname(CLI), { recursive: true });
+copyFileSync(resolve("dist/cli.mjs"), CLI);
 const MiB = 1 << 20;
 const COMMIT = "b".repeat(40);
 const log = (s: string) => process.stderr.write(`[bench pull] ${s}\n`);
@@ -112,6 +116,7 @@ async function main() {
     }
     // 2. One curl stream, throttled, to disk.
     if (!args.includes("--skip-curl")) {
+      spawnSync("sync");
       const dir = join(ROOT, "curl");
       spawnSync("mkdir", ["-p", dir]);
       throttled.resetStats();
@@ -124,6 +129,7 @@ async function main() {
     // 3. dsr, throttled; 4. dsr, unthrottled.
     for (const [name, server] of [["dsr", throttled], ["dsrUnthrottled", open]] as const) {
       const home = join(ROOT, name);
+      spawnSync("sync"); // start each run with no dirty pages left by the previous one
       server.resetStats();
       const r = await run(process.execPath, [CLI, "pull", repo.id, "--json", "--connections", String(CONNS)], env(server, home));
       if (r.code !== 0) throw new Error(`dsr failed: ${r.stderr}`);
@@ -142,6 +148,7 @@ async function main() {
     }
     // 5. SIGKILL at 50%, resume.
     {
+      spawnSync("sync");
       const home = join(ROOT, "resume");
       throttled.resetStats();
       const argv = [CLI, "pull", repo.id, "--json", "--connections", String(CONNS)];
@@ -200,6 +207,7 @@ async function main() {
     await throttled.close();
     await open.close();
     rmSync(ROOT, { recursive: true, force: true });
+    rmSync(CLI, { force: true });
   }
   process.stdout.write(JSON.stringify(out, null, 2) + "\n");
 }
