@@ -19,6 +19,21 @@ function rng(seed: number): () => number {
   };
 }
 
+/** Big loops compare through this and assert once: 65k per-element expect() calls cost seconds. */
+class Mismatches {
+  n = 0;
+  first: string[] = [];
+  eq(got: unknown, want: unknown, what: number | string): void {
+    if (got === want) return;
+    if (this.first.length < 5) this.first.push(`${what}: got ${got}, want ${want}`);
+    this.n++;
+  }
+  none(): void {
+    expect(this.first).toEqual([]);
+    expect(this.n).toBe(0);
+  }
+}
+
 /** Edge f32 bit patterns: zeros, subnormals, normals at every boundary, halfway points, Inf, NaNs. */
 const EDGE_BITS = [
   0x00000000, 0x80000000, 0x00000001, 0x80000001, 0x007fffff, 0x00800000, 0x3f800000, 0xbf800000, 0x7f7fffff, 0xff7fffff,
@@ -77,44 +92,50 @@ describe("fp8 codes", () => {
       const bf = new Uint8Array(rows * cols * 2);
       dequantBlockRow("BF16", src, rows, cols, scaleRow, bf);
       const obf = new Uint16Array(bf.buffer);
-      for (let i = 0; i < src.length; i++) expect(obf[i]).toBe(refDequantBf16(src[i], block(i)));
+      const m = new Mismatches();
+      for (let i = 0; i < src.length; i++) m.eq(obf[i], refDequantBf16(src[i], block(i)), `bf16 ${i}`);
       const h = new Uint8Array(rows * cols * 2);
       dequantBlockRow("F16", src, rows, cols, scaleRow, h);
       const oh = new Uint16Array(h.buffer);
-      for (let i = 0; i < src.length; i++) expect(oh[i]).toBe(nan(i) ? (sign(i) << 15) | 0x7e00 : refF16(product(i)));
+      for (let i = 0; i < src.length; i++) m.eq(oh[i], nan(i) ? (sign(i) << 15) | 0x7e00 : refF16(product(i)), `f16 ${i}`);
       const f = new Uint8Array(rows * cols * 4);
       dequantBlockRow("F32", src, rows, cols, scaleRow, f);
       const of = new Uint32Array(f.buffer);
-      for (let i = 0; i < src.length; i++) expect(of[i]).toBe(nan(i) ? (sign(i) ? 0xffc00000 : 0x7fc00000) : bitsOf(product(i)));
+      for (let i = 0; i < src.length; i++) m.eq(of[i], nan(i) ? (sign(i) ? 0xffc00000 : 0x7fc00000) : bitsOf(product(i)), `f32 ${i}`);
+      m.none();
     }
   });
 });
 
 describe("16-bit codecs", () => {
   it("every bf16 and f16 code decodes exactly and re-encodes to itself (NaNs stay NaN)", () => {
+    const m = new Mismatches();
     for (let h = 0; h < 65536; h++) {
       const b = bf16ToF32(h);
-      expect(bitsOf(b) >>> 16 === h || Number.isNaN(b)).toBe(true);
+      m.eq(bitsOf(b) >>> 16 === h || Number.isNaN(b), true, `bf16 ${h}`);
       const f = f16ToF32(h);
-      if (Number.isNaN(f)) expect(f32ToF16(f) & 0x7c00).toBe(0x7c00);
-      else expect(f32ToF16(f)).toBe(h);
+      if (Number.isNaN(f)) m.eq(f32ToF16(f) & 0x7c00, 0x7c00, `f16 NaN ${h}`);
+      else m.eq(f32ToF16(f), h, `f16 ${h}`);
     }
+    m.none();
   });
   it("f32 → bf16 and f32 → f16 round to nearest even on edge and random values", () => {
     const r = rng(3);
     const bits = [...EDGE_BITS];
     for (let i = 0; i < 20000; i++) bits.push((r() * 2 ** 32) >>> 0);
     // Values clustered in f16's range, where its rounding and subnormals matter.
-    for (let i = 0; i < 20000; i++) bits.push(bitsOf(Math.fround((r() - 0.5) * 2 ** ((r() * 44) | 0 - 28))));
+    for (let i = 0; i < 20000; i++) bits.push(bitsOf(Math.fround((r() - 0.5) * 2 ** (((r() * 44) | 0) - 28))));
+    const m = new Mismatches();
     for (const b of bits) {
       const x = fromBits(b);
       const bf = f32ToBf16(x);
-      if (Number.isNaN(x)) expect((bf & 0x7fff) > 0x7f80).toBe(true);
-      else expect(bf).toBe(refBf16(b));
+      if (Number.isNaN(x)) m.eq((bf & 0x7fff) > 0x7f80, true, `bf16 of ${b.toString(16)}`);
+      else m.eq(bf, refBf16(b), `bf16 of ${b.toString(16)}`);
       const h = f32ToF16(x);
-      if (Number.isNaN(x)) expect((h & 0x7fff) > 0x7c00).toBe(true);
-      else expect(h).toBe(refF16(x, b));
+      if (Number.isNaN(x)) m.eq((h & 0x7fff) > 0x7c00, true, `f16 of ${b.toString(16)}`);
+      else m.eq(h, refF16(x, b), `f16 of ${b.toString(16)}`);
     }
+    m.none();
   });
 });
 
@@ -130,16 +151,18 @@ describe("convert cast kernels", () => {
     const out = new Uint8Array(n * 2);
     castElements("F32", "BF16", f32Bytes, n, out);
     const o = new Uint16Array(out.buffer);
+    const m = new Mismatches();
     for (let i = 0; i < n; i++) {
       // A NaN stays a NaN of the same sign (its payload is not specified; torch canonicalises it).
-      if (Number.isNaN(fromBits(f32[i]))) expect([(o[i] & 0x7fff) > 0x7f80, o[i] >>> 15]).toEqual([true, f32[i] >>> 31]);
-      else expect(o[i]).toBe(refBf16(f32[i]));
+      if (Number.isNaN(fromBits(f32[i]))) m.eq(`${(o[i] & 0x7fff) > 0x7f80} ${o[i] >>> 15}`, `true ${f32[i] >>> 31}`, `bf16 NaN ${i}`);
+      else m.eq(o[i], refBf16(f32[i]), `bf16 ${i}`);
     }
     castElements("F32", "F16", f32Bytes, n, out);
     for (let i = 0; i < n; i++) {
       const x = fromBits(f32[i]);
-      expect(o[i]).toBe(Number.isNaN(x) ? ((f32[i] >>> 16) & 0x8000) | 0x7e00 : refF16(x, f32[i]));
+      m.eq(o[i], Number.isNaN(x) ? ((f32[i] >>> 16) & 0x8000) | 0x7e00 : refF16(x, f32[i]), `f16 ${i}`);
     }
+    m.none();
   });
   it("every BF16 and F16 code casts to the other and to F32 as the references say", () => {
     const all = new Uint16Array(65536).map((_, i) => i);
@@ -150,10 +173,11 @@ describe("convert cast kernels", () => {
     const o32 = new Uint32Array(out32.buffer);
     castElements("BF16", "F16", src, 65536, out16);
     castElements("BF16", "F32", src, 65536, out32);
+    const mm = new Mismatches();
     for (let h = 0; h < 65536; h++) {
       const x = fromBits(h << 16);
-      expect(o16[h]).toBe(Number.isNaN(x) ? (h & 0x8000) | 0x7e00 : refF16(x, h << 16));
-      expect(o32[h]).toBe((h << 16) >>> 0); // widening is exact, NaN payloads included
+      mm.eq(o16[h], Number.isNaN(x) ? (h & 0x8000) | 0x7e00 : refF16(x, h << 16), `bf16→f16 ${h}`);
+      mm.eq(o32[h], (h << 16) >>> 0, `bf16→f32 ${h}`); // widening is exact, NaN payloads included
     }
     castElements("F16", "BF16", src, 65536, out16);
     castElements("F16", "F32", src, 65536, out32);
@@ -164,13 +188,14 @@ describe("convert cast kernels", () => {
       const x = isNaN ? NaN : (h & 0x8000 ? -1 : 1) * (e === 0 ? m * 2 ** -24 : e === 31 ? Infinity : (1 + m / 1024) * 2 ** (e - 15));
       // f16 → f32 is exact; f16 → bf16 rounds (f16 has 3 more mantissa bits).
       if (isNaN) {
-        expect(o16[h]).toBe((h & 0x8000) | 0x7fc0);
-        expect(o32[h]).toBe(h & 0x8000 ? 0xffc00000 : 0x7fc00000);
+        mm.eq(o16[h], (h & 0x8000) | 0x7fc0, `f16→bf16 ${h}`);
+        mm.eq(o32[h], h & 0x8000 ? 0xffc00000 : 0x7fc00000, `f16→f32 ${h}`);
       } else {
-        expect(o16[h]).toBe(refBf16(bitsOf(x)));
-        expect(o32[h]).toBe(bitsOf(x));
+        mm.eq(o16[h], refBf16(bitsOf(x)), `f16→bf16 ${h}`);
+        mm.eq(o32[h], bitsOf(x), `f16→f32 ${h}`);
       }
     }
+    mm.none();
   });
   it("F8_E5M2 (no scale) casts to BF16 exactly", () => {
     const src = new Uint8Array(256).map((_, i) => i);
