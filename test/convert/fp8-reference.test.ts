@@ -12,7 +12,7 @@ import { DEFAULT_KEEP_DTYPE } from "../../src/engine/transform/plan.js";
 import { TINY_DSV3_FP8, runDsr } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { loadCheckpoint } from "./helpers.js";
-import { refDequantBf16 } from "./reference.js";
+import { bitsOf, refDequantBf16, refE4m3, refF16 } from "./reference.js";
 
 describe("FP8 → BF16 on tiny-deepseek-v3-fp8", () => {
   let out: string;
@@ -87,6 +87,36 @@ describe("FP8 → BF16 on tiny-deepseek-v3-fp8", () => {
     expect(j.threads).toBe(2);
     for (const f of (await readdir(out)).filter((f) => !f.startsWith("."))) {
       expect(Buffer.compare(await readFile(join(out2, f)), await readFile(join(out, f))), f).toBe(0);
+    }
+  });
+
+  it("FP8 → F16 and → F32 are exact too (every element, in process)", async () => {
+    for (const to of ["F16", "F32"] as const) {
+      const o = join(await tempDir(), to);
+      await convertCheckpoint({ src: TINY_DSV3_FP8, out: o, options: { to, dropMtp: false, keepDtype: DEFAULT_KEEP_DTYPE }, threads: 1 });
+      const got = await loadCheckpoint(o);
+      let bad = 0;
+      let n = 0;
+      for (const [name, s] of src) {
+        if (s.info.dtype !== "F8_E4M3") continue;
+        const scale = src.get(name + "_scale_inv")!;
+        const sv = new Float32Array(scale.data.buffer.slice(scale.data.byteOffset, scale.data.byteOffset + scale.data.byteLength));
+        const cols = s.info.shape[1];
+        const nbc = Math.ceil(cols / 128);
+        const d = got.get(name)!;
+        expect(d.info.dtype).toBe(to);
+        const raw = d.data.buffer.slice(d.data.byteOffset, d.data.byteOffset + d.data.byteLength);
+        const out = to === "F16" ? new Uint16Array(raw) : new Uint32Array(raw);
+        for (let i = 0; i < s.data.length; i++, n++) {
+          const code = s.data[i];
+          const v = refE4m3(code);
+          const p = Math.fround(v * sv[Math.floor(Math.floor(i / cols) / 128) * nbc + Math.floor((i % cols) / 128)]);
+          const want = Number.isNaN(v) ? (to === "F16" ? ((code & 0x80) << 8) | 0x7e00 : code & 0x80 ? 0xffc00000 : 0x7fc00000) : to === "F16" ? refF16(p) : bitsOf(p);
+          if (out[i] !== want) bad++;
+        }
+      }
+      expect(n).toBeGreaterThan(1_000_000);
+      expect(bad, to).toBe(0);
     }
   });
 });
