@@ -5,6 +5,7 @@
 import { describe, expect, it } from "vitest";
 import { bf16ToF32, e4m3ToF32, e5m2ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../../src/engine/tensors/codecs.js";
 import { buildDequantLut, castElements, dequantBlockRow } from "../../src/engine/transform/kernels.js";
+import { WasmDequant } from "../../src/engine/transform/wasm-kernel.js";
 import { bitsOf, fromBits, refBf16, refDequantBf16, refE4m3, refE5m2, refF16 } from "./reference.js";
 
 /** Deterministic PRNG (mulberry32) so failures reproduce. */
@@ -103,6 +104,34 @@ describe("fp8 codes", () => {
       const of = new Uint32Array(f.buffer);
       for (let i = 0; i < src.length; i++) m.eq(of[i], nan(i) ? (sign(i) ? 0xffc00000 : 0x7fc00000) : bitsOf(product(i)), `f32 ${i}`);
       m.none();
+    }
+  });
+});
+
+describe("wasm dequant kernel", () => {
+  it("matches the reference on partial edge blocks and the JS kernel on an R1-sized block-row, BF16 and F16", () => {
+    const r = rng(5);
+    const w = new WasmDequant();
+    expect(WasmDequant.supports("BF16", 300)).toBe(true);
+    expect(WasmDequant.supports("BF16", 301)).toBe(false);
+    expect(WasmDequant.supports("F32", 300)).toBe(false);
+    for (const [rows, cols] of [[3, 300], [128, 7168], [77, 2052], [1, 4]]) {
+      const nb = Math.ceil(cols / 128);
+      const scaleRow = Float32Array.from({ length: nb }, () => fromBits(((r() * 0x1000000) | 0) + 0x38000000)); // scales in [2^-15, 2^-13)
+      for (const to of ["BF16", "F16"] as const) {
+        const { src, out } = w.prepare(rows, cols);
+        for (let i = 0; i < src.length; i++) src[i] = (r() * 256) | 0;
+        w.run(to, rows, cols, scaleRow);
+        const js = new Uint8Array(rows * cols * 2);
+        dequantBlockRow(to, src, rows, cols, scaleRow, js);
+        expect(Buffer.compare(Buffer.from(out), Buffer.from(js)), `${to} ${rows}x${cols}`).toBe(0);
+        if (to === "BF16" && rows === 3) {
+          const o = new Uint16Array(out.buffer, out.byteOffset, rows * cols);
+          const m = new Mismatches();
+          for (let i = 0; i < src.length; i++) m.eq(o[i], refDequantBf16(src[i], scaleRow[Math.floor((i % cols) / 128)]), i);
+          m.none();
+        }
+      }
     }
   });
 });

@@ -9,6 +9,7 @@ import { readSync, writeSync } from "node:fs";
 import { DsrError, integrityError, isDsrError } from "../errors.js";
 import type { FloatCodecDtype } from "../tensors/dtypes.js";
 import { TARGET_WIDTH, castElements, dequantBlockRow, dtypeWidth, type TargetDtype } from "./kernels.js";
+import { WasmDequant } from "./wasm-kernel.js";
 
 interface TaskBase {
   /** For error messages. */
@@ -68,13 +69,23 @@ export class TaskRunner {
   private scratch = new Float32Array(0);
   private lut32 = new Uint32Array(0);
   private lut16 = new Uint16Array(0);
+  private wasm?: WasmDequant;
 
   /** Bytes currently held in this runner's buffers. */
   get bufferBytes(): number {
-    return this.inBuf.byteLength + this.outBuf.byteLength + this.scratch.byteLength + this.lut16.byteLength + this.lut32.byteLength;
+    return this.inBuf.byteLength + this.outBuf.byteLength + this.scratch.byteLength + this.lut16.byteLength + this.lut32.byteLength + (this.wasm?.bytes ?? 0);
   }
 
   run(t: Task): TaskResult {
+    if (t.kind === "dequant" && WasmDequant.supports(t.to, t.cols)) {
+      // Fast path: codes are read straight into wasm memory and written back from it.
+      const w = (this.wasm ??= new WasmDequant());
+      const { src, out } = w.prepare(t.rows, t.cols);
+      this.readAll(t, src);
+      w.run(t.to, t.rows, t.cols, t.scaleRow);
+      this.writeAll(t, out);
+      return { inBytes: src.byteLength, outBytes: out.byteLength };
+    }
     const inLen = taskInBytes(t);
     const src = this.readInto(t, inLen);
     if (t.kind === "copy") {
@@ -101,6 +112,12 @@ export class TaskRunner {
   private readInto(t: Task, len: number): Buffer {
     if (this.inBuf.byteLength < len) this.inBuf = Buffer.allocUnsafeSlow(len);
     const buf = this.inBuf.subarray(0, len);
+    this.readAll(t, buf);
+    return buf;
+  }
+
+  private readAll(t: Task, buf: Uint8Array): void {
+    const len = buf.byteLength;
     let got = 0;
     while (got < len) {
       const n = readSync(t.inFd, buf, got, len - got, t.inPos + got);
@@ -112,7 +129,6 @@ export class TaskRunner {
       }
       got += n;
     }
-    return buf;
   }
 
   private writeAll(t: Task, bytes: Uint8Array): void {
