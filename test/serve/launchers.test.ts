@@ -95,3 +95,21 @@ describe("engine launchers", () => {
     }
   }, 60_000);
 });
+
+describe("upstream discovery", () => {
+  it("an unreachable upstream without --served-model-name is a clear error; with a name the gateway starts unready", async () => {
+    const r = await runDsr(["serve", "--upstream", "http://127.0.0.1:9", "--port", "0"]);
+    expect(r.exitCode).toBe(1);
+    expect(String(r.stderr)).toMatch(/no upstream answered GET \/v1\/models \(http:\/\/127\.0\.0\.1:9\)/);
+    expect(String(r.stderr)).toContain("--served-model-name");
+    const g = await startServe(["--upstream", "http://127.0.0.1:9", "--served-model-name", "later"]);
+    try {
+      await expect.poll(async () => (await fetch(`${g.url}/ready`)).status, { timeout: 10_000 }).toBe(503);
+      const r2 = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "later", prompt: "x" }) });
+      expect([502, 503]).toContain(r2.status);
+      expect((await r2.json()).error.code).toMatch(/no_healthy_instance|upstream_error/);
+    } finally {
+      await g.stop();
+    }
+  });
+});

@@ -115,8 +115,15 @@ export class Gateway {
       }
       const endpoint = ROUTES[path];
       if (endpoint) {
-        if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
-        this.keys.check(req.headers);
+        try {
+          if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
+          this.keys.check(req.headers);
+        } catch (e) {
+          // refused before generation (auth, method): logged and counted too, without the key
+          const status = e instanceof HttpError ? e.status : 500;
+          this.finish(id, path, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
+          throw e;
+        }
         await this.generate(endpoint, id, path, req, res, t0);
         return;
       }

@@ -222,8 +222,15 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       let upstreamModel: string | undefined;
       if (plan.engine === "upstream") {
         upstreamModel = await discoverModel(instances, deps.note);
+      } else {
+        upstreamModel = undefined; // children serve cfg.servedNames[0] themselves
       }
-      const servedNames = cfg.servedNames.length ? cfg.servedNames : [upstreamModel ?? "default"];
+      if (!cfg.servedNames.length && !upstreamModel) {
+        throw new DsrError("DSR_UPSTREAM_UNREACHABLE", `no upstream answered GET /v1/models (${plan.upstreams.join(", ")}), so the model name is unknown`, {
+          hint: "start the upstream first, or name the model with --served-model-name to start anyway (instances stay unready until their /health answers)",
+        });
+      }
+      const servedNames = cfg.servedNames.length ? cfg.servedNames : [upstreamModel!];
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
       metrics.setModelName(servedNames[0]);
       if (deps.forkWorkers && cfg.workers > 1) {

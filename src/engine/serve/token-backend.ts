@@ -118,10 +118,14 @@ export class TokenBackend implements Backend {
       if (w) await w;
     };
 
+    // one failing choice stops its siblings' engine work too
+    const all = new AbortController();
     const run = async (c: Choice, budget: number): Promise<void> => {
       const ac = new AbortController();
       const onAbort = () => ac.abort(g.signal.reason);
       g.signal.addEventListener("abort", onAbort, { once: true });
+      const onSibling = () => ac.abort(all.signal.reason);
+      all.signal.addEventListener("abort", onSibling, { once: true });
       // Our own incremental decoder over text.decode: the stock createDecoder() calls the tokenizer
       // with an empty id list on its first push, which @huggingface/tokenizers rejects.
       const decoder = createIncrementalDecoder((ids) => (ids.length ? text.decode(ids) : ""), skipIds);
@@ -177,15 +181,24 @@ export class TokenBackend implements Backend {
         if (!(stopped && ac.signal.aborted && !g.signal.aborted)) throw e;
       } finally {
         g.signal.removeEventListener("abort", onAbort);
+        all.signal.removeEventListener("abort", onSibling);
       }
       if (g.signal.aborted) throw g.signal.reason ?? new HttpError(499, "client disconnected", { code: "client_closed" });
+      if (all.signal.aborted) throw all.signal.reason;
       await take(decoder.flush(), true);
       if (stopped) c.finish = "stop";
       c.finish ??= "length";
       await emit(c, "", "", c.finish);
     };
 
-    await Promise.all(choices.map((c) => run(c, budgets[Math.floor(c.index / n)])));
+    await Promise.all(
+      choices.map((c) =>
+        run(c, budgets[Math.floor(c.index / n)]).catch((e) => {
+          all.abort(e);
+          throw e;
+        }),
+      ),
+    );
 
     const completionTokens = choices.reduce((a, c) => a + c.tokens, 0);
     g.record.completionTokens = completionTokens;
