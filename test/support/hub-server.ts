@@ -142,6 +142,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
   const resolveRev = (r: ServedRepo, rev: string): string | undefined => {
     const c = commitOf(r);
     const branches = r.branches ?? { main: c, master: c };
+    if (rev === "HEAD") rev = "main"; // the Hub's name for the default branch
     return rev === c || Object.values(branches).includes(rev) ? rev : branches[rev];
   };
 
