@@ -9,10 +9,12 @@
  * machine's CPU is the limit: completed streams/s). CPU per stream = the proxy processes' utime+stime
  * (from /proc) over completed streams.
  *
- * The load generator runs in this process on an undici Pool (one keep-alive connection per stream,
- * SSE parsed by scanning for the blank line, no JSON parsing); its own CPU use is reported so a
- * saturated generator is visible. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 25]
- * [--seconds 12] [--nginx-workers auto]` — prints one JSON document.
+ * The load generator runs in this process on one undici Pool per target (one keep-alive connection
+ * per stream, SSE parsed by scanning for the blank line, no JSON parsing); its own CPU use is
+ * reported so a saturated generator would be visible. Targets are measured in interleaved rounds
+ * (direct, dsr, dsr --workers N, nginx, then again…) so that load from other processes drifts over
+ * all of them alike. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 50]
+ * [--seconds 12] [--rounds 3] [--dsr-workers 2] [--nginx-workers auto]` — prints one JSON document.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -30,7 +32,7 @@ const CONC = Number(arg("--concurrency", "1000"));
 const PACE = Number(arg("--pace-ms", "50"));
 const TOKENS = 64;
 const SECONDS = Number(arg("--seconds", "12"));
-const WARMUP = 3;
+const ROUNDS = Number(arg("--rounds", "3"));
 const NGINX_WORKERS = arg("--nginx-workers", "auto");
 const DSR_WORKERS = Number(arg("--dsr-workers", String(cpus().length)));
 
@@ -46,9 +48,22 @@ interface RunResult {
   loadgen_cpu_util: number;
 }
 
-/** Closed loop: `conc` workers each send a streaming completion, read it to the end, repeat. */
-async function load(url: string, conc: number, seconds: number, proxyPids: () => Promise<number[]>): Promise<RunResult> {
-  const pool = new Pool(url, { connections: conc, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
+interface Samples {
+  ttft: number[];
+  itl: number[];
+  streams: number;
+  errors: number;
+  seconds: number;
+  proxyCpuMs?: number;
+  selfCpuMs: number;
+}
+
+/**
+ * Closed loop: `conc` workers each send a streaming completion, read it to the end, repeat. Worker
+ * starts are staggered over one stream's duration so arrivals are spread (not 1000 at one instant),
+ * and nothing is recorded until a warm-up of 1.5 stream durations has passed (steady state).
+ */
+async function load(pool: Pool, conc: number, seconds: number, streamMs: number, proxyPids: () => Promise<number[]>): Promise<Samples> {
   const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true });
   let measuring = false;
   let stop = false;
@@ -99,11 +114,12 @@ async function load(url: string, conc: number, seconds: number, proxyPids: () =>
         });
       });
     });
-  const worker = async () => {
+  const worker = async (i: number) => {
+    await sleep((i * streamMs) / conc);
     while (!stop) await one();
   };
-  const workers = Array.from({ length: conc }, worker);
-  await sleep(WARMUP * 1000);
+  const workers = Array.from({ length: conc }, (_, i) => worker(i));
+  await sleep(Math.max(2000, 1.5 * streamMs));
   measuring = true;
   const pids = await proxyPids();
   const cpu0 = await cpuMs(pids);
@@ -116,18 +132,25 @@ async function load(url: string, conc: number, seconds: number, proxyPids: () =>
   const self = process.cpuUsage(self0);
   stop = true;
   await Promise.all(workers);
-  await pool.close();
-  const proxyCpu = pids.length ? cpu1 - cpu0 : undefined;
+  return { ttft, itl, streams, errors, seconds: dt, proxyCpuMs: pids.length ? cpu1 - cpu0 : undefined, selfCpuMs: (self.user + self.system) / 1000 };
+}
+
+function merge(parts: Samples[]): RunResult {
+  const ttft = parts.flatMap((p) => p.ttft);
+  const itl = parts.flatMap((p) => p.itl);
+  const streams = parts.reduce((a, p) => a + p.streams, 0);
+  const dt = parts.reduce((a, p) => a + p.seconds, 0);
+  const proxy = parts[0].proxyCpuMs === undefined ? undefined : parts.reduce((a, p) => a + (p.proxyCpuMs ?? 0), 0);
   return {
     streams,
-    errors,
+    errors: parts.reduce((a, p) => a + p.errors, 0),
     seconds: round(dt),
     streams_per_s: round(streams / dt),
     ttft_ms: summary(ttft),
     itl_ms: summary(itl),
-    proxy_cpu_ms_per_stream: proxyCpu === undefined ? undefined : round(proxyCpu / Math.max(1, streams), 3),
-    proxy_cpu_util: proxyCpu === undefined ? undefined : round(proxyCpu / 1000 / dt),
-    loadgen_cpu_util: round((self.user + self.system) / 1e6 / dt),
+    proxy_cpu_ms_per_stream: proxy === undefined ? undefined : round(proxy / Math.max(1, streams), 3),
+    proxy_cpu_util: proxy === undefined ? undefined : round(proxy / 1000 / dt),
+    loadgen_cpu_util: round(parts.reduce((a, p) => a + p.selfCpuMs, 0) / 1000 / dt),
   };
 }
 
@@ -247,11 +270,15 @@ async function main(): Promise<void> {
         [`dsr_workers${DSR_WORKERS}`, gw2.match[1], async () => [gw2.proc.pid!, ...(await childrenOf(gw2.proc.pid!))]],
         ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
-      results[run] = {};
-      for (const [name, url, pids] of targets) {
-        results[run][name] = await load(url, CONC, secs, pids);
-        await sleep(500);
+      // Rounds interleave the targets, so load from other processes on the machine drifts over all
+      // of them alike instead of favouring whichever ran first. Pools stay open (connections warm).
+      const pools = targets.map(([, url]) => new Pool(url, { connections: CONC, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 }));
+      const parts: Samples[][] = targets.map(() => []);
+      for (let round = 0; round < ROUNDS; round++) {
+        for (let t = 0; t < targets.length; t++) parts[t].push(await load(pools[t], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]));
       }
+      await Promise.all(pools.map((p) => p.close()));
+      results[run] = Object.fromEntries(targets.map(([name], t) => [name, merge(parts[t])]));
       for (const p of [ng.proc, gw.proc, gw2.proc, up.proc]) await stopProc(p);
     }
   } finally {
@@ -269,7 +296,7 @@ async function main(): Promise<void> {
   const W = `dsr_workers${DSR_WORKERS}`;
   const doc = {
     schema: "dsr.bench.gateway/1",
-    config: { dsr_workers: DSR_WORKERS, concurrency: CONC, tokens_per_stream: TOKENS, latency_pace_ms: PACE, throughput_pace_ms: 1, seconds: SECONDS, warmup_seconds: WARMUP, nginx_worker_processes: NGINX_WORKERS, endpoint: "/v1/completions stream" },
+    config: { dsr_workers: DSR_WORKERS, concurrency: CONC, tokens_per_stream: TOKENS, latency_pace_ms: PACE, throughput_pace_ms: 1, seconds: SECONDS, rounds: ROUNDS, warmup: "1.5 stream durations (at least 2 s) per round", nginx_worker_processes: NGINX_WORKERS, endpoint: "/v1/completions stream" },
     environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },
     added_latency_vs_direct: { dsr: added("dsr"), [W]: added(W), nginx: added("nginx") },
     max_streams_per_s: { direct: thr.direct.streams_per_s, dsr: thr.dsr.streams_per_s, [W]: thr[W].streams_per_s, nginx: thr.nginx.streams_per_s },
