@@ -152,7 +152,7 @@ function render(out: Output, r: InspectReport): void {
     f.status + (s.outliers.find((o) => o.file === f.file) ? ` (outlier: ${s.outliers.find((o) => o.file === f.file)!.reason})` : ""),
   ]);
   if (rows.length) out.line(renderTable([{ header: "file" }, { header: "size", align: "right" }, { header: "tensors", align: "right" }, { header: "header", align: "right" }, { header: "status" }], rows));
-  if (!showAll) out.line(out.dim(`  (${s.count - rows.length} more shards look normal; --verbose lists all)`));
+  if (!showAll) out.line(out.dim(rows.length ? `  (${s.count - rows.length} more shards look normal; --verbose lists all)` : `  (all ${s.count} shards read and look normal; --verbose lists them)`));
 
   out.line();
   out.line(renderTable([{ header: "dtype" }, { header: "tensors", align: "right" }, { header: "elements", align: "right" }, { header: "bytes", align: "right" }], r.dtypes.map((d) => [d.dtype, num(d.tensors), formatCount(d.params), formatBytes(d.bytes)])));
@@ -180,7 +180,9 @@ function renderPlan(out: Output, r: InspectReport): void {
   const G = (b: number) => formatGiB(b);
   out.line(out.bold(`Memory plan (vLLM): ${p.gpus}× ${p.gpu.name} (${p.gpu.memoryGiB} GiB), TP ${p.tp} × PP ${p.pp}, utilization ${p.util}, max-model-len ${num(p.maxModelLen)}, KV ${p.kvCacheDtype}`));
   const g = p.perGpu;
-  out.line(`  per GPU: budget ${G(g.budgetBytes)} = weights ${G(g.weightsBytes)} + activations ${G(g.activationBytes)} + CUDA graphs ${G(g.cudaGraphBytes)} + other ${G(g.nonTorchBytes)} + KV cache ${G(g.kvCacheBytes)}`);
+  const parts = `weights ${G(g.weightsBytes)} + activations ${G(g.activationBytes)} + CUDA graphs ${G(g.cudaGraphBytes)} + other ${G(g.nonTorchBytes)}`;
+  if (g.kvCacheBytes > 0) out.line(`  per GPU: budget ${G(g.budgetBytes)} = ${parts} + KV cache ${G(g.kvCacheBytes)}`);
+  else out.line(`  per GPU: ${parts} = ${G(g.weightsBytes + g.activationBytes + g.cudaGraphBytes + g.nonTorchBytes)} > budget ${G(g.budgetBytes)}`);
   out.line(`  KV cache: ${num(p.kvBytesPerToken)} B/token → ${num(p.kvTokens)} tokens; max concurrency at ${num(p.maxModelLen)} tokens: ${p.maxConcurrency.toFixed(2)}×`);
   const verdict = p.verdict === "fits" ? out.paint("32", "FITS") : p.verdict === "fits-reduced" ? out.paint("33", "FITS ONLY REDUCED") : out.paint("31", "DOES NOT FIT");
   out.line(`  verdict: ${verdict}${p.reasons.length ? ` — ${p.reasons.join("; ")}` : ""}`);

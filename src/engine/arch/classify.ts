@@ -26,8 +26,12 @@ interface Caches {
 }
 
 const caches = new WeakMap<ModelConfig, Caches>();
-/** The same tensor objects are classified by params, layers and the planner: answer them once. */
-const byObject = new WeakMap<object, { cfg: ModelConfig; arch: ArchDef; k: TensorClass }>();
+/**
+ * The same tensor objects are classified by params, layers and the planner: the answer is kept on
+ * the object itself under a symbol (a WeakMap of 92k entries cost more than the regexes it saved).
+ */
+const CLASS = Symbol("dsr.tensorClass");
+type Tagged = { [CLASS]?: { cfg: ModelConfig; arch: ArchDef; k: TensorClass } };
 
 function fnv(s: string): number {
   let h = 0x811c9dc5;
@@ -57,10 +61,10 @@ function split(name: string): [number | undefined, string] {
 
 /** classify() for a tensor object, memoised on the object (per config and arch). */
 export function classifyTensor(arch: ArchDef, cfg: ModelConfig, t: { name: string }): TensorClass {
-  const hit = byObject.get(t);
+  const hit = (t as Tagged)[CLASS];
   if (hit && hit.cfg === cfg && hit.arch === arch) return hit.k;
   const k = classify(arch, cfg, t.name);
-  byObject.set(t, { cfg, arch, k });
+  (t as Tagged)[CLASS] = { cfg, arch, k }; // symbol keys stay out of JSON and Object.keys
   return k;
 }
 

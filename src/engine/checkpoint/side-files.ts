@@ -39,7 +39,7 @@ const tokenText = (v: unknown): string | undefined =>
 
 export async function loadTokenizer(src: CheckpointSource, files: RepoFile[], findings: Finding[]): Promise<TokenizerInfo> {
   const have = new Set(files.map((f) => f.path));
-  const info: TokenizerInfo = { files: TOKENIZER_FILES.filter((f) => have.has(f)), hasTokenizerJson: have.has("tokenizer.json"), chatTemplate: undefined };
+  const info: TokenizerInfo = { files: TOKENIZER_FILES.filter((f) => have.has(f)), hasTokenizerJson: have.has("tokenizer.json"), chatTemplate: null };
   let template: { source: string; text: string } | undefined;
   if (have.has("tokenizer_config.json")) {
     const tc = await readJson(src, "tokenizer_config.json", findings, "warning");

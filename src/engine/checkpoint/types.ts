@@ -63,7 +63,7 @@ export interface TokenizerInfo {
   files: string[];
   /** tokenizer.json present (fast tokenizer). */
   hasTokenizerJson: boolean;
-  chatTemplate: { source: string; opensThink: boolean } | undefined;
+  chatTemplate: { source: string; opensThink: boolean } | null;
   bosToken?: string;
   eosToken?: string;
   modelMaxLength?: number;

@@ -3,7 +3,9 @@
  * (torch.cuda.get_device_properties().total_memory), which is what vLLM multiplies by
  * --gpu-memory-utilization — a little under the marketing figure (an "80 GB" H100 reports ~79.2 GiB).
  * `fp8` = native FP8 tensor cores (W8A8 FP8 kernels); `bf16` = bfloat16 support (vLLM falls back
- * to float16 on older GPUs). `largeDefaults`: vLLM's ≥70 GiB non-A100 scheduler defaults apply.
+ * to float16 on older GPUs). H100 80GB (85,017,493,504 B = 79.18 GiB) and H200 (150,109,880,320 B =
+ * 139.80 GiB) were read with torch on the real GPUs; the others are the drivers' published totals
+ * (nvidia-smi MiB) less the same ~1% gap, so treat them as ±0.5 GiB.
  */
 import { usageError } from "../errors.js";
 
