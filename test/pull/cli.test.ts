@@ -152,14 +152,17 @@ describe("dsr pull", () => {
       [["pull", "org/m", "--revision", "v9"], {}, /error: revision "v9" not found in org\/m/],
       [["pull", "ms:org/nothere"], {}, /error: org\/nothere was not found on ModelScope/],
     ];
-    for (const [args, extra, re] of cases) {
-      const r = await dsr(args, env(home, hub, extra));
-      expect(r.exitCode, args.join(" ")).toBe(1);
-      expect(r.stderr, args.join(" ")).toMatch(re);
-    }
-    const ok = await dsr(["pull", "org/private", "--include", "*.json"], env(home, hub, { HF_TOKEN: TOKEN }));
+    // Independent child processes: run them side by side to keep the file fast.
+    const [results, ok, bad] = await Promise.all([
+      Promise.all(cases.map(([args, extra]) => dsr(args, env(home, hub, extra)))),
+      dsr(["pull", "org/private", "--include", "*.json"], env(home, hub, { HF_TOKEN: TOKEN })),
+      dsr(["pull", "not a repo"], env(home)),
+    ]);
+    cases.forEach(([args, , re], i) => {
+      expect(results[i].exitCode, args.join(" ")).toBe(1);
+      expect(results[i].stderr, args.join(" ")).toMatch(re);
+    });
     expect(ok.exitCode, ok.stderr).toBe(0);
-    const bad = await dsr(["pull", "not a repo"], env(home));
     expect(bad.exitCode).toBe(2);
   });
 
