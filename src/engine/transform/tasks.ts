@@ -55,13 +55,6 @@ export function taskInBytes(t: Task): number {
 export function taskOutBytes(t: Task): number {
   return t.kind === "copy" ? t.len : t.kind === "dequant" ? t.rows * t.cols * TARGET_WIDTH[t.to] : t.n * TARGET_WIDTH[t.to];
 }
-/** Bytes of buffers a runner needs for this task (what the memory bound is made of). */
-export function taskBufferBytes(t: Task): number {
-  if (t.kind === "copy") return t.len;
-  if (t.kind === "dequant") return t.rows * t.cols * (1 + TARGET_WIDTH[t.to]);
-  return t.n * (dtypeWidth(t.from) + TARGET_WIDTH[t.to] + 4);
-}
-
 /** Runs tasks with buffers that grow to the largest task seen and are then reused. */
 export class TaskRunner {
   private inBuf = Buffer.alloc(0);
