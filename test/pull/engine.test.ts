@@ -1,7 +1,8 @@
 /** The pull engine against the loopback hub: layouts, parallel ranged parts, faults, verification, resume. */
 import { createHash } from "node:crypto";
-import { lstat, readFile, readdir, readlink, realpath, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { lstat, mkdir, readFile, readdir, readlink, realpath, stat, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseRepoSpec, pull, verifyDownload, type PullOptions } from "../../src/engine/hub/index.js";
 import { DsrError } from "../../src/engine/errors.js";
@@ -142,6 +143,23 @@ describe("pull into the Hugging Face cache", () => {
     const r = await pull(opts("org/m", { kind: "hf-cache", cacheDir: cache }));
     expect(r.downloadedBytes).toBe(1_500_000);
     await expectSnapshot(cache);
+  });
+});
+
+describe("one pull per target", () => {
+  it("refuses to run beside a live pull of the same target and takes over a stale lock", async () => {
+    const cache = await tempDir();
+    const lock = join(cache, ".locks", "models--org--m", "dsr-pull.lock");
+    await mkdir(dirname(lock), { recursive: true });
+    await writeFile(lock, String(process.ppid)); // a live process that is not us
+    const err = await pull(opts("org/m", { kind: "hf-cache", cacheDir: cache })).catch((e) => e);
+    expect(err.code).toBe("DSR_PULL_LOCKED");
+    expect(err.message).toContain(`pid ${process.ppid}`);
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid!; // exited: its pid is stale
+    await writeFile(lock, String(gone));
+    const r = await pull(opts("org/m", { kind: "hf-cache", cacheDir: cache }));
+    expect(r.downloadedBytes).toBeGreaterThan(0);
+    await expect(stat(lock)).rejects.toThrow(); // released
   });
 });
 

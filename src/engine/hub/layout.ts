@@ -38,6 +38,8 @@ export interface Layout {
   place(f: HubFile, verifiedPartial?: string): Promise<void>;
   /** refs, index files, manifest. */
   finish(): Promise<void>;
+  /** Lock file that keeps a second pull out of the same target. */
+  readonly lockPath: string;
 }
 
 const exists = (p: string) => stat(p).then((s) => s, () => undefined);
@@ -74,6 +76,7 @@ function hfCache(cacheDir: string, ref: RepoRef, revision: string, commit: strin
   return {
     kind: "hf-cache",
     modelPath: snapshotDir,
+    lockPath: join(cacheDir, ".locks", `models--${ref.repoId.split("/").join("--")}`, "dsr-pull.lock"),
     diskPath: cacheDir,
     key,
     partialPath: (f) => `${blob(f)}.dsr-partial`,
@@ -124,6 +127,7 @@ function plainFiles(kind: "ms-cache" | "local-dir", modelDir: string, tempDir: s
   return {
     kind,
     modelPath: modelDir,
+    lockPath: join(tempDir, "dsr-pull.lock"),
     diskPath,
     key: (f) => f.path,
     partialPath: (f) => join(tempDir, ...f.path.split("/")) + ".dsr-partial",

@@ -17,6 +17,7 @@ import { FileJob, SyncLane, digestOf } from "./download/file-job.js";
 import { HashPool } from "./download/hash-pool.js";
 import { runPool } from "./download/pool.js";
 import { hashFile } from "./hash-file.js";
+import { acquireLock } from "./lock.js";
 import { makeLayout, type Layout, type LayoutSpec } from "./layout.js";
 import { openRemoteRepo } from "./remote.js";
 import type { RepoRef } from "./repo-spec.js";
@@ -117,12 +118,14 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     const k = layout.key(f);
     groups.set(k, [...(groups.get(k) ?? []), f]);
   }
+  const release = o.dryRun ? undefined : await acquireLock(layout.lockPath, `${o.ref.repoId} into ${layout.modelPath}`);
   const threads = o.dryRun ? 0 : (o.hashThreads ?? Math.min(4, Math.max(1, availableParallelism() - 1)));
   const hashPool = threads > 0 ? new HashPool(threads) : undefined;
   try {
     return await transfer(o, remote, layout, files, groups, hashPool, { t0, emit, internal, partSize, signal });
   } finally {
     await hashPool?.close();
+    await release?.();
   }
 }
 
