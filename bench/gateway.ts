@@ -21,6 +21,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { createServer } from "node:net";
 import { Pool } from "undici";
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -199,8 +200,19 @@ function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string 
   });
 }
 
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
 async function startNginx(upstreamPort: number, dir: string): Promise<{ proc: ChildProcess; port: number }> {
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const port = await freePort();
   // As the seed guides configure it in front of vLLM: upstream keepalive, HTTP/1.1 to the upstream,
   // no buffering so SSE tokens pass at once, long read timeouts.
   const conf = `

@@ -51,8 +51,8 @@ export class ResponseSink implements Sink {
   startStream(headers: Record<string, string> = {}): void {
     this.status = 200;
     this.contentType = SSE_HEADERS["content-type"];
+    // no flushHeaders(): the headers leave with the first event, in the same syscall
     this.res.writeHead(200, { ...SSE_HEADERS, ...headers });
-    this.res.flushHeaders();
   }
 
   write(chunk: string | Buffer): Promise<void> | void {
