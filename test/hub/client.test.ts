@@ -91,18 +91,18 @@ describe("Hugging Face protocol", () => {
 
   it("maps 401 / 403 / 404 to one-line errors naming the repo, revision or file", async () => {
     expect(await code(hf("org/private"))).toMatch(/^DSR_HUB_UNAUTHORIZED: org\/private was not found .* or it is private and needs a token/);
-    expect(await code(hf("org/gated"))).toMatch(/^DSR_HUB_GATED: org\/gated .* gated and this request carried no token/);
-    expect(await code(hf("org/gated", { token: TOKEN }))).toMatch(/^DSR_HUB_GATED: .*not approved/);
+    // A gated repo's listing is public; its files are not.
+    const gated = await hf("org/gated");
+    expect(gated.gated).toBe(true);
+    expect(await code(gated.fileSource("config.json").read(0, 1))).toMatch(/^DSR_HUB_GATED: org\/gated .* gated and this request carried no token/);
+    expect(await code((await hf("org/gated", { token: TOKEN })).fileSource("config.json").read(0, 1))).toMatch(/^DSR_HUB_GATED: .*not approved/);
     expect(await code(hf("org/nope", { token: TOKEN }))).toMatch(/^DSR_HUB_REPO_NOT_FOUND: org\/nope was not found/);
     expect(await code(hf("org/big@nobranch"))).toMatch(/^DSR_HUB_REVISION_NOT_FOUND: revision "nobranch" not found in org\/big/);
     expect(await code(hf("org/big", { token: "hf_wrong" }))).toMatch(/^DSR_HUB_BAD_TOKEN/);
     const repo = await hf("org/big");
     expect(() => repo.fileSource("missing.bin")).toThrow(/missing.bin not found in org\/big/);
-    try {
-      await hf("org/gated");
-    } catch (e) {
-      expect((e as DsrError).hint).toContain(`${hub.hfEndpoint}/org/gated`);
-    }
+    const hint = await gated.fileSource("config.json").read(0, 1).catch((e: DsrError) => e.hint);
+    expect(hint).toContain(`${hub.hfEndpoint}/org/gated`);
   });
 
   it("retries 500s, 429 with Retry-After, dropped and stalled bodies", async () => {

@@ -164,6 +164,8 @@ describe("dsr pull", () => {
     });
     expect(ok.exitCode, ok.stderr).toBe(0);
     expect(bad.exitCode).toBe(2);
+    // The failed pulls left nothing behind (the gated one was refused before any partial existed).
+    expect((await readdir(join(home, "hub"))).filter((d) => d.startsWith("models--")).sort()).toEqual(["models--org--private"]);
   });
 
   it("checks free disk space before fetching anything", async () => {

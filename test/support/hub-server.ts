@@ -147,7 +147,8 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
   };
 
   type Auth = { status: number; code?: string; message: string } | undefined;
-  const authFor = (r: ServedRepo | undefined, req: http.IncomingMessage, ms: boolean): Auth => {
+  // Gating applies to file content only: on the Hub a gated repo's info and file list stay public.
+  const authFor = (r: ServedRepo | undefined, req: http.IncomingMessage, ms: boolean, content: boolean): Auth => {
     const presented = ms
       ? /(?:^|;\s*)m_session_id=([^;]+)/.exec(req.headers.cookie ?? "")?.[1]
       : /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
@@ -155,6 +156,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
     const ok = presented !== undefined;
     if (!r) return { status: ok || ms ? 404 : 401, code: "RepoNotFound", message: "Repository Not Found" };
     if (r.private && !ok) return { status: 401, code: "RepoNotFound", message: "Repository Not Found" };
+    if (!content) return undefined;
     if (r.gated && !ok) return { status: 401, code: "GatedRepo", message: `Access to model ${r.id} is restricted. You must have access to it and be authenticated to access it. Please log in.` };
     if (r.gated === true) return { status: 403, code: "GatedRepo", message: `Access to model ${r.id} is restricted and you are not in the authorized list.` };
     return undefined;
@@ -257,7 +259,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
       // ---- ModelScope ----
       if ((m = /^\/api\/v1\/models\/([^/]+\/[^/]+)\/repo(\/files)?$/.exec(p))) {
         const r = repos.get(decodeURIComponent(m[1]));
-        const denied = authFor(r, req, true);
+        const denied = authFor(r, req, true, !m[2]);
         if (take(faults.error500, m[2] ? undefined : url.searchParams.get("FilePath") ?? undefined)) return msEnvelope(res, 500, null, "internal error");
         if (denied) return msEnvelope(res, denied.status, null, denied.status === 404 ? "model not exists" : denied.message);
         const rev = url.searchParams.get("Revision") ?? "master";
@@ -283,7 +285,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
         if (take(faults.error500, undefined)) return hfError(res, 500, undefined, "Internal Error");
         const rl = take(faults.rateLimit, undefined);
         if (rl) return hfError(res, 429, undefined, "rate limited", { "retry-after": String(rl.retryAfterSec) });
-        const denied = authFor(r, req, false);
+        const denied = authFor(r, req, false, false);
         if (denied) return hfError(res, denied.status, denied.code, denied.message);
         const rev = m[3] ? decodeURIComponent(m[3]) : "main";
         const commit = resolveRev(r!, rev);
@@ -318,7 +320,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
         if (take(faults.error500, path)) return hfError(res, 500, undefined, "Internal Error");
         const rl = take(faults.rateLimit, path);
         if (rl) return hfError(res, 429, undefined, "rate limited", { "retry-after": String(rl.retryAfterSec) });
-        const denied = authFor(r, req, false);
+        const denied = authFor(r, req, false, true);
         if (denied) return hfError(res, denied.status, denied.code, denied.message);
         const rev = decodeURIComponent(m[2]);
         const commit = resolveRev(r!, rev);

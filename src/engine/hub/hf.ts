@@ -25,7 +25,8 @@ interface TreeEntry {
   lfs?: { oid: string; size: number };
 }
 
-export async function hfResolveCommit(http: HubHttp, endpoint: string, repoId: string, revision: string, ctx: RequestContext): Promise<string> {
+/** Revision → commit; `gated` tells whether file downloads need an approved token (info stays public). */
+export async function hfResolveCommit(http: HubHttp, endpoint: string, repoId: string, revision: string, ctx: RequestContext): Promise<{ commit: string; gated: boolean }> {
   const url = `${endpoint}/api/models/${repoId}/revision/${encodeURIComponent(revision)}`;
   const { data } = await http.json<RepoInfo>(url, { ...ctx, kind: "repo" });
   if (typeof data.sha !== "string" || !/^[0-9a-f]{40}$/.test(data.sha)) {
@@ -33,7 +34,7 @@ export async function hfResolveCommit(http: HubHttp, endpoint: string, repoId: s
       hint: "the endpoint does not behave like the Hugging Face Hub; check HF_ENDPOINT",
     });
   }
-  return data.sha;
+  return { commit: data.sha, gated: !!data.gated && data.gated !== "false" };
 }
 
 export async function hfListFiles(http: HubHttp, endpoint: string, repoId: string, commit: string, ctx: RequestContext): Promise<HubFile[]> {

@@ -109,6 +109,12 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   if (files.length === 0) {
     throw usageError(`no file of ${o.ref.repoId} (${remote.files.length} files) matches --include/--exclude`, "check the glob patterns; quote them so the shell does not expand them");
   }
+  if (remote.gated) {
+    // The listing of a gated repo is public; find out now (one 1-byte read) whether this token may
+    // read its files, before any partial file is created.
+    const probe = files.find((f) => f.size > 0);
+    if (probe) await remote.readRange(probe.path, 0, 1, () => {});
+  }
   const layout = makeLayout(o.layout, o.ref, remote.revision, remote.commit);
   const partSize = o.partSize ?? DEFAULT_PART_SIZE;
 

@@ -37,10 +37,11 @@ export async function openRemoteRepo(ref: RepoRef, opts: HubOptions): Promise<Re
   const ctx: RequestContext = { source: ref.source, repoId: ref.repoId, revision, webBase: ref.source === "hf" ? endpoint : `${endpoint}/models`, kind: "repo" };
 
   let commit: string;
+  let gated = false;
   let files: HubFile[];
   let urlOf: (path: string) => string;
   if (ref.source === "hf") {
-    commit = await hfResolveCommit(http, endpoint, ref.repoId, revision, ctx);
+    ({ commit, gated } = await hfResolveCommit(http, endpoint, ref.repoId, revision, ctx));
     files = await hfListFiles(http, endpoint, ref.repoId, commit, ctx);
     urlOf = (p) => hfFileUrl(endpoint, ref.repoId, commit, p);
   } else {
@@ -65,6 +66,7 @@ export async function openRemoteRepo(ref: RepoRef, opts: HubOptions): Promise<Re
     ref,
     revision,
     commit,
+    gated,
     files,
     webUrl,
     readRange,

@@ -37,6 +37,8 @@ export interface RemoteRepo {
   /** HF: the commit the revision resolved to. ModelScope: the newest file commit in the listing. */
   commit: string;
   files: HubFile[];
+  /** Gated on the hub: listing is public, file content needs a token whose account accepted the licence. */
+  gated: boolean;
   /** The repo's page on the hub website. */
   webUrl: string;
   /** Ranged reads of one file over HTTP (Range, Accept-Encoding: identity, CDN redirects with auth dropped cross-origin). */
