@@ -18,6 +18,10 @@ await build({
   platform: "node",
   target: "node20",
   format: "esm",
+  // One chunk per lazily loaded subcommand (src/commands/index.ts); chunks sit beside the workers so
+  // `new URL("./x-worker.mjs", import.meta.url)` resolves the same from any chunk.
+  splitting: true,
+  chunkNames: "chunk-[hash]",
   outExtension: { ".js": ".mjs" },
   sourcemap: true,
   packages: standalone ? undefined : "external",

@@ -3,7 +3,7 @@
  * process.argv, signals and process.exit; commands receive a CommandContext.
  */
 import { Command, CommanderError } from "commander";
-import { registerCommands } from "./commands/index.js";
+import { registerCommands, selectedCommand } from "./commands/index.js";
 import type { CommandContext } from "./commands/context.js";
 import { ExitCode } from "./engine/errors.js";
 import { Output } from "./ui/output.js";
@@ -38,7 +38,7 @@ export async function main(argv: string[]): Promise<number> {
       "after",
       "\nExit codes: 0 ok, 1 failure, 2 usage, 3 integrity or validation failure, 130 interrupted.",
     );
-  registerCommands(program, getCtx);
+  await registerCommands(program, getCtx, selectedCommand(argv.slice(2)));
   for (const c of program.commands) c.exitOverride();
 
   let interrupts = 0;
@@ -66,6 +66,12 @@ export async function main(argv: string[]): Promise<number> {
     process.off("SIGTERM", onSignal);
   }
 }
+
+// `dsr … | head` closes stdout early: that is the reader's choice, not an error.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(process.exitCode === undefined ? 0 : Number(process.exitCode));
+  throw e;
+});
 
 const code = await main(process.argv);
 // Servers keep the loop alive themselves; everything else should exit with its code promptly.

@@ -1,31 +1,45 @@
 /**
- * The ordered table of subcommands. Each module exports `register(program, ctx)`; subcommands of the
- * mission that are not built yet are registered by registerNotBuilt and exit 2.
+ * The ordered table of subcommands. Each module exports `register(program, ctx)` and is loaded only
+ * when its subcommand runs (or shows its help), so `dsr --help` and one subcommand never pay for
+ * the others' dependencies (onnxruntime, redis, prom-client, tokenizers…). The bundle is split per
+ * dynamic import (scripts/build.mjs). Subcommands not built yet are registered by registerNotBuilt.
  */
 import type { Command } from "commander";
 import type { CommandContext } from "./context.js";
 import { registerNotBuilt } from "./not-built.js";
-import { register as registerConvert } from "./convert.js";
-import { register as registerPull } from "./pull.js";
-import { register as registerInspect } from "./inspect.js";
-import { register as registerServe } from "./serve.js";
-import { register as registerChat } from "./chat.js";
 
-type Register = (program: Command, ctx: () => CommandContext) => void;
+export type Register = (program: Command, ctx: () => CommandContext) => void;
 
-export const COMMANDS: { name: string; summary: string; register?: Register }[] = [
-  { name: "pull", summary: "download a model from Hugging Face or ModelScope: parallel, resumable, verified", register: registerPull },
-  { name: "inspect", summary: "shards, dtypes, parameters, integrity and GPU memory fit of a local or remote checkpoint", register: registerInspect },
-  { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine", register: registerConvert },
+export interface CommandEntry {
+  name: string;
+  summary: string;
+  load?: () => Promise<{ register: Register }>;
+}
+
+export const COMMANDS: CommandEntry[] = [
+  { name: "pull", summary: "download a model from Hugging Face or ModelScope: parallel, resumable, verified", load: () => import("./pull.js") },
+  { name: "inspect", summary: "shards, dtypes, parameters, integrity and GPU memory fit of a local or remote checkpoint", load: () => import("./inspect.js") },
+  { name: "convert", summary: "FP8→BF16 and dtype casts, re-sharding, ONNX for the embedded engine", load: () => import("./convert.js") },
   { name: "quantize", summary: "AWQ / GPTQ 4-bit and INT8 with real calibration, in formats vLLM loads" },
-  { name: "serve", summary: "OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang", register: registerServe },
-  { name: "chat", summary: "chat with a model in the terminal on the embedded engine", register: registerChat },
+  { name: "serve", summary: "OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang", load: () => import("./serve.js") },
+  { name: "chat", summary: "chat with a model in the terminal on the embedded engine", load: () => import("./chat.js") },
   { name: "bench", summary: "load-test an endpoint with vLLM-compatible metrics, SLO goodput and reports" },
 ];
 
-export function registerCommands(program: Command, ctx: () => CommandContext): void {
+/**
+ * Registers every command: the one named by `selected` in full (its module is loaded), the others
+ * as name + summary only, which is all the top-level help shows.
+ */
+export async function registerCommands(program: Command, ctx: () => CommandContext, selected: string | undefined): Promise<void> {
   for (const c of COMMANDS) {
-    if (c.register) c.register(program, ctx);
-    else registerNotBuilt(program, c.name, c.summary);
+    if (!c.load) registerNotBuilt(program, c.name, c.summary);
+    else if (c.name === selected) (await c.load()).register(program, ctx);
+    else program.command(c.name).description(c.summary).allowUnknownOption().allowExcessArguments();
   }
+}
+
+/** The subcommand argv names: the first argument that is not a (boolean) global flag; `help X` names X. */
+export function selectedCommand(args: readonly string[]): string | undefined {
+  const positional = args.filter((a) => !a.startsWith("-"));
+  return positional[0] === "help" ? positional[1] : positional[0];
 }

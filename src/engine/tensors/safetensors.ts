@@ -67,7 +67,7 @@ export function parseHeader(json: Uint8Array, fileSize: number | undefined, file
   try {
     obj = JSON.parse(text);
   } catch (e) {
-    throw integrityError("DSR_ST_INVALID_HEADER", `${file}: safetensors header is not valid JSON (${(e as Error).message})`, {
+    throw integrityError("DSR_ST_INVALID_HEADER", `${file}: safetensors header is not valid JSON (${oneLine((e as Error).message)})`, {
       hint: "the file is corrupt or truncated",
     });
   }
@@ -110,6 +110,12 @@ export function parseHeader(json: Uint8Array, fileSize: number | undefined, file
     );
   }
   return { headerSize, dataStart: 8 + headerSize, tensors, metadata, dataSize: expected };
+}
+
+/** Error text from JSON.parse can quote the input across lines; errors must stay one line. */
+function oneLine(s: string): string {
+  const flat = s.replace(/\s+/g, " ");
+  return flat.length > 160 ? flat.slice(0, 157) + "…" : flat;
 }
 
 function parseMetadata(v: unknown, file: string): Record<string, string> {
