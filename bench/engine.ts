@@ -8,7 +8,8 @@
  * 1. Builds the model straight to int4 with seeded random weights (no fp32 checkpoint on disk):
  *    hidden 1536, 28 layers, 12 heads / 2 KV heads (head 128), MLP 8960, vocab 151936, q/k/v bias,
  *    untied lm_head (as R1-Distill-Qwen-1.5B), RTN MatMulNBits block 32, accuracy_level 4.
- * 2. Memory copy bandwidth (large Float64Array copies) → the bandwidth bound on decode tok/s =
+ * 2. Memory copy bandwidth (STREAM-style: read + written bytes/s of 256 MiB copies, one copying worker
+ *    per onnxruntime thread) → the bandwidth bound on decode tok/s =
  *    bandwidth ÷ weight bytes read per token (every MatMulNBits weight + scales + zero points, lm_head
  *    included; the embedding row is negligible).
  * 3. Baseline and dsr single stream, interleaved --reps times (the machine is shared: interleaving
@@ -18,12 +19,16 @@
  *    prefill tok/s, decode tok/s. Medians are reported.
  * 4. dsr with 4, 8 and 16 concurrent streams (aggregate decode tok/s in the window where all streams
  *    are decoding), each followed by a single-stream run for the ratio.
+ * The machine is shared (five agents on 2 cores): wall-clock rates swing several-fold between runs, so
+ * the JSON also gives "bestCase" figures from the minimum step times (the least-disturbed step of
+ * each kind, the closest to an idle machine); docs/bench/engine.md reports both.
  * Everything generated is deleted at the end unless --keep.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { execFileSync } from "node:child_process";
+import { Worker } from "node:worker_threads";
 import * as ort from "onnxruntime-node";
 import { parseModelConfig } from "../src/engine/arch/config.js";
 import { buildOnnxFromSource, readManifest, type OnnxManifest } from "../src/engine/onnx/build.js";
@@ -42,8 +47,8 @@ const opt = (name: string, dflt: string) => {
 const threads = Number(opt("threads", String(cpus().length)));
 const weights = opt("weights", "int4") as WeightFormat;
 const blockSize = Number(opt("block-size", "32"));
-const decodeSteps = Number(opt("decode", "32"));
-const reps = Number(opt("reps", "3"));
+const decodeSteps = Number(opt("decode", "24"));
+const reps = Number(opt("reps", "5"));
 const reuse = opt("model", "");
 const root = mkdtempSync(join(opt("dir", tmpdir()), "dsr-bench-engine-"));
 const log = (s: string) => process.stderr.write(`[bench/engine] ${s}\n`);
@@ -103,18 +108,29 @@ function weightBytesPerToken(sh: Map<string, number[]>, bits: number, block: num
   return total;
 }
 
-/** Copy bandwidth in bytes read per second (best of several 256 MiB copies). */
-function copyBandwidth(): number {
-  const n = (256 << 20) / 8;
-  const a = new Float64Array(n).fill(1);
-  const b = new Float64Array(n);
-  let best = 0;
-  for (let i = 0; i < 6; i++) {
-    const t = performance.now();
+/**
+ * Copy bandwidth, STREAM convention (bytes read + bytes written per second), with `threads` workers
+ * copying 256 MiB arrays at the same time (onnxruntime reads weights with that many threads). Best of
+ * several rounds.
+ */
+async function copyBandwidth(): Promise<number> {
+  const code = `
+    const { parentPort } = require("node:worker_threads");
+    const n = (256 << 20) / 8;
+    const a = new Float64Array(n).fill(1), b = new Float64Array(n);
     b.set(a);
+    parentPort.on("message", () => { const t = performance.now(); b.set(a); parentPort.postMessage({ bytes: 2 * n * 8, ms: performance.now() - t }); });
+    parentPort.postMessage("ready");`;
+  const workers = Array.from({ length: threads }, () => new Worker(code, { eval: true }));
+  await Promise.all(workers.map((w) => new Promise((r) => w.once("message", r))));
+  let best = 0;
+  for (let round = 0; round < 8; round++) {
+    const t = performance.now();
+    const res = await Promise.all(workers.map((w) => new Promise<{ bytes: number }>((r) => (w.once("message", r), w.postMessage("go")))));
     const s = (performance.now() - t) / 1000;
-    best = Math.max(best, (n * 8) / s);
+    best = Math.max(best, res.reduce((a, x) => a + x.bytes, 0) / s);
   }
+  await Promise.all(workers.map((w) => w.terminate()));
   return best;
 }
 
@@ -126,7 +142,7 @@ function randomPrompt(len: number, seed: number): number[] {
 }
 
 /** The baseline: a bare loop of session.run with a shared KV buffer, greedy argmax, no scheduler. */
-async function bareLoop(dir: string, m: OnnxManifest): Promise<{ prefillTokPerS: number; decodeTokPerS: number; decodeMsMedian: number }> {
+async function bareLoop(dir: string, m: OnnxManifest): Promise<{ prefillTokPerS: number; decodeTokPerS: number; decodeMsMedian: number; decodeMsMin: number }> {
   const s = await ort.InferenceSession.create(join(dir, "model.onnx"), { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all" });
   const { numLayers, kvHeads, headDim, vocabSize } = m.io;
   const MAX = 128 + decodeSteps + 8;
@@ -162,7 +178,7 @@ async function bareLoop(dir: string, m: OnnxManifest): Promise<{ prefillTokPerS:
   }
   await s.release();
   const steady = times.slice(2);
-  return { prefillTokPerS: 128 / prefillS, decodeTokPerS: (steady.length * 1000) / steady.reduce((a, b) => a + b, 0), decodeMsMedian: median(steady) };
+  return { prefillTokPerS: 128 / prefillS, decodeTokPerS: (steady.length * 1000) / steady.reduce((a, b) => a + b, 0), decodeMsMedian: median(steady), decodeMsMin: Math.min(...steady) };
 }
 
 const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1 };
@@ -193,6 +209,8 @@ async function streams(sched: Scheduler, n: number, promptLen: number, maxTokens
     windowSeconds: (to - from) / 1000,
     ttftSeconds: (firsts[0]! - starts[0]!) / 1000,
     perStreamDecodeTokPerS: stamps.map((s) => ((s.length - 1) * 1000) / (s[s.length - 1]! - s[0]!)),
+    /** Gaps between decode steps while all streams decode (stream 0's inter-token times in the window). */
+    stepMs: stamps[0]!.slice(1).map((t, j) => t - stamps[0]![j]!).filter((_, j) => stamps[0]![j]! >= from && stamps[0]![j + 1]! <= to),
   };
 }
 
@@ -225,7 +243,7 @@ async function main() {
   const bits = manifest.weights === "int4" ? 4 : manifest.weights === "int8" ? 8 : 32;
   const bytesPerToken = bits < 32 ? weightBytesPerToken(sh, bits, manifest.blockSize ?? blockSize) : NaN;
   log("measuring copy bandwidth…");
-  const bandwidth = copyBandwidth();
+  const bandwidth = await copyBandwidth();
 
   const maxContext = 1024;
   const session = await DecoderSession.open(dir, manifest, { threads, maxBatch: 16, maxContext });
@@ -245,9 +263,24 @@ async function main() {
     log(`dsr ${n} streams…`);
     const m = await streams(sched, n, 32, n >= 16 ? 24 : 32);
     const s1 = await streams(sched, 1, 32, decodeSteps);
-    multi.push({ streams: n, aggregateDecodeTokPerS: m.aggregateDecodeTokPerS, windowSeconds: m.windowSeconds, singleRightAfterTokPerS: s1.perStreamDecodeTokPerS[0]!, ratioToSingle: m.aggregateDecodeTokPerS / s1.perStreamDecodeTokPerS[0]! });
+    const stepMin = Math.min(...m.stepMs);
+    const singleMin = Math.min(...s1.stepMs);
+    multi.push({
+      streams: n,
+      aggregateDecodeTokPerS: m.aggregateDecodeTokPerS,
+      windowSeconds: m.windowSeconds,
+      singleRightAfterTokPerS: s1.perStreamDecodeTokPerS[0]!,
+      ratioToSingle: m.aggregateDecodeTokPerS / s1.perStreamDecodeTokPerS[0]!,
+      // Best-case step times (least disturbed by other load): n tokens per step vs 1.
+      stepMsMin: stepMin,
+      singleStepMsMin: singleMin,
+      aggregateTokPerSFromMinStep: (n * 1000) / stepMin,
+      ratioToSingleFromMinStep: (n * singleMin) / stepMin,
+    });
   }
   await sched.close();
+  // Best single-stream step over every single-stream run (the reps and the runs between the batches).
+  const singleMsMin = Math.min(...singles.flatMap((x) => x.stepMs), ...multi.map((m) => m.singleStepMsMin));
   const bare = median(bareRuns.map((b) => b.decodeTokPerS));
   const singleDecode = median(singles.map((x) => x.perStreamDecodeTokPerS[0]!));
   const ttft = median(singles.map((x) => x.ttftSeconds));
@@ -262,6 +295,17 @@ async function main() {
       single: { runs: singles.map((x) => ({ ttftSeconds: x.ttftSeconds, decodeTokPerS: x.perStreamDecodeTokPerS[0] })), ttft128Seconds: ttft, prefillTokPerS: 128 / ttft, decodeTokPerS: singleDecode },
       concurrent: multi,
     },
+    bestCase: {
+      note: "minimum step times over all repetitions: the machine is shared, the least-disturbed step is the closest to an idle machine",
+      bareDecodeMsMin: Math.min(...bareRuns.map((b) => b.decodeMsMin)),
+      dsrDecodeMsMin: singleMsMin,
+      ttft128SecondsMin: Math.min(...singles.map((x) => x.ttftSeconds)),
+      singleVsBareLoop: Math.min(...bareRuns.map((b) => b.decodeMsMin)) / singleMsMin,
+      dsrSingleDecodeTokPerS: 1000 / singleMsMin,
+      aggregateDecodeTokPerS: Object.fromEntries(multi.map((m) => [m.streams, m.aggregateTokPerSFromMinStep])),
+      streamsVsSingle: Object.fromEntries(multi.map((m) => [m.streams, (m.streams * singleMsMin) / m.stepMsMin])),
+      singleVsBandwidthBound: 1000 / singleMsMin / (bandwidth / bytesPerToken),
+    },
     ratios: {
       singleVsBareLoop: singleDecode / bare,
       perRepSingleVsBare: singles.map((x, i) => x.perStreamDecodeTokPerS[0]! / bareRuns[i]!.decodeTokPerS),
@@ -270,9 +314,12 @@ async function main() {
       bareVsBandwidthBound: bare / (bandwidth / bytesPerToken),
     },
     targets: {
-      singleAtLeast90PctOfBare: singleDecode >= 0.9 * bare,
-      eightStreamsAtLeast3xSingle: eight.ratioToSingle >= 3,
-      ttft128Under1_5s: ttft < 1.5,
+      medians: { singleAtLeast90PctOfBare: singleDecode >= 0.9 * bare, eightStreamsAtLeast3xSingle: eight.ratioToSingle >= 3, ttft128Under1_5s: ttft < 1.5 },
+      bestCase: {
+        singleAtLeast90PctOfBare: Math.min(...bareRuns.map((b) => b.decodeMsMin)) / singleMsMin >= 0.9,
+        eightStreamsAtLeast3xSingle: (8 * singleMsMin) / eight.stepMsMin >= 3,
+        ttft128Under1_5s: Math.min(...singles.map((x) => x.ttftSeconds)) < 1.5,
+      },
     },
   };
   process.stdout.write(JSON.stringify(result, null, 2) + "\n");
