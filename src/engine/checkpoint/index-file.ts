@@ -33,7 +33,9 @@ export function parseIndex(bytes: Uint8Array, file = INDEX_FILE): IndexInfo {
   const weightMap = new Map<string, string>();
   const shards = new Set<string>();
   const map = wm as Record<string, unknown>;
-  for (const tensor in map) {
+  const names = Object.keys(map); // faster than for-in over a 92k-key dictionary object
+  for (let i = 0; i < names.length; i++) {
+    const tensor = names[i];
     const shard = map[tensor];
     if (weightMap.size >= MAX_INDEX_ENTRIES) throw bad(`more than ${MAX_INDEX_ENTRIES} tensors`);
     if (typeof shard !== "string" || (!shards.has(shard) && !isSafeShardName(shard))) {
