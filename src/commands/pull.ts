@@ -16,6 +16,7 @@ import {
   type PullEvent,
   type PullPlan,
   type RepoRef,
+  type RetryEvent,
 } from "../engine/hub/index.js";
 import { Progress, type Bar } from "../ui/progress.js";
 import { formatBytes, formatDuration, renderTable } from "../ui/table.js";
@@ -165,9 +166,13 @@ async function runPull(out: Output, o: Parameters<typeof pull>[0]): Promise<void
         break;
     }
   };
+  // Retries are normal on a long pull; show them only with --verbose, above the bars.
+  const onRetry = (e: RetryEvent) => {
+    if (out.verbose) progress.log(`retry ${e.attempt}/${e.of - 1} in ${formatDuration(e.delayMs / 1000)}: ${e.file ?? e.repo}: ${e.reason}`);
+  };
   let r;
   try {
-    r = await pull({ ...o, onEvent });
+    r = await pull({ ...o, hub: { ...o.hub, onRetry }, onEvent });
   } finally {
     progress.stop();
   }

@@ -107,7 +107,9 @@ describe("Hugging Face protocol", () => {
 
   it("retries 500s, 429 with Retry-After, dropped and stalled bodies", async () => {
     hub.setFaults({ error500: { times: 2, api: true } });
-    expect((await hf("org/big")).commit).toBe("a".repeat(40));
+    const retries: string[] = [];
+    expect((await hf("org/big", { onRetry: (e) => retries.push(`${e.attempt}/${e.of} ${e.reason}`) })).commit).toBe("a".repeat(40));
+    expect(retries).toEqual(["1/4 Hugging Face answered 500 for org/big: Internal Error", "2/4 Hugging Face answered 500 for org/big: Internal Error"]);
     hub.setFaults({ rateLimit: { times: 1, api: true, retryAfterSec: 1 } });
     const t0 = Date.now();
     await hf("org/big");

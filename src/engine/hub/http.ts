@@ -33,6 +33,17 @@ export interface HttpConfig {
   headersTimeoutMs: number;
   /** No body bytes for this long → the stream is stalled: abort it and resume from the last byte. */
   stallTimeoutMs: number;
+  onRetry?: (e: RetryEvent) => void;
+}
+
+/** Reported before each backoff sleep (the CLI shows these with --verbose). */
+export interface RetryEvent {
+  repo: string;
+  file?: string;
+  attempt: number;
+  of: number;
+  delayMs: number;
+  reason: string;
 }
 
 export interface Counters {
@@ -108,10 +119,12 @@ export class HubHttp {
   }
 
   /** Exponential backoff with full jitter in [d/2, d]; a numeric Retry-After wins when larger. */
-  private async backoff(attempt: number, retryAfterMs?: number): Promise<void> {
+  private async backoff(attempt: number, error: unknown, ctx: RequestContext): Promise<void> {
     const { baseDelayMs, maxDelayMs } = this.cfg.retry;
+    const retryAfterMs = error instanceof RetryableError ? error.retryAfterMs : undefined;
     const d = Math.min(maxDelayMs, baseDelayMs * 2 ** attempt);
     const wait = Math.max(d / 2 + Math.random() * (d / 2), Math.min(retryAfterMs ?? 0, 5 * 60_000));
+    this.cfg.onRetry?.({ repo: ctx.repoId, file: ctx.file, attempt: attempt + 1, of: this.cfg.retry.attempts, delayMs: Math.round(wait), reason: reasonOf(error) });
     await sleep(wait, this.cfg.signal);
     this.checkAborted();
   }
@@ -140,7 +153,7 @@ export class HubHttp {
         last = e;
         if (this.cfg.signal?.aborted) throw interruptedError("download");
         if (e instanceof DsrError) throw e;
-        if (attempt + 1 < this.cfg.retry.attempts) await this.backoff(attempt, e instanceof RetryableError ? e.retryAfterMs : undefined);
+        if (attempt + 1 < this.cfg.retry.attempts) await this.backoff(attempt, e, ctx);
       }
     }
     throw finalError(last, ctx, this.cfg.retry.attempts);
@@ -240,10 +253,15 @@ export class HubHttp {
         if (e instanceof DsrError) throw e;
         if (progressed) attempt = 0;
         if (++attempt >= this.cfg.retry.attempts) throw finalError(last, ctx, attempt);
-        await this.backoff(attempt - 1, e instanceof RetryableError ? e.retryAfterMs : undefined);
+        await this.backoff(attempt - 1, last, ctx);
       }
     }
   }
+}
+
+function reasonOf(e: unknown): string {
+  if (e instanceof RetryableError) return e.cause instanceof DsrError ? e.cause.message : e.message;
+  return describeCause(e);
 }
 
 function finalError(last: unknown, ctx: RequestContext, attempts: number): DsrError {

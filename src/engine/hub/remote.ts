@@ -26,6 +26,7 @@ export function makeHttp(ref: RepoRef, opts: HubOptions): { http: HubHttp; endpo
     retry: { ...DEFAULT_RETRY, ...opts.retry },
     headersTimeoutMs: opts.headersTimeoutMs ?? 30_000,
     stallTimeoutMs: opts.stallTimeoutMs ?? 30_000,
+    onRetry: opts.onRetry,
   });
   return { http, endpoint };
 }

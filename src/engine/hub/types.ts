@@ -1,6 +1,6 @@
 /** Public types of the hub client. */
 import type { ByteSource } from "../tensors/source.js";
-import type { RetryPolicy } from "./http.js";
+import type { RetryEvent, RetryPolicy } from "./http.js";
 import type { RepoRef } from "./repo-spec.js";
 
 export interface HubFile {
@@ -28,6 +28,8 @@ export interface HubOptions {
   retry?: Partial<RetryPolicy>;
   headersTimeoutMs?: number;
   stallTimeoutMs?: number;
+  /** Called before each retry's backoff sleep. */
+  onRetry?: (e: RetryEvent) => void;
 }
 
 export interface RemoteRepo {
