@@ -73,7 +73,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--dry-run", "list the files, sizes and disk space needed; download nothing")
     .option("--verify", "re-hash an existing download against the hub's listing; download nothing")
     .option("--connections <n>", "parallel HTTP connections", positiveInt, DEFAULT_CONNECTIONS)
-    .option("--part-size <size>", "split files larger than this into ranged parts", parseSize, DEFAULT_PART_SIZE)
+    .addOption(new Option("--part-size <size>", "split files larger than this into ranged parts").argParser(parseSize).default(DEFAULT_PART_SIZE, "64MiB"))
     .option("--local-dir <dir>", "write plain files into DIR instead of the hub cache")
     .option("--cache-dir <dir>", "cache root (default: HF_HUB_CACHE or $HF_HOME/hub; MODELSCOPE_CACHE for ModelScope)")
     .option("--stall-timeout <seconds>", "retry a connection that sends no bytes for this long", positiveInt, 30)

@@ -29,13 +29,15 @@ interface Slot {
   worker: Worker;
   queued: number;
   waiters: (() => void)[];
-  digests: Map<number, (hex: string) => void>;
+  digests: Map<number, { resolve(hex: string): void; reject(e: unknown): void }>;
+  failed?: unknown;
 }
 
 export class HashPool {
   private readonly slots: Slot[] = [];
   private next = 0;
   private ids = 0;
+  private closing = false;
 
   constructor(threads: number) {
     for (let i = 0; i < threads; i++) {
@@ -47,10 +49,19 @@ export class HashPool {
           slot.queued -= m.n!;
           if (slot.queued <= MAX_QUEUED) for (const w of slot.waiters.splice(0)) w();
         } else if (m.t === "digest") {
-          slot.digests.get(m.id)?.(m.hex!);
+          slot.digests.get(m.id)?.resolve(m.hex!);
           slot.digests.delete(m.id);
         }
       });
+      // A dead hash thread must fail the files it was hashing, not leave them waiting forever.
+      const die = (e: unknown) => {
+        slot.failed ??= e;
+        for (const d of slot.digests.values()) d.reject(e);
+        slot.digests.clear();
+        for (const w of slot.waiters.splice(0)) w();
+      };
+      worker.on("error", die);
+      worker.on("exit", (code) => code !== 0 && !this.closing && die(new Error(`hash worker exited with code ${code}`)));
       this.slots.push(slot);
     }
   }
@@ -70,8 +81,9 @@ export class HashPool {
         if (slot.queued > MAX_QUEUED) return new Promise<void>((r) => slot.waiters.push(r));
       },
       digest() {
-        return new Promise<string>((resolve) => {
-          slot.digests.set(id, resolve);
+        return new Promise<string>((resolve, reject) => {
+          if (slot.failed) return reject(slot.failed);
+          slot.digests.set(id, { resolve, reject });
           slot.worker.postMessage({ t: "end", id });
         });
       },
@@ -79,6 +91,7 @@ export class HashPool {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
   }
 }
