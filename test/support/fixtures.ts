@@ -315,7 +315,7 @@ let r1Cache: ShapedRepo | undefined;
 
 /**
  * 163 shards named like R1's (model-00001-of-000163.safetensors), tensors from the arch registry
- * with R1's config, packed in layer order into equal-sized shards (the MTP layer lands in the last
+ * with R1's config, packed in layer order into shards of ≤ 4.24 GB (the MTP layer lands in the last
  * ones), each header laid out like the reference writer's. Built once per process (~1 s).
  */
 export function r1ShapedRepo(): ShapedRepo {
@@ -324,11 +324,18 @@ export function r1ShapedRepo(): ShapedRepo {
   const N = 163;
   const sizes = tensors.map((t) => tensorByteSize(t.dtype, t.shape)!);
   const total = sizes.reduce((a, b) => a + b, 0);
-  const groups: ExpectedTensor[][] = Array.from({ length: N }, () => []);
-  let cum = 0;
+  // Greedy fill like huggingface_hub's splitter, with the shard limit chosen so that exactly 163
+  // shards of ≤ 4.24 GB come out and the last one holds the remainder (2.7 GB).
+  const limit = total / 162.2;
+  const groups: ExpectedTensor[][] = [[]];
+  let fill = 0;
   tensors.forEach((t, i) => {
-    groups[Math.min(N - 1, Math.floor((cum * N) / total))].push(t);
-    cum += sizes[i];
+    if (fill + sizes[i] > limit && groups.length < N) {
+      groups.push([]);
+      fill = 0;
+    }
+    groups[groups.length - 1].push(t);
+    fill += sizes[i];
   });
   const dataReads = { count: 0, bytes: 0 };
   const weightMap: Record<string, string> = {};

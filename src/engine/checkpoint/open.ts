@@ -64,7 +64,8 @@ export async function openCheckpoint(src: CheckpointSource, opts: OpenOptions = 
   const shards: ShardInfo[] = shardNames.map((file) => ({ file, size: have.get(file)?.size, tensors: 0, dataBytes: 0, status: have.has(file) ? "ok" : "missing" }));
   const jobs: ShardJob[] = shards
     .filter((s) => s.status === "ok")
-    .map((s) => ({ file: s.file, source: src.byteSource(s.file), names: namesByShard.get(s.file) }));
+    // Names size the speculative ranges; a local read costs the same whatever its length.
+    .map((s) => ({ file: s.file, source: src.byteSource(s.file), names: src.kind === "remote" ? namesByShard.get(s.file) : undefined }));
   const concurrency = opts.concurrency ?? (src.kind === "remote" ? 16 : 8);
   let done = 0;
   const results = await readHeaders(jobs, {

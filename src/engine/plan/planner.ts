@@ -200,9 +200,9 @@ export function planMemory(model: PlanModel, opts: PlanOptions): MemoryPlan {
   const smallest = search("as-is", kv, "fewest GPUs as the checkpoint is");
   const w16 = q === "none" && DTYPE_BITS[configDtype(cfg)] >= 16;
   const lowPrecisionOk = ccAtLeast(opts.gpu, 7.5);
-  if (w16 && (opts.gpu.fp8 || ccAtLeast(opts.gpu, 8.0))) search("fp8", kv, "quantise weights to FP8 (dsr quantize / vLLM --quantization fp8)");
-  if (w16 && lowPrecisionOk) search("int8", kv, "quantise to INT8 W8A8 (dsr quantize --method int8)");
-  if ((w16 || q.startsWith("fp8")) && lowPrecisionOk) search("awq-int4", kv, "quantise to AWQ 4-bit (dsr quantize --method awq)");
+  if (w16 && (opts.gpu.fp8 || ccAtLeast(opts.gpu, 8.0))) search("fp8", kv, "quantise weights to FP8 (vLLM --quantization fp8, or dsr quantize)");
+  if (w16 && lowPrecisionOk) search("int8", kv, "quantise to INT8 W8A8 (dsr quantize)");
+  if ((w16 || q.startsWith("fp8")) && lowPrecisionOk) search("awq-int4", kv, "quantise to AWQ 4-bit (dsr quantize)");
   if (!kv.startsWith("fp8")) search("as-is", "fp8", "FP8 KV cache (--kv-cache-dtype fp8)");
   // Keep what helps: when the asked layout fits, only layouts with fewer GPUs; otherwise the plain
   // answer plus anything that needs fewer GPUs than it (or is the only way to fit).
