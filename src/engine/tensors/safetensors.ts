@@ -163,30 +163,23 @@ function parseTensorEntry(name: string, v: unknown, file: string): TensorInfo {
 /**
  * JSON.parse keeps the last of duplicate keys silently; the format forbids them, so scan the
  * top-level object's keys. Nested objects are skipped by depth counting (strings honour escapes).
- * Runs on already-parsed (valid) JSON. A native regex jumps between structural characters and
- * indexOf between quotes, and keys without escapes are sliced rather than JSON-parsed: R1's 163
- * headers hold 92k keys, and a per-character loop was a tenth of `dsr inspect`'s time.
  */
 export function findDuplicateTopLevelKey(text: string): string | undefined {
   const seen = new Set<string>();
   let depth = 0;
   let expectKey = false;
-  const structural = /["{}[\],]/g;
-  for (let m = structural.exec(text); m !== null; m = structural.exec(text)) {
-    const i = m.index;
+  for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === 0x22 /* " */) {
-      let j = text.indexOf('"', i + 1);
-      while (j !== -1 && escaped(text, j)) j = text.indexOf('"', j + 1);
-      if (j === -1) return undefined; // unterminated string: not valid JSON, JSON.parse rejected it
+      let j = i + 1;
+      while (j < text.length && text.charCodeAt(j) !== 0x22) j += text.charCodeAt(j) === 0x5c ? 2 : 1;
       if (depth === 1 && expectKey) {
-        const raw = text.slice(i + 1, j);
-        const key = raw.includes("\\") ? (JSON.parse(text.slice(i, j + 1)) as string) : raw;
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
         if (seen.has(key)) return key;
         seen.add(key);
         expectKey = false;
       }
-      structural.lastIndex = j + 1;
+      i = j;
     } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
       depth++;
       expectKey = depth === 1 && c === 0x7b;
@@ -197,13 +190,6 @@ export function findDuplicateTopLevelKey(text: string): string | undefined {
     }
   }
   return undefined;
-}
-
-/** True when the quote at `j` is escaped (preceded by an odd number of backslashes). */
-function escaped(text: string, j: number): boolean {
-  let n = 0;
-  while (j - 1 - n >= 0 && text.charCodeAt(j - 1 - n) === 0x5c) n++;
-  return n % 2 === 1;
 }
 
 /** Serialises a header the way the reference writer does: JSON padded with spaces to a multiple of 8. */
