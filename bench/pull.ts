@@ -20,9 +20,9 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { cpSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { loadState } from "../src/engine/hub/download/state.js";
 import { patternFile, startHubServer, type HubServer, type ServedFile } from "../test/support/hub-server.js";
 
@@ -37,9 +37,9 @@ const CONNS = Number(opt("connections", "16"));
 const ROOT = mkdtempSync(join(resolve(opt("dir", tmpdir())), "dsr-bench-pull-"));
 // A private copy of the built CLI, inside the repo so node_modules resolves: another `npm run build`
 // during the run (it empties dist/) must not break the measurement.
-const CLI = resolve(".bench-out", `pull-cli-${process.pid}.mjs`);
-mkdirSync(dirname(CLI), { recursive: true });
-copyFileSync(resolve("dist/cli.mjs"), CLI);
+const CLI_DIR = resolve(".bench-out", `pull-dist-${process.pid}`);
+cpSync(resolve("dist"), CLI_DIR, { recursive: true }); // the whole folder: the bundle may be split into chunks
+const CLI = join(CLI_DIR, "cli.mjs");
 const MiB = 1 << 20;
 const COMMIT = "b".repeat(40);
 const log = (s: string) => process.stderr.write(`[bench pull] ${s}\n`);
@@ -207,7 +207,7 @@ async function main() {
     await throttled.close();
     await open.close();
     rmSync(ROOT, { recursive: true, force: true });
-    rmSync(CLI, { force: true });
+    rmSync(CLI_DIR, { recursive: true, force: true });
   }
   process.stdout.write(JSON.stringify(out, null, 2) + "\n");
 }
