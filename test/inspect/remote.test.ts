@@ -5,6 +5,7 @@
  * report remotely (CLI, HF_ENDPOINT) as locally, corrupt variants included.
  */
 import { join } from "node:path";
+import { mkdir, writeFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openCheckpoint, remoteSource, buildInspectReport } from "../../src/engine/checkpoint/index.js";
 import { openRemoteRepo, parseRepoSpec } from "../../src/engine/hub/index.js";
@@ -25,6 +26,9 @@ let hub: HubServer;
 
 beforeAll(async () => {
   const good = await writeTinyCheckpoint(join(root, "good"), "deepseek-v3-fp8");
+  // Repos keep other formats in subfolders; loaders (and inspect) look at the top level only.
+  await mkdir(join(good.dir, "onnx"), { recursive: true });
+  await writeFile(join(good.dir, "onnx", "model.safetensors"), "not a checkpoint shard");
   const bad = await writeTinyCheckpoint(join(root, "bad"), "qwen2");
   await CORRUPTIONS.find((c) => c.id === "truncated-shard")!.apply(bad);
   hub = await startHubServer({
@@ -73,6 +77,7 @@ describe("dsr inspect <repo> over HTTP", () => {
     expect(remote.source).toMatchObject({ kind: "remote", location: "hf:org/tiny-dsv3", revision: "main" });
     expect(remote.source.commit).toMatch(/^[0-9a-f]{40}$/);
     for (const k of ["model", "dtypes", "params", "layers", "embeddings", "quantization", "tokenizer", "generation", "findings", "plan"]) expect(remote[k]).toEqual(local[k]);
+    expect(remote.findings.map((f: { code: string }) => f.code)).not.toContain("DSR_SHARD_UNREFERENCED");
     expect(remote.reads.requests).toBeGreaterThan(0);
     expect(remote.reads.bytes).toBeLessThan(local.shards.totalBytes);
   });

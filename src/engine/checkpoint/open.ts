@@ -40,7 +40,8 @@ export async function openCheckpoint(src: CheckpointSource, opts: OpenOptions = 
   const config = loadConfig(configRaw, findings);
 
   // Which shards: the index's, else every .safetensors file.
-  const stFiles = files.filter((f) => f.path.endsWith(".safetensors")).map((f) => f.path);
+  // Top level only: repos keep other formats in subfolders (onnx/, original/…) that loaders skip.
+  const stFiles = files.filter((f) => f.path.endsWith(".safetensors") && !f.path.includes("/")).map((f) => f.path);
   const shardNames = index ? [...new Set(index.weightMap.values())].sort() : stFiles;
   if (index) {
     for (const f of stFiles) {
