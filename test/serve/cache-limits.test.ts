@@ -85,12 +85,13 @@ describe("response cache", () => {
 
 describe("overload", () => {
   it("answers 429 with Retry-After once --max-concurrency + --max-queue are taken, and serves the queued ones", async () => {
-    const up = await startStandin({ tokens: 20, paceMs: 25, model: "m" });
+    const up = await startStandin({ tokens: 40, paceMs: 50, model: "m" }); // 2 s per request
     const g = await startServe(["--upstream", up.url, "--max-concurrency", "2", "--max-queue", "2"]);
     try {
       const body = JSON.stringify({ model: "m", prompt: "x" });
       const first = Array.from({ length: 4 }, () => fetch(`${g.url}/v1/completions`, { method: "POST", body }));
-      await new Promise((r) => setTimeout(r, 150));
+      await expect.poll(() => up.requests.length, { timeout: 1500 }).toBe(2); // 2 running, 2 queued
+      await new Promise((r) => setTimeout(r, 100));
       const over = await fetch(`${g.url}/v1/completions`, { method: "POST", body });
       expect(over.status).toBe(429);
       expect(Number(over.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);

@@ -230,3 +230,29 @@ describe("dsr serve --upstream (proxy mode)", () => {
     expect(lines.some((l) => l.prompt !== undefined)).toBe(false);
   });
 });
+
+describe("--protect-all and --request-timeout", () => {
+  it("guards /health and /version too; a slow request gets 504 before its first byte, in-band after it", async () => {
+    const slow = await startStandin({ tokens: 50, paceMs: 20, model: "m" }); // 1 s per request
+    const g = await startServe(["--upstream", slow.url, "--api-key", "k1", "--protect-all", "--request-timeout", "0.4"]);
+    const auth = { authorization: "Bearer k1" };
+    try {
+      expect((await fetch(`${g.url}/health`)).status).toBe(401);
+      expect((await fetch(`${g.url}/metrics`)).status).toBe(401);
+      expect(await (await fetch(`${g.url}/version`, { headers: auth })).json()).toEqual({ version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+      const whole = await fetch(`${g.url}/v1/completions`, { method: "POST", headers: auth, body: JSON.stringify({ model: "m", prompt: "x" }) });
+      expect(whole.status).toBe(504);
+      expect((await whole.json()).error).toMatchObject({ type: "timeout_error", code: "timeout" });
+      const s = await fetch(`${g.url}/v1/completions`, { method: "POST", headers: auth, body: JSON.stringify({ model: "m", prompt: "x", stream: true }) });
+      expect(s.status).toBe(200);
+      const events = await sseEvents(s);
+      expect(events.at(-1)).toBe("[DONE]");
+      expect(JSON.parse(events.at(-2)!).error.code).toBe("timeout");
+      expect(events.length).toBeLessThan(40); // cut at 0.4 s, well before the 50 tokens
+      await expect.poll(() => slow.cancelled, { timeout: 3000 }).toBe(2); // both upstream requests were cancelled
+    } finally {
+      await g.stop();
+      await slow.close();
+    }
+  });
+});

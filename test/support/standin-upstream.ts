@@ -86,8 +86,16 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
   const tok = (k: number) => ` t${k}`;
   const usage = { prompt_tokens: 7, completion_tokens: n, total_tokens: 7 + n };
 
+  let closed = false;
+  res.on("close", () => {
+    if (!res.writableFinished) {
+      closed = true;
+      st.cancelled++;
+    }
+  });
   if (body.stream !== true) {
     await sleep(pace * n);
+    if (closed) return;
     let reasoning = "";
     let content = "";
     for (let k = 0; k < n; k++) (k < rTok ? (reasoning += tok(k)) : (content += tok(k)));
@@ -109,13 +117,6 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
   };
   if (chat) res.write(`data: ${head}{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n`);
   const t0 = performance.now();
-  let closed = false;
-  res.on("close", () => {
-    if (!res.writableFinished) {
-      closed = true;
-      st.cancelled++;
-    }
-  });
   for (let k = 0; k < n; k++) {
     const wait = t0 + (k + 1) * pace - performance.now();
     if (wait > 0) await sleep(wait);
