@@ -7,7 +7,7 @@ import type { Command } from "commander";
 import { openCheckpoint, openLocalSource, openRemoteSource, buildInspectReport, type InspectReport, type CheckpointSource } from "../engine/checkpoint/index.js";
 import { integrityError, usageError, ExitCode } from "../engine/errors.js";
 import { hubOptionsFromEnv, looksLikeRepoId, parseRepoSpec } from "../engine/hub/index.js";
-import { gpuProfile, GPU_PROFILES, type PlanOptions } from "../engine/plan/index.js";
+import { checkKvCacheDtype, gpuProfile, GPU_PROFILES, type PlanOptions } from "../engine/plan/index.js";
 import type { Output } from "../ui/output.js";
 import { Progress } from "../ui/progress.js";
 import { formatBytes, formatCount, formatGiB, renderTable } from "../ui/table.js";
@@ -93,6 +93,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
 function planOptions(f: InspectFlags): PlanOptions {
   const util = Number(f.gpuMemoryUtilization);
   if (!(util > 0 && util <= 1)) throw usageError(`--gpu-memory-utilization "${f.gpuMemoryUtilization}" is not a fraction in (0, 1]`, "vLLM's default is 0.9");
+  checkKvCacheDtype(f.kvCacheDtype); // before any header is read: a remote inspect should fail fast
   return {
     gpu: gpuProfile(f.gpu),
     gpus: int("--gpus", f.gpus),

@@ -70,11 +70,14 @@ export interface MemoryPlan extends PlanPoint {
 
 const KV_DTYPES: Record<string, number> = { fp8: 1, fp8_e4m3: 1, fp8_e5m2: 1, fp8_ds_mla: 1, bfloat16: 2, float16: 2, half: 2 };
 
+/** Throws a usage error for a --kv-cache-dtype vLLM would not take (callers check before slow work). */
+export function checkKvCacheDtype(kv: string): void {
+  if (kv !== "auto" && KV_DTYPES[kv] === undefined) throw usageError(`unknown --kv-cache-dtype "${kv}"`, `one of: auto, ${Object.keys(KV_DTYPES).join(", ")}`);
+}
+
 function kvElementBytes(model: PlanModel, kv: string): number {
-  if (kv === "auto") return DTYPE_BITS[configDtype(model.cfg)] / 8;
-  const b = KV_DTYPES[kv];
-  if (b === undefined) throw usageError(`unknown --kv-cache-dtype "${kv}"`, `one of: auto, ${Object.keys(KV_DTYPES).join(", ")}`);
-  return b;
+  checkKvCacheDtype(kv);
+  return kv === "auto" ? DTYPE_BITS[configDtype(model.cfg)] / 8 : KV_DTYPES[kv];
 }
 
 /** Profile-run peak: one batch of max_num_batched_tokens through a layer, plus the sampler's fp32 logits. */
