@@ -38,7 +38,7 @@ function checkAnswer(reasoning: string, content: string): number {
   return z;
 }
 
-async function ready(): Promise<{ children: { name: string; state: string; pid: number; restarts: number }[]; instances: { healthy: boolean }[] }> {
+async function ready(): Promise<{ children: { name: string; state: string; pid: number; restarts: number }[]; instances: { name: string; healthy: boolean; outstanding: number }[] }> {
   return (await fetch(`${gw.url}/ready`)).json();
 }
 
@@ -126,7 +126,8 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     const streams = Array.from({ length: 4 }, () =>
       fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, stream: true }) }).then(sseEvents),
     );
-    await new Promise((r) => setTimeout(r, 150));
+    // kill only once the router has requests in flight on i0
+    await expect.poll(async () => (await ready()).instances.find((i) => i.name === "i0")!.outstanding, { timeout: 10_000, interval: 20 }).toBeGreaterThan(0);
     process.kill(victim.pid, "SIGKILL");
     const results = await Promise.all(nonStream);
     for (const r of results) {
