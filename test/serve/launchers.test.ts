@@ -113,3 +113,17 @@ describe("upstream discovery", () => {
     }
   });
 });
+
+describe("engine that cannot start", () => {
+  it("a child that keeps exiting before it is ready is given up on with its exit reason, exit 1", async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"\n`);
+    await writeFile(join(dir, "vllm"), `#!/bin/sh\necho "error: argument --bogus: unrecognized" >&2\nexit 2\n`);
+    await chmod(join(dir, "nvidia-smi"), 0o755);
+    await chmod(join(dir, "vllm"), 0o755);
+    const r = await runDsr(["serve", "m/R1", "--engine", "vllm", "--port", "0"], { env: { PATH: `${dir}:${process.env.PATH}` }, timeout: 30_000 });
+    expect(r.exitCode).toBe(1);
+    expect(String(r.stderr)).toContain("[i0] error: argument --bogus: unrecognized");
+    expect(String(r.stderr)).toMatch(/i0 \(vllm\) exited with code 2 5 times before becoming ready/);
+  }, 40_000);
+});

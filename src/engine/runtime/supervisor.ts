@@ -31,6 +31,8 @@ export interface SupervisorOptions {
   readyPollMs?: number;
   /** Health re-check while ready; a failure marks it not ready until the next success. */
   livenessPollMs?: number;
+  /** A child that never became ready and exited this many times is given up on (waitReady rejects). */
+  maxStartFailures?: number;
 }
 
 export class Supervisor {
@@ -43,6 +45,8 @@ export class Supervisor {
   private timer?: NodeJS.Timeout;
   private startedAt = 0;
   private readyWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private everReady = false;
+  private startFailures = 0;
 
   constructor(readonly spec: ChildSpec, private readonly o: SupervisorOptions = {}) {
     this.backoff = o.backoffInitialMs ?? 1000;
@@ -135,6 +139,16 @@ export class Supervisor {
     this.lastExit = why;
     this.child = undefined;
     if (this.stopping) return;
+    if (!this.everReady && ++this.startFailures >= (this.o.maxStartFailures ?? 5)) {
+      // a bad flag, a missing module, no GPU memory: restarting would only repeat it
+      this.stopping = true;
+      this.setState("stopped", `${why}; gave up after ${this.startFailures} failed starts`);
+      const err = new DsrError("DSR_ENGINE_FAILED", `${this.spec.name} (${this.spec.command}) ${why} ${this.startFailures} times before becoming ready`, {
+        hint: `read its log lines above (prefixed [${this.spec.name}]); the command was: ${this.spec.command} ${this.spec.args.join(" ")}`,
+      });
+      for (const w of this.readyWaiters.slice()) w.reject(err);
+      return;
+    }
     if (Date.now() - this.startedAt > (this.o.stableMs ?? 60_000)) this.backoff = this.o.backoffInitialMs ?? 1000;
     const wait = this.backoff;
     this.backoff = Math.min(this.backoff * 2, this.o.backoffMaxMs ?? 30_000);
@@ -149,6 +163,7 @@ export class Supervisor {
       const ok = await check(this.spec.readyUrl);
       if (!alive()) return;
       if (ok && this.state !== "ready") {
+        this.everReady = true;
         this.setState("ready");
         for (const w of this.readyWaiters.slice()) w.resolve();
       } else if (!ok && this.state === "ready") {
