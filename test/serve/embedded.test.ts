@@ -57,6 +57,13 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     expected = { reasoning: m.reasoning, content: m.content };
   });
 
+  it("the front reports each child's engine load and KV use (/ready and dsr:kv_cache_usage_perc)", async () => {
+    await expect.poll(async () => (await ready()).instances.every((i) => (i as unknown as { engine?: { kv_capacity_tokens?: number } }).engine?.kv_capacity_tokens), { timeout: 5000 }).toBe(true);
+    const m = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(m).toMatch(/dsr:kv_cache_usage_perc\{instance="i0",model_name="tiny-r1"\} [0-9.e-]+/);
+    expect(m).toMatch(/dsr:kv_cache_usage_perc\{instance="i1",model_name="tiny-r1"\} [0-9.e-]+/);
+  });
+
   it("chat, stream, via the SDK: role chunk, reasoning deltas, content deltas — equal to the non-stream answer", async () => {
     const s = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, stream: true, stream_options: { include_usage: true } });
     let reasoning = "";

@@ -13,6 +13,13 @@ export interface UpstreamOptions {
   gate?: () => boolean;
 }
 
+export interface EngineLoad {
+  running?: number;
+  waiting?: number;
+  kv_used_tokens?: number;
+  kv_capacity_tokens?: number;
+}
+
 export class UpstreamInstance {
   readonly origin: string;
   readonly pool: Pool;
@@ -20,6 +27,8 @@ export class UpstreamInstance {
   probeOk = true;
   lastError?: string;
   modelIds: string[] = [];
+  /** Load reported by a dsr instance's /ready (running, waiting, KV tokens). */
+  engine?: EngineLoad;
   private healthPath: string;
   private timer?: NodeJS.Timeout;
 
@@ -48,7 +57,11 @@ export class UpstreamInstance {
   async probe(signal?: AbortSignal): Promise<boolean> {
     try {
       let r = await this.pool.request({ path: this.healthPath, method: "GET", headers: this.authHeaders(), signal, headersTimeout: 5_000, bodyTimeout: 5_000 });
-      await r.body.dump();
+      if (this.healthPath === "/ready") {
+        // a dsr instance: its /ready carries the engine's load and KV use
+        const j = (await r.body.json().catch(() => undefined)) as { engine?: EngineLoad } | undefined;
+        this.engine = j?.engine;
+      } else await r.body.dump();
       if (r.statusCode === 404 && this.healthPath !== "/v1/models") {
         this.healthPath = "/v1/models"; // a generic OpenAI server without /health
         r = await this.pool.request({ path: this.healthPath, method: "GET", headers: this.authHeaders(), signal, headersTimeout: 5_000, bodyTimeout: 5_000 });

@@ -68,7 +68,9 @@ export class ProxyBackend implements Backend {
     const instances = this.o.instances.map((i) => {
       m.instanceHealthy.set({ instance: i.name }, i.healthy ? 1 : 0);
       m.instanceOutstanding.set({ instance: i.name }, i.outstanding);
-      return { name: i.name, url: i.origin, healthy: i.healthy, outstanding: i.outstanding, error: i.lastError };
+      const e = i.engine;
+      if (e?.kv_capacity_tokens) m.kvUsage.set({ instance: i.name }, (e.kv_used_tokens ?? 0) / e.kv_capacity_tokens);
+      return { name: i.name, url: i.origin, healthy: i.healthy, outstanding: i.outstanding, error: i.lastError, engine: e };
     });
     return { instances, ...this.o.describeExtra?.() };
   }

@@ -206,7 +206,8 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
               },
             );
             supervisors.push(sup);
-            return new UpstreamInstance(c.name, `http://127.0.0.1:${c.port}`, { gate: () => sup.ready, probeIntervalMs: 1000 });
+            // dsr children are probed on /ready, which also reports their engine's load and KV use
+            return new UpstreamInstance(c.name, `http://127.0.0.1:${c.port}`, { gate: () => sup.ready, probeIntervalMs: 1000, healthPath: c.readyPath === "/ready" ? "/ready" : "/health" });
           })
         : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
       closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
