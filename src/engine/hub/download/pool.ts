@@ -5,8 +5,9 @@
  *     on one connection, so its hash is computed live from memory (hasher.ts);
  *  2. when every remaining file already has a connection, split: the lowest free part of the file
  *     with the most bytes not yet assigned (the tail of a pull, or one huge file).
- * A job whose last part lands is verified by the worker that finished it: a hash mismatch resets the
- * job once (fetched again from scratch), a second mismatch fails naming the file.
+ * A job whose last part lands is verified (and fsynced, renamed) in the background while its
+ * connection takes the next part: a hash mismatch resets the job once (fetched again from scratch),
+ * a second mismatch fails naming the file.
  */
 import { DsrError, integrityError } from "../../errors.js";
 import type { FileJob, RangeReader } from "./file-job.js";
@@ -62,25 +63,36 @@ export async function runPool(jobs: FileJob[], connections: number, read: RangeR
     await job.reset();
   };
 
+  // Verification and the fsync + rename of a finished file run beside the transfer: the connection
+  // that fetched the last part moves on at once instead of waiting for the disk.
+  const finishing = new Set<Promise<void>>();
+  const startFinish = (job: FileJob) => {
+    job.finishing = true;
+    const p: Promise<void> = finishJob(job)
+      .catch((e) => {
+        if (!failure || (isInterrupt(failure) && !isInterrupt(e))) failure = e;
+        abort();
+      })
+      .finally(() => {
+        job.finishing = false;
+        finishing.delete(p);
+        wake();
+      });
+    finishing.add(p);
+  };
+
   const worker = async () => {
     while (!failure && pending.size > 0) {
       const next = pick(jobs.filter((j) => pending.has(j)));
       if (!next) {
-        // Nothing free right now: a running part may finish a job whose reset frees parts again.
+        // Nothing free right now: a running part or a verification may free parts (a reset) or end the pull.
         await new Promise<void>((r) => waiters.push(r));
         continue;
       }
       const { job, part } = next;
       try {
         await job.runPart(part, read, (n) => cb.onBytes(job, n));
-        if (job.complete && job.active === 0 && !job.settled && !job.finishing) {
-          job.finishing = true;
-          try {
-            await finishJob(job);
-          } finally {
-            job.finishing = false;
-          }
-        }
+        if (job.complete && job.active === 0 && !job.settled && !job.finishing) startFinish(job);
       } catch (e) {
         // Keep the first real error; interruptions caused by abort() below only fill an empty slot.
         if (!failure || (isInterrupt(failure) && !isInterrupt(e))) failure = e;
@@ -103,6 +115,7 @@ export async function runPool(jobs: FileJob[], connections: number, read: RangeR
     }
   }
   if (!failure) await Promise.all(Array.from({ length: Math.max(1, connections) }, worker));
+  while (finishing.size > 0) await Promise.all([...finishing]);
   if (failure) throw failure;
 }
 
