@@ -40,11 +40,11 @@ describe("dsr chat", () => {
   it("streams reasoning and answer as text; --no-think hides the reasoning", async () => {
     const env = { XDG_CACHE_HOME: cache };
     const r = await runDsr(["chat", TINY_R1, Q, "--temperature", "0"], { env });
-    expect(r.exitCode).toBe(0);
-    expect(String(r.stdout)).toMatch(/<think>\n5 - 8 is negative[\s\S]*<\/think>\n\nThe answer is \\boxed\{637\}\./);
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(String(r.stdout), String(r.stderr)).toMatch(/<think>\n5 - 8 is negative[\s\S]*<\/think>\n\nThe answer is \\boxed\{637\}\./);
     expect(String(r.stderr)).toMatch(/tok\/s/);
     const q = await runDsr(["chat", TINY_R1, Q, "--temperature", "0", "--no-think"], { env });
-    expect(String(q.stdout).trim()).toBe("The answer is \\boxed{637}.");
+    expect(String(q.stdout).trim(), `${q.stderr}`).toBe("The answer is \\boxed{637}.");
   });
 
   it("interactive mode reads turns from stdin until EOF", async () => {
