@@ -37,6 +37,24 @@ describe("continuous batching", () => {
     expect(engine.stats().running).toBe(0);
   });
 
+  it("chunked prefill: a long prompt does not stall a running stream", async () => {
+    const events: string[] = [];
+    const running = (async () => {
+      for await (const c of engine.submit({ promptIds: prompt("Go on."), sampling: GREEDY, maxTokens: 120, stopIds: [] })) if (c.ids.length) events.push("d");
+    })();
+    while (events.length < 3) await new Promise((r) => setTimeout(r, 1));
+    const long = (async () => {
+      let first = true;
+      for await (const c of engine.submit({ promptIds: new Array(200).fill(0).map((_, i) => 100 + (i % 50)), sampling: GREEDY, maxTokens: 2, stopIds: [] })) {
+        if (first && c.ids.length) (events.push("L"), (first = false));
+      }
+    })();
+    await Promise.all([running, long]);
+    // 200 prompt tokens in chunks of 8 = 25 prefill steps, each followed by a decode step of the runner.
+    const before = events.indexOf("L") - 3;
+    expect(before).toBeGreaterThanOrEqual(20);
+  });
+
   it("same seed → same tokens; different seed → (almost surely) different tokens", async () => {
     const ids = prompt("Write a story.");
     const s = (seed: number): SamplingParams => ({ ...GREEDY, temperature: 1.0, topP: 0.95, topK: 50, minP: 0.01, seed });
