@@ -81,5 +81,19 @@ describe("dsr convert --to onnx", () => {
     expect(JSON.parse(String(chat.stdout)).answer).toBe("The answer is \\boxed{637}.");
     const bad = await runDsr(["convert", TINY_R1, "--to", "onnx", "--weights", "int3", "--out", join(out, "x")]);
     expect(bad.exitCode).toBe(2);
+    const foreign = await runDsr(["convert", TINY_R1, "--to", "onnx", "--drop-mtp", "--out", join(out, "y")]);
+    expect(foreign.exitCode).toBe(2);
+    expect(String(foreign.stderr)).toMatch(/--drop-mtp: not used by --to onnx/);
+  });
+
+  it("--dry-run estimates the output within 5% (4 KiB tensor alignment aside) and writes nothing", async () => {
+    const out = join(await tempDir(), "dry");
+    const plan = JSON.parse(String((await runDsr(["--json", "convert", TINY_R1, "--to", "onnx", "--weights", "int4", "--dry-run", "--out", out])).stdout));
+    expect(plan).toMatchObject({ dryRun: true, to: "onnx", modelType: "qwen2", layers: 6, weights: "int4", blockSize: 32, upToDate: false });
+    await expect(readdir(out)).rejects.toThrow();
+    const built = JSON.parse(String((await runDsr(["--json", "convert", TINY_R1, "--to", "onnx", "--weights", "int4", "--out", out])).stdout));
+    expect(Math.abs(plan.estimatedDataBytes - built.dataBytes) / built.dataBytes).toBeLessThan(0.05);
+    const again = JSON.parse(String((await runDsr(["--json", "convert", TINY_R1, "--to", "onnx", "--weights", "int4", "--dry-run", "--out", out])).stdout));
+    expect(again.upToDate).toBe(true);
   });
 });

@@ -165,6 +165,68 @@ export async function readModelConfig(dir: string): Promise<ModelConfig> {
   return parseModelConfig(raw, file);
 }
 
+export interface OnnxPlan {
+  modelType: string;
+  layers: number;
+  weights: WeightFormat;
+  blockSize?: number;
+  sourceElements: number;
+  /** Bytes model.onnx.data will hold (weights, scales, zero points, rotary caches; alignment aside). */
+  estimatedDataBytes: number;
+  /** --out already holds this exact conversion. */
+  upToDate: boolean;
+}
+
+/** What `convert --to onnx` would build, without writing anything (`--dry-run`). */
+export async function planOnnx(srcDir: string, outDir: string, opts: BuildOptions): Promise<OnnxPlan> {
+  validateBuildOptions(opts);
+  const cfg = await readModelConfig(srcDir);
+  checkSupported(cfg);
+  const src = await checkpointWeights(srcDir);
+  try {
+    const quant = opts.weights === "int4" || opts.weights === "int8";
+    const blockSize = quant ? (opts.blockSize ?? 32) : undefined;
+    const bits = opts.weights === "int4" ? 4 : opts.weights === "int8" ? 8 : opts.weights === "fp16" ? 16 : 32;
+    const embedName = "model.embed_tokens.weight";
+    const [V, H] = src.shape(embedName) ?? [cfg.vocabSize, cfg.hiddenSize];
+    const embedBytes = V! * H! * (opts.weights === "fp32" ? 4 : 2);
+    const total = totalElements(cfg, src);
+    let matrixBytes = 0;
+    let vectorBytes = 0;
+    const names = [cfg.tieWordEmbeddings || !src.shape("lm_head.weight") ? embedName : "lm_head.weight", "model.norm.weight"];
+    for (let i = 0; i < cfg.numLayers; i++) for (const n of ["q_proj", "k_proj", "v_proj", "o_proj"]) names.push(`model.layers.${i}.self_attn.${n}.weight`, `model.layers.${i}.self_attn.${n}.bias`);
+    for (let i = 0; i < cfg.numLayers; i++) for (const n of ["gate_proj", "up_proj", "down_proj"]) names.push(`model.layers.${i}.mlp.${n}.weight`);
+    for (let i = 0; i < cfg.numLayers; i++) names.push(`model.layers.${i}.input_layernorm.weight`, `model.layers.${i}.post_attention_layernorm.weight`);
+    for (const n of names) {
+      const s = src.shape(n);
+      if (!s) continue;
+      if (s.length < 2) {
+        vectorBytes += s[0]! * 4;
+        continue;
+      }
+      const [N, K] = s as [number, number];
+      if (blockSize) {
+        const kb = Math.ceil(K / blockSize);
+        matrixBytes += N * kb * ((blockSize * bits) / 8) + N * kb * 4 + N * Math.ceil((kb * bits) / 8);
+      } else matrixBytes += (N * K * bits) / 8;
+    }
+    const maxPositions = opts.maxPositions ?? (cfg.maxPositionEmbeddings || 4096);
+    const ropeBytes = 2 * maxPositions * (cfg.headDim / 2) * 4;
+    const existing = await readManifest(outDir);
+    return {
+      modelType: cfg.modelType,
+      layers: cfg.numLayers,
+      weights: opts.weights,
+      blockSize,
+      sourceElements: total,
+      estimatedDataBytes: embedBytes + matrixBytes + vectorBytes + ropeBytes,
+      upToDate: !!existing && existing.source.fingerprint === src.fingerprint && existing.weights === opts.weights && existing.blockSize === blockSize,
+    };
+  } finally {
+    await src.close();
+  }
+}
+
 export interface ConvertToOnnxResult {
   manifest: OnnxManifest;
   /** False when --out already held this exact conversion (same source fingerprint and options). */
