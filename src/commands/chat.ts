@@ -54,7 +54,11 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--weights <w>", "weights when converting a checkpoint: fp32, fp16, int8, int4 (default: fp32 up to 200M parameters, else int4)")
     .option("--threads <n>", "onnxruntime threads (default: all cores)")
     .option("--max-context <n>", "context length in tokens (default: min(model, 4096))")
-    .addHelpText("after", '\nExamples:\n  dsr chat ./tiny-r1 "What is 482 + 377?"\n  dsr chat ./DeepSeek-R1-Distill-Qwen-1.5B --weights int4\n  dsr --json chat ./tiny-r1 "What is 905 - 268?" --temperature 0')
+    .addHelpText(
+      "after",
+      '\nExamples:\n  dsr chat ./DeepSeek-R1-Distill-Qwen-1.5B "How many primes are below 30?"\n  dsr chat ./DeepSeek-R1-Distill-Qwen-1.5B          # interactive\n' +
+        '  dsr --json chat ./r1-onnx "What is 905 - 268? Please reason step by step, and put your final answer within \\boxed{}." --temperature 0',
+    )
     .action(async (model: string, prompt: string | undefined, flags: ChatFlags) => runChat(model, prompt, flags, ctx()));
 }
 
