@@ -21,14 +21,21 @@ export class WorkerEngine implements TokenEngine {
   private snapshot: EmbeddedStats;
   counters: EngineCounters = { prefillTokens: 0, decodeTokens: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0 };
   private closing?: Promise<void>;
+  /** Set when the worker died: later submits fail at once instead of waiting forever. */
+  private crashed?: DsrError;
 
   private constructor(private readonly worker: Worker, private readonly opts: SchedulerOptions, private readonly vocab: number, kvBytesPerToken: number) {
     const cap = opts.maxBatch * opts.maxContext;
     this.snapshot = { running: 0, waiting: 0, kvUsedTokens: 0, kvCapacityTokens: cap, maxContext: opts.maxContext, kvBytesPerToken, kvCapacityBytes: cap * kvBytesPerToken };
     worker.on("message", (m: FromWorker) => this.onMessage(m));
-    worker.on("error", (e) => {
-      for (const c of this.channels.values()) c.fail(new DsrError("DSR_ENGINE_FAILED", `engine worker crashed: ${e.message}`, { hint: "re-run with --verbose and report it" }));
+    const died = (why: string) => {
+      this.crashed ??= new DsrError("DSR_ENGINE_FAILED", `engine worker ${why}`, { hint: "restart the engine; re-run with --verbose and report it" });
+      for (const c of this.channels.values()) c.fail(this.crashed);
       this.channels.clear();
+    };
+    worker.on("error", (e) => died(`crashed: ${e.message}`));
+    worker.on("exit", (code) => {
+      if (!this.closing) died(`exited unexpectedly (code ${code})`);
     });
   }
 
@@ -75,6 +82,7 @@ export class WorkerEngine implements TokenEngine {
 
   submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
     if (this.closing) throw new DsrError("DSR_ENGINE_CLOSED", "the embedded engine is closed", { hint: "open a new engine" });
+    if (this.crashed) throw this.crashed;
     validateRequest(req, this.opts.maxContext, this.vocab);
     const id = this.nextId++;
     const cancel = () => {
@@ -96,6 +104,7 @@ export class WorkerEngine implements TokenEngine {
   }
 
   close(): Promise<void> {
+    if (this.crashed) return (this.closing ??= this.worker.terminate().then(() => {}));
     this.closing ??= new Promise<void>((resolve) => {
       this.worker.on("message", (m: FromWorker) => {
         if (m.type === "closed") resolve();
