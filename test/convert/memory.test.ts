@@ -36,8 +36,9 @@ describe("bounded memory", () => {
     const perThread = Math.max(COPY_CHUNK_BYTES, 128 * COLS * 3, CAST_CHUNK_ELEMENTS * 10) + 2 * 256 * Math.ceil(COLS / 128) * 4 + COPY_CHUNK_BYTES;
     expect(big.buffers).toBe(small.buffers);
     expect(big.buffers).toBeLessThanOrEqual(2 * perThread);
-    // RSS: the bigger run moves 288 MiB more data, yet peaks within noise (worker start-up) of the small one.
-    expect(big.rss - small.rss).toBeLessThan(40 * MiB);
+    // RSS: a converter that buffered the tensor would peak ~384 MiB higher (128 MiB in + 256 MiB out);
+    // this one stays within allocator/GC noise of the small run (seen 0–56 MiB on a loaded 2-core box).
+    expect(big.rss - small.rss).toBeLessThan(128 * MiB);
     expect(big.rss).toBeLessThan(192 * MiB);
   });
 });
