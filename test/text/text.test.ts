@@ -10,8 +10,8 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
 import { createReasoningSplitter, createStopMatcher, loadTextModel, type TextModel } from "../../src/engine/text/index.js";
 import { TINY_R1 } from "../support/cli.js";
-import { tempDir } from "../support/tmp.js";
 import { cp, writeFile } from "node:fs/promises";
+import { scratchDir } from "../engine/support.js";
 
 const ref = JSON.parse(readFileSync(join(TINY_R1, "reference.json"), "utf8")) as { cases: { prompt: string; input_ids: number[]; greedy_64: number[]; greedy_text: string }[] };
 let text: TextModel;
@@ -76,7 +76,7 @@ describe("TextModel on tiny-r1", () => {
   });
 
   it("reads chat_template.jinja when present and reports a missing template clearly", async () => {
-    const dir = await tempDir();
+    const dir = await scratchDir();
     await cp(TINY_R1, dir, { recursive: true });
     await writeFile(join(dir, "chat_template.jinja"), "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[bot]{% endif %}");
     const t = await loadTextModel(dir);
@@ -84,7 +84,7 @@ describe("TextModel on tiny-r1", () => {
     expect(t.promptOpensThink).toBe(false);
     const tc = JSON.parse(readFileSync(join(TINY_R1, "tokenizer_config.json"), "utf8"));
     delete tc.chat_template;
-    const dir2 = await tempDir();
+    const dir2 = await scratchDir();
     await cp(TINY_R1, dir2, { recursive: true });
     await writeFile(join(dir2, "tokenizer_config.json"), JSON.stringify(tc));
     const t2 = await loadTextModel(dir2);
