@@ -42,7 +42,7 @@ const int64 = (xs: number[]) => bytesOf(BigInt64Array.from(xs.map(BigInt)));
 export async function buildDecoderGraph(cfg: ModelConfig, ctx: EmitContext, maxPositions: number): Promise<GraphSpec> {
   checkSupported(cfg);
   const L = cfg.numLayers;
-  const { numHeads, numKvHeads, headDim, hiddenSize, vocabSize, rmsNormEps } = cfg;
+  const { numHeads, numKvHeads, headDim, vocabSize, rmsNormEps } = cfg;
   const inputs: ValueInfo[] = [
     { name: "input_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
     { name: "seqlens_k", elemType: DataType.INT32, shape: ["batch_size"] },
