@@ -9,7 +9,7 @@ import type { Command } from "commander";
 import { DsrError, usageError } from "../engine/errors.js";
 import { defaultOnnxCacheDir, openEmbeddedEngine } from "../engine/runtime/embedded/index.js";
 import type { FinishReason, SamplingParams, TokenEngine } from "../engine/runtime/types.js";
-import { createReasoningSplitter, type ChatMessage, type TextModel } from "../engine/text/index.js";
+import { ReasoningSplitter, type ChatMessage, type TextModel } from "../engine/text/index.js";
 import { Progress } from "../ui/progress.js";
 import type { CommandContext } from "./context.js";
 
@@ -157,14 +157,14 @@ async function turn(s: Session, messages: ChatMessage[]): Promise<TurnResult> {
   const live = !out.json && !out.quiet;
   const dim = out.color && stdout.isTTY === true;
   const decoder = s.text.createDecoder();
-  const splitter = createReasoningSplitter(s.text.promptOpensThink);
+  const splitter = new ReasoningSplitter({ implicitOpen: s.text.promptOpensThink });
   let reasoning = "";
   let answer = "";
   let inReasoning = false;
   let endsWithNewline = true;
-  const show = (part: { reasoning: string; answer: string }) => {
+  const show = (part: { reasoning: string; content: string }) => {
     reasoning += part.reasoning;
-    answer += part.answer;
+    answer += part.content;
     if (!live) return;
     if (part.reasoning && s.think) {
       if (!inReasoning) {
@@ -177,13 +177,13 @@ async function turn(s: Session, messages: ChatMessage[]): Promise<TurnResult> {
         endsWithNewline = r.endsWith("\n");
       }
     }
-    if (part.answer) {
+    if (part.content) {
       if (inReasoning) {
         const nl = endsWithNewline ? "" : "\n";
         stdout.write(dim ? `\u001b[0m${nl}\n` : `${nl}</think>\n\n`);
         inReasoning = false;
       }
-      stdout.write(part.answer);
+      stdout.write(part.content);
     }
   };
   const t0 = performance.now();

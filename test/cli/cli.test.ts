@@ -37,13 +37,13 @@ describe("dsr program", () => {
   it("errors are one line plus a hint; --json makes them JSON; --verbose adds the stack", async () => {
     const r = await runDsr(["inspect", "/nonexistent/model/dir"]);
     expect(r.exitCode).not.toBe(0);
-    const lines = r.stderr.trim().split("\n");
+    const lines = (r.stderr as string).trim().split("\n");
     expect(lines[0]).toMatch(/^error: .*\/nonexistent\/model\/dir/);
     expect(lines.length).toBeLessThanOrEqual(2);
     const j = await runDsr(["--json", "inspect", "/nonexistent/model/dir"]);
-    expect(JSON.parse(j.stdout).error.code).toMatch(/^DSR_/);
+    expect(JSON.parse(j.stdout as string).error.code).toMatch(/^DSR_/);
     const v = await runDsr(["--verbose", "inspect", "/nonexistent/model/dir"]);
-    expect(v.stderr.split("\n").length).toBeGreaterThan(lines.length);
+    expect((v.stderr as string).split("\n").length).toBeGreaterThan(lines.length);
   });
 
   it("a closed stdout pipe (dsr … | head) is not a crash", async () => {

@@ -7,12 +7,12 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { runDsr, TINY_R1 } from "../support/cli.js";
-import { scratchDir } from "./support.js";
+import { tempDir } from "../support/tmp.js";
 
 const Q = "What is 905 - 268? Please reason step by step, and put your final answer within \\boxed{}.";
 let cache: string;
 beforeAll(async () => {
-  cache = await scratchDir("dsr-xdg-");
+  cache = await tempDir("dsr-xdg-");
 });
 
 describe("dsr chat", () => {
@@ -66,7 +66,7 @@ describe("dsr chat", () => {
 
 describe("dsr convert --to onnx", () => {
   it("builds an int8 folder the engine runs, detects up-to-date output, refuses a different one without --overwrite", async () => {
-    const out = join(await scratchDir(), "onnx-int8");
+    const out = join(await tempDir(), "onnx-int8");
     const r = await runDsr(["--json", "convert", TINY_R1, "--to", "onnx", "--weights", "int8", "--block-size", "64", "--out", out]);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const j = JSON.parse(String(r.stdout));
@@ -87,7 +87,7 @@ describe("dsr convert --to onnx", () => {
   });
 
   it("--dry-run estimates the output within 5% (4 KiB tensor alignment aside) and writes nothing", async () => {
-    const out = join(await scratchDir(), "dry");
+    const out = join(await tempDir(), "dry");
     const plan = JSON.parse(String((await runDsr(["--json", "convert", TINY_R1, "--to", "onnx", "--weights", "int4", "--dry-run", "--out", out])).stdout));
     expect(plan).toMatchObject({ dryRun: true, to: "onnx", modelType: "qwen2", layers: 6, weights: "int4", blockSize: 32, upToDate: false });
     await expect(readdir(out)).rejects.toThrow();

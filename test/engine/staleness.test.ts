@@ -8,11 +8,12 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { convertToOnnx } from "../../src/engine/onnx/build.js";
 import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
-import { scratchDir, TINY_R1 } from "./support.js";
+import { TINY_R1 } from "./support.js";
+import { tempDir } from "../support/tmp.js";
 
 describe("conversion staleness", () => {
   it("refuses an ONNX folder whose source changed; the cache re-converts an edited checkpoint", async () => {
-    const root = await scratchDir();
+    const root = await tempDir();
     const src = join(root, "model");
     await cp(TINY_R1, src, { recursive: true });
     const onnx = join(root, "onnx");

@@ -1,9 +1,7 @@
 /** Shared helpers for the embedded-engine tests: tiny-r1 built to ONNX in a temp dir, arithmetic prompts. */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll } from "vitest";
 import { TINY_R1 } from "../support/cli.js";
+import { tempDir } from "../support/tmp.js";
 import { convertToOnnx } from "../../src/engine/onnx/build.js";
 import type { WeightFormat } from "../../src/engine/onnx/layers.js";
 import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
@@ -11,22 +9,8 @@ import type { SamplingParams, TokenEngine } from "../../src/engine/runtime/types
 
 export { TINY_R1 };
 
-// test/support/tmp.ts's tempDir registers afterAll when called, which vitest ignores inside a test
-// or a hook: directories made there leaked. This registers one cleanup at collection time instead.
-const made: string[] = [];
-afterAll(async () => {
-  for (const d of made.splice(0)) await rm(d, { recursive: true, force: true });
-});
-
-/** A temp directory removed when the test file finishes (safe to call inside tests and hooks). */
-export async function scratchDir(prefix = "dsr-engine-test-"): Promise<string> {
-  const d = await mkdtemp(join(tmpdir(), prefix));
-  made.push(d);
-  return d;
-}
-
 export async function buildTiny(weights: WeightFormat, blockSize?: number): Promise<string> {
-  const dir = join(await scratchDir("dsr-onnx-"), `tiny-${weights}`);
+  const dir = join(await tempDir("dsr-onnx-"), `tiny-${weights}`);
   await convertToOnnx(TINY_R1, dir, { weights, blockSize });
   return dir;
 }

@@ -9,7 +9,7 @@ import { parseModelConfig } from "../../src/engine/arch/config.js";
 import { buildOnnxFromSource, readManifest } from "../../src/engine/onnx/build.js";
 import { syntheticWeights, type WeightSource } from "../../src/engine/onnx/weights.js";
 import { DecoderSession } from "../../src/engine/runtime/embedded/decoder-session.js";
-import { scratchDir } from "../engine/support.js";
+import { tempDir } from "../support/tmp.js";
 
 const H = 64, L = 2, NH = 4, KV = 2, D = H / NH, I = 96, V = 97;
 const RAW = {
@@ -83,7 +83,7 @@ async function reference(w: WeightSource, ids: number[]): Promise<Float32Array> 
 describe("llama graph (no bias, llama3 rope, tied embeddings)", () => {
   it("matches a plain-JS forward pass, in prefill and through the KV cache", async () => {
     const w = syntheticWeights(shapes(), 0.3);
-    const dir = join(await scratchDir(), "llama");
+    const dir = join(await tempDir(), "llama");
     await buildOnnxFromSource(parseModelConfig(RAW), w, undefined, dir, { weights: "fp32" });
     const s = await DecoderSession.open(dir, (await readManifest(dir))!, { threads: 1, maxBatch: 1, maxContext: 64 });
     const ids = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43, 38, 32, 79, 50, 28];

@@ -13,7 +13,7 @@ import { attr, DataType, encodeModel, type ModelSpec } from "../../src/engine/on
 import { PbWriter } from "../../src/engine/onnx/proto.js";
 import { dequantizeRows, quantizeRows, quantLayout, type QuantBits } from "../../src/engine/onnx/quant.js";
 import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
-import { scratchDir } from "../engine/support.js";
+import { tempDir } from "../support/tmp.js";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
@@ -50,7 +50,7 @@ function randomMatrix(rows: number, cols: number, seed: number, amp = 1): Float3
 
 describe("ONNX models written by dsr run on onnxruntime-node", () => {
   it("inline + external initializers, attributes, symbolic dims", async () => {
-    const dir = await scratchDir();
+    const dir = await tempDir();
     const data = new ExternalDataWriter(join(dir, "m.onnx.data"), "m.onnx.data");
     await data.open();
     const big = randomMatrix(64, 48, 1); // 12 KiB → external
@@ -106,7 +106,7 @@ describe("RTN quantization into MatMulNBits", () => {
   for (const bits of [4, 8] as QuantBits[]) {
     for (const block of [32, 64, 128]) {
       it(`bits ${bits}, block ${block}: ORT's product equals x · dequant(W)ᵀ`, async () => {
-        const dir = await scratchDir();
+        const dir = await tempDir();
         const N = 24;
         const K = 200; // not a multiple of any block size: the last block is zero-padded
         const w = randomMatrix(N, K, bits * 1000 + block, 0.5);

@@ -8,10 +8,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
-import { createReasoningSplitter, createStopMatcher, loadTextModel, type TextModel } from "../../src/engine/text/index.js";
+import { ReasoningSplitter, createStopMatcher, loadTextModel, type TextModel } from "../../src/engine/text/index.js";
 import { TINY_R1 } from "../support/cli.js";
 import { cp, writeFile } from "node:fs/promises";
-import { scratchDir } from "../engine/support.js";
+import { tempDir } from "../support/tmp.js";
 
 const ref = JSON.parse(readFileSync(join(TINY_R1, "reference.json"), "utf8")) as { cases: { prompt: string; input_ids: number[]; greedy_64: number[]; greedy_text: string }[] };
 let text: TextModel;
@@ -76,7 +76,7 @@ describe("TextModel on tiny-r1", () => {
   });
 
   it("reads chat_template.jinja when present and reports a missing template clearly", async () => {
-    const dir = await scratchDir();
+    const dir = await tempDir();
     await cp(TINY_R1, dir, { recursive: true });
     await writeFile(join(dir, "chat_template.jinja"), "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[bot]{% endif %}");
     const t = await loadTextModel(dir);
@@ -84,7 +84,7 @@ describe("TextModel on tiny-r1", () => {
     expect(t.promptOpensThink).toBe(false);
     const tc = JSON.parse(readFileSync(join(TINY_R1, "tokenizer_config.json"), "utf8"));
     delete tc.chat_template;
-    const dir2 = await scratchDir();
+    const dir2 = await tempDir();
     await cp(TINY_R1, dir2, { recursive: true });
     await writeFile(join(dir2, "tokenizer_config.json"), JSON.stringify(tc));
     const t2 = await loadTextModel(dir2);
@@ -136,31 +136,38 @@ describe("reasoning split", () => {
     const rnd = seededRandom(9);
     for (let trial = 0; trial < 100; trial++) {
       for (const [opens, s] of [[true, stream], [false, `<think>\n${stream}`], [false, "plain answer"]] as const) {
-        const sp = createReasoningSplitter(opens);
+        const sp = new ReasoningSplitter({ implicitOpen: opens });
         let r = "";
         let a = "";
         for (const chunk of randomChunks([...s], rnd)) {
           const o = sp.push(chunk.join(""));
           r += o.reasoning;
-          a += o.answer;
+          a += o.content;
         }
         const o = sp.flush();
         r += o.reasoning;
-        a += o.answer;
+        a += o.content;
         if (s === "plain answer") {
           expect([r, a]).toEqual(["", "plain answer"]);
         } else {
-          expect(r.trim()).toBe("1 + 2 = 3.\nSo 1 + 2 = 3.");
+          expect(r).toBe("1 + 2 = 3.\nSo 1 + 2 = 3.");
           expect(a).toBe("The answer is \\boxed{3}.");
         }
       }
     }
   });
+  it("without an implicit open, a partial tag that never completes is answer text", () => {
+    const sp = new ReasoningSplitter({ implicitOpen: false });
+    const o1 = sp.push(" <thi");
+    const o2 = sp.flush();
+    expect(o1.reasoning + o2.reasoning).toBe("");
+    expect(o1.content + o2.content).toBe("<thi");
+  });
   it("an unfinished think block is all reasoning", () => {
-    const sp = createReasoningSplitter(true);
+    const sp = new ReasoningSplitter({ implicitOpen: true });
     const o1 = sp.push("still thinking </thi");
     const o2 = sp.flush();
     expect(o1.reasoning + o2.reasoning).toBe("still thinking </thi");
-    expect(o1.answer + o2.answer).toBe("");
+    expect(o1.content + o2.content).toBe("");
   });
 });

@@ -7,7 +7,7 @@
  */
 import type { TokenChunk, TokenEngine, TokenLogprob } from "../runtime/types.js";
 import type { TextModel } from "../text/index.js";
-import { createIncrementalDecoder, createStopMatcher } from "../text/index.js";
+import { createStopMatcher } from "../text/index.js";
 import { HttpError } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
 import { chatPromptIds, completionPrompts, samplingFor, tokenBudget } from "./prompt.js";
@@ -79,7 +79,6 @@ export class TokenBackend implements Backend {
     const split = chat && this.o.reasoningFields.length > 0 && text.promptOpensThink;
     const stops = stopList(req.stop);
     const stopIds = req.ignore_eos ? [] : text.eosTokenIds;
-    const skipIds = new Set([...text.eosTokenIds, ...(text.bosTokenId === undefined ? [] : [text.bosTokenId])]);
     const id = `${chat ? "chatcmpl" : "cmpl"}-${g.id.replace(/[^A-Za-z0-9-]/g, "").slice(0, 40)}`;
     const created = Math.floor(Date.now() / 1000);
     const ins = this.o.metrics.instrument(this.instance);
@@ -126,9 +125,7 @@ export class TokenBackend implements Backend {
       g.signal.addEventListener("abort", onAbort, { once: true });
       const onSibling = () => ac.abort(all.signal.reason);
       all.signal.addEventListener("abort", onSibling, { once: true });
-      // Our own incremental decoder over text.decode: the stock createDecoder() calls the tokenizer
-      // with an empty id list on its first push, which @huggingface/tokenizers rejects.
-      const decoder = createIncrementalDecoder((ids) => (ids.length ? text.decode(ids) : ""), skipIds);
+      const decoder = text.createDecoder(); // never emits BOS/EOS/pad
       const stop = createStopMatcher(stops);
       const splitter = split ? new ReasoningSplitter() : undefined;
       let stopped = false;

@@ -2,4 +2,4 @@
 export { loadTextModel, type TextModel, type ChatMessage, type GenerationDefaults } from "./model.js";
 export { createStopMatcher, type StopMatcher } from "./stop.js";
 export { createIncrementalDecoder, type IncrementalDecoder } from "./decoder.js";
-export { createReasoningSplitter, type ReasoningSplitter } from "./reasoning.js";
+export { ReasoningSplitter, splitReasoning, type ReasoningSplitterOptions } from "./reasoning.js";

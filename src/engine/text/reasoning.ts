@@ -1,64 +1,149 @@
 /**
- * Splits an R1 completion stream into reasoning (inside <think>…</think>) and answer. When the
- * rendered prompt already opened <think> (R1 templates do), the stream starts in reasoning; otherwise
- * a leading <think> opens it. A tag split across chunks is held back until it is complete.
+ * The R1 reasoning split, shared by `dsr chat` and the gateway: text inside `<think>…</think>` is
+ * reasoning, the rest is content (vLLM's deepseek_r1 parser rules, facts/serving.md §1.4).
+ *
+ * A leading `<think>` is dropped; with `implicitOpen` (the default, for templates that open
+ * `<think>` in the prompt) text is reasoning until `</think>` whether or not the tag was seen; an
+ * output that never closes it is all reasoning. Whitespace around the tags is trimmed, and the
+ * streaming splitter holds back partial tags and trailing whitespace so the concatenated deltas
+ * equal the non-streaming split exactly.
  */
-export interface ReasoningSplitter {
-  push(text: string): { reasoning: string; answer: string };
-  flush(): { reasoning: string; answer: string };
+const START = "<think>";
+const END = "</think>";
+
+export interface SplitPiece {
+  reasoning: string;
+  content: string;
 }
 
-const OPEN = "<think>";
-const CLOSE = "</think>";
+type State = "lead" | "reasoning" | "content";
 
-export function createReasoningSplitter(promptOpensThink: boolean): ReasoningSplitter {
-  let state: "start" | "think" | "answer" = promptOpensThink ? "think" : "start";
-  let held = "";
-  let answerStarted = false;
-  const step = (final: boolean) => {
-    let reasoning = "";
-    let answer = "";
-    for (;;) {
-      if (state === "start") {
-        const t = held.trimStart();
-        if (t.startsWith(OPEN)) {
-          held = t.slice(OPEN.length);
-          state = "think";
+export interface ReasoningSplitterOptions {
+  /**
+   * Text before any tag is reasoning (vLLM's deepseek_r1 rule, for templates that open `<think>` in
+   * the prompt, as R1's do). When false, only an explicit leading `<think>` opens reasoning and any
+   * other output is all content (models whose template does not open it).
+   */
+  implicitOpen?: boolean;
+}
+
+export class ReasoningSplitter {
+  private state: State = "lead";
+  private readonly implicitOpen: boolean;
+  private held = ""; // text not yet classified: a possible partial tag at the end of the last push
+  private reasoningStarted = false;
+  private pendingWs = ""; // trailing reasoning whitespace, emitted only if more reasoning follows
+  private contentStarted = false;
+
+  constructor(opts: ReasoningSplitterOptions = {}) {
+    this.implicitOpen = opts.implicitOpen ?? true;
+  }
+
+  push(text: string): SplitPiece {
+    const out: SplitPiece = { reasoning: "", content: "" };
+    let s = this.held + text;
+    this.held = "";
+    while (s.length > 0) {
+      if (this.state === "lead") {
+        const trimmed = s.replace(/^\s+/, "");
+        if (trimmed.length === 0) return out; // only whitespace so far: nothing to decide yet
+        if (trimmed.startsWith(START)) {
+          s = trimmed.slice(START.length);
+          this.state = "reasoning";
           continue;
         }
-        if (!final && OPEN.startsWith(t)) return { reasoning, answer }; // maybe the start of <think>
-        state = "answer";
+        if (START.startsWith(trimmed)) {
+          this.held = trimmed; // maybe a split "<thi" + "nk>"
+          return out;
+        }
+        this.state = this.implicitOpen ? "reasoning" : "content";
+        s = trimmed;
         continue;
       }
-      if (state === "think") {
-        const i = held.indexOf(CLOSE);
-        if (i >= 0) {
-          reasoning += held.slice(0, i);
-          held = held.slice(i + CLOSE.length);
-          state = "answer";
+      if (this.state === "reasoning") {
+        const at = s.indexOf(END);
+        if (at >= 0) {
+          this.addReasoning(out, s.slice(0, at));
+          this.pendingWs = "";
+          this.state = "content";
+          s = s.slice(at + END.length);
           continue;
         }
-        let keep = 0;
-        if (!final) for (let k = Math.min(CLOSE.length - 1, held.length); k > 0; k--) if (held.endsWith(CLOSE.slice(0, k))) { keep = k; break; }
-        reasoning += held.slice(0, held.length - keep);
-        held = held.slice(held.length - keep);
-        return { reasoning, answer };
+        const keep = partialSuffix(s, END);
+        this.addReasoning(out, s.slice(0, s.length - keep));
+        this.held = s.slice(s.length - keep);
+        return out;
       }
-      // The answer's leading blank lines (after </think>) are layout, not content.
-      if (!answerStarted) held = held.replace(/^\s+/, "");
-      if (held) answerStarted = true;
-      answer += held;
-      held = "";
-      return { reasoning, answer };
+      // content
+      if (!this.contentStarted) {
+        s = s.replace(/^\s+/, "");
+        if (s.length === 0) return out;
+        this.contentStarted = true;
+      }
+      out.content += s;
+      return out;
     }
-  };
-  return {
-    push(text) {
-      held += text;
-      return step(false);
-    },
-    flush() {
-      return step(true);
-    },
-  };
+    return out;
+  }
+
+  /** End of output: a held partial tag is plain text; trailing reasoning whitespace is dropped. */
+  flush(): SplitPiece {
+    const rest = this.held;
+    this.held = "";
+    const out: SplitPiece = { reasoning: "", content: "" };
+    if (!rest) return out;
+    if (this.state === "content") {
+      const s = this.contentStarted ? rest : rest.replace(/^\s+/, "");
+      out.content = s;
+      if (s) this.contentStarted = true;
+    } else if (this.state === "lead" && !this.implicitOpen) {
+      this.state = "content"; // a held "<thi" that never became a tag is plain text
+      out.content = rest.replace(/^\s+/, "");
+      if (out.content) this.contentStarted = true;
+    } else {
+      this.state = "reasoning";
+      this.addReasoning(out, rest);
+    }
+    return out;
+  }
+
+  /** True once `</think>` was seen. */
+  get closed(): boolean {
+    return this.state === "content";
+  }
+
+  private addReasoning(out: SplitPiece, text: string): void {
+    if (!this.reasoningStarted) {
+      text = text.replace(/^\s+/, "");
+      if (!text) return;
+      this.reasoningStarted = true;
+    }
+    const m = /\s+$/.exec(text);
+    const body = m ? text.slice(0, m.index) : text;
+    if (body) {
+      out.reasoning += this.pendingWs + body;
+      this.pendingWs = m ? m[0] : "";
+    } else {
+      this.pendingWs += text;
+    }
+  }
 }
+
+/** Length of the longest suffix of `s` that is a proper prefix of `tag`. */
+function partialSuffix(s: string, tag: string): number {
+  for (let n = Math.min(tag.length - 1, s.length); n > 0; n--) {
+    if (s.endsWith(tag.slice(0, n))) return n;
+  }
+  return 0;
+}
+
+/** Non-streaming split: content is null when the output never closes `</think>` or has nothing after it. */
+export function splitReasoning(text: string, opts: ReasoningSplitterOptions = {}): { reasoning: string | null; content: string | null } {
+  const sp = new ReasoningSplitter(opts);
+  const a = sp.push(text);
+  const b = sp.flush();
+  const reasoning = a.reasoning + b.reasoning;
+  const content = a.content + b.content;
+  return { reasoning: reasoning || null, content: content || null };
+}
+
