@@ -52,6 +52,8 @@ describe("safetensors header validation (reference rules)", () => {
     expect(findDuplicateTopLevelKey(text)).toBe("a");
     expect(() => parseHeader(new TextEncoder().encode(text), undefined, "f")).toThrowError(/appears twice/);
     expect(findDuplicateTopLevelKey(`{"x":{"a":1,"a":2},"y\\"":[{"x":1}]}`)).toBeUndefined();
+    // escaped spellings of the same name are the same key
+    expect(findDuplicateTopLevelKey(`{"a\\u0062":1,"ab":2}`)).toBe("ab");
   });
 
   it("accepts leading and trailing whitespace padding", () => {

@@ -42,6 +42,10 @@ export type FloatCodecDtype = (typeof FLOAT_CODEC_DTYPES)[number];
 
 /** Byte size of a tensor, or undefined when it overflows a safe integer or is not whole bytes. */
 export function tensorByteSize(dtype: Dtype, shape: readonly number[]): number | undefined {
+  // Fast path in doubles (exact below 2^53); BigInt only when the product could be inexact.
+  let f = DTYPE_BITS[dtype];
+  for (const d of shape) f *= d;
+  if (f <= Number.MAX_SAFE_INTEGER) return f % 8 === 0 ? f / 8 : undefined;
   let n = 1n;
   for (const d of shape) n *= BigInt(d);
   const bits = n * BigInt(DTYPE_BITS[dtype]);

@@ -174,7 +174,8 @@ export function findDuplicateTopLevelKey(text: string): string | undefined {
       let j = i + 1;
       while (j < text.length && text.charCodeAt(j) !== 0x22) j += text.charCodeAt(j) === 0x5c ? 2 : 1;
       if (depth === 1 && expectKey) {
-        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        const raw = text.slice(i + 1, j);
+        const key = raw.includes("\\") ? (JSON.parse(text.slice(i, j + 1)) as string) : raw;
         if (seen.has(key)) return key;
         seen.add(key);
         expectKey = false;
