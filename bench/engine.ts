@@ -21,7 +21,7 @@
  *    are decoding), each followed by a single-stream run for the ratio.
  * The machine is shared (five agents on 2 cores): wall-clock rates swing several-fold between runs, so
  * the JSON also gives "bestCase" figures from the minimum step times (the least-disturbed step of
- * each kind, the closest to an idle machine); docs/bench/engine.md reports both.
+ * each kind, the closest to an idle machine); docs/BENCHMARKS.md reports both.
  * Everything generated is deleted at the end unless --keep.
  */
 import { mkdtempSync, rmSync } from "node:fs";
