@@ -7,18 +7,10 @@ import { bf16ToF32, e4m3ToF32, e5m2ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "
 import { buildDequantLut, castElements, dequantBlockRow } from "../../src/engine/transform/kernels.js";
 import { WasmDequant } from "../../src/engine/transform/wasm-kernel.js";
 import { bitsOf, fromBits, refBf16, refDequantBf16, refE4m3, refE5m2, refF16 } from "./reference.js";
+import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
 
 /** Deterministic PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 /** Big loops compare through this and assert once: 65k per-element expect() calls cost seconds. */
 class Mismatches {

@@ -12,20 +12,13 @@ import { encodeFromF32 } from "../../src/engine/tensors/codecs.js";
 import { tensorByteSize, type Dtype } from "../../src/engine/tensors/dtypes.js";
 import { encodeHeader } from "../../src/engine/tensors/safetensors.js";
 import { SafetensorsWriter } from "../../src/engine/tensors/write.js";
+import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
 
 export type TinyKind = "qwen2" | "llama" | "deepseek-v3-fp8";
 export const TINY_KINDS: TinyKind[] = ["qwen2", "llama", "deepseek-v3-fp8"];
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG for fixtures: the engine's own mulberry32, so failures reproduce. */
+export const mulberry32 = seededRandom;
 
 export const R1_CONFIG = {
   architectures: ["DeepseekV3ForCausalLM"], model_type: "deepseek_v3", vocab_size: 129280, hidden_size: 7168, intermediate_size: 18432,
