@@ -21,8 +21,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createServer } from "node:net";
 import { Pool } from "undici";
+import { freePort } from "../src/engine/serve/free-ports.js";
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 const arg = (name: string, d: string) => {
@@ -200,16 +200,6 @@ function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string 
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function startNginx(upstreamPort: number, dir: string): Promise<{ proc: ChildProcess; port: number }> {
   const port = await freePort();

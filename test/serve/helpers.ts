@@ -1,7 +1,9 @@
 /** Starts the built `dsr serve` as a real child process and waits for its "serving … at URL" line. */
-import { createServer } from "node:net";
 import { spawn, type ChildProcess } from "node:child_process";
 import { runDsr } from "../support/cli.js";
+import { freePort } from "../../src/engine/serve/free-ports.js";
+
+export { freePort };
 
 export interface ServeProc {
   url: string;
@@ -45,16 +47,6 @@ export async function startServe(args: string[], opts: { timeoutMs?: number; env
   };
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 /** A real redis-server on a free loopback port, without persistence. */
 export async function startRedis(): Promise<{ url: string; stop(): Promise<void>; proc: ChildProcess }> {

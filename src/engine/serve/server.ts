@@ -5,7 +5,6 @@
  * gateway in front. Multi-instance is one code path: N children, each an OpenAI upstream behind the
  * router. A single embedded instance runs in process (no extra hop).
  */
-import { createServer } from "node:net";
 import { DsrError, ExitCode } from "../errors.js";
 import { countGpus, missingEngine, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags } from "../runtime/launchers.js";
 import { Supervisor, type ChildState } from "../runtime/supervisor.js";
@@ -20,6 +19,7 @@ import type { ReasoningField } from "./reasoning.js";
 import type { RequestLog } from "./request-log.js";
 import { TokenBackend } from "./token-backend.js";
 import type { Backend } from "./types.js";
+import { freePorts } from "./free-ports.js";
 
 export type EngineName = "auto" | "embedded" | "torch" | "vllm" | "sglang";
 
@@ -305,17 +305,5 @@ async function discoverModel(instances: UpstreamInstance[], note: (l: string) =>
   return undefined;
 }
 
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise<import("node:net").Server>((resolve, reject) => {
-      const s = createServer();
-      s.once("error", reject);
-      s.listen(0, "127.0.0.1", () => resolve(s));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as import("node:net").AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 const round2 = (x: number) => Math.floor(x * 100) / 100;
