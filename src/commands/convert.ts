@@ -11,7 +11,7 @@ import { usageError } from "../engine/errors.js";
 import { convertCheckpoint, planCheckpointConversion, type ConvertSummary } from "../engine/transform/convert.js";
 import type { TargetDtype } from "../engine/transform/kernels.js";
 import { DEFAULT_KEEP_DTYPE } from "../engine/transform/plan.js";
-import { parseByteSize } from "../engine/transform/size.js";
+import { parseByteSize, parseIntFlag } from "./flags.js";
 import { Progress } from "../ui/progress.js";
 import { formatBytes, formatDuration, renderTable } from "../ui/table.js";
 import type { CommandContext } from "./context.js";
@@ -75,9 +75,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
 
 function parseThreads(v: string | undefined): number {
   if (v === undefined) return availableParallelism();
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 256) throw usageError(`--threads ${v}: must be an integer from 1 to 256`);
-  return n;
+  return parseIntFlag(v, "--threads", 1, 256);
 }
 
 /** The bundled worker sits next to the bundled CLI; when absent (running from source) work runs inline. */

@@ -12,6 +12,7 @@ import type { Output } from "../ui/output.js";
 import { Progress } from "../ui/progress.js";
 import { formatBytes, formatCount, formatGiB, renderTable } from "../ui/table.js";
 import type { CommandContext } from "./context.js";
+import { parseIntFlag } from "./flags.js";
 
 interface InspectFlags {
   gpu: string;
@@ -29,9 +30,7 @@ interface InspectFlags {
 
 const int = (flag: string, v: string | undefined): number | undefined => {
   if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw usageError(`${flag} "${v}" must be a positive integer`);
-  return n;
+  return parseIntFlag(v, flag, 1);
 };
 
 export function register(program: Command, ctx: () => CommandContext): void {

@@ -1,6 +1,6 @@
 /** `dsr pull`: flags → engine pull/verify → progress bars on a TTY, per-file lines when piped, JSON with --json. */
-import { Command, InvalidArgumentError, Option } from "commander";
-import { integrityError } from "../engine/errors.js";
+import { Command, Option } from "commander";
+import { integrityError, usageError } from "../engine/errors.js";
 import {
   DEFAULT_CONNECTIONS,
   DEFAULT_PART_SIZE,
@@ -23,6 +23,7 @@ import { formatBytes, formatDuration, renderTable } from "../ui/table.js";
 import type { Output } from "../ui/output.js";
 import type { CommandContext } from "./context.js";
 import { VERSION } from "../version.js";
+import { parseByteSize, parseIntFlag } from "./flags.js";
 
 interface PullFlags {
   source?: HubSource;
@@ -43,19 +44,11 @@ interface PullFlags {
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-function positiveInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 256) throw new InvalidArgumentError("expected an integer from 1 to 256");
-  return n;
-}
+const positiveInt = (flag: string) => (v: string) => parseIntFlag(v, flag, 1, 256);
 
-export function parseSize(v: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)$/i.exec(v.trim());
-  if (!m) throw new InvalidArgumentError('expected a size like 64MiB, 16M or 1048576');
-  const unit = m[2].toLowerCase();
-  const base = m[3].toLowerCase().startsWith("i") || m[3] === "" ? 1024 : 1000;
-  const n = Math.round(Number(m[1]) * base ** " kmgt".indexOf(unit || " "));
-  if (n < 1 << 16) throw new InvalidArgumentError("part size must be at least 64KiB");
+function parsePartSize(v: string): number {
+  const n = parseByteSize(v, "--part-size");
+  if (n < 1 << 16) throw usageError(`--part-size ${v}: must be at least 64KiB`);
   return n;
 }
 
@@ -72,12 +65,12 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--exclude <glob>", "skip files matching this glob (repeatable)", collect, [])
     .option("--dry-run", "list the files, sizes and disk space needed; download nothing")
     .option("--verify", "re-hash an existing download against the hub's listing; download nothing")
-    .option("--connections <n>", "parallel HTTP connections", positiveInt, DEFAULT_CONNECTIONS)
-    .addOption(new Option("--part-size <size>", "split files larger than this into ranged parts").argParser(parseSize).default(DEFAULT_PART_SIZE, "64MiB"))
+    .option("--connections <n>", "parallel HTTP connections", positiveInt("--connections"), DEFAULT_CONNECTIONS)
+    .addOption(new Option("--part-size <size>", "split files larger than this into ranged parts").argParser(parsePartSize).default(DEFAULT_PART_SIZE, "64MiB"))
     .option("--local-dir <dir>", "write plain files into DIR instead of the hub cache")
     .option("--cache-dir <dir>", "cache root (default: HF_HUB_CACHE or $HF_HOME/hub; MODELSCOPE_CACHE for ModelScope)")
-    .option("--stall-timeout <seconds>", "retry a connection that sends no bytes for this long", positiveInt, 30)
-    .option("--hash-threads <n>", "worker threads for SHA-256 (default: CPUs - 1, at most 4; 0 = main thread)", (v) => (v === "0" ? 0 : positiveInt(v)))
+    .option("--stall-timeout <seconds>", "retry a connection that sends no bytes for this long", positiveInt("--stall-timeout"), 30)
+    .option("--hash-threads <n>", "worker threads for SHA-256 (default: CPUs - 1, at most 4; 0 = main thread)", (v) => (v === "0" ? 0 : positiveInt("--hash-threads")(v)))
     .addHelpText(
       "after",
       [

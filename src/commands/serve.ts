@@ -18,6 +18,7 @@ import { planServe, startServe, type EngineName, type ServeConfig, type ServePla
 import type { GatewayMetrics } from "../engine/serve/metrics.js";
 import { workerChannel, workerForker, workerSpec } from "./serve-workers.js";
 import { VERSION } from "../version.js";
+import { parseByteSize, parseIntFlag } from "./flags.js";
 
 interface Flags {
   engine: EngineName;
@@ -104,9 +105,9 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--max-queue <n>", "requests waiting beyond --max-concurrency before 429", "1024")
     .option("--queue-timeout <s>", "longest wait in the queue before 408 (0 = none)", "0")
     .option("--request-timeout <s>", "per-request deadline (0 = none)", "0")
-    .option("--max-body <bytes>", "largest request body", "4mb")
+    .option("--max-body <bytes>", "largest request body", "4MiB")
     .option("--log-file <path>", "JSON-lines request log (no prompt text unless --log-prompts)")
-    .option("--log-max-size <bytes>", "rotate the request log at this size", "50mb")
+    .option("--log-max-size <bytes>", "rotate the request log at this size", "50MiB")
     .option("--log-keep <n>", "rotated request logs kept", "5")
     .option("--log-prompts", "include prompts in the request log")
     .option("--cache <where>", "response cache for deterministic requests: memory, or redis://host:port")
@@ -163,7 +164,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       maxQueue: int(f.maxQueue, "--max-queue", 0, 1e7),
       queueTimeoutMs: seconds(f.queueTimeout, "--queue-timeout") * 1000,
       requestTimeoutMs: seconds(f.requestTimeout, "--request-timeout") * 1000,
-      maxBodyBytes: bytes(f.maxBody, "--max-body"),
+      maxBodyBytes: parseByteSize(f.maxBody, "--max-body"),
       logPrompts: !!f.logPrompts,
     },
   };
@@ -198,7 +199,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     else if (/^rediss?:\/\//.test(f.cache)) cache = await RedisCache.connect(f.cache, ttl).catch((e) => { throw usageError(`--cache ${redact(f.cache!)}: cannot connect (${(e as Error).message})`, "start redis-server, or use --cache memory"); });
     else throw usageError(`--cache ${f.cache}: expected "memory" or a redis:// URL`);
   }
-  const requestLog = f.logFile ? await RequestLog.open({ path: f.logFile, maxBytes: bytes(f.logMaxSize, "--log-max-size"), keep: int(f.logKeep, "--log-keep", 0, 1000) }) : undefined;
+  const requestLog = f.logFile ? await RequestLog.open({ path: f.logFile, maxBytes: parseByteSize(f.logMaxSize, "--log-max-size"), keep: int(f.logKeep, "--log-keep", 0, 1000) }) : undefined;
 
   let metrics: GatewayMetrics | undefined;
   let shutdownRequested!: () => void;
@@ -255,11 +256,7 @@ function reasoningFields(v: string): ReasoningField[] {
   throw usageError(`--reasoning-field ${v}: expected both, reasoning_content, reasoning or none`);
 }
 
-function int(v: string, flag: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw usageError(`${flag} ${v}: expected an integer from ${min} to ${max}`);
-  return n;
-}
+const int = (v: string, flag: string, min: number, max: number) => parseIntFlag(v, flag, min, max);
 const optInt = (v: string | undefined, flag: string) => (v === undefined ? undefined : int(v, flag, 1, 1e9));
 
 function fraction(v: string): number {
@@ -274,13 +271,6 @@ function seconds(v: string, flag: string): number {
   return n;
 }
 
-function bytes(v: string, flag: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?$/i.exec(v.trim());
-  if (!m) throw usageError(`${flag} ${v}: expected a size such as 4mb or 1048576`);
-  const unit = (m[2] ?? "b").toLowerCase();
-  const mult = unit === "b" ? 1 : unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : 1024 ** 3;
-  return Math.floor(Number(m[1]) * mult);
-}
 
 function checkUrl(u: string): string {
   try {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { isDsrError } from "../../src/engine/errors.js";
 import { planCheckpointConversion } from "../../src/engine/transform/convert.js";
-import { parseByteSize } from "../../src/engine/transform/size.js";
+import { parseByteSize } from "../../src/commands/flags.js";
 import { TINY_DSV3_FP8 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 
