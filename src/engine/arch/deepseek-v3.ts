@@ -8,7 +8,7 @@
  */
 import type { ModelConfig } from "./config.js";
 import { hfRole, hfShardRule, isRoutedExpertName } from "./common.js";
-import { configDtype, layerIndex, type ArchDef, type ExpectedTensor } from "./types.js";
+import { configDtype, layerIndex, layerRefOf, type ArchDef, type ExpectedTensor } from "./types.js";
 
 export interface DeepseekFields {
   qLoraRank: number | undefined;
@@ -143,12 +143,7 @@ export const deepseekV3: ArchDef = {
   expectedTensors: expected,
   role: hfRole,
   shardRule: (name) => hfShardRule(name),
-  layerOf: (name, cfg) => {
-    const index = layerIndex(name);
-    if (index === undefined) return { kind: "other" };
-    if (index >= cfg.numLayers) return { index, kind: "mtp" };
-    return { index, kind: isMoeLayer(deepseekFields(cfg), index) ? "moe" : "dense" };
-  },
+  layerOf: (name, cfg) => layerRefOf(name, cfg, (i) => isMoeLayer(deepseekFields(cfg), i)),
   // MLA caches one compressed latent (kv_lora_rank) plus the shared rope key per token and layer;
   // vLLM keeps the full latent on every TP rank (it is not split across heads).
   kvBytesPerTokenPerLayer: (cfg, kvBytes) => {

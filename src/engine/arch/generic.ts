@@ -6,7 +6,7 @@
 import type { ModelConfig } from "./config.js";
 import { hfRole, hfShardRule } from "./common.js";
 import { gqaKvBytes } from "./dense.js";
-import { layerIndex, type ArchDef } from "./types.js";
+import { layerIndex, layerRefOf, type ArchDef } from "./types.js";
 
 const EXPERT = /\.experts\.\d+\./;
 
@@ -24,12 +24,7 @@ export const generic: ArchDef = {
   expectedTensors: () => [],
   role: hfRole,
   shardRule: (name) => hfShardRule(name),
-  layerOf: (name, cfg) => {
-    const index = layerIndex(name);
-    if (index === undefined) return { kind: "other" };
-    if (index >= cfg.numLayers) return { index, kind: "mtp" };
-    return { index, kind: routed(cfg) !== undefined ? "moe" : "dense" };
-  },
+  layerOf: (name, cfg) => layerRefOf(name, cfg, () => routed(cfg) !== undefined),
   kvBytesPerTokenPerLayer: gqaKvBytes,
   attentionLayers: (cfg) => cfg.numLayers,
   isSpeculativeOnly: (name, cfg) => (layerIndex(name) ?? -1) >= cfg.numLayers,

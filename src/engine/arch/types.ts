@@ -70,6 +70,14 @@ export function layerIndex(name: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+/** Layer of a tensor: none, an MTP layer (index ≥ num_hidden_layers), or MoE/dense as `isMoe` says. */
+export function layerRefOf(name: string, cfg: ModelConfig, isMoe: (index: number) => boolean): LayerRef {
+  const index = layerIndex(name);
+  if (index === undefined) return { kind: "other" };
+  if (index >= cfg.numLayers) return { index, kind: "mtp" };
+  return { index, kind: isMoe(index) ? "moe" : "dense" };
+}
+
 /** torch dtype strings in config.json → safetensors dtype. */
 export function configDtype(cfg: ModelConfig): Dtype {
   switch ((cfg.dtype ?? "bfloat16").replace(/^torch\./, "")) {
