@@ -171,7 +171,7 @@ async function runPull(out: Output, o: Parameters<typeof pull>[0]): Promise<void
   }
   if (o.dryRun) {
     printPlan(out, r);
-    out.result({ dryRun: true, ...r, downloadedBytes: undefined, seconds: undefined, bytesPerSecond: undefined, readBackBytes: undefined, refetched: undefined });
+    out.result({ dryRun: true, ...r, downloadedBytes: undefined, seconds: undefined, bytesPerSecond: undefined, readBackBytes: undefined, refetched: undefined, splits: undefined });
     return;
   }
   out.result(r);

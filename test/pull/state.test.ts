@@ -38,6 +38,33 @@ describe("resume state", () => {
     await writeFile(state, "{not json");
     expect(await loadState(state, partial, { size: 1000, digest: "sha256:ab" })).toBeUndefined();
   });
+  it("reads split parts stored out of file order (slot = JSON index); parts that do not tile the file are refused", async () => {
+    const dir = await tempDir();
+    const partial = join(dir, "g.dsr-partial");
+    const state = `${partial}.json`;
+    await writeFile(partial, Buffer.alloc(1000));
+    // [0,1000) split twice while running: the appended parts come after the ones they were cut from.
+    const parts = [
+      { start: 0, end: 400, done: 0, durable: 0 },
+      { start: 700, end: 1000, done: 0, durable: 0 },
+      { start: 400, end: 700, done: 0, durable: 0 },
+    ];
+    await saveState(state, { path: "g", size: 1000, digest: "size", parts: parts.map((p) => ({ start: p.start, end: p.end, durable: 0 })) });
+    const pf = await ProgressFile.open(state, parts);
+    await pf.record(1, 120);
+    await pf.record(2, 300);
+    await pf.close();
+    const got = await loadState(state, partial, { size: 1000, digest: "size" });
+    expect(got?.map((p) => [p.start, p.end, p.done])).toEqual([[0, 400, 0], [700, 1000, 120], [400, 700, 300]]);
+    for (const bad of [
+      [{ start: 0, end: 400 }, { start: 300, end: 1000 }], // overlap
+      [{ start: 0, end: 400 }, { start: 500, end: 1000 }], // gap
+      [{ start: 0, end: 400 }, { start: 400, end: 900 }], // short
+    ]) {
+      await saveState(state, { path: "g", size: 1000, digest: "size", parts: bad.map((p) => ({ ...p, durable: 0 })) });
+      expect(await loadState(state, partial, { size: 1000, digest: "size" })).toBeUndefined();
+    }
+  });
 });
 
 describe("ordered hasher", () => {

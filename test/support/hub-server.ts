@@ -61,6 +61,18 @@ export interface HubServerStats {
   /** File-content body bytes sent. */
   bytes: number;
   byPath: Map<string, number>;
+  /** One entry per file-content response: the byte range actually written, and when it was open (performance.now()). */
+  sent: SentRange[];
+}
+
+export interface SentRange {
+  path: string;
+  start: number;
+  /** Exclusive; grows as bytes are written. */
+  end: number;
+  openedAt: number;
+  /** Unset while the response is still being written. */
+  closedAt?: number;
 }
 
 export interface HubServerOptions {
@@ -102,7 +114,7 @@ const sha1 = (s: string) => createHash("sha1").update(s).digest("hex");
 
 export async function startHubServer(opts: HubServerOptions): Promise<HubServer> {
   let faults: FaultSpec = opts.faults ?? {};
-  const stats: HubServerStats = { requests: 0, rangeRequests: 0, bytes: 0, byPath: new Map() };
+  const stats: HubServerStats = { requests: 0, rangeRequests: 0, bytes: 0, byPath: new Map(), sent: [] };
   const repos = new Map(opts.repos.map((r) => [r.id, r]));
   const hashCache = new Map<string, Promise<{ sha256: string; sha1: string }>>();
   const pageSize = opts.treePageSize ?? 1000;
@@ -200,6 +212,9 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
     const rate = faults.slow?.bytesPerSec ?? opts.perConnectionBytesPerSec;
     const chunkSize = rate ? Math.max(4096, Math.min(1 << 16, Math.floor(rate / 200))) : 1 << 16;
     const t0 = performance.now();
+    const log: SentRange = { path: f.path, start, end: start, openedAt: t0 };
+    stats.sent.push(log);
+    res.once("close", () => (log.closedAt = performance.now()));
     let sent = 0;
     let stalled = false;
     for (let pos = start; pos < end && !res.destroyed; ) {
@@ -215,6 +230,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
         const ok = res.write(chunk);
         sent += n;
         pos += n;
+        log.end = pos;
         stats.bytes += n;
         stats.byPath.set(f.path, (stats.byPath.get(f.path) ?? 0) + n);
         if (!ok) await drained(res);
@@ -355,6 +371,7 @@ export async function startHubServer(opts: HubServerOptions): Promise<HubServer>
     resetStats: () => {
       stats.requests = stats.rangeRequests = stats.bytes = 0;
       stats.byPath.clear();
+      stats.sent = [];
     },
     close: async () => {
       for (const s of [hub, cdn]) s.closeAllConnections();

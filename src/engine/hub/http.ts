@@ -191,19 +191,22 @@ export class HubHttp {
   /**
    * Streams bytes [start, end) of `url` into `onChunk(chunk, offset)` in order. A dropped or stalled
    * body is resumed from the first byte not yet delivered; the attempt budget resets whenever bytes
-   * arrive, so a long file on a flaky link still finishes.
+   * arrive, so a long file on a flaky link still finishes. A function `end` is read before each
+   * chunk, so the caller may move it down while the body streams (never below what was delivered):
+   * the read then stops there and drops the rest of the body.
    */
-  async readRange(url: string, start: number, end: number, ctx: RequestContext, onChunk: (chunk: Uint8Array, offset: number) => void | Promise<void>): Promise<void> {
+  async readRange(url: string, start: number, endOf: number | (() => number), ctx: RequestContext, onChunk: (chunk: Uint8Array, offset: number) => void | Promise<void>): Promise<void> {
+    const end = typeof endOf === "number" ? () => endOf : endOf;
     let pos = start;
     let attempt = 0;
     let last: unknown;
-    while (pos < end) {
+    while (pos < end()) {
       this.checkAborted();
       const a = this.attemptSignal();
       const target = this.redirectCache.get(url) ?? url;
       let progressed = false;
       try {
-        const { res, url: finalUrl } = await this.send(target, { headers: { range: `bytes=${pos}-${end - 1}`, "accept-encoding": "identity" } }, a.signal);
+        const { res, url: finalUrl } = await this.send(target, { headers: { range: `bytes=${pos}-${end() - 1}`, "accept-encoding": "identity" } }, a.signal);
         if (res.status < 200 || res.status >= 300) {
           if (target !== url) {
             // A cached CDN URL may have expired: forget it and go back through the hub.
@@ -237,15 +240,17 @@ export class HubHttp {
             chunk = chunk.subarray(s);
             if (chunk.byteLength === 0) continue;
           }
-          if (chunk.byteLength > end - pos) chunk = chunk.subarray(0, end - pos);
+          const stop = end();
+          if (pos >= stop) break;
+          if (chunk.byteLength > stop - pos) chunk = chunk.subarray(0, stop - pos);
           const wait = onChunk(chunk, pos);
           if (wait) await wait; // most chunks only fill a buffer: no promise, no microtask
           pos += chunk.byteLength;
           progressed = true;
-          if (pos >= end) break; // leaving the loop drops the rest of the body
+          if (pos >= end()) break; // leaving the loop drops the rest of the body
         }
         a.done();
-        if (pos < end) throw new RetryableError(`connection closed at byte ${pos} of ${end}`);
+        if (pos < end()) throw new RetryableError(`connection closed at byte ${pos} of ${end()}`);
       } catch (e) {
         a.done();
         last = a.timedOut() ? new Error(`stalled: ${describeCause(e)}`) : e;

@@ -34,6 +34,8 @@ export interface PullOptions {
   exclude?: string[];
   connections?: number;
   partSize?: number;
+  /** Smallest piece a running part is split into when a connection would otherwise idle (default 4 MiB). */
+  minSplitBytes?: number;
   dryRun?: boolean;
   signal?: AbortSignal;
   onEvent?: (e: PullEvent) => void;
@@ -81,6 +83,8 @@ export interface PullResult extends PullPlan {
   readBackBytes: number;
   /** Files fetched a second time after a hash mismatch. */
   refetched: string[];
+  /** Running parts split to keep idle connections busy (the tail of a pull). */
+  splits: number;
 }
 
 export type PullEvent =
@@ -187,11 +191,11 @@ async function transfer(
     freeBytes: await (o.freeSpace ?? freeBytes)(layout.diskPath),
   };
   emit({ type: "plan", plan });
-  const result = (downloadedBytes: number, readBackBytes: number, refetched: string[]): PullResult => {
+  const result = (downloadedBytes: number, readBackBytes: number, refetched: string[], splits: number): PullResult => {
     const seconds = (performance.now() - t0) / 1000;
-    return { ...plan, downloadedBytes, seconds, bytesPerSecond: downloadedBytes / Math.max(seconds, 1e-9), requests: remote.stats().requests, readBackBytes, refetched };
+    return { ...plan, downloadedBytes, seconds, bytesPerSecond: downloadedBytes / Math.max(seconds, 1e-9), requests: remote.stats().requests, readBackBytes, refetched, splits };
   };
-  if (o.dryRun) return result(0, 0, []);
+  if (o.dryRun) return result(0, 0, [], 0);
 
   // Partial files are pre-sized (sparse), so a short disk fails here, not 600 GB in.
   if (needBytes > plan.freeBytes) {
@@ -246,6 +250,7 @@ async function transfer(
         },
       },
       () => internal.abort(new Error("stopping after an error")),
+      o.minSplitBytes,
     );
   } finally {
     clearInterval(saver);
@@ -254,7 +259,7 @@ async function transfer(
     await Promise.all(jobs.map((j) => j.close()));
   }
   await layout.finish();
-  return result(downloaded, jobs.reduce((a, j) => a + j.readBack, 0), refetched);
+  return result(downloaded, jobs.reduce((a, j) => a + j.readBack, 0), refetched, jobs.reduce((a, j) => a + j.splits, 0));
 }
 
 const gib = (n: number) => (n / 2 ** 30).toFixed(2);

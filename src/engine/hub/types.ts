@@ -45,8 +45,12 @@ export interface RemoteRepo {
   webUrl: string;
   /** Ranged reads of one file over HTTP (Range, Accept-Encoding: identity, CDN redirects with auth dropped cross-origin). */
   fileSource(path: string): ByteSource;
-  /** Streams [start, end) of a file into onChunk in order, resuming dropped/stalled connections. */
-  readRange(path: string, start: number, end: number, onChunk: (chunk: Uint8Array, offset: number) => void | Promise<void>): Promise<void>;
+  /**
+   * Streams [start, end) of a file into onChunk in order, resuming dropped/stalled connections.
+   * `end` may be a function, read before each chunk: the downloader shortens a running read when
+   * it hands the rest of a part to another connection.
+   */
+  readRange(path: string, start: number, end: number | (() => number), onChunk: (chunk: Uint8Array, offset: number) => void | Promise<void>): Promise<void>;
   /** Request/byte counters for all HTTP traffic of this repo object. */
   stats(): { requests: number; bytes: number };
 }

@@ -1,7 +1,8 @@
 /**
  * One file being downloaded: a pre-sized sparse partial file, its ranged parts (resumable state
  * beside it), 1 MiB write coalescing per part, and the ordered hasher. The pool (pool.ts) decides
- * which part runs on which connection; the job only knows how to fetch a part and how to verify.
+ * which part runs on which connection; the job knows how to fetch a part, how to split a running
+ * part in two (so an idle connection can take over half of what is left), and how to verify.
  */
 import { open, type FileHandle } from "node:fs/promises";
 import { DsrError } from "../../errors.js";
@@ -24,9 +25,14 @@ export class SyncLane {
   }
 }
 
-export type RangeReader = (path: string, start: number, end: number, onChunk: (chunk: Uint8Array, offset: number) => Promise<void> | void) => Promise<void>;
+export type RangeReader = (path: string, start: number, end: () => number, onChunk: (chunk: Uint8Array, offset: number) => Promise<void> | void) => Promise<void>;
 
 const WRITE_BLOCK = 1 << 20;
+
+/** A part on a connection: `received` = bytes from the part's start handed to us (written or still buffered). */
+interface Running {
+  received: number;
+}
 
 export function digestOf(f: HubFile): DigestKind {
   if (f.sha256) return { algo: "sha256", hex: f.sha256.toLowerCase() };
@@ -44,6 +50,8 @@ export class FileJob {
   attempts = 1;
   /** Verified and moved into place (or found in place). */
   settled = false;
+  /** Parts split while running, in this run. */
+  splits = 0;
   finishing = false;
   private fhp?: Promise<FileHandle>;
   private progress?: ProgressFile;
@@ -51,7 +59,9 @@ export class FileJob {
   private dirty = false;
   private sealed = false;
   private chain: Promise<void> = Promise.resolve();
-  private readonly assigned = new Set<PartState>();
+  /** Writes of the JSON state, one at a time (periodic saves and splits share the tmp file). */
+  private jsonChain: Promise<void> = Promise.resolve();
+  private readonly running = new Map<PartState, Running>();
   readonly digest: DigestKind;
 
   private constructor(
@@ -85,8 +95,8 @@ export class FileJob {
       const fresh = this.doneBytes() === 0;
       const fh = await open(this.partialPath, fresh ? "w+" : "r+");
       if (fresh) await fh.truncate(this.file.size);
-      else await this.lane.run(() => fh.datasync()); // resumed bytes (same boot: maybe only in page cache) become durable
-      await this.writeState();
+      else await this.makeDurable(fh); // resumed bytes (same boot: maybe only in page cache) become durable
+      await this.writeJson();
       this.progress = await ProgressFile.open(this.statePath, this.parts);
       return fh;
     })());
@@ -104,18 +114,66 @@ export class FileJob {
   get readBack(): number {
     return this.hasher.readBack;
   }
-  /** The lowest part neither finished nor running. */
+  /** The lowest part neither finished nor running (parts are kept in state-slot order, not file order). */
   nextPart(): PartState | undefined {
-    return this.parts.find((p) => p.done < p.end - p.start && !this.assigned.has(p));
+    let best: PartState | undefined;
+    for (const p of this.parts) if (p.done < p.end - p.start && !this.running.has(p) && (!best || p.start < best.start)) best = p;
+    return best;
   }
   unassignedBytes(): number {
-    return this.parts.reduce((a, p) => a + (this.assigned.has(p) ? 0 : p.end - p.start - p.done), 0);
+    return this.parts.reduce((a, p) => a + (this.running.has(p) ? 0 : p.end - p.start - p.done), 0);
   }
 
-  /** Fetches the rest of `part`, writing in 1 MiB blocks and feeding the hasher; onBytes per block. */
-  async runPart(part: PartState, read: RangeReader, onBytes: (n: number) => void): Promise<void> {
-    this.assigned.add(part);
+  /** The running part with the most bytes not yet received, and that count. */
+  largestRunning(): { part: PartState; left: number } | undefined {
+    let best: { part: PartState; left: number } | undefined;
+    for (const [part, r] of this.running) {
+      const left = part.end - part.start - r.received;
+      if (!best || left > best.left) best = { part, left };
+    }
+    return best;
+  }
+
+  /**
+   * Splits a running part: its read stops at a new end (1 MiB-aligned, about half way through what
+   * it has not received yet) and the rest becomes a new part, appended to the state and returned
+   * reserved for the caller's connection. `recorded` resolves once the JSON state names the new part;
+   * runPart waits for it, so no byte of the new part is written before a resume would know where it
+   * belongs.
+   */
+  split(part: PartState, minBytes: number): { part: PartState; recorded: Promise<void> } | undefined {
+    const r = this.running.get(part);
+    if (!r) return undefined;
+    const from = part.start + r.received;
+    let at = from + Math.floor((part.end - from) / 2);
+    if (at - (at % WRITE_BLOCK) > from) at -= at % WRITE_BLOCK;
+    if (at - from < minBytes || part.end - at < minBytes) return undefined;
+    const tail: PartState = { start: at, end: part.end, done: 0, durable: 0 };
+    part.end = at; // the running read sees it before its next chunk (RangeReader's end getter)
+    this.parts.push(tail);
+    this.running.set(tail, { received: 0 });
+    this.splits++;
+    return { part: tail, recorded: this.writeJson() };
+  }
+
+  /**
+   * Fetches the rest of `part`, writing in 1 MiB blocks and feeding the hasher; onBytes per block.
+   * `recorded`: the state write that must land before the first byte (a part just made by split()).
+   */
+  async runPart(part: PartState, read: RangeReader, onBytes: (n: number) => void, recorded?: Promise<void>): Promise<void> {
+    const run = this.running.get(part) ?? { received: part.done };
+    this.running.set(part, run);
     this.active++;
+    try {
+      await recorded;
+      await this.fetchPart(part, run, read, onBytes);
+    } finally {
+      this.active--;
+      this.running.delete(part);
+    }
+  }
+
+  private async fetchPart(part: PartState, run: Running, read: RangeReader, onBytes: (n: number) => void): Promise<void> {
     const fh = await this.handle();
     const index = this.parts.indexOf(part);
     const blockSize = Math.min(WRITE_BLOCK, Math.max(1, part.end - part.start));
@@ -149,15 +207,15 @@ export class FileJob {
         }
         return undefined;
       };
-      await read(this.file.path, part.start + part.done, part.end, (chunk) => fill1(chunk, 0));
+      await read(this.file.path, part.start + part.done, () => part.end, (chunk) => {
+        run.received += chunk.byteLength;
+        return fill1(chunk, 0);
+      });
       await flush();
     } catch (e) {
       // Bytes received in order before the failure are good: keep them for the resume.
       await flush().catch(() => {});
       throw e;
-    } finally {
-      this.active--;
-      this.assigned.delete(part);
     }
   }
 
@@ -180,21 +238,38 @@ export class FileJob {
     return this.exclusive(async () => {
       if (this.sealed || (!this.dirty && !force)) return;
       this.dirty = false;
-      if (this.fhp) await this.writeState(await this.fhp);
+      if (!this.fhp) return;
+      await this.makeDurable(await this.fhp);
+      await this.writeJson();
     });
   }
 
-  /** fdatasync the partial, then record what it made durable. */
-  private async writeState(fh?: FileHandle): Promise<void> {
-    const parts = this.parts.map((p) => ({ start: p.start, end: p.end, durable: p.done })); // durable once datasync returns
-    if (fh) await this.lane.run(() => fh.datasync());
-    await saveState(this.statePath, { path: this.file.path, size: this.file.size, digest: digestKey(this.digest), parts });
+  /** fdatasync the partial; what was written before it is durable once it returns. */
+  private async makeDurable(fh: FileHandle): Promise<void> {
+    const written = this.parts.map((p) => p.done); // parts are only appended meanwhile (splits)
+    await this.lane.run(() => fh.datasync());
+    written.forEach((d, i) => (this.parts[i].durable = Math.max(this.parts[i].durable, d)));
+  }
+
+  /**
+   * Atomically rewrites the JSON state from the current parts. Not under `exclusive`: a split must
+   * not wait behind a periodic save's fdatasync of the whole partial; `sealed` stops late writes.
+   */
+  private writeJson(): Promise<void> {
+    const run = this.jsonChain.then(async () => {
+      if (this.sealed) return;
+      const parts = this.parts.map((p) => ({ start: p.start, end: p.end, durable: p.durable }));
+      await saveState(this.statePath, { path: this.file.path, size: this.file.size, digest: digestKey(this.digest), parts });
+    });
+    this.jsonChain = run.catch(() => {});
+    return run;
   }
 
   /** Durable partial, closed; the caller renames it into place. No state is saved after this. */
   seal(): Promise<void> {
     return this.exclusive(async () => {
       this.sealed = true;
+      await this.jsonChain;
       const fh = await this.handle();
       await this.lane.run(() => fh.sync());
       await fh.close();
@@ -216,6 +291,7 @@ export class FileJob {
   reset(): Promise<void> {
     return this.exclusive(async () => {
       await this.close();
+      await this.jsonChain;
       await removeState(this.statePath, this.partialPath);
       this.parts = splitParts(this.file.size, this.partSize);
       this.attempts++;

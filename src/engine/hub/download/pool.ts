@@ -4,7 +4,11 @@
  *     listing order. With at least as many files left as connections, every file streams in order
  *     on one connection, so its hash is computed live from memory (hasher.ts);
  *  2. when every remaining file already has a connection, split: the lowest free part of the file
- *     with the most bytes not yet assigned (the tail of a pull, or one huge file).
+ *     with the most bytes not yet assigned (the tail of a pull, or one huge file);
+ *  3. when no part is free at all, split a running one: the running part with the most bytes still
+ *     to come gives the upper half of them to this connection (FileJob.split), unless that would
+ *     leave a piece under `minSplit`. Without this, the last parts of a pull run on a few
+ *     connections while the others sit idle (measured: ~25% of a throttled 2 GiB pull).
  * A job whose last part lands is verified (and fsynced, renamed) in the background while its
  * connection takes the next part: a hash mismatch resets the job once (fetched again from scratch),
  * a second mismatch fails naming the file.
@@ -20,8 +24,13 @@ export interface PoolCallbacks {
   onMismatch?(job: FileJob, actual: string | undefined): void;
 }
 
-function pick(jobs: FileJob[]): { job: FileJob; part: PartState } | undefined {
-  let fresh: { job: FileJob; part: PartState } | undefined;
+/** Default smallest piece a running part is split into. */
+export const MIN_SPLIT = 4 << 20;
+
+type Pick = { job: FileJob; part: PartState; recorded?: Promise<void> };
+
+function pick(jobs: FileJob[], minSplit: number): Pick | undefined {
+  let fresh: Pick | undefined;
   for (const job of jobs) {
     if (job.active > 0) continue;
     const part = job.nextPart();
@@ -32,10 +41,17 @@ function pick(jobs: FileJob[]): { job: FileJob; part: PartState } | undefined {
   if (fresh) return fresh;
   let best: FileJob | undefined;
   for (const job of jobs) if (job.nextPart() && (!best || job.unassignedBytes() > best.unassignedBytes())) best = job;
-  return best ? { job: best, part: best.nextPart()! } : undefined;
+  if (best) return { job: best, part: best.nextPart()! };
+  let donor: { job: FileJob; part: PartState; left: number } | undefined;
+  for (const job of jobs) {
+    const r = job.largestRunning();
+    if (r && (!donor || r.left > donor.left)) donor = { job, ...r };
+  }
+  const split = donor?.job.split(donor.part, minSplit);
+  return split && { job: donor!.job, ...split };
 }
 
-export async function runPool(jobs: FileJob[], connections: number, read: RangeReader, cb: PoolCallbacks, abort: () => void): Promise<void> {
+export async function runPool(jobs: FileJob[], connections: number, read: RangeReader, cb: PoolCallbacks, abort: () => void, minSplit = MIN_SPLIT): Promise<void> {
   let failure: unknown;
   let waiters: (() => void)[] = [];
   const wake = () => {
@@ -83,15 +99,15 @@ export async function runPool(jobs: FileJob[], connections: number, read: RangeR
 
   const worker = async () => {
     while (!failure && pending.size > 0) {
-      const next = pick(jobs.filter((j) => pending.has(j)));
+      const next = pick(jobs.filter((j) => pending.has(j)), minSplit);
       if (!next) {
         // Nothing free right now: a running part or a verification may free parts (a reset) or end the pull.
         await new Promise<void>((r) => waiters.push(r));
         continue;
       }
-      const { job, part } = next;
+      const { job, part, recorded } = next;
       try {
-        await job.runPart(part, read, (n) => cb.onBytes(job, n));
+        await job.runPart(part, read, (n) => cb.onBytes(job, n), recorded);
         if (job.complete && job.active === 0 && !job.settled && !job.finishing) startFinish(job);
       } catch (e) {
         // Keep the first real error; interruptions caused by abort() below only fill an empty slot.

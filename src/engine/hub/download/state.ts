@@ -1,10 +1,16 @@
 /**
  * Resume state of one partial file, in two files beside it:
  *  - `<partial>.json`: the file's identity (size, expected digest), its ranged parts, and per part
- *    the bytes known DURABLE (written before an fdatasync). Rewritten atomically every few seconds.
+ *    the bytes known DURABLE (written before an fdatasync). Rewritten atomically every few seconds,
+ *    and whenever a running part is split (file-job.ts) — before the new part's first byte is fetched.
  *  - `<partial>.progress`: 8 bytes per part, the bytes WRITTEN (page cache) from the part's start,
  *    updated with one tiny pwrite after every 1 MiB block. A SIGKILL loses at most the block in
  *    flight, so a resume re-fetches only unfinished bytes.
+ * Slot i of the progress file belongs to parts[i] of the JSON. A split shortens a part and APPENDS
+ * the new one, so existing slots never move: whichever of the two files a SIGKILL catches first,
+ * every slot still counts bytes of the part the JSON names (a shortened part's count is ≤ its new
+ * length, an appended slot the JSON does not know yet is ignored). The parts therefore tile the file
+ * but are not stored in file order.
  * After a reboot the page cache is gone, so the progress file cannot be trusted: the JSON records
  * the kernel boot id, and on a different boot only the durable counts are used.
  */
@@ -15,6 +21,8 @@ export interface PartState {
   end: number;
   /** Bytes of [start, end) written contiguously from `start`. */
   done: number;
+  /** Of those, the bytes known to be on disk (an fdatasync returned after they were written). */
+  durable: number;
 }
 
 export interface FileState {
@@ -35,8 +43,8 @@ export function bootId(): Promise<string> {
 
 export function splitParts(size: number, partSize: number): PartState[] {
   const parts: PartState[] = [];
-  for (let s = 0; s < size; s += partSize) parts.push({ start: s, end: Math.min(size, s + partSize), done: 0 });
-  if (parts.length === 0) parts.push({ start: 0, end: 0, done: 0 });
+  for (let s = 0; s < size; s += partSize) parts.push({ start: s, end: Math.min(size, s + partSize), done: 0, durable: 0 });
+  if (parts.length === 0) parts.push({ start: 0, end: 0, done: 0, durable: 0 });
   return parts;
 }
 
@@ -47,17 +55,18 @@ export async function loadState(statePath: string, partialPath: string, expect: 
   try {
     const s = JSON.parse(await readFile(statePath, "utf8")) as FileState;
     const st = await stat(partialPath);
+    const tiled = Array.isArray(s.parts) ? [...s.parts].sort((a, b) => a.start - b.start || a.end - b.end) : [];
     const partsOk =
-      Array.isArray(s.parts) &&
-      s.parts.every((p, i) => p.start >= 0 && p.end <= s.size && p.durable >= 0 && p.durable <= p.end - p.start && (i === 0 ? p.start === 0 : p.start === s.parts[i - 1].end)) &&
-      (s.parts.at(-1)?.end ?? 0) === s.size;
+      tiled.length > 0 &&
+      tiled.every((p, i) => p.start >= 0 && p.end <= s.size && p.durable >= 0 && p.durable <= p.end - p.start && p.start === (i === 0 ? 0 : tiled[i - 1].end)) &&
+      tiled.at(-1)!.end === s.size;
     if (s.version !== 2 || s.size !== expect.size || s.digest !== expect.digest || st.size !== expect.size || !partsOk) return undefined;
     const sameBoot = s.bootId !== "" && s.bootId === (await bootId());
     const progress = sameBoot ? await readFile(progressPath(statePath)).catch(() => undefined) : undefined;
     return s.parts.map((p, i) => {
       const written = progress && progress.byteLength >= (i + 1) * 8 ? progress.readDoubleLE(i * 8) : 0;
       const ok = Number.isInteger(written) && written >= 0 && written <= p.end - p.start;
-      return { start: p.start, end: p.end, done: Math.max(p.durable, ok ? written : 0) };
+      return { start: p.start, end: p.end, done: Math.max(p.durable, ok ? written : 0), durable: p.durable };
     });
   } catch {
     return undefined;
@@ -77,7 +86,7 @@ export async function saveState(statePath: string, s: Omit<FileState, "version" 
   await rename(tmp, statePath);
 }
 
-/** The per-block progress file: slot i holds part i's written byte count. */
+/** The per-block progress file: slot i holds part i's written byte count (a new slot simply extends it). */
 export class ProgressFile {
   private constructor(private readonly fh: FileHandle) {}
 
