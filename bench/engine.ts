@@ -14,11 +14,13 @@
  *    included; the embedding row is negligible).
  * 3. Baseline and dsr single stream, interleaved --reps times (the machine is shared: interleaving
  *    puts the same drift on both): a bare loop of onnxruntime session.run on that graph (batch 1,
- *    shared KV buffer, 128-token prompt then --decode greedy steps, no dsr scheduling), then the same
- *    through dsr's scheduler (the engine `dsr serve`/`dsr chat` use): TTFT of the 128-token prompt,
- *    prefill tok/s, decode tok/s. Medians are reported.
- * 4. dsr with 4, 8 and 16 concurrent streams (aggregate decode tok/s in the window where all streams
- *    are decoding), each followed by a single-stream run for the ratio.
+ *    128-token prompt then --decode greedy steps, no dsr scheduling), then the same through dsr's
+ *    scheduler (the engine `dsr serve`/`dsr chat` use): TTFT of the 128-token prompt, prefill tok/s,
+ *    decode tok/s. Medians are reported.
+ * 4. The bare loop at batch 1 and 8 (32-token prompts): what the kernels allow for a batch.
+ * 5. dsr with 4, 8 and 16 concurrent streams (aggregate decode tok/s in the window where all streams
+ *    are decoding), each followed by a single-stream run for the ratio, with the mean step time and
+ *    the part of it spent inside session.run.
  * The machine is shared (five agents on 2 cores): wall-clock rates swing several-fold between runs, so
  * the JSON also gives "bestCase" figures from the minimum step times (the least-disturbed step of
  * each kind, the closest to an idle machine); docs/BENCHMARKS.md reports both.
@@ -141,44 +143,42 @@ function randomPrompt(len: number, seed: number): number[] {
   return Array.from({ length: len }, () => Math.floor(r() * 150000));
 }
 
-/** The baseline: a bare loop of session.run with a shared KV buffer, greedy argmax, no scheduler. */
-async function bareLoop(dir: string, m: OnnxManifest): Promise<{ prefillTokPerS: number; decodeTokPerS: number; decodeMsMedian: number; decodeMsMin: number }> {
-  const s = await ort.InferenceSession.create(join(dir, "model.onnx"), { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all" });
-  const { numLayers, kvHeads, headDim, vocabSize } = m.io;
-  const MAX = 128 + decodeSteps + 8;
-  const kv: ort.Tensor[] = [];
-  for (let i = 0; i < 2 * numLayers; i++) kv.push(new ort.Tensor("float32", new Float32Array(kvHeads * MAX * headDim), [1, kvHeads, MAX, headDim]));
-  const step = async (ids: number[], past: number) => {
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, ids.length]),
-      seqlens_k: new ort.Tensor("int32", Int32Array.of(past + ids.length - 1), [1]),
-      total_sequence_length: new ort.Tensor("int32", Int32Array.of(past + ids.length), []),
-      num_logits_to_keep: new ort.Tensor("int64", BigInt64Array.of(1n), [1]),
-    };
-    const fetches: Record<string, ort.Tensor | null> = { logits: null };
-    for (let i = 0; i < numLayers; i++) {
-      feeds[`past_key_values.${i}.key`] = fetches[`present.${i}.key`] = kv[2 * i]!;
-      feeds[`past_key_values.${i}.value`] = fetches[`present.${i}.value`] = kv[2 * i + 1]!;
-    }
-    const out = await s.run(feeds, fetches as ort.InferenceSession.FetchesType);
-    const l = out.logits!.data as Float32Array;
-    let best = 0;
-    for (let j = 1; j < vocabSize; j++) if (l[j]! > l[best]!) best = j;
-    return best;
-  };
-  const prompt = randomPrompt(128, 1);
+/**
+ * The baseline: a bare loop of session.run on the same graph through DecoderSession (the thin session
+ * wrapper: feeds, the KV buffers and the append of each step's new keys/values, which any caller of
+ * this graph must do) with greedy argmax, and no scheduler, sampler, channels or slot bookkeeping.
+ * `rows` sequences decode together: rows = 1 is the single-stream baseline (128-token prompt), larger
+ * batches (32-token prompts, prefilled as one [rows, 32] run) show what the kernels allow for a batch.
+ */
+async function bareLoop(dir: string, m: OnnxManifest, rows: number, steps: number): Promise<{ rows: number; prefillTokPerS: number; decodeTokPerS: number; decodeMsMedian: number; decodeMsMin: number }> {
+  const P = rows === 1 ? 128 : 32;
+  const s = await DecoderSession.open(dir, m, { threads, maxBatch: rows, maxContext: 1024 });
+  s.fit(P + steps + 1, new Array<number>(rows).fill(0));
+  const argmax = (l: Float32Array) =>
+    Array.from({ length: rows }, (_, r) => {
+      const V = m.io.vocabSize;
+      let best = 0;
+      for (let j = 1; j < V; j++) if (l[r * V + j]! > l[r * V + best]!) best = j;
+      return best;
+    });
   const t0 = performance.now();
-  let tok = await step(prompt, 0);
+  let toks = argmax(await s.run(0, Array.from({ length: rows }, (_, r) => randomPrompt(P, rows === 1 ? 1 : 200 + r)), new Array<number>(rows).fill(0)));
   const prefillS = (performance.now() - t0) / 1000;
   const times: number[] = [];
-  for (let i = 0; i < decodeSteps; i++) {
+  for (let i = 0; i < steps; i++) {
     const t = performance.now();
-    tok = await step([tok], 128 + i);
+    toks = argmax(await s.run(0, toks.map((x) => [x]), new Array<number>(rows).fill(P + i)));
     times.push(performance.now() - t);
   }
-  await s.release();
+  await s.close();
   const steady = times.slice(2);
-  return { prefillTokPerS: 128 / prefillS, decodeTokPerS: (steady.length * 1000) / steady.reduce((a, b) => a + b, 0), decodeMsMedian: median(steady), decodeMsMin: Math.min(...steady) };
+  return {
+    rows,
+    prefillTokPerS: (rows * P) / prefillS,
+    decodeTokPerS: (rows * steady.length * 1000) / steady.reduce((a, b) => a + b, 0),
+    decodeMsMedian: median(steady),
+    decodeMsMin: Math.min(...steady),
+  };
 }
 
 const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1 };
@@ -253,15 +253,37 @@ async function main() {
   const singles: Awaited<ReturnType<typeof streams>>[] = [];
   for (let r = 0; r < reps; r++) {
     log(`rep ${r + 1}/${reps}: bare onnxruntime loop…`);
-    bareRuns.push(await bareLoop(dir, manifest));
+    bareRuns.push(await bareLoop(dir, manifest, 1, decodeSteps));
     log(`rep ${r + 1}/${reps}: dsr single stream…`);
     singles.push(await streams(sched, 1, 128, decodeSteps));
     log(`  bare ${bareRuns[r]!.decodeTokPerS.toFixed(2)} tok/s, dsr ${singles[r]!.perStreamDecodeTokPerS[0]!.toFixed(2)} tok/s`);
   }
+  // Time spent inside onnxruntime (session.run, its output copies included) per decode step, so the
+  // JSON separates the kernels' share of a step from dsr's own (sampling, slots, channels).
+  let runMs = 0;
+  const run = session.run.bind(session);
+  session.run = async (...a: Parameters<typeof run>) => {
+    const t = performance.now();
+    try {
+      return await run(...a);
+    } finally {
+      runMs += performance.now() - t;
+    }
+  };
+  const bareBatches = [];
+  for (const n of [1, 8]) {
+    log(`bare onnxruntime loop, batch ${n}…`);
+    bareBatches.push(await bareLoop(dir, manifest, n, 24));
+  }
   const multi = [];
   for (const n of [4, 8, 16]) {
     log(`dsr ${n} streams…`);
+    const c0 = { ...sched.counters };
+    const r0 = runMs;
     const m = await streams(sched, n, 32, n >= 16 ? 24 : 32);
+    const steps = sched.counters.decodeSteps - c0.decodeSteps;
+    const stepMs = (sched.counters.decodeMs + sched.counters.prefillMs - c0.decodeMs - c0.prefillMs) / steps;
+    const onnxMs = (runMs - r0) / steps;
     const s1 = await streams(sched, 1, 32, decodeSteps);
     const stepMin = Math.min(...m.stepMs);
     const singleMin = Math.min(...s1.stepMs);
@@ -276,6 +298,9 @@ async function main() {
       singleStepMsMin: singleMin,
       aggregateTokPerSFromMinStep: (n * 1000) / stepMin,
       ratioToSingleFromMinStep: (n * singleMin) / stepMin,
+      // Mean over the run's decode steps (prefill chunks included): whole scheduler step vs session.run.
+      meanStepMs: stepMs,
+      meanOnnxRunMs: onnxMs,
     });
   }
   await sched.close();
@@ -290,7 +315,7 @@ async function main() {
     versions: { node: process.version, onnxruntime: ort.env.versions?.common },
     model: { shape: "DeepSeek-R1-Distill-Qwen-1.5B (random weights)", weights: manifest.weights, blockSize: manifest.blockSize, accuracyLevel: manifest.accuracyLevel, dataBytes: manifest.dataBytes, buildSeconds },
     bandwidth: { copyBytesPerSecond: bandwidth, weightBytesPerToken: bytesPerToken, boundTokPerS: bandwidth / bytesPerToken },
-    bareLoop: { runs: bareRuns, decodeTokPerSMedian: bare, prefillTokPerSMedian: median(bareRuns.map((b) => b.prefillTokPerS)) },
+    bareLoop: { runs: bareRuns, decodeTokPerSMedian: bare, prefillTokPerSMedian: median(bareRuns.map((b) => b.prefillTokPerS)), batches: bareBatches, batch8VsBatch1: bareBatches[1]!.decodeTokPerS / bareBatches[0]!.decodeTokPerS },
     dsr: {
       single: { runs: singles.map((x) => ({ ttftSeconds: x.ttftSeconds, decodeTokPerS: x.perStreamDecodeTokPerS[0] })), ttft128Seconds: ttft, prefillTokPerS: 128 / ttft, decodeTokPerS: singleDecode },
       concurrent: multi,

@@ -1,5 +1,5 @@
 /**
- * Rotary cos/sin caches for GroupQueryAttention (do_rotary = 1): [maxPositions, headDim/2] each,
+ * Rotary cos/sin caches for the RotaryEmbedding nodes: [maxPositions, headDim/2] each,
  * from inv_freq = 1/θ^(2i/d) (facts §4.1), with the rope_scaling variants R1-Distill models use:
  * "llama3" (R1-Distill-Llama-8B/70B) and "linear". Others are refused rather than silently wrong.
  */

@@ -1,11 +1,11 @@
 /**
  * One onnxruntime-node session over a dsr decoder graph, plus its KV cache. Each layer's K and V live
- * in one buffer laid out [rows, kvHeads, stride, headDim]; row r is a sequence's slot. GQA runs with
- * past and present bound to the *same* buffer (facts §4.6), so the kernel appends in place and its
- * attention cost follows the real lengths. But onnxruntime-node 1.30 copies every fetched output back
- * into a fresh ArrayBuffer — a cost proportional to rows × stride — so the stride is kept just above
- * the longest sequence (a multiple of STRIDE_STEP) and re-laid out as sequences grow or leave, rather
- * than fixed at maxContext (measured: 16 rows at stride 2048 cost 126 ms/step on tiny-r1, at 128 6 ms).
+ * in one buffer laid out [rows, kvHeads, stride, headDim]; row r is a sequence's slot. The buffers are
+ * fed as GQA's past (read in place, no copy); each run returns only the step's new keys and values,
+ * which are appended here (the graph's comment says why GQA's `present` is not fetched). GQA copies
+ * the rows' past into its own `present` of [rows, kvHeads, max(stride, total), headDim] every step,
+ * so the stride is kept just above the longest sequence (a multiple of STRIDE_STEP) and re-laid out
+ * as sequences grow or leave, rather than fixed at maxContext.
  */
 import type * as Ort from "onnxruntime-node";
 import { join } from "node:path";
@@ -71,45 +71,63 @@ export class DecoderSession {
     return new DecoderSession(ort, session, manifest, opts);
   }
 
-  private kvFeeds(first: number, n: number, feeds: Record<string, Ort.Tensor>, fetches: Record<string, Ort.Tensor | null>): void {
+  private kvFeeds(first: number, n: number, feeds: Record<string, Ort.Tensor>): void {
     const { kvHeads, headDim } = this.manifest.io;
     const dims = [n, kvHeads, this.stride, headDim];
     const rowFloats = kvHeads * this.stride * headDim;
     for (let i = 0; i < this.layers; i++) {
-      const kt = new this.ort.Tensor("float32", this.k[i]!.subarray(first * rowFloats, (first + n) * rowFloats), dims);
-      const vt = new this.ort.Tensor("float32", this.v[i]!.subarray(first * rowFloats, (first + n) * rowFloats), dims);
-      feeds[`past_key_values.${i}.key`] = kt;
-      feeds[`past_key_values.${i}.value`] = vt;
-      fetches[`present.${i}.key`] = kt;
-      fetches[`present.${i}.value`] = vt;
+      feeds[`past_key_values.${i}.key`] = new this.ort.Tensor("float32", this.k[i]!.subarray(first * rowFloats, (first + n) * rowFloats), dims);
+      feeds[`past_key_values.${i}.value`] = new this.ort.Tensor("float32", this.v[i]!.subarray(first * rowFloats, (first + n) * rowFloats), dims);
+    }
+  }
+
+  /** Appends a step's new keys/values ([rows, S, kvHeads·headDim]) to rows first.. at positions past[r]... */
+  private append(buf: Float32Array, step: Float32Array, first: number, rows: number, S: number, past: number[]): void {
+    const { kvHeads, headDim: D } = this.manifest.io;
+    for (let r = 0; r < rows; r++) {
+      for (let h = 0; h < kvHeads; h++) {
+        const dst = (((first + r) * kvHeads + h) * this.stride + past[r]!) * D;
+        for (let j = 0; j < S; j++) {
+          const src = ((r * S + j) * kvHeads + h) * D;
+          buf.set(step.subarray(src, src + D), dst + j * D);
+        }
+      }
     }
   }
 
   /**
    * Runs `tokens` (one row per slot, all rows the same length) for slots [first, first+rows) whose
-   * caches already hold `past[r]` tokens. Returns logits [rows, keep, vocab].
+   * caches already hold `past[r]` tokens, and appends their keys/values. Returns logits [rows, keep, vocab].
    */
   async run(first: number, tokens: number[][], past: number[], keep = 1): Promise<Float32Array> {
     const rows = tokens.length;
     const S = tokens[0]!.length;
     const ids = new BigInt64Array(rows * S);
+    const positions = new BigInt64Array(rows * S);
     const seqlens = new Int32Array(rows);
     let total = 0;
     for (let r = 0; r < rows; r++) {
-      for (let j = 0; j < S; j++) ids[r * S + j] = BigInt(tokens[r]![j]!);
+      for (let j = 0; j < S; j++) {
+        ids[r * S + j] = BigInt(tokens[r]![j]!);
+        positions[r * S + j] = BigInt(past[r]! + j);
+      }
       seqlens[r] = past[r]! + S - 1;
       total = Math.max(total, past[r]! + S);
     }
     if (total > this.stride) throw new Error(`KV stride ${this.stride} < ${total}: call fit() before run()`);
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new this.ort.Tensor("int64", ids, [rows, S]),
+      position_ids: new this.ort.Tensor("int64", positions, [rows, S]),
       seqlens_k: new this.ort.Tensor("int32", seqlens, [rows]),
       total_sequence_length: new this.ort.Tensor("int32", Int32Array.of(total), []),
       num_logits_to_keep: new this.ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), [1]),
     };
-    const fetches: Record<string, Ort.Tensor | null> = { logits: null };
-    this.kvFeeds(first, rows, feeds, fetches);
-    const out = await this.session.run(feeds, fetches as Ort.InferenceSession.FetchesType);
+    this.kvFeeds(first, rows, feeds);
+    const out = await this.session.run(feeds);
+    for (let i = 0; i < this.layers; i++) {
+      this.append(this.k[i]!, out[`new.${i}.key`]!.data as Float32Array, first, rows, S, past);
+      this.append(this.v[i]!, out[`new.${i}.value`]!.data as Float32Array, first, rows, S, past);
+    }
     return out.logits!.data as Float32Array;
   }
 
