@@ -10,8 +10,8 @@
  * twice.
  */
 import { createHash } from "node:crypto";
-import type { Dispatcher } from "undici";
 import type { UpstreamInstance } from "../runtime/upstream.js";
+import { H1Pool, type H1Response } from "./h1-pool.js";
 import { HttpError, normaliseErrorBody } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
 import type { ReasoningField } from "./reasoning.js";
@@ -37,15 +37,20 @@ export interface ProxyOptions {
   describeExtra?: () => Record<string, unknown>;
 }
 
+const INCLUDE_USAGE = Buffer.from('"stream_options":{"include_usage":true},');
+
 /** Raised inside one attempt when it may be retried elsewhere. */
 class RetryableError extends Error {}
 
 export class ProxyBackend implements Backend {
   private readonly router: Router<UpstreamInstance>;
   private readonly created = Math.floor(Date.now() / 1000);
+  /** Generation requests go over these (h1-pool.ts); probes and /v1/models over the instance's undici pool. */
+  private readonly h1: Map<UpstreamInstance, H1Pool>;
 
   constructor(private readonly o: ProxyOptions) {
     this.router = new Router(o.instances, { affinity: o.affinity });
+    this.h1 = new Map(o.instances.map((i) => [i, new H1Pool(i.origin)]));
   }
 
   models(): ModelCard[] {
@@ -108,6 +113,7 @@ export class ProxyBackend implements Backend {
   }
 
   async close(): Promise<void> {
+    for (const p of this.h1.values()) p.close();
     await Promise.all(this.o.instances.map((i) => i.close()));
   }
 
@@ -116,6 +122,12 @@ export class ProxyBackend implements Backend {
     const wantModel = this.o.upstreamModel && g.model !== this.o.upstreamModel ? this.o.upstreamModel : undefined;
     const injectUsage = g.stream && g.req.stream_options?.include_usage !== true;
     if (!wantModel && !injectUsage && g.req.model) return { bytes: g.rawBody, injectedUsage: false };
+    if (!wantModel && g.req.model && !Object.hasOwn(g.req, "stream_options")) {
+      // the common streaming case: add the key after the opening brace instead of re-serialising
+      // the whole body (the body is a validated, non-empty JSON object, so a comma follows)
+      const at = g.rawBody.indexOf(0x7b) + 1;
+      return { bytes: Buffer.concat([g.rawBody.subarray(0, at), INCLUDE_USAGE, g.rawBody.subarray(at)]), injectedUsage: true };
+    }
     const b = JSON.parse(g.rawBody.toString("utf8")) as Record<string, unknown>;
     b.model = wantModel ?? g.model;
     if (injectUsage) b.stream_options = { ...(b.stream_options as object | undefined), include_usage: true };
@@ -123,21 +135,25 @@ export class ProxyBackend implements Backend {
   }
 
   /**
-   * One try on one instance, over undici's dispatch API: upstream bytes arrive in callbacks and go
-   * straight to the client socket — no Readable, no promise per chunk on the hot path. The upstream
-   * is paused only while the client pushes back.
+   * One try on one instance, over the hand-written HTTP/1.1 client (h1-pool.ts): upstream reads
+   * arrive in callbacks and go straight to the client socket — no Readable, no promise per chunk.
+   * A read whose events need no change is forwarded with the upstream's own chunk framing, one
+   * write and no copy; otherwise the relay's output is framed by node:http. The upstream is paused
+   * only while the client pushes back.
    */
   private attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string, injectedUsage: boolean): Promise<void> {
     const path = g.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
     return new Promise<void>((resolve, reject) => {
-      let status = 0;
-      let headers: Record<string, string | string[] | undefined> = {};
+      let res: H1Response | undefined;
       let mode: "error" | "stream" | "whole" = "whole";
       const parts: Buffer[] = [];
       let relay: SseRelay | undefined;
-      let ctrl: Dispatcher.DispatchController | undefined;
+      let raw: ((framed: Buffer) => Promise<void> | void) | undefined;
       let settled = false;
-      const onAbort = () => ctrl?.abort(g.signal.reason instanceof Error ? g.signal.reason : new Error("aborted"));
+      const onAbort = () => {
+        call.abort();
+        done(g.signal.reason instanceof Error ? g.signal.reason : new Error("aborted"));
+      };
       const done = (e?: unknown) => {
         if (settled) return;
         settled = true;
@@ -145,59 +161,58 @@ export class ProxyBackend implements Backend {
         if (e === undefined) resolve();
         else reject(e);
       };
-      g.signal.addEventListener("abort", onAbort, { once: true });
-      const fail = (e: Error) => {
-        if (g.signal.aborted) return done(e);
-        inst.markFailed(e.message);
-        if (g.sink.started) return done(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
-        // nothing reached the client yet (for non-stream requests: nothing at all), so another instance may try
-        done(new RetryableError(`${inst.name}: ${e.message}`));
+      const backpressure = (w: Promise<void> | void) => {
+        if (!w) return;
+        call.pause();
+        void w.then(() => call.resume());
       };
-      inst.pool.dispatch(
+      const call = this.h1.get(inst)!.request(
+        { path, headers: { "content-type": "application/json", accept: g.stream ? "text/event-stream" : "application/json", "x-request-id": g.id, ...inst.authHeaders() }, body },
         {
-          path,
-          method: "POST",
-          headers: { "content-type": "application/json", accept: g.stream ? "text/event-stream" : "application/json", "x-request-id": g.id, ...inst.authHeaders() },
-          body,
-        },
-        {
-          onRequestStart: (c) => {
-            ctrl = c;
-            if (g.signal.aborted) onAbort();
-          },
-          onResponseStart: (_c, statusCode, h) => {
-            status = statusCode;
-            headers = h as typeof headers;
-            if (statusCode >= 400) mode = "error";
-            else if (g.stream && String(h["content-type"] ?? "").startsWith("text/event-stream")) {
+          onHead: (r) => {
+            res = r;
+            if (r.status >= 400) mode = "error";
+            else if (g.stream && (r.headers["content-type"] ?? "").startsWith("text/event-stream")) {
               mode = "stream";
               relay = this.newRelay(g, inst, injectedUsage);
             }
           },
-          onResponseData: (c, chunk) => {
-            if (mode !== "stream") return void parts.push(chunk);
-            const out = relay!.push(chunk);
+          onBody: (framed, payload, aligned) => {
+            if (mode !== "stream") return void parts.push(...payload);
+            if (payload.length === 0) return; // only framing in this read
+            const out = relay!.push(payload.length === 1 ? payload[0] : Buffer.concat(payload));
             if (!out) return;
-            if (!g.sink.started) g.sink.startStream();
-            const w = g.sink.write(out);
-            if (w) {
-              c.pause();
-              void w.then(() => c.resume());
+            if (!g.sink.started) {
+              g.sink.startStream();
+              backpressure(g.sink.write(out)); // the first write carries the headers
+              raw = g.sink.rawChunks?.();
+              return;
             }
+            // whole chunks whose events passed the relay unchanged: forward the read as received
+            backpressure(raw && aligned && relay!.passedThrough ? raw(framed) : g.sink.write(out));
           },
-          onResponseEnd: () => {
+          onEnd: () => {
             try {
-              if (mode === "error") this.upstreamError(g, inst, status, headers, Buffer.concat(parts).toString("utf8"));
+              const text = () => Buffer.concat(parts).toString("utf8");
+              if (mode === "error") this.upstreamError(g, inst, res!.status, res!.headers, text());
               else if (mode === "stream") return void this.endStream(g, inst, relay!).then(() => done(), done);
-              else this.relayWhole(g, inst, Buffer.concat(parts).toString("utf8"));
+              else this.relayWhole(g, inst, text());
               done();
             } catch (e) {
               done(e);
             }
           },
-          onResponseError: (_c, err) => fail(err),
+          onError: (e) => {
+            if (g.signal.aborted) return done(e);
+            inst.markFailed(e.message);
+            if (g.sink.started) return done(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
+            // nothing reached the client yet (for non-stream requests: nothing at all), so another instance may try
+            done(new RetryableError(`${inst.name}: ${e.message}`));
+          },
         },
       );
+      if (g.signal.aborted) onAbort();
+      else g.signal.addEventListener("abort", onAbort, { once: true });
     });
   }
 

@@ -4,6 +4,7 @@
  * bytes for the response cache.
  */
 import type { ServerResponse } from "node:http";
+import type { Writable } from "node:stream";
 import type { CachedResponse } from "./cache.js";
 import { HttpError } from "./http-error.js";
 import type { Sink } from "./types.js";
@@ -59,15 +60,21 @@ export class ResponseSink implements Sink {
     if (this.capturing) this.parts.push(chunk);
     if (this.res.write(chunk)) return;
     if (this.res.destroyed) return;
-    return new Promise<void>((resolve) => {
-      const done = () => {
-        this.res.off("drain", done);
-        this.res.off("close", done);
-        resolve();
-      };
-      this.res.on("drain", done);
-      this.res.on("close", done);
-    });
+    return drained(this.res);
+  }
+
+  rawChunks(): ((framed: Buffer) => Promise<void> | void) | undefined {
+    const { res } = this;
+    const socket = res.socket;
+    // node:http frames this response with chunked encoding only for HTTP/1.1 clients; `socket` is
+    // null while a pipelined response waits for the one before it to finish.
+    if (this.capturing || !socket || !res.headersSent || res.req.httpVersion !== "1.1") return undefined;
+    // Writing to the response's own socket keeps the order with node:http's writes (one Writable),
+    // and res.end() still writes the terminating chunk, so the connection stays reusable.
+    return (framed) => {
+      if (socket.write(framed) || socket.destroyed) return;
+      return drained(socket);
+    };
   }
 
   end(): void {
@@ -89,4 +96,17 @@ export class ResponseSink implements Sink {
       this.res.destroy();
     }
   }
+}
+
+/** Resolves when a writable that refused more can take it again (or is gone). */
+function drained(w: Writable): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      w.off("drain", done);
+      w.off("close", done);
+      resolve();
+    };
+    w.on("drain", done);
+    w.on("close", done);
+  });
 }

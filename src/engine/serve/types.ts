@@ -23,6 +23,12 @@ export interface Sink {
   startStream(headers?: Record<string, string>): void;
   /** Writes SSE bytes; resolves when the socket can take more (backpressure). */
   write(chunk: string | Buffer): Promise<void> | void;
+  /**
+   * After the first write(): a writer for bytes that already carry HTTP/1.1 chunk framing (a run of
+   * complete chunks, as an upstream sent them), or undefined when this response cannot take them
+   * as they are (HTTP/1.0 client, a pipelined response not yet on its socket, a cache capture).
+   */
+  rawChunks?(): ((framed: Buffer) => Promise<void> | void) | undefined;
   end(): void;
 }
 

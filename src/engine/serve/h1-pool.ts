@@ -1,0 +1,406 @@
+/**
+ * A minimal HTTP/1.1 client for the one request shape the proxy sends on its hot path: a POST with a
+ * JSON body to an OpenAI upstream, answered by a (usually chunked) body. Keep-alive sockets are
+ * pooled per upstream origin.
+ *
+ * Hand-written rather than undici because the proxy wants the upstream's body bytes *as received*,
+ * chunk framing included: a run of complete chunks whose events need no change is forwarded to the
+ * client socket verbatim, one write per read, with no re-framing. undici decodes the framing (its
+ * llhttp runs in wasm, one copy into wasm memory per read), so every event had to be re-framed and
+ * written again. Probes and /v1/models still use undici (UpstreamInstance.pool).
+ *
+ * What it handles: status line and headers (1xx skipped), chunked bodies (extensions, trailers,
+ * sizes and lines split across reads), content-length bodies, bodies delimited by close, HTTP/1.0
+ * and `connection: close` answers (socket not reused), the server's `keep-alive: timeout=N` hint,
+ * and a kept-alive socket that the server closed just as it was reused (retried once on a fresh
+ * connection, before anything was received).
+ */
+import { connect, type Socket } from "node:net";
+import { connect as tlsConnect } from "node:tls";
+
+export interface H1Response {
+  status: number;
+  /** Lower-cased names; repeated headers joined with ", ". */
+  headers: Record<string, string>;
+  /** True when the body arrives chunk-framed (then `raw` in onBody carries that framing). */
+  chunked: boolean;
+}
+
+export interface H1Handler {
+  onHead(res: H1Response): void;
+  /**
+   * One read's worth of body. `payload` is the decoded body bytes (slices of the read, in order).
+   * `raw` is the read's bytes as received minus the terminating zero-size chunk and trailers;
+   * `aligned` is true when `raw` is exactly a run of complete chunks (it starts and ends on chunk
+   * boundaries), so it may be forwarded as is to a client that expects chunked framing.
+   */
+  onBody(raw: Buffer, payload: Buffer[], aligned: boolean): void;
+  onEnd(): void;
+  /** Failure before or during the body. `beforeHead`: nothing was received (safe to retry). */
+  onError(err: Error, beforeHead: boolean): void;
+}
+
+export interface H1Request {
+  path: string;
+  headers: Record<string, string>;
+  body: Buffer | string;
+}
+
+export interface H1Call {
+  /** Destroys the connection: the upstream sees the close and stops generating. */
+  abort(): void;
+  pause(): void;
+  resume(): void;
+}
+
+const CRLF2 = Buffer.from("\r\n\r\n");
+const enum S {
+  Head,
+  Size,
+  Data,
+  DataEnd,
+  Trailer,
+  Length,
+  Close,
+  Done,
+}
+
+/** One upstream origin's keep-alive sockets (most recently used first). */
+export class H1Pool {
+  private readonly idle: { socket: Socket; since: number; ttl: number }[] = [];
+  private readonly host: string;
+  private readonly port: number;
+  private readonly hostHeader: string;
+  private readonly tls: boolean;
+  private readonly sweeper: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(origin: string, private readonly o: { connectTimeoutMs?: number } = {}) {
+    const u = new URL(origin);
+    if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`h1 pool: ${origin} is not http:// or https://`);
+    this.tls = u.protocol === "https:";
+    this.host = u.hostname.replace(/^\[|\]$/g, "");
+    this.port = Number(u.port || (this.tls ? 443 : 80));
+    this.hostHeader = u.host;
+    // expired idle sockets are closed by one timer per pool, not one per socket
+    this.sweeper = setInterval(() => this.sweep(performance.now()), 1000).unref();
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
+  }
+
+  request(req: H1Request, h: H1Handler): H1Call {
+    const head =
+      `POST ${req.path} HTTP/1.1\r\nhost: ${this.hostHeader}\r\n` +
+      Object.entries(req.headers)
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join("") +
+      `content-length: ${Buffer.byteLength(req.body)}\r\n\r\n`;
+    const bytes = typeof req.body === "string" ? Buffer.from(head + req.body) : Buffer.concat([Buffer.from(head), req.body]);
+    const call = new Exchange(this, bytes, h);
+    call.start(this.take());
+    return call;
+  }
+
+  /** A pooled socket still open and inside its keep-alive window, else undefined. */
+  take(): Socket | undefined {
+    const now = performance.now();
+    for (;;) {
+      const e = this.idle.pop();
+      if (!e) return undefined;
+      if (now - e.since < e.ttl && !e.socket.destroyed && e.socket.readyState === "open") {
+        e.socket.removeListener("data", onIdleData);
+        return e.socket;
+      }
+      e.socket.destroy();
+    }
+  }
+
+  connect(): Socket {
+    const s = this.tls
+      ? tlsConnect({ host: this.host, port: this.port, servername: this.host, ALPNProtocols: ["http/1.1"] }).setNoDelay(true)
+      : connect({ host: this.host, port: this.port, noDelay: true });
+    s.setTimeout(this.o.connectTimeoutMs ?? 5000, () => s.destroy(new Error(`connect to ${this.hostHeader} timed out`)));
+    s.once(this.tls ? "secureConnect" : "connect", () => s.setTimeout(0));
+    // idle sockets: the server closing or resetting one simply removes it from the pool
+    s.on("error", () => undefined);
+    s.on("close", () => this.forget(s));
+    return s;
+  }
+
+  release(socket: Socket, ttlMs: number): void {
+    if (this.closed || socket.destroyed) return void socket.destroy();
+    socket.on("data", onIdleData); // an idle socket must not receive anything: that would be a protocol error
+    this.idle.push({ socket, since: performance.now(), ttl: ttlMs });
+  }
+
+  private forget(s: Socket): void {
+    const i = this.idle.findIndex((e) => e.socket === s);
+    if (i >= 0) this.idle.splice(i, 1);
+  }
+
+  private sweep(now: number): void {
+    for (const e of this.idle.filter((x) => now - x.since >= x.ttl)) e.socket.destroy();
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.sweeper);
+    for (const e of this.idle.splice(0)) e.socket.destroy();
+  }
+}
+
+function onIdleData(this: Socket): void {
+  this.destroy();
+}
+
+/** One request/response on one socket (plus, at most, one retry on a fresh socket). */
+class Exchange implements H1Call {
+  private socket!: Socket;
+  private reused = false;
+  private received = false;
+  private finished = false;
+  private state = S.Head;
+  private headBuf: Buffer | undefined;
+  private res: H1Response | undefined;
+  private keepAlive = true;
+  private ttlMs = 4000;
+  /** Chunk data bytes still to come (Data), or body bytes still to come (Length). */
+  private left = 0;
+  /** The chunk-size line being parsed: value so far, digits, bytes, inside an extension. */
+  private size = 0;
+  private sizeDigits = 0;
+  private sizeLine = 0;
+  private sizeExt = false;
+  /** Bytes of a trailer line split across reads. */
+  private line = "";
+  private crlfLeft = 0;
+  private readonly onData = (b: Buffer) => this.data(b);
+  private readonly onEndEv = () => this.eof();
+  private readonly onErr = (e: Error) => this.fail(e);
+  private readonly onClose = () => this.fail(new Error("upstream closed the connection"));
+
+  constructor(private readonly pool: H1Pool, private readonly bytes: Buffer, private readonly h: H1Handler) {}
+
+  start(pooled: Socket | undefined): void {
+    this.reused = pooled !== undefined;
+    const s = (this.socket = pooled ?? this.pool.connect());
+    s.on("data", this.onData);
+    s.on("end", this.onEndEv);
+    s.on("error", this.onErr);
+    s.on("close", this.onClose);
+    s.write(this.bytes);
+  }
+
+  abort(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.detach();
+    this.socket.destroy();
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  private detach(): void {
+    const s = this.socket;
+    s.removeListener("data", this.onData);
+    s.removeListener("end", this.onEndEv);
+    s.removeListener("error", this.onErr);
+    s.removeListener("close", this.onClose);
+  }
+
+  private fail(e: Error): void {
+    if (this.finished) return;
+    if (this.reused && !this.received) {
+      // the server closed a kept-alive socket as we reused it: the request never reached it
+      this.detach();
+      this.socket.destroy();
+      return this.start(undefined);
+    }
+    this.finished = true;
+    this.detach();
+    this.socket.destroy();
+    this.h.onError(e, !this.received);
+  }
+
+  private eof(): void {
+    if (this.state === S.Close) return this.done(false);
+    this.fail(new Error(this.res ? "upstream closed the connection mid-body" : "upstream closed the connection before answering"));
+  }
+
+  private done(reusable: boolean): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.detach();
+    if (reusable && this.keepAlive) this.pool.release(this.socket, this.ttlMs);
+    else this.socket.destroy();
+    this.h.onEnd();
+  }
+
+  private data(b: Buffer): void {
+    this.received = true;
+    let pos = 0;
+    if (this.state === S.Head) {
+      pos = this.head(b);
+      if (pos < 0) return;
+      if ((this.state as S) === S.Done) return this.done(pos === b.length); // head() moved it on
+      if (pos === b.length) return;
+    }
+    this.body(b, pos);
+  }
+
+  /** Parses the response head; returns where the body starts in `b`, or -1 when more is needed. */
+  private head(b: Buffer): number {
+    const buf = this.headBuf ? Buffer.concat([this.headBuf, b]) : b;
+    const offset = this.headBuf ? this.headBuf.length : 0;
+    const end = buf.indexOf(CRLF2);
+    if (end < 0) {
+      if (buf.length > 64 * 1024) this.fail(new Error("upstream response head exceeds 64 KiB"));
+      else this.headBuf = Buffer.from(buf); // copy: the read's memory is not ours to keep
+      return -1;
+    }
+    this.headBuf = undefined;
+    const lines = buf.toString("latin1", 0, end).split("\r\n");
+    const m = /^HTTP\/1\.([01]) (\d{3})/.exec(lines[0]);
+    if (!m) {
+      this.fail(new Error(`upstream sent a malformed status line: ${JSON.stringify(lines[0].slice(0, 80))}`));
+      return -1;
+    }
+    const status = Number(m[2]);
+    const headers: Record<string, string> = {};
+    for (let i = 1; i < lines.length; i++) {
+      const c = lines[i].indexOf(":");
+      if (c <= 0) continue;
+      const k = lines[i].slice(0, c).trim().toLowerCase();
+      const v = lines[i].slice(c + 1).trim();
+      headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
+    }
+    const bodyAt = end + 4 - offset; // offset of the body within `b`
+    if (status < 200) {
+      // 1xx (103 Early Hints, an unasked-for 100): the real answer follows
+      if (bodyAt === b.length) return -1;
+      const r = this.head(b.subarray(bodyAt));
+      return r < 0 ? r : r + bodyAt;
+    }
+    const conn = (headers.connection ?? "").toLowerCase();
+    this.keepAlive = m[1] === "1" ? !conn.includes("close") : conn.includes("keep-alive");
+    const ka = /timeout=(\d+)/.exec(headers["keep-alive"] ?? "");
+    // like undici: trust the server's advertised idle timeout minus a second, else 4 s
+    if (ka) this.ttlMs = Math.max(0, Number(ka[1]) * 1000 - 1000);
+    const chunked = /chunked/i.test(headers["transfer-encoding"] ?? "");
+    this.res = { status, headers, chunked };
+    if (chunked) this.state = S.Size;
+    else if (status === 204 || status === 304) this.state = S.Done;
+    else if (headers["content-length"] !== undefined) {
+      this.left = Number(headers["content-length"]);
+      if (!Number.isSafeInteger(this.left) || this.left < 0) {
+        this.fail(new Error(`upstream sent content-length ${JSON.stringify(headers["content-length"])}`));
+        return -1;
+      }
+      this.state = this.left === 0 ? S.Done : S.Length;
+    } else {
+      this.state = S.Close;
+      this.keepAlive = false;
+    }
+    this.h.onHead(this.res);
+    if (this.finished) return -1; // the handler aborted
+    return bodyAt;
+  }
+
+  private body(b: Buffer, pos: number): void {
+    if (this.state === S.Length) {
+      const n = Math.min(this.left, b.length - pos);
+      const p = b.subarray(pos, pos + n);
+      this.left -= n;
+      this.h.onBody(p, [p], false);
+      if (this.left === 0 && !this.finished) this.done(pos + n === b.length);
+      return;
+    }
+    if (this.state === S.Close) {
+      const p = b.subarray(pos);
+      return this.h.onBody(p, [p], false);
+    }
+    const start = pos;
+    const startAligned = this.state === S.Size && this.sizeLine === 0;
+    let rawEnd = -1; // where the zero-size chunk starts, when it is in this read
+    const payload: Buffer[] = [];
+    while (pos < b.length && this.state !== S.Done) {
+      switch (this.state) {
+        case S.Size: {
+          // hex digits, optional `;extension`, CRLF; parsed byte by byte (no strings), and the line
+          // may be split across reads
+          const c = b[pos++];
+          this.sizeLine++;
+          if (c === 10) {
+            const n = this.size;
+            if (this.sizeDigits === 0) return this.fail(new Error("upstream sent a chunk size line without a size"));
+            this.size = this.sizeDigits = this.sizeLine = 0;
+            this.sizeExt = false;
+            if (n === 0) {
+              rawEnd = Math.max(start, lineStart(b, pos));
+              this.state = S.Trailer;
+            } else {
+              this.left = n;
+              this.state = S.Data;
+            }
+          } else if (c === 59 /* ; */) this.sizeExt = true;
+          else if (!this.sizeExt && c !== 13 && c !== 32 && c !== 9) {
+            const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+            if (v < 0 || ++this.sizeDigits > 12) return this.fail(new Error(`upstream sent a malformed chunk size (byte ${c})`));
+            this.size = this.size * 16 + v;
+          }
+          break;
+        }
+        case S.Data: {
+          const n = Math.min(this.left, b.length - pos);
+          payload.push(b.subarray(pos, pos + n));
+          pos += n;
+          this.left -= n;
+          if (this.left === 0) {
+            this.state = S.DataEnd;
+            this.crlfLeft = 2;
+          }
+          break;
+        }
+        case S.DataEnd: {
+          // the CRLF after the chunk's data (a bare LF is tolerated, as llhttp does in lenient mode)
+          const c = b[pos++];
+          if (c === 10) this.state = S.Size;
+          else if (c !== 13 || --this.crlfLeft === 0) return this.fail(new Error("upstream sent a chunk without its CRLF"));
+          break;
+        }
+        case S.Trailer: {
+          const lf = b.indexOf(10, pos);
+          if (lf < 0) {
+            this.line += b.toString("latin1", pos);
+            pos = b.length;
+            break;
+          }
+          const text = this.line + b.toString("latin1", pos, lf);
+          this.line = "";
+          pos = lf + 1;
+          if (text === "" || text === "\r") this.state = S.Done;
+          break;
+        }
+      }
+    }
+    const aligned = startAligned && (rawEnd >= 0 || (this.state === S.Size && this.sizeLine === 0));
+    const raw = b.subarray(start, rawEnd >= 0 ? rawEnd : b.length);
+    if (raw.length > 0 || payload.length > 0) this.h.onBody(raw, payload, aligned);
+    if (this.state === S.Done && !this.finished) this.done(pos === b.length);
+  }
+}
+
+/** Start of the line that ends just before `pos` (the zero-size chunk's own line), within `b`. */
+function lineStart(b: Buffer, pos: number): number {
+  let i = pos - 2; // the LF just consumed is at pos - 1
+  while (i >= 0 && b[i] !== 10) i--;
+  return i + 1;
+}
