@@ -18,21 +18,19 @@ import { tempDir } from "../support/tmp.js";
 const MiB = 1 << 20;
 const COMMIT = "e".repeat(40);
 const one = patternFile("model.safetensors", 24 * MiB + 12345, 21);
-const big = patternFile("model.safetensors", 96 * MiB, 22);
-const bigRepo = [bytesFile("config.json", "{}"), big];
+const big = patternFile("model.safetensors", 192 * MiB, 22);
 
 let hub: HubServer;
+let fast: HubServer;
 beforeAll(async () => {
-  // 8 MB/s per connection: a split is worth making, and the test still takes about a second.
-  hub = await startHubServer({
-    repos: [
-      { id: "org/one", commit: COMMIT, files: [one] },
-      { id: "org/big", commit: COMMIT, files: bigRepo },
-    ],
-    perConnectionBytesPerSec: 8_000_000,
-  });
+  // Throttled per connection, so splitting is worth it and each test takes a second or three.
+  hub = await startHubServer({ repos: [{ id: "org/one", commit: COMMIT, files: [one] }], perConnectionBytesPerSec: 8_000_000 });
+  fast = await startHubServer({ repos: [{ id: "org/big", commit: COMMIT, files: [bytesFile("config.json", "{}"), big] }], perConnectionBytesPerSec: 16_000_000 });
 });
-afterAll(() => hub.close());
+afterAll(async () => {
+  await hub.close();
+  await fast.close();
+});
 
 const content = (f: ServedFile) => Buffer.from(f.read(0, f.size) as Uint8Array);
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -125,17 +123,18 @@ describe("splitting running parts", () => {
 
   it("SIGKILL after splits, then resume: no finished byte is fetched again and the file is byte-identical", async () => {
     const home = await tempDir();
-    const env = { HF_HOME: home, HF_ENDPOINT: hub.hfEndpoint, HF_TOKEN: "" };
-    // 6 parts of 16 MiB on 4 connections: the last 2 parts start at ~2/3 and are split by the 2 idle connections.
-    const args = ["pull", "org/big", "--connections", "4", "--part-size", "16MiB", "--json"];
-    hub.resetStats();
+    const env = { HF_HOME: home, HF_ENDPOINT: fast.hfEndpoint, HF_TOKEN: "" };
+    // 6 parts of 32 MiB on 4 connections (2 s each): the last 2 parts start at ~2/3, and the 2 idle
+    // connections split them (4 × 16 MiB, 1 s more).
+    const args = ["pull", "org/big", "--connections", "4", "--part-size", "32MiB", "--json"];
+    fast.resetStats();
     const child = runDsr(args, { env });
-    const requestsOf = () => hub.stats.sent.filter((s) => s.path === big.path).length;
+    const requestsOf = () => fast.stats.sent.filter((s) => s.path === big.path).length;
     for (const t0 = Date.now(); requestsOf() < 7; ) {
       if (Date.now() - t0 > 60_000) throw new Error("no split seen");
       await new Promise((r) => setTimeout(r, 10));
     }
-    await new Promise((r) => setTimeout(r, 400)); // let the new parts write some blocks
+    await new Promise((r) => setTimeout(r, 500)); // let the new parts write a 4 MiB block or two
     child.kill("SIGKILL");
     expect((await child).signal).toBe("SIGKILL");
 
@@ -152,12 +151,12 @@ describe("splitting running parts", () => {
     // The split parts themselves have finished bytes (their state slots were recorded).
     expect(parts.slice(6).some((p) => p.done > 0)).toBe(true);
 
-    hub.resetStats();
+    fast.resetStats();
     const resumed = await runDsr(args, { env });
     expect(resumed.exitCode, String(resumed.stderr)).toBe(0);
     const j = JSON.parse(String(resumed.stdout));
     expect(j.files.find((f: { path: string }) => f.path === big.path).status).toBe("resume");
-    const sent = hub.stats.sent.filter((s) => s.path === big.path);
+    const sent = fast.stats.sent.filter((s) => s.path === big.path);
     expect(overlap(sent, finished)).toBe(0);
     expect(j.downloadedBytes).toBe(big.size - finishedBytes);
     const snap = join(home, "hub", "models--org--big", "snapshots", COMMIT, big.path);
