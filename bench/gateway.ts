@@ -15,27 +15,48 @@
  * (direct, dsr, dsr --workers N, nginx, then again…) so that load from other processes drifts over
  * all of them alike. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 50]
  * [--seconds 12] [--rounds 3] [--dsr-workers 2] [--nginx-workers auto]` — prints one JSON document.
+ *
+ * On a many-core machine each side gets fixed cores through `taskset`: `--proxy-cpus 0-3` pins dsr,
+ * dsr --workers and nginx to the same cores, with nginx worker_processes = dsr --workers = 4;
+ * `--upstream-cpus 4-7` runs the stand-in as that many processes there; `--loadgen-cpus 8-15` pins
+ * this process, which then generates load from that many threads. `--compare-cli FILE` adds a
+ * `dsr_baseline` target (another build of the CLI) for an A/B in the same run. For a machine without
+ * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isMainThread, parentPort, Worker } from "node:worker_threads";
 import { Pool } from "undici";
 import { freePort } from "../src/engine/serve/free-ports.js";
 
-const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
+const ROOT = process.env.DSR_BENCH_ROOT ?? dirname(dirname(fileURLToPath(import.meta.url)));
 const arg = (name: string, d: string) => {
   const i = process.argv.indexOf(name);
   return i >= 0 ? process.argv[i + 1] : d;
 };
+/** Number of CPUs in a taskset list such as "0-3,8". */
+const cpuCount = (list: string) => list.split(",").reduce((n, r) => n + (r.includes("-") ? Number(r.split("-")[1]) - Number(r.split("-")[0]) + 1 : 1), 0);
 const CONC = Number(arg("--concurrency", "1000"));
 const PACE = Number(arg("--pace-ms", "50"));
 const TOKENS = 64;
 const SECONDS = Number(arg("--seconds", "12"));
 const ROUNDS = Number(arg("--rounds", "3"));
-const NGINX_WORKERS = arg("--nginx-workers", "auto");
-const DSR_WORKERS = Number(arg("--dsr-workers", String(cpus().length)));
+const PROXY_CPUS = arg("--proxy-cpus", "");
+const UPSTREAM_CPUS = arg("--upstream-cpus", "");
+const LOADGEN_CPUS = arg("--loadgen-cpus", "");
+const NGINX_WORKERS = arg("--nginx-workers", PROXY_CPUS ? String(cpuCount(PROXY_CPUS)) : "auto");
+const DSR_WORKERS = Number(arg("--dsr-workers", String(PROXY_CPUS ? cpuCount(PROXY_CPUS) : cpus().length)));
+const UPSTREAM_WORKERS = Number(arg("--upstream-workers", String(UPSTREAM_CPUS ? cpuCount(UPSTREAM_CPUS) : 1)));
+const LOADGEN_THREADS = Number(arg("--loadgen-threads", String(LOADGEN_CPUS ? cpuCount(LOADGEN_CPUS) : 1)));
+const DSR_CLI = arg("--dsr-cli", join(ROOT, "bin/dsr"));
+const COMPARE_CLI = arg("--compare-cli", "");
+const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
+const NGINX = arg("--nginx", "nginx");
+/** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
+const pinned = (list: string, cmd: string, args: string[]): [string, string[]] => (list ? ["taskset", ["-c", list, cmd, ...args]] : [cmd, args]);
 
 interface RunResult {
   streams: number;
@@ -61,27 +82,56 @@ interface Samples {
 
 /**
  * Closed loop: `conc` workers each send a streaming completion, read it to the end, repeat. Worker
- * starts are staggered over one stream's duration so arrivals are spread (not 1000 at one instant),
- * and nothing is recorded until a warm-up of 1.5 stream durations has passed (steady state).
+ * starts are staggered over one stream's duration so arrivals are spread (not 1000 at one instant);
+ * only what happens between measure() and stop() is recorded.
  */
-async function load(pool: Pool, conc: number, seconds: number, streamMs: number, proxyPids: () => Promise<number[]>): Promise<Samples> {
-  const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true });
-  let measuring = false;
-  let stop = false;
-  const ttft: number[] = [];
-  const itl: number[] = [];
-  let streams = 0;
-  let errors = 0;
-  const one = () =>
-    new Promise<void>((resolve) => {
+class Loader {
+  private readonly pools = new Map<string, Pool>();
+  private measuring = false;
+  private stopped = false;
+  private running: Promise<void>[] = [];
+  private ttft: number[] = [];
+  private itl: number[] = [];
+  private streams = 0;
+  private errors = 0;
+
+  run(url: string, conc: number, streamMs: number, offset: number, total: number): void {
+    let pool = this.pools.get(url);
+    if (!pool) this.pools.set(url, (pool = new Pool(url, { connections: conc, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 })));
+    Object.assign(this, { measuring: false, stopped: false, ttft: [], itl: [], streams: 0, errors: 0 });
+    const p = pool;
+    this.running = Array.from({ length: conc }, async (_, i) => {
+      await sleep(((offset + i) * streamMs) / total);
+      while (!this.stopped) await this.one(p);
+    });
+  }
+
+  measure(): void {
+    this.measuring = true;
+  }
+
+  async stop(): Promise<{ ttft: number[]; itl: number[]; streams: number; errors: number }> {
+    this.measuring = false;
+    this.stopped = true;
+    await Promise.all(this.running);
+    return { ttft: this.ttft, itl: this.itl, streams: this.streams, errors: this.errors };
+  }
+
+  close(): Promise<unknown> {
+    return Promise.all([...this.pools.values()].map((p) => p.close()));
+  }
+
+  private one(pool: Pool): Promise<void> {
+    const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true });
+    return new Promise<void>((resolve) => {
       const t0 = performance.now();
       let last = 0;
       let first = true;
       let events = 0;
-      const rec = measuring;
+      const rec = this.measuring;
       pool.request({ path: "/v1/completions", method: "POST", headers: { "content-type": "application/json" }, body }, (err, res) => {
         if (err || !res || res.statusCode !== 200) {
-          if (rec) errors++;
+          if (rec) this.errors++;
           res?.body.resume();
           return resolve();
         }
@@ -93,8 +143,8 @@ async function load(pool: Pool, conc: number, seconds: number, streamMs: number,
             if (chunk[i + 1] === 10) {
               events++;
               if (events <= TOKENS && rec) {
-                if (first) ttft.push(now - t0);
-                else itl.push(now - last);
+                if (first) this.ttft.push(now - t0);
+                else this.itl.push(now - last);
               }
               first = false;
               last = now;
@@ -104,36 +154,96 @@ async function load(pool: Pool, conc: number, seconds: number, streamMs: number,
         });
         res.body.on("end", () => {
           if (rec) {
-            if (events >= TOKENS + 1) streams++;
-            else errors++;
+            if (events >= TOKENS + 1) this.streams++;
+            else this.errors++;
           }
           resolve();
         });
         res.body.on("error", () => {
-          if (rec) errors++;
+          if (rec) this.errors++;
           resolve();
         });
       });
     });
-  const worker = async (i: number) => {
-    await sleep((i * streamMs) / conc);
-    while (!stop) await one();
+  }
+}
+
+type LoaderMsg = { op: "run"; url: string; conc: number; streamMs: number; offset: number; total: number } | { op: "measure" } | { op: "stop" } | { op: "close" };
+
+/** The load generator: in this thread, or spread over `threads` worker threads (many-core machines). */
+function loadGenerator(threads: number) {
+  if (threads <= 1) {
+    const l = new Loader();
+    return {
+      run: (url: string, conc: number, streamMs: number) => l.run(url, conc, streamMs, 0, conc),
+      measure: () => l.measure(),
+      stop: () => l.stop(),
+      close: () => l.close(),
+    };
+  }
+  // from the .ts source (development tree) a thread registers tsx before importing this file (tsx's
+  // own hooks do not reach worker threads); the bundle is plain JS
+  const src = import.meta.url.endsWith(".ts") ? `import("tsx/esm/api").then((t) => t.register()).then(() => import(${JSON.stringify(import.meta.url)}))` : new URL(import.meta.url);
+  const workers = Array.from({ length: threads }, () => new Worker(src, { eval: typeof src === "string", argv: process.argv.slice(2) }));
+  const send = (w: Worker, m: LoaderMsg) => w.postMessage(m);
+  return {
+    run(url: string, conc: number, streamMs: number) {
+      let offset = 0;
+      workers.forEach((w, k) => {
+        const n = Math.floor(conc / threads) + (k < conc % threads ? 1 : 0);
+        send(w, { op: "run", url, conc: n, streamMs, offset, total: conc });
+        offset += n;
+      });
+    },
+    measure: () => workers.forEach((w) => send(w, { op: "measure" })),
+    async stop() {
+      const parts = await Promise.all(
+        workers.map(
+          (w) =>
+            new Promise<{ ttft: number[]; itl: number[]; streams: number; errors: number }>((resolve) => {
+              w.once("message", resolve);
+              send(w, { op: "stop" });
+            }),
+        ),
+      );
+      return { ttft: parts.flatMap((p) => p.ttft), itl: parts.flatMap((p) => p.itl), streams: parts.reduce((a, p) => a + p.streams, 0), errors: parts.reduce((a, p) => a + p.errors, 0) };
+    },
+    async close() {
+      await Promise.all(workers.map((w) => new Promise((r) => (w.once("exit", r), send(w, { op: "close" })))));
+    },
   };
-  const workers = Array.from({ length: conc }, (_, i) => worker(i));
+}
+
+/** Worker-thread side of loadGenerator(). */
+function serveLoader(): void {
+  const l = new Loader();
+  parentPort!.on("message", async (m: LoaderMsg) => {
+    if (m.op === "run") l.run(m.url, m.conc, m.streamMs, m.offset, m.total);
+    else if (m.op === "measure") l.measure();
+    else if (m.op === "stop") parentPort!.postMessage(await l.stop());
+    else {
+      await l.close();
+      process.exit(0);
+    }
+  });
+}
+
+/** One measurement of one target: warm-up of 1.5 stream durations (at least 2 s), then `seconds` recorded. */
+async function load(gen: ReturnType<typeof loadGenerator>, url: string, conc: number, seconds: number, streamMs: number, proxyPids: () => Promise<number[]>): Promise<Samples> {
+  gen.run(url, conc, streamMs);
   await sleep(Math.max(2000, 1.5 * streamMs));
-  measuring = true;
   const pids = await proxyPids();
   const cpu0 = await cpuMs(pids);
   const self0 = process.cpuUsage();
   const t0 = performance.now();
+  gen.measure();
   await sleep(seconds * 1000);
-  measuring = false;
+  const stopped = gen.stop(); // recording ends now; the streams in flight drain afterwards
   const dt = (performance.now() - t0) / 1000;
   const cpu1 = await cpuMs(pids);
   const self = process.cpuUsage(self0);
-  stop = true;
-  await Promise.all(workers);
-  return { ttft, itl, streams, errors, seconds: dt, proxyCpuMs: pids.length ? cpu1 - cpu0 : undefined, selfCpuMs: (self.user + self.system) / 1000 };
+  const r = await stopped;
+  return { ...r, seconds: dt, proxyCpuMs: pids.length ? cpu1 - cpu0 : undefined, selfCpuMs: (self.user + self.system) / 1000 };
 }
 
 function merge(parts: Samples[]): RunResult {
@@ -236,7 +346,8 @@ http {
   }
 }`;
   await writeFile(join(dir, "nginx.conf"), conf);
-  const proc = spawn("nginx", ["-c", join(dir, "nginx.conf"), "-p", dir], { stdio: ["ignore", "pipe", "pipe"] });
+  // -e: the startup error log too (the compiled-in /var/log/nginx may not exist where nginx was carried)
+  const proc = spawn(...pinned(PROXY_CPUS, NGINX, ["-c", join(dir, "nginx.conf"), "-p", dir, "-e", join(dir, "error.log")]), { stdio: ["ignore", "pipe", "pipe"] });
   for (let i = 0; i < 100; i++) {
     await sleep(100);
     const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false);
@@ -248,42 +359,52 @@ http {
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "dsr-bench-gw-"));
   const procs: ChildProcess[] = [];
-  const tsx = ["--import", "tsx"];
+  // a .ts stand-in runs through tsx (development tree); a bundled .mjs with plain node
+  const tsx = STANDIN.endsWith(".ts") ? ["--import", "tsx"] : [];
   const startUpstream = async (pace: number) => {
-    const u = await start(process.execPath, [...tsx, "test/support/standin-upstream.ts", "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace)], /"port":(\d+)/);
+    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...tsx, STANDIN, "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS)]), /"port":(\d+)/);
     procs.push(u.proc);
     return { proc: u.proc, port: Number(u.match[1]) };
   };
+  if (LOADGEN_CPUS) {
+    // this process is the load generator: pin all its threads (children are pinned on their own)
+    const r = spawnSync("taskset", ["-a", "-p", "-c", LOADGEN_CPUS, String(process.pid)], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`taskset could not pin the load generator: ${r.error?.message ?? r.stderr}`);
+  }
+  const gen = loadGenerator(LOADGEN_THREADS);
   const results: Record<string, Record<string, RunResult>> = {};
   try {
     for (const [run, pace, secs] of [["latency", PACE, SECONDS], ["throughput", 1, Math.max(6, SECONDS / 2)]] as const) {
       const up = await startUpstream(pace);
-      const dsrArgs = [join(ROOT, "bin/dsr"), "serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"];
-      const gw = await start(process.execPath, dsrArgs, /^serving .* at (http:\/\/[^\s/]+)\/v1/m);
+      const serveArgs = ["serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"];
+      const serving = /^serving .* at (http:\/\/[^\s/]+)\/v1/m;
+      const gw = await start(...pinned(PROXY_CPUS, process.execPath, [DSR_CLI, ...serveArgs]), serving);
       procs.push(gw.proc);
-      const gw2 = await start(process.execPath, [...dsrArgs, "--workers", String(DSR_WORKERS)], /^serving .* at (http:\/\/[^\s/]+)\/v1/m);
+      const gw2 = await start(...pinned(PROXY_CPUS, process.execPath, [DSR_CLI, ...serveArgs, "--workers", String(DSR_WORKERS)]), serving);
       procs.push(gw2.proc);
+      const base = COMPARE_CLI ? await start(...pinned(PROXY_CPUS, process.execPath, [COMPARE_CLI, ...serveArgs]), serving) : undefined;
+      if (base) procs.push(base.proc);
       const ng = await startNginx(up.port, dir);
       procs.push(ng.proc);
       const nginxWorkers = () => childrenOf(ng.proc.pid!);
       const targets: [string, string, () => Promise<number[]>][] = [
         ["direct", `http://127.0.0.1:${up.port}`, async () => []],
         ["dsr", gw.match[1], async () => [gw.proc.pid!]],
+        ...(base ? [["dsr_baseline", base.match[1], async () => [base.proc.pid!]] as [string, string, () => Promise<number[]>]] : []),
         [`dsr_workers${DSR_WORKERS}`, gw2.match[1], async () => [gw2.proc.pid!, ...(await childrenOf(gw2.proc.pid!))]],
         ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
       // Rounds interleave the targets, so load from other processes on the machine drifts over all
       // of them alike instead of favouring whichever ran first. Pools stay open (connections warm).
-      const pools = targets.map(([, url]) => new Pool(url, { connections: CONC, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 }));
       const parts: Samples[][] = targets.map(() => []);
       for (let round = 0; round < ROUNDS; round++) {
-        for (let t = 0; t < targets.length; t++) parts[t].push(await load(pools[t], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]));
+        for (let t = 0; t < targets.length; t++) parts[t].push(await load(gen, targets[t][1], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]));
       }
-      await Promise.all(pools.map((p) => p.close()));
       results[run] = Object.fromEntries(targets.map(([name], t) => [name, merge(parts[t])]));
-      for (const p of [ng.proc, gw.proc, gw2.proc, up.proc]) await stopProc(p);
+      for (const p of [ng.proc, gw.proc, gw2.proc, base?.proc, up.proc]) if (p) await stopProc(p);
     }
   } finally {
+    await gen.close();
     for (const p of procs) await stopProc(p);
     await rm(dir, { recursive: true, force: true });
   }
@@ -295,20 +416,36 @@ async function main(): Promise<void> {
     itl_p99_ms: round(lat[t].itl_ms.p99 - lat.direct.itl_ms.p99, 3),
   });
   const thr = results.throughput;
-  const W = `dsr_workers${DSR_WORKERS}`;
+  const proxies = Object.keys(lat).filter((t) => t !== "direct");
+  const each = <T>(f: (t: string) => T) => Object.fromEntries(proxies.map((t) => [t, f(t)]));
   const doc = {
     schema: "dsr.bench.gateway/1",
-    config: { dsr_workers: DSR_WORKERS, concurrency: CONC, tokens_per_stream: TOKENS, latency_pace_ms: PACE, throughput_pace_ms: 1, seconds: SECONDS, rounds: ROUNDS, warmup: "1.5 stream durations (at least 2 s) per round", nginx_worker_processes: NGINX_WORKERS, endpoint: "/v1/completions stream" },
+    config: {
+      dsr_workers: DSR_WORKERS,
+      concurrency: CONC,
+      tokens_per_stream: TOKENS,
+      latency_pace_ms: PACE,
+      throughput_pace_ms: 1,
+      seconds: SECONDS,
+      rounds: ROUNDS,
+      warmup: "1.5 stream durations (at least 2 s) per round",
+      nginx_worker_processes: NGINX_WORKERS,
+      endpoint: "/v1/completions stream",
+      cpus: { proxy: PROXY_CPUS || "any", upstream: UPSTREAM_CPUS || "any", loadgen: LOADGEN_CPUS || "any" },
+      upstream_processes: UPSTREAM_WORKERS,
+      loadgen_threads: LOADGEN_THREADS,
+      baseline_cli: COMPARE_CLI || undefined,
+    },
     environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },
-    added_latency_vs_direct: { dsr: added("dsr"), [W]: added(W), nginx: added("nginx") },
-    max_streams_per_s: { direct: thr.direct.streams_per_s, dsr: thr.dsr.streams_per_s, [W]: thr[W].streams_per_s, nginx: thr.nginx.streams_per_s },
+    added_latency_vs_direct: each(added),
+    max_streams_per_s: { direct: thr.direct.streams_per_s, ...each((t) => thr[t].streams_per_s) },
     cpu_ms_per_stream: {
-      throughput_run: { dsr: thr.dsr.proxy_cpu_ms_per_stream, [W]: thr[W].proxy_cpu_ms_per_stream, nginx: thr.nginx.proxy_cpu_ms_per_stream },
-      latency_run: { dsr: lat.dsr.proxy_cpu_ms_per_stream, [W]: lat[W].proxy_cpu_ms_per_stream, nginx: lat.nginx.proxy_cpu_ms_per_stream },
+      throughput_run: each((t) => thr[t].proxy_cpu_ms_per_stream),
+      latency_run: each((t) => lat[t].proxy_cpu_ms_per_stream),
     },
     targets: {
-      p99_added_le_2ms: { dsr: added("dsr").ttft_p99_ms <= 2 && added("dsr").itl_p99_ms <= 2, [W]: added(W).ttft_p99_ms <= 2 && added(W).itl_p99_ms <= 2 },
-      throughput_ge_nginx: { dsr: thr.dsr.streams_per_s >= thr.nginx.streams_per_s, [W]: thr[W].streams_per_s >= thr.nginx.streams_per_s },
+      p99_added_le_2ms: each((t) => added(t).ttft_p99_ms <= 2 && added(t).itl_p99_ms <= 2),
+      throughput_ge_nginx: each((t) => thr[t].streams_per_s >= thr.nginx.streams_per_s),
     },
     runs: results,
   };
@@ -327,4 +464,5 @@ async function stopProc(p: ChildProcess): Promise<void> {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
-await main();
+if (isMainThread) await main();
+else serveLoader();

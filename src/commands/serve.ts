@@ -80,7 +80,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--host <addr>", "listen address", "127.0.0.1")
     .option("--port <n>", "listen port", "8000")
     .option("--instances <n>", "engine instances behind the router (GPU engines share the memory fraction)", "1")
-    .option("--workers <n>", "gateway processes sharing the port (use the cores for heavy streaming loads)", "1")
+    .option("--workers <n>", "gateway processes sharing the port, or auto = one per core (for heavy streaming loads)", "1")
     .option("--tp <n>", "tensor parallel size (vllm/sglang)")
     .option("--pp <n>", "pipeline parallel size (vllm/sglang)")
     .option("--max-model-len <n>", "context length")
@@ -135,7 +135,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     host: f.host,
     port: int(f.port, "--port", 0, 65535),
     instances: int(f.instances, "--instances", 1, 64),
-    workers: int(f.workers, "--workers", 1, 256),
+    workers: f.workers === "auto" ? availableParallelism() : int(f.workers, "--workers", 1, 256),
     servedNames: f.servedModelName?.length ? f.servedModelName : model && !f.upstream?.length ? [basename(model.replace(/\/+$/, ""))] : [],
     reasoningFields: reasoningFields(f.reasoningField),
     r1Advice: f.r1Advice,

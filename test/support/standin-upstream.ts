@@ -136,7 +136,8 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-// Script mode: a separate process for the benchmark.
+// Script mode: a separate process for the benchmark. `--workers N` runs N processes (node:cluster)
+// sharing the port, so on a many-core machine the stand-in is not the bottleneck of the proxies it feeds.
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//, "/"))) {
   const arg = (name: string, d: number) => {
     const i = process.argv.indexOf(name);
@@ -144,6 +145,20 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
   };
   const mi = process.argv.indexOf("--model");
   const model = mi >= 0 ? process.argv[mi + 1] : undefined;
-  const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model }, arg("--port", 0));
-  process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
+  const workers = arg("--workers", 1);
+  const cluster = (await import("node:cluster")).default;
+  if (workers > 1 && cluster.isPrimary) {
+    let up = 0;
+    cluster.on("listening", (_w, a) => {
+      if (++up === workers) process.stdout.write(JSON.stringify({ port: a.port, url: `http://127.0.0.1:${a.port}`, workers }) + "\n");
+    });
+    for (let i = 0; i < workers; i++) cluster.fork();
+    process.on("SIGTERM", () => {
+      for (const w of Object.values(cluster.workers ?? {})) w?.kill();
+      process.exit(0);
+    });
+  } else {
+    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model }, arg("--port", 0));
+    if (cluster.isPrimary) process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
+  }
 }
