@@ -15,8 +15,8 @@ import { encodeModel } from "./model.js";
 import { checkpointWeights, type WeightSource } from "./weights.js";
 
 export const MANIFEST_FILE = "dsr-onnx.json";
-// 2: rotary outside GQA, new.N.{key,value} outputs instead of present.N.* (decoder.ts says why).
-export const MANIFEST_VERSION = 2;
+// 3: attention from MatMuls over the cache read in place; new.N.{key,value} outputs (onnx/attention.ts says why).
+export const MANIFEST_VERSION = 3;
 export const MODEL_FILE = "model.onnx";
 export const DATA_FILE = "model.onnx.data";
 /** Files copied next to the graph so the directory is a complete model for the engine. */

@@ -1,24 +1,20 @@
 /**
  * The decoder graph for qwen2 and llama (every R1-Distill model), in the shape onnxruntime-genai
- * emits for CPU (facts §4.1, §4.6 — all ops verified on onnxruntime-node 1.30):
+ * emits for CPU except for attention (facts §4.1, §4.6 — all ops verified on onnxruntime-node 1.30):
  *   Gather embedding → per layer: (Skip)SimplifiedLayerNormalization → packed QKV projection (+bias
- *   for qwen2) → Split → RotaryEmbedding on Q and K → GroupQueryAttention (KV cache in BNSH) → o_proj →
+ *   for qwen2) → Split → RotaryEmbedding on Q and K → grouped-query attention from MatMuls over the
+ *   cache, read in place (attention.ts says why not GroupQueryAttention) → o_proj →
  *   SkipSimplifiedLayerNormalization → SwiGLU MLP → final norm → lm_head on the last positions only.
- * Inputs: input_ids int64 [B,S], position_ids int64 [B,S], seqlens_k int32 [B] (total length − 1 per
- * row), total_sequence_length int32 scalar, num_logits_to_keep int64 [1], past_key_values.N.{key,value}.
- * Outputs: logits [B, keep, V] and new.N.{key,value} [B, S, kvHeads·headDim]: only this step's
- * (rotated) keys and values, which the caller appends to its cache.
- *
- * Why not GQA's own `present` outputs, bound to the past buffers as onnxruntime-genai does: the
- * onnxruntime-node binding copies every fetched output into a fresh ArrayBuffer after each run, so a
- * bound `present` costs a copy of the whole cache per step (measured on a 16-core Xeon, Qwen2.5-1.5B
- * shapes, 8 rows × 192 positions: 98 ms per step with `present` fetched, 53 ms without). Rotary is
- * therefore applied outside GQA so the rotated keys can leave the graph as a small output; GQA's
- * `present` stays internal (it copies the rows' real past into arena memory, which is far cheaper).
+ * Inputs: input_ids int64 [B,S], position_ids int64 [B,S] (cached length + j, per row),
+ * attention_mask_past float [B,1,1,P], attention_mask_new float [G·S,S] (attention.ts),
+ * num_logits_to_keep int64 [1], past_key_values.N.{key,value} float [B,Hkv,P,D].
+ * Outputs: logits [B, keep, V] and new.N.{key,value} [B, S, Hkv·D]: only this step's (rotated) keys
+ * and values, which the caller appends to its cache.
  */
 import { DsrError } from "../errors.js";
 import type { ModelConfig } from "../arch/config.js";
 import { bytesOf } from "./data-file.js";
+import { attention, attentionCommon } from "./attention.js";
 import { embedding, linear, node, vector, type EmitContext } from "./layers.js";
 import { attr, DataType, type GraphSpec, type ValueInfo } from "./model.js";
 import { rotaryCaches } from "./rope.js";
@@ -27,6 +23,8 @@ export const SUPPORTED_MODEL_TYPES = ["qwen2", "llama"];
 
 export interface DecoderIo {
   numLayers: number;
+  /** Query heads (grouped by KV head: numHeads / kvHeads per group). */
+  numHeads: number;
   kvHeads: number;
   headDim: number;
   vocabSize: number;
@@ -54,14 +52,14 @@ export async function buildDecoderGraph(cfg: ModelConfig, ctx: EmitContext, maxP
   const inputs: ValueInfo[] = [
     { name: "input_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
     { name: "position_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
-    { name: "seqlens_k", elemType: DataType.INT32, shape: ["batch_size"] },
-    { name: "total_sequence_length", elemType: DataType.INT32, shape: [] },
+    { name: "attention_mask_past", elemType: DataType.FLOAT, shape: ["batch_size", 1, 1, "past_len"] },
+    { name: "attention_mask_new", elemType: DataType.FLOAT, shape: ["group_x_sequence_length", "sequence_length"] },
     { name: "num_logits_to_keep", elemType: DataType.INT64, shape: [1] },
   ];
   const outputs: ValueInfo[] = [{ name: "logits", elemType: DataType.FLOAT, shape: ["batch_size", "keep", vocabSize] }];
   for (let i = 0; i < L; i++) {
     for (const kv of ["key", "value"]) {
-      inputs.push({ name: `past_key_values.${i}.${kv}`, elemType: DataType.FLOAT, shape: ["batch_size", numKvHeads, "max_seq_len", headDim] });
+      inputs.push({ name: `past_key_values.${i}.${kv}`, elemType: DataType.FLOAT, shape: ["batch_size", numKvHeads, "past_len", headDim] });
       outputs.push({ name: `new.${i}.${kv}`, elemType: DataType.FLOAT, shape: ["batch_size", "sequence_length", numKvHeads * headDim] });
     }
   }
@@ -71,6 +69,7 @@ export async function buildDecoderGraph(cfg: ModelConfig, ctx: EmitContext, maxP
   ctx.initializers.push(await ctx.data.tensor("sin_cache", DataType.FLOAT, [maxPositions, headDim / 2], bytesOf(sin)));
 
   ctx.initializers.push({ name: "qkv_split", dataType: DataType.INT64, dims: [3], raw: int64([numHeads * headDim, numKvHeads * headDim, numKvHeads * headDim]) });
+  attentionCommon(ctx, numHeads, numKvHeads, headDim, "past_key_values.0.key");
   await embedding(ctx, "model.embed_tokens.weight", "model.embed_tokens.weight", "input_ids", "embeds");
 
   let hidden = "embeds"; // output of the previous block, not yet added to the residual
@@ -99,12 +98,8 @@ export async function buildDecoderGraph(cfg: ModelConfig, ctx: EmitContext, maxP
     const rotary = { interleaved: attr.int(0) };
     node(ctx, "RotaryEmbedding", `${a}/q_rotary`, [`${a}/q`, "position_ids", "cos_cache", "sin_cache"], [`${a}/q_rot`], { ...rotary, num_heads: attr.int(numHeads) }, "com.microsoft");
     node(ctx, "RotaryEmbedding", `${a}/k_rotary`, [`${a}/k`, "position_ids", "cos_cache", "sin_cache"], [`new.${i}.key`], { ...rotary, num_heads: attr.int(numKvHeads) }, "com.microsoft");
-    node(ctx, "GroupQueryAttention", `${a}/GroupQueryAttention`,
-      [`${a}/q_rot`, `new.${i}.key`, `new.${i}.value`, `past_key_values.${i}.key`, `past_key_values.${i}.value`, "seqlens_k", "total_sequence_length"],
-      [`${a}/attn`, `${a}/present_key`, `${a}/present_value`],
-      { num_heads: attr.int(numHeads), kv_num_heads: attr.int(numKvHeads), do_rotary: attr.int(0), local_window_size: attr.int(-1) },
-      "com.microsoft");
-    const attnOut = await linear(ctx, `${a}/attn`, `${a}.o_proj`, [`${a}.o_proj.weight`], undefined, `${a}/out`);
+    const attn = attention(ctx, a, { q: `${a}/q_rot`, k: `new.${i}.key`, v: `new.${i}.value`, pastK: `past_key_values.${i}.key`, pastV: `past_key_values.${i}.value` }, headDim);
+    const attnOut = await linear(ctx, attn, `${a}.o_proj`, [`${a}.o_proj.weight`], undefined, `${a}/out`);
 
     const lnPost = await vector(ctx, `${p}.post_attention_layernorm.weight`, [`${p}.post_attention_layernorm.weight`]);
     const normed2 = `${p}/post_norm`;
@@ -135,5 +130,5 @@ export async function buildDecoderGraph(cfg: ModelConfig, ctx: EmitContext, maxP
 }
 
 export function decoderIo(cfg: ModelConfig, maxPositions: number): DecoderIo {
-  return { numLayers: cfg.numLayers, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, vocabSize: cfg.vocabSize, maxPositions };
+  return { numLayers: cfg.numLayers, numHeads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, vocabSize: cfg.vocabSize, maxPositions };
 }

@@ -1,15 +1,15 @@
 /**
  * One onnxruntime-node session over a dsr decoder graph, plus its KV cache. Each layer's K and V live
- * in one buffer laid out [rows, kvHeads, stride, headDim]; row r is a sequence's slot. The buffers are
- * fed as GQA's past (read in place, no copy); each run returns only the step's new keys and values,
- * which are appended here (the graph's comment says why GQA's `present` is not fetched). GQA copies
- * the rows' past into its own `present` of [rows, kvHeads, max(stride, total), headDim] every step,
- * so the stride is kept just above the longest sequence (a multiple of STRIDE_STEP) and re-laid out
- * as sequences grow or leave, rather than fixed at maxContext.
+ * in one buffer laid out [rows, kvHeads, stride, headDim]; row r is a sequence's slot. The graph
+ * reads the buffers in place as the past (masked past each row's length) and returns only the step's
+ * new keys and values, which are appended here (src/engine/onnx/attention.ts says why). Attention
+ * reads all `stride` positions of a row, so the stride is kept just above the longest sequence (a
+ * multiple of STRIDE_STEP) and re-laid out as sequences grow or leave, rather than fixed at maxContext.
  */
 import type * as Ort from "onnxruntime-node";
 import { join } from "node:path";
 import { DsrError } from "../../errors.js";
+import { MASK_OFF } from "../../onnx/attention.js";
 import { MODEL_FILE, type OnnxManifest } from "../../onnx/build.js";
 
 export interface DecoderSessionOptions {
@@ -24,6 +24,8 @@ export const STRIDE_STEP = 64;
 export class DecoderSession {
   readonly layers: number;
   readonly vocab: number;
+  /** Query heads per KV head. */
+  private readonly groups: number;
   readonly slotFloats: number;
   /** Bytes of KV cache per token (all layers, K and V). */
   readonly kvBytesPerToken: number;
@@ -42,6 +44,7 @@ export class DecoderSession {
     const { numLayers, kvHeads, headDim, vocabSize } = manifest.io;
     this.layers = numLayers;
     this.vocab = vocabSize;
+    this.groups = manifest.io.numHeads / kvHeads;
     this.rowFloats = headDim;
     this.slotFloats = kvHeads * opts.maxContext * headDim;
     this.stride = Math.min(STRIDE_STEP, opts.maxContext);
@@ -104,22 +107,20 @@ export class DecoderSession {
     const S = tokens[0]!.length;
     const ids = new BigInt64Array(rows * S);
     const positions = new BigInt64Array(rows * S);
-    const seqlens = new Int32Array(rows);
     let total = 0;
     for (let r = 0; r < rows; r++) {
       for (let j = 0; j < S; j++) {
         ids[r * S + j] = BigInt(tokens[r]![j]!);
         positions[r * S + j] = BigInt(past[r]! + j);
       }
-      seqlens[r] = past[r]! + S - 1;
       total = Math.max(total, past[r]! + S);
     }
     if (total > this.stride) throw new Error(`KV stride ${this.stride} < ${total}: call fit() before run()`);
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new this.ort.Tensor("int64", ids, [rows, S]),
       position_ids: new this.ort.Tensor("int64", positions, [rows, S]),
-      seqlens_k: new this.ort.Tensor("int32", seqlens, [rows]),
-      total_sequence_length: new this.ort.Tensor("int32", Int32Array.of(total), []),
+      attention_mask_past: new this.ort.Tensor("float32", this.pastMask(rows, past), [rows, 1, 1, this.stride]),
+      attention_mask_new: new this.ort.Tensor("float32", this.newMask(S), [this.groups * S, S]),
       num_logits_to_keep: new this.ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), [1]),
     };
     this.kvFeeds(first, rows, feeds);
@@ -129,6 +130,20 @@ export class DecoderSession {
       this.append(this.v[i]!, out[`new.${i}.value`]!.data as Float32Array, first, rows, S, past);
     }
     return out.logits!.data as Float32Array;
+  }
+
+  /** Row r sees its first past[r] cached positions. */
+  private pastMask(rows: number, past: number[]): Float32Array {
+    const m = new Float32Array(rows * this.stride).fill(MASK_OFF);
+    for (let r = 0; r < rows; r++) m.fill(0, r * this.stride, r * this.stride + past[r]!);
+    return m;
+  }
+
+  /** Causal mask over the step's own tokens, repeated for each query head of a KV group. */
+  private newMask(S: number): Float32Array {
+    const m = new Float32Array(this.groups * S * S);
+    for (let g = 0; g < this.groups; g++) for (let s = 0; s < S; s++) m.fill(MASK_OFF, (g * S + s) * S + s + 1, (g * S + s + 1) * S);
+    return m;
   }
 
   /** The stride needed for sequences of up to `longest` tokens. */
