@@ -4,7 +4,7 @@
  * of temperature-1 sampling against softmax (chi-square-free check: each frequency within 4 sigma).
  */
 import { describe, expect, it } from "vitest";
-import { Sampler } from "../../src/engine/runtime/embedded/sampler.js";
+import { Sampler, seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
 import type { SamplingParams } from "../../src/engine/runtime/types.js";
 
 const base: SamplingParams = { temperature: 1, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, seed: 1 };
@@ -66,4 +66,58 @@ describe("Sampler", () => {
     expect(r.logprob!.top.map((t) => t.id)).toEqual([0, 1, 2]);
     expect(r.logprob!.top[2]!.logprob).toBeCloseTo(Math.log(2 / 16), 5);
   });
+});
+
+/** The textbook definition the bucketed cuts must reproduce: sort, top-k, min-p, top-p (renormalised). */
+const maxOf = (x: Float32Array) => x.reduce((a, b) => Math.max(a, b), -Infinity);
+
+function referenceNucleus(x: Float32Array, p: SamplingParams): number[] {
+  const max = maxOf(x);
+  const ids = Array.from(x.keys()).filter((i) => x[i]! >= max - 30 * p.temperature);
+  ids.sort((a, b) => x[b]! - x[a]! || a - b);
+  let n = ids.length;
+  if (p.topK > 0) n = Math.min(n, p.topK);
+  const w = (i: number) => Math.exp((x[i]! - max) / p.temperature);
+  if (p.minP > 0) while (n > 1 && w(ids[n - 1]!) < p.minP) n--;
+  if (p.topP < 1) {
+    let mass = 0;
+    for (let j = 0; j < n; j++) mass += w(ids[j]!);
+    let acc = 0;
+    for (let j = 0; j < n; j++) {
+      acc += w(ids[j]!);
+      if (acc >= p.topP * mass) {
+        n = j + 1;
+        break;
+      }
+    }
+  }
+  return ids.slice(0, n).sort((a, b) => a - b);
+}
+
+describe("Sampler nucleus on a 151,936-token vocabulary", () => {
+  const V = 151936;
+  const rand = seededRandom(7);
+  const gauss = () => Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand());
+  const shapes: [string, Float32Array][] = [
+    ["peaked (LLM-like)", Float32Array.from({ length: V }, () => gauss() * 2.5).map((v, i) => (i % 7919 === 0 ? 14 + (i % 5) : v))],
+    ["flat", Float32Array.from({ length: V }, (_, i) => Math.sin(i) * 10)],
+    ["ties", Float32Array.from({ length: V }, (_, i) => (i % 3) - 1)],
+  ];
+  const params: Partial<SamplingParams>[] = [
+    { temperature: 0.6, topP: 0.95 },
+    { temperature: 1, topK: 50 },
+    { temperature: 1, topK: 2000, topP: 0.5 },
+    { temperature: 0.7, minP: 0.05, topP: 0.9 },
+    { temperature: 1.3, topP: 0.3 },
+  ];
+  for (const [shape, x] of shapes) {
+    it(`${shape}: the same tokens as sorting the whole vocabulary`, () => {
+      const max = maxOf(x);
+      for (const q of params) {
+        const p = { ...base, ...q };
+        const got = Array.from(new Sampler(p, [], V).nucleus(x, max)).sort((a, b) => a - b);
+        expect(got, JSON.stringify(q)).toEqual(referenceNucleus(x, p));
+      }
+    });
+  }
 });
