@@ -54,9 +54,11 @@ export class Sampler {
   }
 
   sample(logits: Float32Array): { id: number; logprob?: TokenLogprob } {
-    const x = this.work;
-    x.set(logits);
     const { repetitionPenalty: rep, presencePenalty: pres, frequencyPenalty: freq } = this.p;
+    // Penalties edit a copy; without them the logits (a view of the step's output) are read as they are.
+    const penalised = rep !== 1 || pres !== 0 || freq !== 0;
+    const x = penalised ? this.work : logits;
+    if (penalised) x.set(logits);
     if (rep !== 1) for (const id of this.seen) x[id] = x[id]! > 0 ? x[id]! / rep : x[id]! * rep;
     if (pres !== 0 || freq !== 0) for (const [id, c] of this.counts) x[id] = x[id]! - pres - freq * c;
     let max = -Infinity;
