@@ -96,6 +96,33 @@ describe("splitting running parts", () => {
     await job.close();
   });
 
+  it("does not split into pieces too small to repay a new request's time to first byte", async () => {
+    const dir = await tempDir();
+    const f = patternFile("y.bin", 16 * MiB, 24);
+    const data = content(f);
+    // 10 MB/s after a first byte that takes `ttfbMs`; split attempted once ~1.5 MB have arrived (~7 MiB halves).
+    const attempt = async (ttfbMs: number) => {
+      const job = await FileJob.load({ path: f.path, size: f.size, lfs: true }, join(dir, `y${ttfbMs}.dsr-partial`), 64 * MiB);
+      const part = job.nextPart()!;
+      let tried: boolean | undefined;
+      const read: RangeReader = async (_p, start, end, onChunk) => {
+        await new Promise((r) => setTimeout(r, ttfbMs));
+        for (let pos = start, n = 0; pos < end(); pos += 100_000, n++) {
+          await new Promise((r) => setTimeout(r, 10));
+          if (n === 15) tried = job.split(part, MiB) !== undefined;
+          await onChunk(data.subarray(pos, Math.min(end(), pos + 100_000)), pos);
+          if (tried !== undefined) return; // enough: the answer is in
+        }
+      };
+      await job.runPart(part, read, () => {});
+      await job.close();
+      return tried;
+    };
+    // 1 s to first byte at ~10 MB/s: a new request costs ~10 MB of the donor's progress, so 7 MiB halves are refused.
+    expect(await attempt(1000)).toBe(false);
+    expect(await attempt(0)).toBe(true);
+  });
+
   it("keeps every connection busy to the end of a one-part file and writes it byte-identical", async () => {
     const cache = await tempDir();
     hub.resetStats();

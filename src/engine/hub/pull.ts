@@ -34,7 +34,7 @@ export interface PullOptions {
   exclude?: string[];
   connections?: number;
   partSize?: number;
-  /** Smallest piece a running part is split into when a connection would otherwise idle (default 4 MiB). */
+  /** Smallest piece a running part is split into when a connection would otherwise idle (default 2 MiB; more on slow-starting links). */
   minSplitBytes?: number;
   dryRun?: boolean;
   signal?: AbortSignal;

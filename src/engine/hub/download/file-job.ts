@@ -32,7 +32,13 @@ const WRITE_BLOCK = 1 << 20;
 /** A part on a connection: `received` = bytes from the part's start handed to us (written or still buffered). */
 interface Running {
   received: number;
+  /** When the request went out, and when (and at which `received`) its first byte came back. */
+  startedAt: number;
+  firstAt?: number;
+  firstReceived?: number;
 }
+
+const running = (received: number): Running => ({ received, startedAt: performance.now() });
 
 export function digestOf(f: HubFile): DigestKind {
   if (f.sha256) return { algo: "sha256", hex: f.sha256.toLowerCase() };
@@ -144,14 +150,21 @@ export class FileJob {
   split(part: PartState, minBytes: number): { part: PartState; recorded: Promise<void> } | undefined {
     const r = this.running.get(part);
     if (!r) return undefined;
+    // A new request delivers nothing for about a time-to-first-byte, while the donor keeps going at
+    // its rate: halves smaller than twice what the donor fetches in that time gain nothing.
+    let min = minBytes;
+    if (r.firstAt !== undefined) {
+      const now = performance.now();
+      if (now > r.firstAt) min = Math.max(min, (2 * (r.received - r.firstReceived!) * (r.firstAt - r.startedAt)) / (now - r.firstAt));
+    }
     const from = part.start + r.received;
     let at = from + Math.floor((part.end - from) / 2);
     if (at - (at % WRITE_BLOCK) > from) at -= at % WRITE_BLOCK;
-    if (at - from < minBytes || part.end - at < minBytes) return undefined;
+    if (at - from < min || part.end - at < min) return undefined;
     const tail: PartState = { start: at, end: part.end, done: 0, durable: 0 };
     part.end = at; // the running read sees it before its next chunk (RangeReader's end getter)
     this.parts.push(tail);
-    this.running.set(tail, { received: 0 });
+    this.running.set(tail, running(0));
     this.splits++;
     return { part: tail, recorded: this.writeJson() };
   }
@@ -161,7 +174,7 @@ export class FileJob {
    * `recorded`: the state write that must land before the first byte (a part just made by split()).
    */
   async runPart(part: PartState, read: RangeReader, onBytes: (n: number) => void, recorded?: Promise<void>): Promise<void> {
-    const run = this.running.get(part) ?? { received: part.done };
+    const run = this.running.get(part) ?? running(part.done);
     this.running.set(part, run);
     this.active++;
     try {
@@ -207,7 +220,12 @@ export class FileJob {
         }
         return undefined;
       };
+      run.startedAt = performance.now(); // a split part waited for its state write; its request goes out now
       await read(this.file.path, part.start + part.done, () => part.end, (chunk) => {
+        if (run.firstAt === undefined) {
+          run.firstAt = performance.now();
+          run.firstReceived = run.received;
+        }
         run.received += chunk.byteLength;
         return fill1(chunk, 0);
       });

@@ -7,7 +7,7 @@
  *     with the most bytes not yet assigned (the tail of a pull, or one huge file);
  *  3. when no part is free at all, split a running one: the running part with the most bytes still
  *     to come gives the upper half of them to this connection (FileJob.split), unless that would
- *     leave a piece under `minSplit`. Without this, the last parts of a pull run on a few
+ *     leave a piece under `minSplit` or too small to repay a new request's time to first byte. Without this, the last parts of a pull run on a few
  *     connections while the others sit idle (measured: ~25% of a throttled 2 GiB pull).
  * A job whose last part lands is verified (and fsynced, renamed) in the background while its
  * connection takes the next part: a hash mismatch resets the job once (fetched again from scratch),
@@ -24,8 +24,11 @@ export interface PoolCallbacks {
   onMismatch?(job: FileJob, actual: string | undefined): void;
 }
 
-/** Default smallest piece a running part is split into. */
-export const MIN_SPLIT = 4 << 20;
+/**
+ * Default smallest piece a running part is split into. FileJob.split raises it per part to twice
+ * what the part's connection fetches during one time-to-first-byte (a far CDN: larger pieces).
+ */
+export const MIN_SPLIT = 2 << 20;
 
 type Pick = { job: FileJob; part: PartState; recorded?: Promise<void> };
 
