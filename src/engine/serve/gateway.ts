@@ -227,8 +227,10 @@ export class Gateway {
       status = sink.status || 200;
       if (key && this.o.cache && status === 200 && !ac.signal.aborted && !sink.failedInBand) {
         const captured = sink.captured();
-        if (captured) await this.o.cache.set(key, captured);
+        // a failed cache write costs the next request a recomputation, not this answer
+        if (captured) await this.o.cache.set(key, captured).catch((e: Error) => (entry.error = `response cache write failed: ${e.message}`));
       }
+      sink.finish();
     } catch (e) {
       const err = ac.signal.aborted && ac.signal.reason instanceof HttpError && !(e instanceof HttpError && e.status < 500) ? ac.signal.reason : e;
       status = err instanceof HttpError ? err.status : 500;
@@ -236,6 +238,7 @@ export class Gateway {
       if (sink.started) sink.inBandError(err);
       else this.fail(res, err);
     } finally {
+      sink.finish(); // a held answer goes out even when something above threw
       release?.();
       if (timer) clearTimeout(timer);
       res.off("close", onClose);

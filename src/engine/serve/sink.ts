@@ -19,6 +19,8 @@ export class ResponseSink implements Sink {
   status = 0;
   failedInBand = false;
   private capturing = false;
+  /** In capture mode the response's last step waits until the answer is in the cache (finish()). */
+  private held: (() => void) | undefined;
   private parts: (string | Buffer)[] = [];
   private contentType = "";
 
@@ -45,8 +47,13 @@ export class ResponseSink implements Sink {
   raw(status: number, body: string | Buffer, contentType: string, headers: Record<string, string> = {}): void {
     this.status = status;
     this.contentType = contentType;
-    if (this.capturing && status === 200) this.parts.push(body);
-    this.res.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body), ...headers }).end(body);
+    const send = () => {
+      if (!this.res.headersSent) this.res.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body), ...headers }).end(body);
+    };
+    if (this.capturing && status === 200) {
+      this.parts.push(body);
+      this.held = send;
+    } else send();
   }
 
   startStream(headers: Record<string, string> = {}): void {
@@ -78,7 +85,21 @@ export class ResponseSink implements Sink {
   }
 
   end(): void {
-    if (!this.res.writableEnded) this.res.end();
+    const end = () => {
+      if (!this.res.writableEnded) this.res.end();
+    };
+    if (this.capturing) this.held = end;
+    else end();
+  }
+
+  /**
+   * Sends what capture mode held back. The gateway calls it once the answer is in the cache, so a
+   * client that got the answer from one gateway finds it in a cache shared with others.
+   */
+  finish(): void {
+    const h = this.held;
+    this.held = undefined;
+    h?.();
   }
 
   /** After the first byte an error can only travel inside the stream. */
