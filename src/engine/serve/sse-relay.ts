@@ -71,15 +71,17 @@ export class SseRelay {
     let tokens = 0;
     let finishAt = -1;
     let special = false;
+    // every look-ahead stays inside the buffer: a typed-array read past the end deoptimises the loop
     for (let i = 0; i < n; i++) {
       const c = buf[i];
+      if (c > 0x22) continue; // most bytes: one compare (LF, CR and '"' are all below)
       let sep = 0;
       if (c === 0x0a) {
         // JSON escapes newlines, so each blank line ends exactly one event
-        if (buf[i + 1] === 0x0a) sep = 2;
+        if (i + 1 < n && buf[i + 1] === 0x0a) sep = 2;
       } else if (c === 0x0d) {
-        if (buf[i + 1] === 0x0a && buf[i + 2] === 0x0d && buf[i + 3] === 0x0a) sep = 4;
-      } else if (c === 0x22) {
+        if (i + 3 < n && buf[i + 1] === 0x0a && buf[i + 2] === 0x0d && buf[i + 3] === 0x0a) sep = 4;
+      } else if (c === 0x22 && i + 1 < n) {
         const d = buf[i + 1];
         if (d === 0x66) {
           if (isAt(buf, i, FINISH)) finishAt = i + FINISH.length;
