@@ -147,13 +147,19 @@ async function main() {
       if (r.code !== 0) throw new Error(`dsr failed: ${r.stderr}`);
       const j = JSON.parse(r.stdout);
       const sent = server.stats.sent;
-      const transferS = (Math.max(...sent.map((x) => x.closedAt ?? 0)) - Math.min(...sent.map((x) => x.openedAt))) / 1000;
+      const t0 = Math.min(...sent.map((x) => x.openedAt));
+      const t1 = Math.max(...sent.map((x) => x.closedAt ?? 0));
+      const transferS = (t1 - t0) / 1000;
+      // Mean number of responses being sent between two instants: how busy the connections were.
+      const meanOpen = (a: number, b: number) => +(sent.reduce((n, x) => n + Math.max(0, Math.min(b, x.closedAt ?? b) - Math.max(a, x.openedAt)), 0) / (b - a)).toFixed(1);
       out[name] = {
         seconds: +r.seconds.toFixed(2),
         MBps: mbps(TOTAL, r.seconds),
         engineMBps: mbps(j.downloadedBytes, j.seconds),
         // From the first body byte the server sent to the last: without process start, listing and the final fsyncs.
         transferMBps: mbps(TOTAL, transferS),
+        meanConnections: meanOpen(t0, t1),
+        meanConnectionsLast10pct: meanOpen(t1 - (t1 - t0) / 10, t1),
         bytesFromServer: server.stats.bytes,
         requests: server.stats.requests,
         splits: j.splits,
