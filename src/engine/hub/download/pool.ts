@@ -7,8 +7,9 @@
  *     with the most bytes not yet assigned (the tail of a pull, or one huge file);
  *  3. when no part is free at all, split a running one: the running part with the most bytes still
  *     to come gives the upper half of them to this connection (FileJob.split), unless that would
- *     leave a piece under `minSplit` or too small to repay a new request's time to first byte. Without this, the last parts of a pull run on a few
- *     connections while the others sit idle (measured: ~25% of a throttled 2 GiB pull).
+ *     leave a piece under `minSplit` or too small to repay a new request's time to first byte.
+ *     Without this, the last parts of a pull run on a few connections while the others sit idle
+ *     (measured at 16 × 10 MB/s: 61% of the connections' ceiling during the transfer, 95% with it).
  * A job whose last part lands is verified (and fsynced, renamed) in the background while its
  * connection takes the next part: a hash mismatch resets the job once (fetched again from scratch),
  * a second mismatch fails naming the file.
