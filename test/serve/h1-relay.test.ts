@@ -91,9 +91,14 @@ async function writeApart(s: Socket, parts: string[], gapMs = 15): Promise<void>
 }
 
 /** A raw client: sends one request, returns the response head and the body bytes exactly as received. */
-async function rawPost(url: string, body: unknown, opts: { abortAfterBytes?: number } = {}): Promise<{ head: string; body: Buffer }> {
+async function rawPost(url: string, body: unknown, opts: { abortAfterBytes?: number; stallMs?: number } = {}): Promise<{ head: string; body: Buffer }> {
   const u = new URL(url);
   const s = connect(Number(u.port), u.hostname);
+  if (opts.stallMs) {
+    // a slow client: nothing is read for a while, so the gateway must hold the upstream back
+    s.pause();
+    setTimeout(() => s.resume(), opts.stallMs);
+  }
   const payload = JSON.stringify(body);
   s.write(`POST /v1/completions HTTP/1.1\r\nhost: ${u.host}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`);
   let all = Buffer.alloc(0);
@@ -280,6 +285,22 @@ describe("the raw relay against a scripted upstream", () => {
     }
     expect(live.requests.length).toBe(4);
     expect(dead.requests.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("a slow client holds the upstream back (nothing lost), and the paused connection is reused afterwards", async () => {
+    const filler = "x".repeat(1000);
+    const events = Array.from({ length: 3000 }, (_, k) => ev(`${k}${filler}`));
+    const { gw, up } = await setup(async (s) => {
+      s.write(SSE_HEAD);
+      // 3 MB as fast as the socket takes it, far more than the kernel buffers between here and the client
+      for (const e of events) if (!s.write(chunk(e))) await new Promise((r) => s.once("drain", r));
+      s.write(chunk("data: [DONE]\n\n") + "0\r\n\r\n");
+    });
+    const r = await rawPost(gw.url, { model: "m", prompt: "x", stream: true }, { stallMs: 700 });
+    expect(dechunk(r.body)).toBe(events.join("") + "data: [DONE]\n\n");
+    const again = await rawPost(gw.url, { model: "m", prompt: "x", stream: true });
+    expect(dechunk(again.body)).toBe(events.join("") + "data: [DONE]\n\n");
+    expect(up.connections).toBe(1);
   });
 
   it("a client that disconnects mid-stream closes the upstream connection at once", async () => {

@@ -132,6 +132,7 @@ export class H1Pool {
   release(socket: Socket, ttlMs: number): void {
     if (this.closed || socket.destroyed) return void socket.destroy();
     socket.on("data", onIdleData); // an idle socket must not receive anything: that would be a protocol error
+    socket.resume(); // the last exchange may have paused it for a slow client; idle sockets must see a close
     this.idle.push({ socket, since: performance.now(), ttl: ttlMs });
   }
 
@@ -200,12 +201,13 @@ class Exchange implements H1Call {
     this.socket.destroy();
   }
 
+  // no-ops once the exchange is over: by then the socket may serve another request from the pool
   pause(): void {
-    this.socket.pause();
+    if (!this.finished) this.socket.pause();
   }
 
   resume(): void {
-    this.socket.resume();
+    if (!this.finished) this.socket.resume();
   }
 
   private detach(): void {
