@@ -32,9 +32,11 @@ export interface H1Handler {
    * One read's worth of body. `payload` is the decoded body bytes (slices of the read, in order).
    * `raw` is the read's bytes as received minus the terminating zero-size chunk and trailers;
    * `aligned` is true when `raw` is exactly a run of complete chunks (it starts and ends on chunk
-   * boundaries), so it may be forwarded as is to a client that expects chunked framing.
+   * boundaries), so it may be forwarded as is to a client that expects chunked framing. `last` is
+   * true when the body's end (the zero-size chunk) is in this read: onEnd follows at once, so a
+   * caller may hold this read's bytes and send them together with its own end.
    */
-  onBody(raw: Buffer, payload: Buffer[], aligned: boolean): void;
+  onBody(raw: Buffer, payload: Buffer[], aligned: boolean, last: boolean): void;
   onEnd(): void;
   /** Failure before or during the body. `beforeHead`: nothing was received (safe to retry). */
   onError(err: Error, beforeHead: boolean): void;
@@ -321,13 +323,13 @@ class Exchange implements H1Call {
       const n = Math.min(this.left, b.length - pos);
       const p = b.subarray(pos, pos + n);
       this.left -= n;
-      this.h.onBody(p, [p], false);
+      this.h.onBody(p, [p], false, this.left === 0);
       if (this.left === 0 && !this.finished) this.done(pos + n === b.length);
       return;
     }
     if (this.state === S.Close) {
       const p = b.subarray(pos);
-      return this.h.onBody(p, [p], false);
+      return this.h.onBody(p, [p], false, false);
     }
     const start = pos;
     const startAligned = this.state === S.Size && this.sizeLine === 0;
@@ -395,7 +397,7 @@ class Exchange implements H1Call {
     }
     const aligned = startAligned && (rawEnd >= 0 || (this.state === S.Size && this.sizeLine === 0));
     const raw = b.subarray(start, rawEnd >= 0 ? rawEnd : b.length);
-    if (raw.length > 0 || payload.length > 0) this.h.onBody(raw, payload, aligned);
+    if (raw.length > 0 || payload.length > 0) this.h.onBody(raw, payload, aligned, this.state === S.Done);
     if (this.state === S.Done && !this.finished) this.done(pos === b.length);
   }
 }

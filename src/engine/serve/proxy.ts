@@ -149,6 +149,7 @@ export class ProxyBackend implements Backend {
       const parts: Buffer[] = [];
       let relay: SseRelay | undefined;
       let raw: ((framed: Buffer) => Promise<void> | void) | undefined;
+      let tail: Buffer | undefined;
       let settled = false;
       const onAbort = () => {
         call.abort();
@@ -177,11 +178,13 @@ export class ProxyBackend implements Backend {
               relay = this.newRelay(g, inst, injectedUsage);
             }
           },
-          onBody: (framed, payload, aligned) => {
+          onBody: (framed, payload, aligned, last) => {
             if (mode !== "stream") return void parts.push(...payload);
             if (payload.length === 0) return; // only framing in this read
             const out = relay!.push(payload.length === 1 ? payload[0] : Buffer.concat(payload));
             if (!out) return;
+            // the body ends in this read: its bytes leave with the response's end, one write instead of two
+            if (last) return void (tail = out);
             if (!g.sink.started) {
               g.sink.startStream();
               backpressure(g.sink.write(out)); // the first write carries the headers
@@ -195,7 +198,7 @@ export class ProxyBackend implements Backend {
             try {
               const text = () => Buffer.concat(parts).toString("utf8");
               if (mode === "error") this.upstreamError(g, inst, res!.status, res!.headers, text());
-              else if (mode === "stream") return void this.endStream(g, inst, relay!).then(() => done(), done);
+              else if (mode === "stream") return void this.endStream(g, inst, relay!, tail).then(() => done(), done);
               else this.relayWhole(g, inst, text());
               done();
             } catch (e) {
@@ -242,14 +245,15 @@ export class ProxyBackend implements Backend {
     });
   }
 
-  private async endStream(g: GenerationRequest, inst: UpstreamInstance, relay: SseRelay): Promise<void> {
-    const rest = relay.flush();
+  /** `tail`: the last read's relayed bytes, held back so that they leave with the end of the response. */
+  private async endStream(g: GenerationRequest, inst: UpstreamInstance, relay: SseRelay, tail: Buffer | undefined): Promise<void> {
+    const left = relay.flush();
+    const rest = tail && left ? Buffer.concat([tail, left]) : tail ?? left;
     if (!g.sink.started) {
       if (!rest) throw new RetryableError(`${inst.name} closed the stream without sending anything`);
       g.sink.startStream();
     }
-    if (rest) await g.sink.write(rest);
-    g.sink.end();
+    g.sink.end(rest);
     const s = relay.stats;
     g.record.promptTokens = s.promptTokens;
     g.record.completionTokens = s.completionTokens ?? s.events;

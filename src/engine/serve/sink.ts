@@ -84,9 +84,11 @@ export class ResponseSink implements Sink {
     };
   }
 
-  end(): void {
+  /** Ends the response; `last` bytes go out with the final chunk in one write. */
+  end(last?: Buffer): void {
+    if (last && this.capturing) this.parts.push(last);
     const end = () => {
-      if (!this.res.writableEnded) this.res.end();
+      if (!this.res.writableEnded) this.res.end(last);
     };
     if (this.capturing) this.held = end;
     else end();

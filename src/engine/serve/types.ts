@@ -29,7 +29,8 @@ export interface Sink {
    * as they are (HTTP/1.0 client, a pipelined response not yet on its socket, a cache capture).
    */
   rawChunks?(): ((framed: Buffer) => Promise<void> | void) | undefined;
-  end(): void;
+  /** Ends the response; `last` (optional) leaves with the final chunk, in one write. */
+  end(last?: Buffer): void;
 }
 
 /** Filled by the backend, read by the request log and metrics. */
