@@ -20,7 +20,10 @@
  * dsr --workers and nginx to the same cores, with nginx worker_processes = dsr --workers = 4;
  * `--upstream-cpus 4-7` runs the stand-in as that many processes there; `--loadgen-cpus 8-15` pins
  * this process, which then generates load from that many threads. `--compare-cli FILE` adds a
- * `dsr_baseline` target (another build of the CLI) for an A/B in the same run. For a machine without
+ * `dsr_baseline` target (another build of the CLI) for an A/B in the same run; `--compare-workers N`
+ * adds that CLI with --workers N too, and `--compare-node-args "FLAGS"` runs the baseline targets
+ * with those node flags (the same CLI as baseline then A/Bs a V8 setting such as the young
+ * generation's size; cluster workers inherit the primary's flags). For a machine without
  * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -53,6 +56,10 @@ const UPSTREAM_WORKERS = Number(arg("--upstream-workers", String(UPSTREAM_CPUS ?
 const LOADGEN_THREADS = Number(arg("--loadgen-threads", String(LOADGEN_CPUS ? cpuCount(LOADGEN_CPUS) : 1)));
 const DSR_CLI = arg("--dsr-cli", join(ROOT, "bin/dsr"));
 const COMPARE_CLI = arg("--compare-cli", "");
+/** Node flags for the baseline targets (e.g. `--max-semi-space-size=2`: the same CLI as baseline A/Bs a V8 setting). */
+const COMPARE_NODE_ARGS = arg("--compare-node-args", "").split(" ").filter(Boolean);
+/** Also run the baseline CLI with --workers N (0: not). */
+const COMPARE_WORKERS = Number(arg("--compare-workers", "0"));
 const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
 const NGINX = arg("--nginx", "nginx");
 /** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
@@ -382,8 +389,10 @@ async function main(): Promise<void> {
       procs.push(gw.proc);
       const gw2 = await start(...pinned(PROXY_CPUS, process.execPath, [DSR_CLI, ...serveArgs, "--workers", String(DSR_WORKERS)]), serving);
       procs.push(gw2.proc);
-      const base = COMPARE_CLI ? await start(...pinned(PROXY_CPUS, process.execPath, [COMPARE_CLI, ...serveArgs]), serving) : undefined;
+      const base = COMPARE_CLI ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs]), serving) : undefined;
       if (base) procs.push(base.proc);
+      const base2 = COMPARE_CLI && COMPARE_WORKERS > 1 ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs, "--workers", String(COMPARE_WORKERS)]), serving) : undefined;
+      if (base2) procs.push(base2.proc);
       const ng = await startNginx(up.port, dir);
       procs.push(ng.proc);
       const nginxWorkers = () => childrenOf(ng.proc.pid!);
@@ -392,6 +401,7 @@ async function main(): Promise<void> {
         ["dsr", gw.match[1], async () => [gw.proc.pid!]],
         ...(base ? [["dsr_baseline", base.match[1], async () => [base.proc.pid!]] as [string, string, () => Promise<number[]>]] : []),
         [`dsr_workers${DSR_WORKERS}`, gw2.match[1], async () => [gw2.proc.pid!, ...(await childrenOf(gw2.proc.pid!))]],
+        ...(base2 ? [[`dsr_baseline_workers${COMPARE_WORKERS}`, base2.match[1], async () => [base2.proc.pid!, ...(await childrenOf(base2.proc.pid!))]] as [string, string, () => Promise<number[]>]] : []),
         ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
       // Rounds interleave the targets, so load from other processes on the machine drifts over all
@@ -401,7 +411,7 @@ async function main(): Promise<void> {
         for (let t = 0; t < targets.length; t++) parts[t].push(await load(gen, targets[t][1], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]));
       }
       results[run] = Object.fromEntries(targets.map(([name], t) => [name, merge(parts[t])]));
-      for (const p of [ng.proc, gw.proc, gw2.proc, base?.proc, up.proc]) if (p) await stopProc(p);
+      for (const p of [ng.proc, gw.proc, gw2.proc, base?.proc, base2?.proc, up.proc]) if (p) await stopProc(p);
     }
   } finally {
     await gen.close();
@@ -435,6 +445,8 @@ async function main(): Promise<void> {
       upstream_processes: UPSTREAM_WORKERS,
       loadgen_threads: LOADGEN_THREADS,
       baseline_cli: COMPARE_CLI || undefined,
+      baseline_node_args: COMPARE_NODE_ARGS.length ? COMPARE_NODE_ARGS.join(" ") : undefined,
+      baseline_workers: COMPARE_WORKERS > 1 ? COMPARE_WORKERS : undefined,
     },
     environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },
     added_latency_vs_direct: each(added),
