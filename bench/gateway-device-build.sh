@@ -1,0 +1,33 @@
+#!/bin/sh
+# Builds the device bundle for bench/gateway (run from the repository root, on the development
+# machine): the bench, the standalone CLI and the stand-in as single .mjs files with every JS
+# dependency inlined, plus this machine's nginx with Debian 12's loader and libraries, xz-packed.
+# BASELINE=DIR (a built checkout of another commit) adds that CLI as the bench's dsr_baseline.
+# Writes .carry/gateway/ (files.tar.xz + run.sh, a copy of bench/gateway-device-run.sh); carry it with
+# .carry/node.xz and run `sh .carry/gateway/run.sh --seconds 12 --rounds 3` there.
+set -eu
+OUT=.carry/gateway
+mkdir -p "$OUT"
+cp bench/gateway-device-run.sh "$OUT/run.sh"
+STAGE=$(mktemp -d)
+VERSION=$(node -p 'require("./package.json").version')
+bundle() { # entry outfile [root]
+  (cd "${3:-.}" && node -e '
+    const [entry, outfile, version] = process.argv.slice(1);
+    require("esbuild").build({ entryPoints: [entry], outfile, bundle: true, platform: "node", target: "node20", format: "esm", minify: true,
+      external: ["onnxruntime-node"], define: { __DSR_VERSION__: JSON.stringify(version) }, logLevel: "warning",
+      banner: { js: "import { createRequire as __cr } from \"node:module\"; const require = __cr(import.meta.url);" } }).catch(() => process.exit(1));
+  ' "$1" "$2" "$VERSION")
+}
+bundle bench/gateway.ts "$STAGE/gateway.mjs"
+bundle src/cli.ts "$STAGE/dsr.mjs"
+bundle test/support/standin-upstream.ts "$STAGE/standin.mjs"
+if [ -n "${BASELINE:-}" ]; then bundle src/cli.ts "$STAGE/dsr-baseline.mjs" "$BASELINE"; fi
+mkdir -p "$STAGE/lib"
+cp /usr/sbin/nginx "$STAGE/nginx.bin"
+for l in ld-linux-x86-64.so.2 libc.so.6 libcrypt.so.1 libpcre2-8.so.0 libssl.so.3 libcrypto.so.3 libz.so.1; do
+  cp -L "/lib/x86_64-linux-gnu/$l" "$STAGE/lib/$l"
+done
+tar -C "$STAGE" -cf - . | xz -9e > "$OUT/files.tar.xz"
+rm -rf "$STAGE"
+ls -la "$OUT"
