@@ -84,7 +84,7 @@ export class DecoderSession {
     }
   }
 
-  /** Appends a step's new keys/values ([rows, S, kvHeads·headDim]) to rows first.. at positions past[r]... */
+  /** Copies a step's new keys or values ([rows, S, kvHeads·headDim]) into slots first.. at positions past[r] onwards. */
   private append(buf: Float32Array, step: Float32Array, first: number, rows: number, S: number, past: number[]): void {
     const { kvHeads, headDim: D } = this.manifest.io;
     for (let r = 0; r < rows; r++) {

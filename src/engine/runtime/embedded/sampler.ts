@@ -20,7 +20,7 @@ export function seededRandom(seed: number): () => number {
 
 /** Candidates whose logit is this far below the max carry < e^-30 of the mass each: never worth sorting. */
 const CANDIDATE_WINDOW = 30;
-/** Logit buckets for the top-k / top-p cuts (draw() says why). */
+/** Logit buckets for the top-k / top-p cuts (nucleus() says why). */
 const BINS = 4096;
 
 export class Sampler {
@@ -28,7 +28,7 @@ export class Sampler {
   private readonly counts = new Map<number, number>();
   private readonly seen: Set<number>;
   private readonly work: Float32Array;
-  // Scratch for draw(), per vocabulary entry and per bin.
+  // Scratch for nucleus(), per vocabulary entry and per bin.
   private readonly weight: Float64Array;
   private readonly cand: Int32Array;
   private readonly bin: Uint16Array;
@@ -64,24 +64,20 @@ export class Sampler {
     let max = -Infinity;
     let argmax = 0;
     for (let i = 0; i < x.length; i++) if (x[i]! > max) (max = x[i]!), (argmax = i);
-    const id = this.p.temperature <= 0 ? argmax : this.draw(x, max);
+    const id = this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(x, max));
     return { id, logprob: this.p.logprobs === undefined ? undefined : logprobOf(x, max, id, this.p.logprobs) };
   }
 
   /**
-   * Temperature → top-k → min-p → top-p, each cut applied to the distribution the previous ones left
-   * (renormalised, as transformers' logits warpers and vLLM do), then a draw from what survives.
+   * The tokens that survive temperature → top-k → min-p → top-p (in no particular order; their
+   * weights are in this.weight), each cut applied to the distribution the previous ones left
+   * (renormalised, as transformers' logits warpers and vLLM do). Public for the tests.
    *
    * Every cut keeps a prefix of the candidates in descending order, so the candidates are bucketed by
    * logit (a counting sort into BINS bins over their range) and only the bin where a cut falls is
    * sorted exactly. A full sort was O(V log V) with a closure comparator: on a flat distribution,
    * where all 151,936 tokens are candidates, it took ~50 ms per token.
    */
-  private draw(x: Float32Array, max: number): number {
-    return this.pick(this.nucleus(x, max));
-  }
-
-  /** The tokens that survive the cuts (in no particular order; weights in this.weight). Exported for tests. */
   nucleus(x: Float32Array, max: number): Int32Array {
     const { temperature: T, topK, topP, minP } = this.p;
     // Candidates: within 30·T of the max (the rest weigh < vocab·e^-30 together) and, for min-p, with
