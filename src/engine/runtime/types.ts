@@ -24,6 +24,12 @@ export interface SubmitRequest {
   maxTokens: number;
   stopIds: number[];
   signal?: AbortSignal;
+  /**
+   * Constrained decoding (response_format json_object): from the token after `startAfterId` (R1's
+   * `</think>`; from the first token when absent) the output is one JSON object, and the sequence
+   * ends with finish "stop" when it closes. Plain data, so it crosses to the engine worker as is.
+   */
+  constraint?: { kind: "json_object"; startAfterId?: number };
 }
 
 export interface TokenLogprob {

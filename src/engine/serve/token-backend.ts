@@ -5,7 +5,7 @@
  * of upstream"). Each of the `n` choices (× each prompt of a batched completion) is one engine
  * submission; a stop string aborts its submission at once.
  */
-import type { TokenChunk, TokenEngine, TokenLogprob } from "../runtime/types.js";
+import type { SubmitRequest, TokenChunk, TokenEngine, TokenLogprob } from "../runtime/types.js";
 import type { TextModel } from "../text/index.js";
 import { createStopMatcher } from "../text/index.js";
 import { HttpError } from "./http-error.js";
@@ -69,14 +69,12 @@ export class TokenBackend implements Backend {
     const chat = g.endpoint === "chat";
     const req = g.req;
     const text = this.o.text;
-    if (chat && (req as ChatRequest).response_format && (req as ChatRequest).response_format!.type !== "text") {
-      throw new HttpError(400, "response_format json_object/json_schema needs constrained decoding, which the embedded engine does not have; use --engine vllm or --upstream", { param: "response_format", code: "unsupported_parameter" });
-    }
+    const split = chat && this.o.reasoningFields.length > 0 && text.promptOpensThink;
+    const constraint = chat ? this.constraintFor(req as ChatRequest, split) : undefined;
     const prompts = chat ? [{ ids: chatPromptIds(text, req as ChatRequest, this.o), text: "" }] : completionPrompts(text, req as CompletionRequest);
     const n = req.n ?? 1;
     const budgets = prompts.map((p) => tokenBudget(req, p.ids.length, Math.min(text.contextLength, this.o.engine.stats().maxContext || Infinity)));
     const logprobs = chat ? ((req as ChatRequest).logprobs ? (req as ChatRequest).top_logprobs ?? 0 : undefined) : ((req as CompletionRequest).logprobs ?? undefined);
-    const split = chat && this.o.reasoningFields.length > 0 && text.promptOpensThink;
     const stops = stopList(req.stop);
     const stopIds = req.ignore_eos ? [] : text.eosTokenIds;
     const id = `${chat ? "chatcmpl" : "cmpl"}-${g.id.replace(/[^A-Za-z0-9-]/g, "").slice(0, 40)}`;
@@ -155,7 +153,7 @@ export class TokenBackend implements Backend {
         await emit(c, piece.reasoning, piece.content, null);
       };
       try {
-        const sub = this.o.engine.submit({ promptIds: c.promptIds, sampling: samplingFor(text, req, this.o, logprobs, c.index), maxTokens: budget, stopIds, signal: ac.signal });
+        const sub = this.o.engine.submit({ promptIds: c.promptIds, sampling: samplingFor(text, req, this.o, logprobs, c.index), maxTokens: budget, stopIds, signal: ac.signal, constraint });
         for await (const chunk of sub as AsyncIterable<TokenChunk>) {
           if (chunk.ids.length > 0 && g.record.ttftMs === undefined) {
             g.record.ttftMs = performance.now() - g.t0;
@@ -216,6 +214,23 @@ export class TokenBackend implements Backend {
       return { index: c.index, message, logprobs: lp, finish_reason: c.finish };
     });
     g.sink.json(200, { id, object: chat ? "chat.completion" : "text_completion", created, model: g.model, choices: out, usage });
+  }
+
+  /**
+   * response_format → the engine's constraint. json_object is built (json-constraint.ts); with the
+   * reasoning split on it starts after `</think>`, as vLLM's structured outputs with a reasoning
+   * parser, so reasoning stays free text; without it the whole output is the JSON object.
+   */
+  private constraintFor(req: ChatRequest, split: boolean): SubmitRequest["constraint"] {
+    const type = req.response_format?.type;
+    if (!type || type === "text") return undefined;
+    const no = (why: string) => new HttpError(400, why, { param: "response_format", code: "unsupported_parameter" });
+    if (type !== "json_object") throw no(`response_format ${type} is not supported by the embedded engine (json_object and text are); use --engine vllm or --upstream for schemas`);
+    if (!this.o.text.tokenBytes()) throw no("response_format json_object needs a byte-level BPE tokenizer, and this model's is not one; use --engine vllm or --upstream");
+    if (!split) return { kind: "json_object" };
+    const startAfterId = this.o.text.thinkEndId;
+    if (startAfterId === undefined) throw no("response_format json_object with the reasoning split needs `</think>` to be one token, and in this model's tokenizer it is not; use --engine vllm or --upstream");
+    return { kind: "json_object", startAfterId };
   }
 
   /** OpenAI logprobs: chat `{content:[{token,logprob,bytes,top_logprobs}]}`, completions `{tokens,token_logprobs,top_logprobs,text_offset}`. */

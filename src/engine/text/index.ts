@@ -3,3 +3,4 @@ export { loadTextModel, type TextModel, type ChatMessage, type GenerationDefault
 export { createStopMatcher, type StopMatcher } from "./stop.js";
 export { createIncrementalDecoder, type IncrementalDecoder } from "./decoder.js";
 export { ReasoningSplitter, splitReasoning, type ReasoningSplitterOptions } from "./reasoning.js";
+export { tokenByteTable, type TokenByteTable } from "./token-bytes.js";

@@ -9,6 +9,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { DsrError, integrityError } from "../errors.js";
 import { createIncrementalDecoder, type IncrementalDecoder } from "./decoder.js";
+import { tokenByteTable, type TokenByteTable } from "./token-bytes.js";
 
 export interface ChatMessage {
   role: string;
@@ -29,6 +30,10 @@ export interface TextModel {
   createDecoder(): IncrementalDecoder;
   applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string;
   readonly promptOpensThink: boolean;
+  /** The id of `</think>` when it is one token (constrained decoding starts after it). */
+  readonly thinkEndId?: number;
+  /** Token id → bytes, for engines that constrain output (undefined unless the tokenizer is byte-level BPE); built on first call. */
+  tokenBytes(): TokenByteTable | undefined;
   readonly eosTokenIds: number[];
   readonly bosTokenId?: number;
   readonly generationDefaults: GenerationDefaults;
@@ -151,12 +156,15 @@ export async function loadTextModel(modelDir: string): Promise<TextModel> {
     repetitionPenalty: num(gen.repetition_penalty),
     maxNewTokens: num(gen.max_new_tokens),
   };
+  let table: { value: TokenByteTable | undefined } | undefined;
   return {
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
     decode: (xs) => decode(xs.filter((x) => !skip.has(x))),
     createDecoder: () => createIncrementalDecoder(decode, skip),
     applyChatTemplate,
     promptOpensThink,
+    thinkEndId: tok.token_to_id("</think>") ?? undefined,
+    tokenBytes: () => (table ??= { value: tokenByteTable(tj!) }).value,
     eosTokenIds,
     bosTokenId,
     generationDefaults,

@@ -144,9 +144,11 @@ export async function openEmbeddedEngine(
   const schedOpts = { maxBatch, maxContext, prefillChunk: opts.prefillChunk ?? 64, prefillChunkIdle: 512 };
   const workerUrl = opts.worker === false ? undefined : bundledWorker();
   if (opts.worker === true && !workerUrl) throw new DsrError("DSR_NO_WORKER", "the embedded engine worker is not built", { hint: "run `npm run build`" });
+  // Built here, once: the engine (maybe a worker without the tokenizer) checks constrained output against it.
+  const tokenBytes = text.tokenBytes();
   const engine: EmbeddedEngine = workerUrl
-    ? await WorkerEngine.open(workerUrl, onnxDir, manifest, sessionOpts, schedOpts)
-    : new Scheduler(await DecoderSession.open(onnxDir, manifest, sessionOpts), schedOpts);
+    ? await WorkerEngine.open(workerUrl, onnxDir, manifest, sessionOpts, schedOpts, tokenBytes)
+    : new Scheduler(await DecoderSession.open(onnxDir, manifest, sessionOpts), schedOpts, tokenBytes);
   return {
     engine,
     text,

@@ -2,9 +2,26 @@
  * Token sampling for one sequence: repetition (prompt + output, as transformers/vLLM), presence and
  * frequency (output only, as OpenAI) penalties, then greedy or temperature / top-k / top-p / min-p
  * sampling from a per-request seeded generator, so the same seed gives the same tokens regardless of
- * what else is in the batch. Logprobs are of the penalised distribution at temperature 1.
+ * what else is in the batch. Logprobs are of the penalised distribution at temperature 1 (before any
+ * constraint mask, as vLLM's default raw logprobs).
  */
+import { DsrError } from "../../errors.js";
 import type { SamplingParams, TokenLogprob } from "../types.js";
+
+/** Which tokens may come next (constrained decoding, e.g. json-constraint.ts). */
+export interface TokenFilter {
+  allows(id: number): boolean;
+  /** 1 for every allowed token of the vocabulary (may be a shared array: read only). */
+  mask(): Uint8Array;
+}
+
+/**
+ * Rejections before a constrained step asks for the full mask. The token the sampler would pick is
+ * usually allowed (inside a JSON string or number almost anything is), so checking it alone is the
+ * common case; when the model keeps wanting something else (prose after `</think>`), a few masked
+ * retries (each an O(vocab) pass) cost less than building a mask, and a mask is built once per state.
+ */
+const LAZY_TRIES = 4;
 
 /** mulberry32: small, fast, good enough for sampling; seeded per request. */
 export function seededRandom(seed: number): () => number {
@@ -28,6 +45,8 @@ export class Sampler {
   private readonly counts = new Map<number, number>();
   private readonly seen: Set<number>;
   private readonly work: Float32Array;
+  /** The penalised logits with disallowed tokens at -Infinity (constrained steps only). */
+  private masked?: Float32Array;
   // Scratch for nucleus(), per vocabulary entry and per bin.
   private readonly weight: Float64Array;
   private readonly cand: Int32Array;
@@ -53,7 +72,7 @@ export class Sampler {
     if (this.p.repetitionPenalty !== 1) this.seen.add(id);
   }
 
-  sample(logits: Float32Array): { id: number; logprob?: TokenLogprob } {
+  sample(logits: Float32Array, filter?: TokenFilter): { id: number; logprob?: TokenLogprob } {
     const { repetitionPenalty: rep, presencePenalty: pres, frequencyPenalty: freq } = this.p;
     // Penalties edit a copy; without them the logits (a view of the step's output) are read as they are.
     const penalised = rep !== 1 || pres !== 0 || freq !== 0;
@@ -64,7 +83,8 @@ export class Sampler {
     let max = -Infinity;
     let argmax = 0;
     for (let i = 0; i < x.length; i++) if (x[i]! > max) (max = x[i]!), (argmax = i);
-    const id = this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(x, max));
+    let id = this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(x, max));
+    if (filter && !filter.allows(id)) id = this.constrained(x, id, filter);
     return { id, logprob: this.p.logprobs === undefined ? undefined : logprobOf(x, max, id, this.p.logprobs) };
   }
 
@@ -141,6 +161,33 @@ export class Sampler {
       }
     }
     return order.subarray(0, n);
+  }
+
+  /**
+   * Samples again with the rejected token masked, LAZY_TRIES times, then with the full mask of the
+   * filter's state. Greedy gets exactly the best allowed token and plain temperature sampling exactly
+   * the distribution restricted to allowed tokens (rejection sampling). With top-k / top-p / min-p the
+   * cuts of a lazy retry are taken over the distribution less the tokens rejected so far, not less
+   * every disallowed token (vLLM masks first): the kept set can then lose a few allowed tokens at its
+   * tail. The full-mask fallback is exact.
+   */
+  private constrained(x: Float32Array, rejected: number, filter: TokenFilter): number {
+    const y = (this.masked ??= new Float32Array(x.length));
+    y.set(x);
+    for (let tries = 1; ; tries++) {
+      y[rejected] = -Infinity;
+      if (tries === LAZY_TRIES) {
+        const mask = filter.mask();
+        for (let i = 0; i < y.length; i++) if (!mask[i]) y[i] = -Infinity;
+      }
+      let max = -Infinity;
+      let argmax = -1;
+      for (let i = 0; i < y.length; i++) if (y[i]! > max) (max = y[i]!), (argmax = i);
+      if (argmax < 0) throw new DsrError("DSR_CONSTRAINT_DEAD_END", "no token of the vocabulary can continue the constrained output", { hint: "the tokenizer lacks single-byte tokens; report this with the model name" });
+      const id = this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(y, max));
+      if (tries >= LAZY_TRIES || filter.allows(id)) return id;
+      rejected = id;
+    }
   }
 
   /** Draws one of `ids` with probability ∝ its weight. */

@@ -6,9 +6,11 @@
  * [0, d), the prefilling sequence slot d; when a sequence leaves, the highest slots fill the hole.
  */
 import { DsrError } from "../../errors.js";
+import type { TokenByteTable } from "../../text/token-bytes.js";
 import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "../types.js";
 import { Channel } from "./channel.js";
 import type { DecoderSession } from "./decoder-session.js";
+import { JsonConstraint, JsonVocabulary } from "./json-constraint.js";
 import { Sampler } from "./sampler.js";
 
 export interface SchedulerOptions {
@@ -32,6 +34,7 @@ interface Seq {
   maxTokens: number;
   stopIds: Set<number>;
   sampler: Sampler;
+  json?: JsonConstraint;
   channel: Channel<TokenChunk>;
   cancelled: boolean;
   unlisten: () => void;
@@ -45,8 +48,14 @@ export interface EngineCounters {
   decodeSteps: number;
 }
 
-/** Checks a request before it is queued (also used by the worker proxy, which must throw synchronously). */
-export function validateRequest(req: SubmitRequest, maxContext: number, vocab: number): void {
+/**
+ * Checks a request before it is queued (also used by the worker proxy, which must throw synchronously).
+ * `constraints`: whether the engine has the token byte table that constrained decoding needs.
+ */
+export function validateRequest(req: SubmitRequest, maxContext: number, vocab: number, constraints: boolean): void {
+  if (req.constraint && !constraints) {
+    throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", "constrained decoding (json_object) needs a byte-level BPE tokenizer; this model's tokenizer is not one", { hint: "serve the model with --engine vllm" });
+  }
   const n = req.promptIds.length;
   if (n === 0) throw new DsrError("DSR_EMPTY_PROMPT", "request has an empty prompt", { hint: "send at least one token" });
   if (n >= maxContext) {
@@ -70,15 +79,20 @@ export class Scheduler implements TokenEngine {
   private loop: Promise<void>;
   readonly counters: EngineCounters = { prefillTokens: 0, decodeTokens: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0 };
 
-  constructor(private readonly session: DecoderSession, private readonly opts: SchedulerOptions) {
+  /** Built on the first constrained request. */
+  private json?: JsonVocabulary;
+
+  /** `tokenBytes`: the model's token → bytes table (text/token-bytes.ts), for constrained decoding. */
+  constructor(private readonly session: DecoderSession, private readonly opts: SchedulerOptions, private readonly tokenBytes?: TokenByteTable) {
     this.loop = this.run();
   }
 
   submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
     if (this.closed) throw new DsrError("DSR_ENGINE_CLOSED", "the embedded engine is closed", { hint: "open a new engine" });
-    validateRequest(req, this.opts.maxContext, this.session.vocab);
+    validateRequest(req, this.opts.maxContext, this.session.vocab, !!this.tokenBytes);
     const n = req.promptIds.length;
     const vocab = this.session.vocab;
+    if (req.constraint) this.json ??= new JsonVocabulary(this.tokenBytes!, vocab);
     const seq: Seq = {
       prompt: req.promptIds.slice(),
       slot: -1,
@@ -89,6 +103,7 @@ export class Scheduler implements TokenEngine {
       maxTokens: Math.max(0, Math.min(req.maxTokens, this.opts.maxContext - n)),
       stopIds: new Set(req.stopIds),
       sampler: new Sampler(req.sampling, req.promptIds, vocab),
+      json: req.constraint ? new JsonConstraint(this.json!, req.constraint) : undefined,
       channel: new Channel<TokenChunk>(() => this.cancel(seq)),
       cancelled: false,
       unlisten: () => {},
@@ -192,20 +207,34 @@ export class Scheduler implements TokenEngine {
     this.active.push(next);
   }
 
-  /** Samples from one row of logits and emits the token (or the stop / length finish). */
+  /**
+   * Samples from one row of logits and emits the token (or the stop / length finish). A constrained
+   * sequence ends with "stop" on the token that closes its JSON object (nothing else may follow, so
+   * EOS would be forced anyway; this also ends it under ignore_eos).
+   */
   private emit(seq: Seq, logits: Float32Array): void {
     if (seq.cancelled) return;
-    const { id, logprob } = seq.sampler.sample(logits);
+    const json = seq.json;
+    let sampled: ReturnType<Sampler["sample"]>;
+    try {
+      sampled = seq.sampler.sample(logits, json?.active ? json : undefined);
+    } catch (e) {
+      this.fail([seq], e); // a constraint dead end fails this sequence, not the batch
+      return;
+    }
+    const { id, logprob } = sampled;
     if (seq.stopIds.has(id)) {
       this.finish(seq, "stop", { stopId: id });
       return;
     }
     seq.sampler.accept(id);
+    json?.accept(id);
     seq.generated++;
     seq.next = id;
     const chunk: TokenChunk = { ids: [id], ...(logprob ? { logprobs: [logprob] } : {}) };
-    if (seq.generated >= seq.maxTokens) {
-      chunk.finish = "length";
+    const end = json?.done ? "stop" : seq.generated >= seq.maxTokens ? "length" : undefined;
+    if (end) {
+      chunk.finish = end;
       seq.state = "done";
       seq.unlisten();
       seq.channel.push(chunk);

@@ -7,6 +7,7 @@
 import { Worker } from "node:worker_threads";
 import { DsrError } from "../../errors.js";
 import type { OnnxManifest } from "../../onnx/build.js";
+import type { TokenByteTable } from "../../text/token-bytes.js";
 import type { SubmitRequest, TokenChunk, TokenEngine } from "../types.js";
 import { Channel } from "./channel.js";
 import type { DecoderSessionOptions } from "./decoder-session.js";
@@ -24,7 +25,13 @@ export class WorkerEngine implements TokenEngine {
   /** Set when the worker died: later submits fail at once instead of waiting forever. */
   private crashed?: DsrError;
 
-  private constructor(private readonly worker: Worker, private readonly opts: SchedulerOptions, private readonly vocab: number, kvBytesPerToken: number) {
+  private constructor(
+    private readonly worker: Worker,
+    private readonly opts: SchedulerOptions,
+    private readonly vocab: number,
+    kvBytesPerToken: number,
+    private readonly constraints: boolean,
+  ) {
     const cap = opts.maxBatch * opts.maxContext;
     this.snapshot = { running: 0, waiting: 0, kvUsedTokens: 0, kvCapacityTokens: cap, maxContext: opts.maxContext, kvBytesPerToken, kvCapacityBytes: cap * kvBytesPerToken };
     worker.on("message", (m: FromWorker) => this.onMessage(m));
@@ -39,7 +46,7 @@ export class WorkerEngine implements TokenEngine {
     });
   }
 
-  static async open(url: URL, onnxDir: string, manifest: OnnxManifest, session: DecoderSessionOptions, scheduler: SchedulerOptions): Promise<WorkerEngine> {
+  static async open(url: URL, onnxDir: string, manifest: OnnxManifest, session: DecoderSessionOptions, scheduler: SchedulerOptions, tokenBytes?: TokenByteTable): Promise<WorkerEngine> {
     const worker = new Worker(url);
     const vocab = await new Promise<number>((resolve, reject) => {
       const onMessage = (m: FromWorker) => {
@@ -50,13 +57,13 @@ export class WorkerEngine implements TokenEngine {
       };
       worker.on("message", onMessage);
       worker.once("error", reject);
-      worker.postMessage({ type: "open", onnxDir, manifest, session, scheduler } satisfies ToWorker);
+      worker.postMessage({ type: "open", onnxDir, manifest, session, scheduler, tokenBytes } satisfies ToWorker);
     }).catch(async (e) => {
       await worker.terminate();
       throw e;
     });
     const { numLayers, kvHeads, headDim } = manifest.io;
-    return new WorkerEngine(worker, scheduler, vocab, numLayers * 2 * kvHeads * headDim * 4);
+    return new WorkerEngine(worker, scheduler, vocab, numLayers * 2 * kvHeads * headDim * 4, !!tokenBytes);
   }
 
   private onMessage(m: FromWorker): void {
@@ -83,7 +90,7 @@ export class WorkerEngine implements TokenEngine {
   submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
     if (this.closing) throw new DsrError("DSR_ENGINE_CLOSED", "the embedded engine is closed", { hint: "open a new engine" });
     if (this.crashed) throw this.crashed;
-    validateRequest(req, this.opts.maxContext, this.vocab);
+    validateRequest(req, this.opts.maxContext, this.vocab, this.constraints);
     const id = this.nextId++;
     const cancel = () => {
       if (this.channels.has(id)) this.post({ type: "cancel", id });

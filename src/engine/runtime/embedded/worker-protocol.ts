@@ -1,5 +1,6 @@
 /** Messages between the main thread (WorkerEngine) and the engine worker (worker.ts). */
 import type { OnnxManifest } from "../../onnx/build.js";
+import type { TokenByteTable } from "../../text/token-bytes.js";
 import type { SubmitRequest, TokenChunk } from "../types.js";
 import type { DecoderSessionOptions } from "./decoder-session.js";
 import type { EngineCounters, EmbeddedStats, SchedulerOptions } from "./scheduler.js";
@@ -10,6 +11,8 @@ export interface OpenMessage {
   manifest: OnnxManifest;
   session: DecoderSessionOptions;
   scheduler: SchedulerOptions;
+  /** For constrained decoding; absent when the tokenizer is not byte-level BPE. */
+  tokenBytes?: TokenByteTable;
 }
 
 export type ToWorker =

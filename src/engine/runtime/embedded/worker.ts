@@ -23,7 +23,7 @@ port.on("message", (m: ToWorker) => {
     case "open":
       DecoderSession.open(m.onnxDir, m.manifest, m.session).then(
         (session) => {
-          scheduler = new Scheduler(session, m.scheduler);
+          scheduler = new Scheduler(session, m.scheduler, m.tokenBytes);
           scheduler.onStep = () => post({ type: "stats", stats: scheduler!.stats(), counters: { ...scheduler!.counters } });
           post({ type: "opened", vocab: session.vocab });
         },
