@@ -4,6 +4,7 @@
  *
  *   npx tsx bench/engine.ts [--dir DIR] [--threads N] [--weights int4] [--block-size 32] [--decode 32] [--reps 3] [--keep]
  *                           [--model ONNX_DIR]   (reuse a model a previous --keep run left)
+ *                           [--only-json]        (steps 1 and 6 only)
  *
  * 1. Builds the model straight to int4 with seeded random weights (no fp32 checkpoint on disk):
  *    hidden 1536, 28 layers, 12 heads / 2 KV heads (head 128), MLP 8960, vocab 151936, q/k/v bias,
@@ -21,6 +22,12 @@
  * 5. dsr with 4, 8 and 16 concurrent streams (aggregate decode tok/s in the window where all streams
  *    are decoding), each followed by a single-stream run for the ratio, with the mean step time and
  *    the part of it spent inside session.run.
+ * 6. The cost of response_format json_object (json-constraint.ts): single-stream decode tok/s with and
+ *    without the constraint on the same prompt, interleaved --reps times, and the constrained
+ *    sampler alone on random logits (ms per token, free vs constrained; one cold full-mask build).
+ *    The model has no tokenizer, so a synthetic byte-level vocabulary of the model's size stands in
+ *    (syntheticTokenizer). Random weights make random choices, which the JSON state rejects far more
+ *    often than a trained model's: this is a pessimistic figure.
  * The machine is shared (five agents on 2 cores): wall-clock rates swing several-fold between runs, so
  * the JSON also gives "bestCase" figures from the minimum step times (the least-disturbed step of
  * each kind, the closest to an idle machine); docs/BENCHMARKS.md reports both.
@@ -37,9 +44,11 @@ import { buildOnnxFromSource, readManifest, type OnnxManifest } from "../src/eng
 import type { WeightFormat } from "../src/engine/onnx/layers.js";
 import { syntheticWeights } from "../src/engine/onnx/weights.js";
 import { DecoderSession } from "../src/engine/runtime/embedded/decoder-session.js";
-import { seededRandom } from "../src/engine/runtime/embedded/sampler.js";
+import { JsonConstraint, JsonVocabulary } from "../src/engine/runtime/embedded/json-constraint.js";
+import { Sampler, seededRandom } from "../src/engine/runtime/embedded/sampler.js";
 import { Scheduler } from "../src/engine/runtime/embedded/scheduler.js";
-import type { SamplingParams } from "../src/engine/runtime/types.js";
+import type { SamplingParams, SubmitRequest } from "../src/engine/runtime/types.js";
+import { tokenByteTable, type TokenByteTable } from "../src/engine/text/token-bytes.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -52,6 +61,7 @@ const blockSize = Number(opt("block-size", "32"));
 const decodeSteps = Number(opt("decode", "24"));
 const reps = Number(opt("reps", "5"));
 const reuse = opt("model", "");
+const onlyJson = args.includes("--only-json");
 const root = mkdtempSync(join(opt("dir", tmpdir()), "dsr-bench-engine-"));
 const log = (s: string) => process.stderr.write(`[bench/engine] ${s}\n`);
 
@@ -214,6 +224,126 @@ async function streams(sched: Scheduler, n: number, promptLen: number, maxTokens
   };
 }
 
+/**
+ * A tokenizer.json-shaped object with a byte-level BPE vocabulary of `size` ids, roughly Qwen2's mix:
+ * the 256 single bytes, then word pieces with and without a leading space, digits, whitespace runs,
+ * JSON-ish punctuation, CJK characters (3-byte UTF-8) and a few lone UTF-8 bytes; the last 200 ids
+ * are added (special) tokens. Spelled with GPT-2's byte → character map, as tokenizer.json is.
+ */
+function syntheticTokenizer(size: number): Record<string, unknown> {
+  const r = seededRandom(42);
+  const int = (n: number) => Math.floor(r() * n);
+  const charOf: string[] = [];
+  let next = 256;
+  for (let b = 0; b < 256; b++) charOf[b] = String.fromCodePoint((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae ? b : next++);
+  const spell = (bytes: Uint8Array) => Array.from(bytes, (b) => charOf[b]).join("");
+  const letters = "etaoinshrdlucmfwypvbgkqjxzETAOINSHRDLU_";
+  const punct = ['{"', '":', '",', '"}', "},", "],", '":"', '": "', "{", "}", "[", "]", ",", ":", '"', "\n", "()", "();", "->", "==", "//", "#"];
+  const piece = (): string => {
+    const k = r();
+    if (k < 0.55) return (r() < 0.6 ? " " : "") + Array.from({ length: 1 + int(9) }, () => letters[int(letters.length)]).join("");
+    if (k < 0.65) return String(int(1000));
+    if (k < 0.72) return r() < 0.5 ? "\n" + " ".repeat(int(12)) : " ".repeat(2 + int(14));
+    if (k < 0.85) return punct[int(punct.length)]! + (r() < 0.3 ? punct[int(punct.length)]! : "");
+    return Array.from({ length: 1 + int(3) }, () => String.fromCodePoint(0x4e00 + int(0x5000))).join("");
+  };
+  const vocab: Record<string, number> = {};
+  for (let b = 0; b < 256; b++) vocab[charOf[b]!] = b;
+  let id = 256;
+  while (id < size - 200) {
+    const s = spell(Buffer.from(piece()));
+    if (!(s in vocab)) vocab[s] = id++;
+  }
+  const added = Array.from({ length: 200 }, (_, i) => ({ id: size - 200 + i, content: `<|special_${i}|>`, special: true }));
+  return { model: { type: "BPE", vocab }, decoder: { type: "ByteLevel" }, added_tokens: added };
+}
+
+/**
+ * Step 6. (a) decode tok/s of one stream with and without json_object on the same prompt, sampled
+ * (temperature 0.6, top-p 0.95, as R1's defaults) with a new seed per request; a constrained answer
+ * can close its object early, so it is re-asked (at most 100 times) until it has as many decode steps
+ * as the free run, and tok/s counts only the gaps between tokens of one request. (b) the sampler
+ * alone on random logits: ms per token, free and constrained, greedy and sampled.
+ */
+async function jsonConstraintCost(dir: string, manifest: OnnxManifest) {
+  const V = manifest.io.vocabSize;
+  const tokenizer = syntheticTokenizer(V);
+  const t0 = performance.now();
+  const table = tokenByteTable(tokenizer)!;
+  const tableMs = performance.now() - t0;
+  const session = await DecoderSession.open(dir, manifest, { threads, maxBatch: 1, maxContext: 1024 });
+  const sched = new Scheduler(session, { maxBatch: 1, maxContext: 1024, prefillChunk: 64, prefillChunkIdle: 512 }, table);
+  const prompt = randomPrompt(128, 1);
+  const sampled: SamplingParams = { ...GREEDY, temperature: 0.6, topP: 0.95 };
+  let seed = 0;
+  const gapsOf = async (constraint: SubmitRequest["constraint"]) => {
+    const gaps: number[] = [];
+    let requests = 0;
+    while (gaps.length < decodeSteps && requests < 100) {
+      requests++;
+      let last = 0;
+      for await (const c of sched.submit({ promptIds: prompt, sampling: { ...sampled, seed: seed++ }, maxTokens: decodeSteps + 1, stopIds: [], constraint })) {
+        const now = performance.now();
+        if (c.ids.length && last) gaps.push(now - last);
+        if (c.ids.length) last = now;
+      }
+    }
+    return { gaps: gaps.slice(0, decodeSteps), requests };
+  };
+  await gapsOf(undefined); // warm-up
+  const runs = [];
+  for (let rep = 0; rep < reps; rep++) {
+    log(`json constraint rep ${rep + 1}/${reps}…`);
+    const free = await gapsOf(undefined);
+    const json = await gapsOf({ kind: "json_object" });
+    const rate = (g: number[]) => (g.length * 1000) / g.reduce((a, b) => a + b, 0);
+    runs.push({ freeDecodeTokPerS: rate(free.gaps), jsonDecodeTokPerS: rate(json.gaps), jsonRequests: json.requests, freeStepMsMin: Math.min(...free.gaps), jsonStepMsMin: Math.min(...json.gaps) });
+  }
+  await sched.close();
+
+  // (b) The sampler alone: 16 rotating rows of N(0, 2²) logits, 2000 tokens per variant.
+  const r = seededRandom(7);
+  const rows = Array.from({ length: 16 }, () => Float32Array.from({ length: V }, () => 2 * Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r())));
+  const words = new JsonVocabulary(table, V);
+  const c0 = performance.now();
+  new JsonConstraint(words, { kind: "json_object" }).mask();
+  const coldMaskMs = performance.now() - c0;
+  const perToken = (p: SamplingParams, constrained: boolean) => {
+    const s = new Sampler(p, [], V);
+    let c = new JsonConstraint(words, { kind: "json_object" });
+    let objects = 0;
+    const n = 2000;
+    const t = performance.now();
+    for (let i = 0; i < n; i++) {
+      const { id } = s.sample(rows[i % rows.length]!, constrained ? c : undefined);
+      if (!constrained) continue;
+      c.accept(id);
+      if (c.done) (c = new JsonConstraint(words, { kind: "json_object" })), objects++;
+    }
+    return { msPerToken: (performance.now() - t) / n, objectsClosed: objects };
+  };
+  const sampler = {
+    greedyFree: perToken(GREEDY, false),
+    greedyJson: perToken(GREEDY, true),
+    sampledFree: perToken({ ...sampled, seed: 1 }, false),
+    sampledJson: perToken({ ...sampled, seed: 1 }, true),
+    fullMaskBuilds: words.maskBuilds,
+  };
+  return {
+    note: "synthetic byte-level vocabulary of the model's size; random weights, so far more rejections than a trained model",
+    tokenTableBuildMs: tableMs,
+    coldFullMaskMs: coldMaskMs,
+    decode: {
+      runs,
+      freeTokPerSMedian: median(runs.map((x) => x.freeDecodeTokPerS)),
+      jsonTokPerSMedian: median(runs.map((x) => x.jsonDecodeTokPerS)),
+      jsonVsFree: median(runs.map((x) => x.jsonDecodeTokPerS / x.freeDecodeTokPerS)),
+      jsonVsFreeBestStep: Math.min(...runs.map((x) => x.freeStepMsMin)) / Math.min(...runs.map((x) => x.jsonStepMsMin)),
+    },
+    sampler,
+  };
+}
+
 async function main() {
   const loadBefore = loadavg();
   const uptimeBefore = execFileSync("uptime").toString().trim();
@@ -239,6 +369,13 @@ async function main() {
       },
     });
     buildSeconds = (performance.now() - tBuild) / 1000;
+  }
+  const machine = () => ({ cpu: cpus()[0]?.model, cores: cpus().length, threads, loadavgBefore: loadBefore, loadavgAfter: loadavg(), uptimeBefore, uptimeAfter: execFileSync("uptime").toString().trim() });
+  const model = { shape: "DeepSeek-R1-Distill-Qwen-1.5B (random weights)", weights: manifest.weights, blockSize: manifest.blockSize, accuracyLevel: manifest.accuracyLevel, dataBytes: manifest.dataBytes, buildSeconds };
+  if (onlyJson) {
+    const jsonConstraint = await jsonConstraintCost(dir, manifest);
+    process.stdout.write(JSON.stringify({ machine: machine(), versions: { node: process.version, onnxruntime: ort.env.versions?.common }, model, jsonConstraint }, null, 2) + "\n");
+    return;
   }
   const bits = manifest.weights === "int4" ? 4 : manifest.weights === "int8" ? 8 : 32;
   const bytesPerToken = bits < 32 ? weightBytesPerToken(sh, bits, manifest.blockSize ?? blockSize) : NaN;
@@ -304,6 +441,8 @@ async function main() {
     });
   }
   await sched.close();
+  log("json_object constraint…");
+  const jsonConstraint = await jsonConstraintCost(dir, manifest);
   // Best single-stream step over every single-stream run (the reps and the runs between the batches).
   const singleMsMin = Math.min(...singles.flatMap((x) => x.stepMs), ...multi.map((m) => m.singleStepMsMin));
   const bare = median(bareRuns.map((b) => b.decodeTokPerS));
@@ -311,15 +450,16 @@ async function main() {
   const ttft = median(singles.map((x) => x.ttftSeconds));
   const eight = multi.find((m) => m.streams === 8)!;
   const result = {
-    machine: { cpu: cpus()[0]?.model, cores: cpus().length, threads, loadavgBefore: loadBefore, loadavgAfter: loadavg(), uptimeBefore, uptimeAfter: execFileSync("uptime").toString().trim() },
+    machine: machine(),
     versions: { node: process.version, onnxruntime: ort.env.versions?.common },
-    model: { shape: "DeepSeek-R1-Distill-Qwen-1.5B (random weights)", weights: manifest.weights, blockSize: manifest.blockSize, accuracyLevel: manifest.accuracyLevel, dataBytes: manifest.dataBytes, buildSeconds },
+    model,
     bandwidth: { copyBytesPerSecond: bandwidth, weightBytesPerToken: bytesPerToken, boundTokPerS: bandwidth / bytesPerToken },
     bareLoop: { runs: bareRuns, decodeTokPerSMedian: bare, prefillTokPerSMedian: median(bareRuns.map((b) => b.prefillTokPerS)), batches: bareBatches, batch8VsBatch1: bareBatches[1]!.decodeTokPerS / bareBatches[0]!.decodeTokPerS },
     dsr: {
       single: { runs: singles.map((x) => ({ ttftSeconds: x.ttftSeconds, decodeTokPerS: x.perStreamDecodeTokPerS[0] })), ttft128Seconds: ttft, prefillTokPerS: 128 / ttft, decodeTokPerS: singleDecode },
       concurrent: multi,
     },
+    jsonConstraint,
     bestCase: {
       note: "minimum step times over all repetitions: the machine is shared, the least-disturbed step is the closest to an idle machine",
       bareDecodeMsMin: Math.min(...bareRuns.map((b) => b.decodeMsMin)),

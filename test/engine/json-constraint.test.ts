@@ -291,6 +291,18 @@ describe("token byte table and masks", () => {
     expect(all).toContain(" ");
   });
 
+  it("the bytes of an encoding's tokens concatenate to the text's UTF-8 (split characters included); other tokenizer kinds get no table", async () => {
+    const { loadTextModel } = await import("../../src/engine/text/index.js");
+    const t = await loadTextModel(TINY_R1);
+    for (const s of ['{"naïve": "中文 😀", "n": -12.5e3}', "héllo wörld\n\t  ", "𝄞𝄞 ß"]) {
+      const ids = t.encode(s);
+      const got = Buffer.concat(ids.map((id) => Buffer.from(table.bytes.subarray(table.offsets[id]!, table.offsets[id + 1]!))));
+      expect(got.equals(enc(s)), s).toBe(true);
+    }
+    expect(tokenByteTable({ model: { type: "Unigram", vocab: [["a", 0]] }, decoder: { type: "Metaspace" } })).toBeUndefined();
+    expect(tokenByteTable({ model: { type: "BPE", vocab: { "▁a": 0 } }, decoder: { type: "Sequence", decoders: [{ type: "Replace" }, { type: "ByteFallback" }] } })).toBeUndefined();
+  });
+
   it("a mask equals the token-by-token check, also when served from the cache for another stack", () => {
     const vocab = new JsonVocabulary(table, 2048);
     const states = ['{"a":[', '{"a":[{"b":[[', '{"x":{"y":{"z":[{"q":1', '{"a":"é', '{"a":tr', '{"a":1', '{"a":[1]', '{', "", '{"a":"\\u00'];

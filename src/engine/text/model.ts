@@ -163,7 +163,7 @@ export async function loadTextModel(modelDir: string): Promise<TextModel> {
     createDecoder: () => createIncrementalDecoder(decode, skip),
     applyChatTemplate,
     promptOpensThink,
-    thinkEndId: tok.token_to_id("</think>") ?? undefined,
+    thinkEndId: tok.token_to_id("</think>"),
     tokenBytes: () => (table ??= { value: tokenByteTable(tj!) }).value,
     eosTokenIds,
     bosTokenId,
