@@ -9,14 +9,14 @@
  * llhttp runs in wasm, one copy into wasm memory per read), so every event had to be re-framed and
  * written again. Probes and /v1/models still use undici (UpstreamInstance.pool).
  *
- * What it handles: status line and headers (1xx skipped), chunked bodies (extensions, trailers,
- * sizes and lines split across reads), content-length bodies, bodies delimited by close, HTTP/1.0
- * and `connection: close` answers (socket not reused), the server's `keep-alive: timeout=N` hint,
+ * What it handles: status line and headers (1xx skipped), chunked bodies (h1-chunked.ts),
+ * content-length bodies, bodies delimited by close, HTTP/1.0 and `connection: close` answers (socket not reused), the server's `keep-alive: timeout=N` hint,
  * and a kept-alive socket that the server closed just as it was reused (retried once on a fresh
  * connection, before anything was received).
  */
 import { connect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
+import { ChunkedDecoder } from "./h1-chunked.js";
 
 export interface H1Response {
   status: number;
@@ -58,10 +58,7 @@ export interface H1Call {
 const CRLF2 = Buffer.from("\r\n\r\n");
 const enum S {
   Head,
-  Size,
-  Data,
-  DataEnd,
-  Trailer,
+  Chunked,
   Length,
   Close,
   Done,
@@ -169,16 +166,9 @@ class Exchange implements H1Call {
   private res: H1Response | undefined;
   private keepAlive = true;
   private ttlMs = 4000;
-  /** Chunk data bytes still to come (Data), or body bytes still to come (Length). */
+  /** Body bytes still to come (Length). */
   private left = 0;
-  /** The chunk-size line being parsed: value so far, digits, bytes, inside an extension. */
-  private size = 0;
-  private sizeDigits = 0;
-  private sizeLine = 0;
-  private sizeExt = false;
-  /** Bytes of a trailer line split across reads. */
-  private line = "";
-  private crlfLeft = 0;
+  private chunks: ChunkedDecoder | undefined;
   private readonly onData = (b: Buffer) => this.data(b);
   private readonly onEndEv = () => this.eof();
   private readonly onErr = (e: Error) => this.fail(e);
@@ -300,7 +290,10 @@ class Exchange implements H1Call {
     if (ka) this.ttlMs = Math.max(0, Number(ka[1]) * 1000 - 1000);
     const chunked = /chunked/i.test(headers["transfer-encoding"] ?? "");
     this.res = { status, headers, chunked };
-    if (chunked) this.state = S.Size;
+    if (chunked) {
+      this.state = S.Chunked;
+      this.chunks = new ChunkedDecoder();
+    }
     else if (status === 204 || status === 304) this.state = S.Done;
     else if (headers["content-length"] !== undefined) {
       this.left = Number(headers["content-length"]);
@@ -332,79 +325,18 @@ class Exchange implements H1Call {
       return this.h.onBody(p, [p], false, false);
     }
     const start = pos;
-    const startAligned = this.state === S.Size && this.sizeLine === 0;
-    let rawEnd = -1; // where the zero-size chunk starts, when it is in this read
+    const dec = this.chunks!;
+    const startAligned = dec.atBoundary;
     const payload: Buffer[] = [];
-    while (pos < b.length && this.state !== S.Done) {
-      switch (this.state) {
-        case S.Size: {
-          // hex digits, optional `;extension`, CRLF; parsed byte by byte (no strings), and the line
-          // may be split across reads
-          const c = b[pos++];
-          this.sizeLine++;
-          if (c === 10) {
-            const n = this.size;
-            if (this.sizeDigits === 0) return this.fail(new Error("upstream sent a chunk size line without a size"));
-            this.size = this.sizeDigits = this.sizeLine = 0;
-            this.sizeExt = false;
-            if (n === 0) {
-              rawEnd = Math.max(start, lineStart(b, pos));
-              this.state = S.Trailer;
-            } else {
-              this.left = n;
-              this.state = S.Data;
-            }
-          } else if (c === 59 /* ; */) this.sizeExt = true;
-          else if (!this.sizeExt && c !== 13 && c !== 32 && c !== 9) {
-            const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
-            if (v < 0 || ++this.sizeDigits > 12) return this.fail(new Error(`upstream sent a malformed chunk size (byte ${c})`));
-            this.size = this.size * 16 + v;
-          }
-          break;
-        }
-        case S.Data: {
-          const n = Math.min(this.left, b.length - pos);
-          payload.push(b.subarray(pos, pos + n));
-          pos += n;
-          this.left -= n;
-          if (this.left === 0) {
-            this.state = S.DataEnd;
-            this.crlfLeft = 2;
-          }
-          break;
-        }
-        case S.DataEnd: {
-          // the CRLF after the chunk's data (a bare LF is tolerated, as llhttp does in lenient mode)
-          const c = b[pos++];
-          if (c === 10) this.state = S.Size;
-          else if (c !== 13 || --this.crlfLeft === 0) return this.fail(new Error("upstream sent a chunk without its CRLF"));
-          break;
-        }
-        case S.Trailer: {
-          const lf = b.indexOf(10, pos);
-          if (lf < 0) {
-            this.line += b.toString("latin1", pos);
-            pos = b.length;
-            break;
-          }
-          const text = this.line + b.toString("latin1", pos, lf);
-          this.line = "";
-          pos = lf + 1;
-          if (text === "" || text === "\r") this.state = S.Done;
-          break;
-        }
-      }
+    try {
+      pos = dec.feed(b, pos, payload);
+    } catch (e) {
+      return this.fail(new Error(`upstream sent ${(e as Error).message}`));
     }
-    const aligned = startAligned && (rawEnd >= 0 || (this.state === S.Size && this.sizeLine === 0));
+    const rawEnd = dec.zeroAt; // where the zero-size chunk starts, when it is in this read
+    const aligned = startAligned && (rawEnd >= 0 || dec.atBoundary);
     const raw = b.subarray(start, rawEnd >= 0 ? rawEnd : b.length);
-    if (raw.length > 0 || payload.length > 0) this.h.onBody(raw, payload, aligned, this.state === S.Done);
-    if (this.state === S.Done && !this.finished) this.done(pos === b.length);
+    if (raw.length > 0 || payload.length > 0) this.h.onBody(raw, payload, aligned, dec.done);
+    if (dec.done && !this.finished) this.done(pos === b.length);
   }
-}
-
-/** Start of the line that ends just before `pos` (the zero-size chunk's own line), within `b`. */
-function lineStart(b: Buffer, pos: number): number {
-  let i = pos - 2; // the LF just consumed is at pos - 1
-  while (i >= 0 && b[i] !== 10) i--;
-  return i + 1;
 }

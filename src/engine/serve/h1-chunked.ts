@@ -1,0 +1,120 @@
+/**
+ * Incremental decoder for HTTP/1.1 chunked bodies (RFC 9112 §7.1), shared by the proxy's client
+ * (h1-pool.ts, upstream answers) and the gateway's server (h1-server.ts, request bodies). Size lines
+ * and trailers may be split across reads; it works on byte offsets and never builds strings for the
+ * common path.
+ */
+const enum C {
+  Size,
+  Data,
+  DataEnd,
+  Trailer,
+  Done,
+}
+
+export class ChunkedDecoder {
+  private state = C.Size;
+  /** The chunk-size line being parsed: value so far, digits, bytes, inside an extension. */
+  private size = 0;
+  private sizeDigits = 0;
+  private sizeLine = 0;
+  private sizeExt = false;
+  /** Chunk data bytes still to come. */
+  private left = 0;
+  private crlfLeft = 0;
+  /** Bytes of a trailer line split across reads. */
+  private line = "";
+  /** Where the zero-size chunk's line starts in the last fed read, or -1 when it was not in it. */
+  zeroAt = -1;
+  /** Decoded bytes so far (request bodies are size-limited on this). */
+  total = 0;
+
+  /** True when the next byte starts a chunk-size line (the bytes so far end on a chunk boundary). */
+  get atBoundary(): boolean {
+    return this.state === C.Size && this.sizeLine === 0;
+  }
+
+  /** True once the zero-size chunk and the trailers were read. */
+  get done(): boolean {
+    return this.state === C.Done;
+  }
+
+  /**
+   * Decodes `b` from `pos`, pushing slices of chunk data to `payload`. Returns the position after the
+   * last byte consumed: `b.length`, or less when the body ended inside `b` (a pipelined message may
+   * follow). Throws an Error naming what was malformed.
+   */
+  feed(b: Buffer, pos: number, payload: Buffer[]): number {
+    this.zeroAt = -1;
+    const start = pos;
+    while (pos < b.length && this.state !== C.Done) {
+      switch (this.state) {
+        case C.Size: {
+          // hex digits, optional `;extension`, CRLF, byte by byte
+          const c = b[pos++];
+          this.sizeLine++;
+          if (c === 10) {
+            const n = this.size;
+            if (this.sizeDigits === 0) throw new Error("a chunk size line without a size");
+            this.size = this.sizeDigits = this.sizeLine = 0;
+            this.sizeExt = false;
+            if (n === 0) {
+              this.zeroAt = Math.max(start, lineStart(b, pos));
+              this.state = C.Trailer;
+            } else {
+              this.left = n;
+              this.state = C.Data;
+            }
+          } else if (c === 59 /* ; */) this.sizeExt = true;
+          else if (!this.sizeExt && c !== 13 && c !== 32 && c !== 9) {
+            const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+            if (v < 0 || ++this.sizeDigits > 12) throw new Error(`a malformed chunk size (byte ${c})`);
+            this.size = this.size * 16 + v;
+          }
+          break;
+        }
+        case C.Data: {
+          const n = Math.min(this.left, b.length - pos);
+          payload.push(b.subarray(pos, pos + n));
+          this.total += n;
+          pos += n;
+          this.left -= n;
+          if (this.left === 0) {
+            this.state = C.DataEnd;
+            this.crlfLeft = 2;
+          }
+          break;
+        }
+        case C.DataEnd: {
+          // the CRLF after the chunk's data (a bare LF is tolerated, as llhttp does in lenient mode)
+          const c = b[pos++];
+          if (c === 10) this.state = C.Size;
+          else if (c !== 13 || --this.crlfLeft === 0) throw new Error("a chunk without its CRLF");
+          break;
+        }
+        case C.Trailer: {
+          const lf = b.indexOf(10, pos);
+          if (lf < 0) {
+            this.line += b.toString("latin1", pos);
+            if (this.line.length > 16 * 1024) throw new Error("trailers over 16 KiB");
+            pos = b.length;
+            break;
+          }
+          const text = this.line + b.toString("latin1", pos, lf);
+          this.line = "";
+          pos = lf + 1;
+          if (text === "" || text === "\r") this.state = C.Done;
+          break;
+        }
+      }
+    }
+    return pos;
+  }
+}
+
+/** Start of the line that ends just before `pos` (the zero-size chunk's own line), within `b`. */
+function lineStart(b: Buffer, pos: number): number {
+  let i = pos - 2; // the LF just consumed is at pos - 1
+  while (i >= 0 && b[i] !== 10) i--;
+  return i + 1;
+}
