@@ -326,21 +326,26 @@ describe("token byte table and masks", () => {
 
 describe("constrained sampling", () => {
   const V = 8;
-  /** Allows only the listed ids; counts full-mask requests. */
+  /** Allows only the listed ids; counts checks and mask requests. */
   const only = (ids: number[]) => {
-    const f = { masks: 0, allows: (id: number) => ids.includes(id), mask: () => (f.masks++, Uint8Array.from({ length: V }, (_, i) => (ids.includes(i) ? 1 : 0))) };
+    const f = {
+      masks: 0,
+      checks: 0,
+      allows: (id: number) => (f.checks++, ids.includes(id)),
+      mask: () => (f.masks++, Uint8Array.from({ length: V }, (_, i) => (ids.includes(i) ? 1 : 0))),
+    };
     return f satisfies TokenFilter;
   };
   const logits = Float32Array.from([8, 7, 6, 5, 4, 3, 2, 1]);
   const base = { temperature: 1, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, seed: 3 };
 
-  it("greedy takes the best allowed token; after a few rejections the full mask decides", () => {
-    const near = only([2, 7]);
-    expect(new Sampler({ ...base, temperature: 0 }, [], V).sample(logits, near).id).toBe(2);
-    expect(near.masks).toBe(0); // two rejections: the lazy path found it
-    const far = only([7]);
-    expect(new Sampler({ ...base, temperature: 0 }, [], V).sample(logits, far).id).toBe(7);
-    expect(far.masks).toBe(1);
+  it("greedy takes the best allowed token: an allowed pick costs one check, a rejected one the mask", () => {
+    const top = only([0, 5]);
+    expect(new Sampler({ ...base, temperature: 0 }, [], V).sample(logits, top).id).toBe(0);
+    expect([top.checks, top.masks]).toEqual([1, 0]);
+    const far = only([2, 7]);
+    expect(new Sampler({ ...base, temperature: 0 }, [], V).sample(logits, far).id).toBe(2);
+    expect([far.checks, far.masks]).toEqual([1, 1]);
   });
 
   it("temperature sampling follows the distribution restricted to allowed tokens; logprobs stay unmasked", () => {

@@ -11,17 +11,9 @@ import type { SamplingParams, TokenLogprob } from "../types.js";
 /** Which tokens may come next (constrained decoding, e.g. json-constraint.ts). */
 export interface TokenFilter {
   allows(id: number): boolean;
-  /** 1 for every allowed token of the vocabulary (may be a shared array: read only). */
+  /** 1 for every allowed token of the vocabulary (may be a shared, cached array: read only). */
   mask(): Uint8Array;
 }
-
-/**
- * Rejections before a constrained step asks for the full mask. The token the sampler would pick is
- * usually allowed (inside a JSON string or number almost anything is), so checking it alone is the
- * common case; when the model keeps wanting something else (prose after `</think>`), a few masked
- * retries (each an O(vocab) pass) cost less than building a mask, and a mask is built once per state.
- */
-const LAZY_TRIES = 4;
 
 /** mulberry32: small, fast, good enough for sampling; seeded per request. */
 export function seededRandom(seed: number): () => number {
@@ -84,7 +76,10 @@ export class Sampler {
     let argmax = 0;
     for (let i = 0; i < x.length; i++) if (x[i]! > max) (max = x[i]!), (argmax = i);
     let id = this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(x, max));
-    if (filter && !filter.allows(id)) id = this.constrained(x, id, filter);
+    // Lazy check: the token it would pick anyway is usually allowed (inside a JSON string or number
+    // almost anything is), so one check replaces a scan of the vocabulary (constrained() says why a
+    // rejection goes straight to the full mask).
+    if (filter && !filter.allows(id)) id = this.constrained(x, filter);
     return { id, logprob: this.p.logprobs === undefined ? undefined : logprobOf(x, max, id, this.p.logprobs) };
   }
 
@@ -164,30 +159,28 @@ export class Sampler {
   }
 
   /**
-   * Samples again with the rejected token masked, LAZY_TRIES times, then with the full mask of the
-   * filter's state. Greedy gets exactly the best allowed token and plain temperature sampling exactly
-   * the distribution restricted to allowed tokens (rejection sampling). With top-k / top-p / min-p the
-   * cuts of a lazy retry are taken over the distribution less the tokens rejected so far, not less
-   * every disallowed token (vLLM masks first): the kept set can then lose a few allowed tokens at its
-   * tail. The full-mask fallback is exact.
+   * After a rejection, draws again with the filter's full mask applied. Greedy gets exactly the best
+   * allowed token and plain temperature sampling exactly the distribution restricted to allowed
+   * tokens (accept-or-redraw is rejection sampling). With top-k / top-p / min-p a first pick that
+   * passes was cut from the unmasked distribution, where vLLM cuts the masked one: allowed tokens at
+   * the tail weigh slightly differently. Retrying with only the rejected tokens masked, before asking
+   * for the mask, was tried and dropped: each retry re-runs the cuts (a flat 152k-token distribution
+   * took 36 ms per token where the mask takes 9), and letting the mask cache decide when to stop
+   * retrying made a seed's tokens depend on what other requests had cached. Masks are cached per
+   * state (json-constraint.ts), so the full mask is usually one O(vocab) pass.
    */
-  private constrained(x: Float32Array, rejected: number, filter: TokenFilter): number {
+  private constrained(x: Float32Array, filter: TokenFilter): number {
     const y = (this.masked ??= new Float32Array(x.length));
-    y.set(x);
-    for (let tries = 1; ; tries++) {
-      y[rejected] = -Infinity;
-      if (tries === LAZY_TRIES) {
-        const mask = filter.mask();
-        for (let i = 0; i < y.length; i++) if (!mask[i]) y[i] = -Infinity;
-      }
-      let max = -Infinity;
-      let argmax = -1;
-      for (let i = 0; i < y.length; i++) if (y[i]! > max) (max = y[i]!), (argmax = i);
-      if (argmax < 0) throw new DsrError("DSR_CONSTRAINT_DEAD_END", "no token of the vocabulary can continue the constrained output", { hint: "the tokenizer lacks single-byte tokens; report this with the model name" });
-      const id = this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(y, max));
-      if (tries >= LAZY_TRIES || filter.allows(id)) return id;
-      rejected = id;
+    const mask = filter.mask();
+    let max = -Infinity;
+    let argmax = -1;
+    for (let i = 0; i < y.length; i++) {
+      const v = mask[i] ? x[i]! : -Infinity;
+      y[i] = v;
+      if (v > max) (max = v), (argmax = i);
     }
+    if (argmax < 0) throw new DsrError("DSR_CONSTRAINT_DEAD_END", "no token of the vocabulary can continue the constrained output", { hint: "the tokenizer lacks single-byte tokens; report this with the model name" });
+    return this.p.temperature <= 0 ? argmax : this.pick(this.nucleus(y, max));
   }
 
   /** Draws one of `ids` with probability ∝ its weight. */
