@@ -12,9 +12,9 @@
  * Cost: a token is checked by running its bytes from the current state on a scratch cursor whose
  * stack overlays the committed one (no copying). The sampler checks lazily (sampler.ts): the token it
  * would pick anyway is checked first, and only when it is rejected does the sampler ask for the full
- * mask of the state, which is computed once per state key and cached. Most steps
- * of a JSON answer sit inside a string or a number, where the model's choice is allowed, so a step
- * costs one check instead of 152k.
+ * mask of the state, which is computed once per state key and cached. Most steps of a JSON answer
+ * sit inside a string or a number, where the model's choice is allowed, so a step costs one check
+ * instead of 152k.
  *
  * Structural whitespace runs are capped (MAX_WHITESPACE_RUN) so a model cannot loop on spaces or
  * newlines between tokens forever — grammar engines cap it the same way.

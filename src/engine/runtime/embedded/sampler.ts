@@ -165,7 +165,7 @@ export class Sampler {
    * passes was cut from the unmasked distribution, where vLLM cuts the masked one: allowed tokens at
    * the tail weigh slightly differently. Retrying with only the rejected tokens masked, before asking
    * for the mask, was tried and dropped: each retry re-runs the cuts (a flat 152k-token distribution
-   * took 36 ms per token where the mask takes 9), and letting the mask cache decide when to stop
+   * took 36 ms per token where a draw under the mask takes 10), and letting the mask cache decide when to stop
    * retrying made a seed's tokens depend on what other requests had cached. Masks are cached per
    * state (json-constraint.ts), so the full mask is usually one O(vocab) pass.
    */
