@@ -3,16 +3,16 @@
  * response cache, metrics, request log and graceful drain. Generation itself is the backend's job
  * (an upstream router or a token engine); the gateway only hands it a validated request and a Sink.
  *
- * node:http directly rather than a framework: the hot path (a proxied SSE stream) must add well under
- * a millisecond, and there are only eight routes.
+ * Its own HTTP/1.1 server (h1-server.ts) rather than a framework or node:http: the hot path (a
+ * proxied SSE stream) must add well under a millisecond, and there are only eight routes.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { randomUUID } from "node:crypto";
 import { ApiKeys } from "./auth.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { HttpError } from "./http-error.js";
 import { Limiter } from "./limiter.js";
+import { H1Server, type H1Request, type H1Response } from "./h1-server.js";
 import { GatewayMetrics } from "./metrics.js";
 import type { RequestLog, RequestLogEntry } from "./request-log.js";
 import { parseRequest, type Endpoint } from "./schemas.js";
@@ -43,7 +43,7 @@ const ROUTES: Record<string, Endpoint> = { "/v1/chat/completions": "chat", "/v1/
 
 export class Gateway {
   readonly metrics: GatewayMetrics;
-  private readonly server: Server;
+  private readonly server: H1Server;
   private readonly keys: ApiKeys;
   private readonly limiter: Limiter;
   private draining = false;
@@ -55,20 +55,13 @@ export class Gateway {
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
-    this.server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
+    this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000 }, (req, res) => {
       void this.dispatch(req, res);
     });
-    this.server.maxHeadersCount = 200;
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {
-    return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen({ port, host, backlog: 4096 }, () => {
-        this.server.off("error", reject);
-        resolve(this.server.address() as AddressInfo);
-      });
-    });
+    return this.server.listen(port, host);
   }
 
   get inFlight(): number {
@@ -100,9 +93,9 @@ export class Gateway {
     return cancelled;
   }
 
-  private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async dispatch(req: H1Request, res: H1Response): Promise<void> {
     const t0 = performance.now();
-    const url = req.url ?? "/";
+    const url = req.url;
     const q = url.indexOf("?");
     const path = q >= 0 ? url.slice(0, q) : url;
     const idHeader = req.headers["x-request-id"];
@@ -142,7 +135,7 @@ export class Gateway {
     this.o.backend.describe(); // per-instance health / outstanding / KV gauges
   }
 
-  private async serveInfo(path: string, res: ServerResponse): Promise<void> {
+  private async serveInfo(path: string, res: H1Response): Promise<void> {
     switch (path) {
       case "/":
         return void res.writeHead(200, { "content-type": "text/plain" }).end("dsr serve is running\n");
@@ -171,7 +164,7 @@ export class Gateway {
     }
   }
 
-  private async generate(endpoint: Endpoint, id: string, path: string, req: IncomingMessage, res: ServerResponse, t0: number): Promise<void> {
+  private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
     if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
     const ac = new AbortController();
     this.inflight.add(ac);
@@ -180,17 +173,14 @@ export class Gateway {
     let status = 500;
     let queueMs: number | undefined;
     let release: (() => void) | undefined;
-    const onClose = () => {
-      if (!res.writableFinished) ac.abort(new HttpError(499, "client disconnected", { code: "client_closed" }));
-    };
-    res.on("close", onClose);
+    res.onClose = () => ac.abort(new HttpError(499, "client disconnected", { code: "client_closed" }));
     let timer: NodeJS.Timeout | undefined;
     if (this.o.requestTimeoutMs) {
       timer = setTimeout(() => ac.abort(new HttpError(504, `request exceeded the ${this.o.requestTimeoutMs} ms timeout`, { code: "timeout" })), this.o.requestTimeoutMs);
     }
     const sink = new ResponseSink(res, ac.signal);
     try {
-      const rawBody = await readBody(req, this.o.maxBodyBytes);
+      const rawBody = bodyOf(req, this.o.maxBodyBytes);
       let body: unknown;
       try {
         body = JSON.parse(rawBody.toString("utf8"));
@@ -241,7 +231,7 @@ export class Gateway {
       sink.finish(); // a held answer goes out even when something above threw
       release?.();
       if (timer) clearTimeout(timer);
-      res.off("close", onClose);
+      res.onClose = undefined;
       this.inflight.delete(ac);
       if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
       this.finish(id, path, status, t0, queueMs, record, entry);
@@ -287,7 +277,7 @@ export class Gateway {
     });
   }
 
-  private fail(res: ServerResponse, e: unknown): void {
+  private fail(res: H1Response, e: unknown): void {
     const err = e instanceof HttpError ? e : new HttpError(500, `internal error: ${e instanceof Error ? e.message : String(e)}`, { code: "internal_error" });
     if (res.headersSent) {
       res.destroy();
@@ -306,33 +296,15 @@ function modelNotFound(name: string): HttpError {
   return new HttpError(404, `The model \`${name}\` does not exist.`, { param: "model", code: "model_not_found" });
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function sendJson(res: H1Response, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const s = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(s), ...headers }).end(s);
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
-/** Reads the body, refusing more than `limit` bytes with 413 before buffering them. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = Number(req.headers["content-length"]);
-  if (Number.isFinite(declared) && declared > limit) {
-    req.resume(); // node discards the unread body, so the 413 reaches a client that is still sending
-    return Promise.reject(new HttpError(413, `request body of ${declared} bytes exceeds the ${limit}-byte limit`, { code: "body_too_large" }));
-  }
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let n = 0;
-    req.on("data", (c: Buffer) => {
-      n += c.length;
-      if (n > limit) {
-        req.removeAllListeners("data");
-        req.resume(); // discard the rest so the 413 can still be written on this connection
-        reject(new HttpError(413, `request body exceeds the ${limit}-byte limit`, { code: "body_too_large" }));
-      } else parts.push(c);
-    });
-    req.on("end", () => resolve(parts.length === 1 ? parts[0] : Buffer.concat(parts)));
-    req.on("error", reject);
-    req.on("aborted", () => reject(new HttpError(499, "client disconnected", { code: "client_closed" })));
-  });
+/** The request's body (the server read it already), or 413 when it was over the limit. */
+function bodyOf(req: H1Request, limit: number): Buffer {
+  if (req.bodyTooLarge !== undefined) throw new HttpError(413, `request body of ${req.bodyTooLarge}${req.headers["content-length"] ? "" : "+"} bytes exceeds the ${limit}-byte limit`, { code: "body_too_large" });
+  return req.body;
 }

@@ -1,11 +1,10 @@
 /**
- * The gateway's Sink over a ServerResponse: SSE headers, backpressure, an in-band error event once
+ * The gateway's Sink over an H1Response (h1-server.ts): SSE headers, backpressure, an in-band error event once
  * bytes were sent (facts §1.3: a `data:` line holding `{"error":{…}}`), and an optional copy of the
  * bytes for the response cache.
  */
-import type { ServerResponse } from "node:http";
-import type { Writable } from "node:stream";
 import type { CachedResponse } from "./cache.js";
+import type { H1Response } from "./h1-server.js";
 import { HttpError } from "./http-error.js";
 import type { Sink } from "./types.js";
 
@@ -24,7 +23,7 @@ export class ResponseSink implements Sink {
   private parts: (string | Buffer)[] = [];
   private contentType = "";
 
-  constructor(private readonly res: ServerResponse, private readonly signal: AbortSignal) {}
+  constructor(private readonly res: H1Response, private readonly signal: AbortSignal) {}
 
   get started(): boolean {
     return this.res.headersSent;
@@ -60,27 +59,22 @@ export class ResponseSink implements Sink {
     this.status = 200;
     this.contentType = SSE_HEADERS["content-type"];
     // no flushHeaders(): the headers leave with the first event, in the same syscall
-    this.res.writeHead(200, { ...SSE_HEADERS, ...headers });
+    this.res.writeHead(200, { ...SSE_HEADERS, ...headers }, true);
   }
 
   write(chunk: string | Buffer): Promise<void> | void {
     if (this.capturing) this.parts.push(chunk);
-    if (this.res.write(chunk)) return;
-    if (this.res.destroyed) return;
-    return drained(this.res);
+    if (this.res.write(chunk) || this.res.destroyed) return;
+    return this.res.waitDrain();
   }
 
   rawChunks(): ((framed: Buffer) => Promise<void> | void) | undefined {
     const { res } = this;
-    const socket = res.socket;
-    // node:http frames this response with chunked encoding only for HTTP/1.1 clients; `socket` is
-    // null while a pipelined response waits for the one before it to finish.
-    if (this.capturing || !socket || !res.headersSent || res.req.httpVersion !== "1.1") return undefined;
-    // Writing to the response's own socket keeps the order with node:http's writes (one Writable),
-    // and res.end() still writes the terminating chunk, so the connection stays reusable.
+    // only a chunk-framed answer (HTTP/1.1 clients) can take an upstream's chunks as they are
+    if (this.capturing || !res.framedWrites) return undefined;
     return (framed) => {
-      if (socket.write(framed) || socket.destroyed) return;
-      return drained(socket);
+      if (res.writeFramed(framed) || res.destroyed) return;
+      return res.waitDrain();
     };
   }
 
@@ -119,17 +113,4 @@ export class ResponseSink implements Sink {
       this.res.destroy();
     }
   }
-}
-
-/** Resolves when a writable that refused more can take it again (or is gone). */
-function drained(w: Writable): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const done = () => {
-      w.off("drain", done);
-      w.off("close", done);
-      resolve();
-    };
-    w.on("drain", done);
-    w.on("close", done);
-  });
 }

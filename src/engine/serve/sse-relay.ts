@@ -40,6 +40,14 @@ function isAt(buf: Buffer, at: number, needle: Buffer): boolean {
   return true;
 }
 
+/**
+ * The keys that make an event worth a look, found in one regex pass over a read: usage, error and
+ * reasoning send the event to event(); a string finish_reason is recorded where it stands.
+ */
+const SPECIAL = /"(?:usage"|error"|reasoning|finish_reason":")/g;
+
+const isRoleOnly = (ev: string) => ev.includes('"role"') && ev.includes('"content":""');
+
 export class SseRelay {
   readonly stats: RelayStats = { events: 0 };
   /** True when the last push() returned exactly the bytes it was given: nothing held back, nothing changed. */
@@ -63,50 +71,48 @@ export class SseRelay {
     this.pending = undefined;
     this.passedThrough = false;
     const n = buf.length;
-    const first = this.stats.events === 0;
+    const s = buf.toString("latin1"); // one copy; its offsets are byte offsets
+    const crlf = s.indexOf("\r") >= 0;
+    let first = this.stats.events === 0; // until the stream's first event was looked at
     const renaming = this.o.fields.length > 0;
     let out: Buffer[] | undefined; // only when an event was replaced or dropped
     let run = 0; // start of the current run of unchanged bytes
     let start = 0; // start of the current event
     let tokens = 0;
-    let finishAt = -1;
-    let special = false;
-    // every look-ahead stays inside the buffer: a typed-array read past the end deoptimises the loop
-    for (let i = 0; i < n; i++) {
-      const c = buf[i];
-      if (c > 0x22) continue; // most bytes: one compare (LF, CR and '"' are all below)
-      let sep = 0;
-      if (c === 0x0a) {
-        // JSON escapes newlines, so each blank line ends exactly one event
-        if (i + 1 < n && buf[i + 1] === 0x0a) sep = 2;
-      } else if (c === 0x0d) {
-        if (i + 3 < n && buf[i + 1] === 0x0a && buf[i + 2] === 0x0d && buf[i + 3] === 0x0a) sep = 4;
-      } else if (c === 0x22 && i + 1 < n) {
-        const d = buf[i + 1];
-        if (d === 0x66) {
-          if (isAt(buf, i, FINISH)) finishAt = i + FINISH.length;
-        } else if ((d === 0x75 && isAt(buf, i, USAGE)) || (d === 0x65 && isAt(buf, i, ERROR)) || (d === 0x72 && renaming && isAt(buf, i, REASONING))) special = true;
+    SPECIAL.lastIndex = 0;
+    let m = SPECIAL.exec(s);
+    for (;;) {
+      let end = s.indexOf("\n\n", start);
+      let sep = 2;
+      if (crlf) {
+        const e4 = s.indexOf("\r\n\r\n", start);
+        if (e4 >= 0 && (end < 0 || e4 < end)) [end, sep] = [e4, 4];
       }
-      if (sep === 0) continue;
+      if (end < 0) break;
+      let special = false;
+      let finishAt = -1;
+      for (; m !== null && m.index < end; m = SPECIAL.exec(s)) {
+        const k = m[0].charCodeAt(1);
+        if (k === 0x66 /* f */) finishAt = m.index + m[0].length;
+        else if (k !== 0x72 /* r */ || renaming) special = true;
+      }
       if (special) {
-        const replacement = this.event(buf.subarray(start, i));
+        const replacement = this.event(buf.subarray(start, end));
         if (replacement !== undefined) {
           out ??= [];
           if (start > run) out.push(buf.subarray(run, start));
           if (replacement.length > 0) out.push(replacement);
-          run = i + sep;
+          run = end + sep;
         }
-        special = false;
-      } else if (i > start && buf[start] !== 0x3a && !isAt(buf, start, DONE)) {
-        // `:` comments (keep-alives) and [DONE] carry no token
-        tokens++;
-        if (finishAt > start) this.stats.finishReason = buf.toString("latin1", finishAt, buf.indexOf(0x22, finishAt));
+      } else if (end > start && s.charCodeAt(start) !== 0x3a && !s.startsWith("data: [DONE]", start)) {
+        // `:` comments (keep-alives) and [DONE] carry no token, nor does vLLM's role-only first
+        // chunk: counting it would under-report TTFT (facts §1.3)
+        if (!(first && isRoleOnly(s.slice(start, end)))) tokens++;
+        if (finishAt > 0) this.stats.finishReason = s.slice(finishAt, s.indexOf('"', finishAt));
       }
-      i += sep - 1;
-      start = i + 1;
+      start = end + sep;
+      first = false;
     }
-    // vLLM's role-only first chunk carries no token: counting it would under-report TTFT (facts §1.3)
-    if (tokens > 0 && first && buf.indexOf(ROLE) >= 0 && buf.indexOf(EMPTY_CONTENT) >= 0) tokens--;
     if (tokens > 0) {
       this.stats.events += tokens - 1;
       this.countToken(performance.now());

@@ -1,0 +1,437 @@
+/**
+ * The gateway's HTTP/1.1 server, on node:net.
+ *
+ * Hand-written rather than node:http because of what node:http costs on the gateway's hot path: with
+ * the same relay behind both fronts, a 64-token SSE stream cost 0.205 ms of user CPU behind node:http
+ * and 0.143 ms behind this server (docs/serve.md, "Gateway cost"). node:http builds an
+ * IncomingMessage (a Readable) and a ServerResponse (a Writable) per request, frames each write as a
+ * separate writev, and corks and uncorks the socket on a tick; here a request is a plain object with
+ * its body already read, and a response writes one buffer per call.
+ *
+ * What it handles: request line and headers (validated: token characters, no obs-fold, no bare LF,
+ * Host on HTTP/1.1, Content-Length and Transfer-Encoding rules against request smuggling — 400 and
+ * close on anything else), content-length and chunked request bodies up to a limit (past it the
+ * request is still dispatched, marked `bodyTooLarge`, and the connection closes after the answer),
+ * `Expect: 100-continue`, keep-alive and pipelining (one response at a time, in order), HTTP/1.0
+ * clients (no chunked framing; a stream ends with the connection), HEAD, a deadline for a request
+ * head (408) and for idle keep-alive connections, and a graceful close.
+ */
+import { STATUS_CODES } from "node:http";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { ChunkedDecoder } from "./h1-chunked.js";
+import { HttpError } from "./http-error.js";
+
+export interface H1Request {
+  method: string;
+  /** The request target as sent (origin-form: path and query). */
+  url: string;
+  httpVersion: "1.0" | "1.1";
+  /** Lower-cased names; repeated headers joined with ", ". */
+  headers: Record<string, string>;
+  /** The whole body (empty when there is none or it was too large). */
+  body: Buffer;
+  /** Set when the body exceeded the limit: its size as declared or as received so far. */
+  bodyTooLarge?: number;
+}
+
+export interface H1ServerOptions {
+  maxBodyBytes: number;
+  /** Idle time after which a kept-alive connection is closed. */
+  keepAliveTimeoutMs?: number;
+  /** Time allowed from a request's first byte to the end of its head. */
+  headersTimeoutMs?: number;
+  maxHeaderBytes?: number;
+  maxHeaders?: number;
+}
+
+export type H1Handler = (req: H1Request, res: H1Response) => void;
+
+const CRLF2 = Buffer.from("\r\n\r\n");
+const LAST_CHUNK = Buffer.from("0\r\n\r\n");
+const CONTINUE = Buffer.from("HTTP/1.1 100 Continue\r\n\r\n");
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP\/(\d)\.(\d)$/;
+
+/** The Date header, rendered once per second as node:http does. */
+let dateLine = "";
+let dateAt = 0;
+function date(): string {
+  const now = Date.now();
+  if (now - dateAt >= 1000) {
+    dateAt = now - (now % 1000);
+    dateLine = `date: ${new Date(now).toUTCString()}\r\n`;
+  }
+  return dateLine;
+}
+
+export class H1Server {
+  private readonly server: Server;
+  private readonly conns = new Set<Conn>();
+  private readonly sweeper: NodeJS.Timeout;
+  closing = false;
+  readonly o: Required<H1ServerOptions>;
+
+  constructor(o: H1ServerOptions, readonly handler: H1Handler) {
+    this.o = { keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, maxHeaderBytes: 16 * 1024, maxHeaders: 200, ...o };
+    this.server = createServer({ noDelay: true }, (socket) => {
+      const c = new Conn(this, socket);
+      this.conns.add(c);
+      socket.on("close", () => this.conns.delete(c));
+    });
+    // deadlines are checked by one timer per server, not one per connection
+    this.sweeper = setInterval(() => this.sweep(performance.now()), 1000).unref();
+  }
+
+  listen(port: number, host: string, backlog = 4096): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen({ port, host, backlog }, () => {
+        this.server.off("error", reject);
+        resolve(this.server.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** Stops accepting; connections close once their current answer is sent. */
+  close(): void {
+    this.closing = true;
+    this.server.close();
+    clearInterval(this.sweeper);
+  }
+
+  closeIdleConnections(): void {
+    for (const c of this.conns) if (c.idle) c.socket.destroy();
+  }
+
+  closeAllConnections(): void {
+    for (const c of this.conns) c.socket.destroy();
+  }
+
+  private sweep(now: number): void {
+    for (const c of this.conns) c.checkDeadlines(now);
+  }
+}
+
+/** One client connection: parses requests in order and runs one response at a time. */
+class Conn {
+  private buf: Buffer | undefined;
+  private active: H1Response | undefined;
+  /** The request whose body is being read, with what is left of it. */
+  private pending: { req: H1Request; keepAlive: boolean; left: number; chunks?: ChunkedDecoder; parts: Buffer[] } | undefined;
+  private headSince = -1;
+  private idleSince = performance.now();
+
+  constructor(private readonly server: H1Server, readonly socket: Socket) {
+    socket.on("data", (b: Buffer) => this.data(b));
+    socket.on("error", () => socket.destroy());
+    socket.on("close", () => this.active?.closed());
+  }
+
+  /** No answer running and no request half-received. */
+  get idle(): boolean {
+    return !this.active && !this.pending && !this.buf;
+  }
+
+  checkDeadlines(now: number): void {
+    if (this.active || this.socket.destroyed) return;
+    if (this.headSince >= 0 && now - this.headSince > this.server.o.headersTimeoutMs) this.refuse(408, "request head not received in time");
+    else if (this.idle && now - this.idleSince > this.server.o.keepAliveTimeoutMs) this.socket.destroy();
+  }
+
+  private data(b: Buffer): void {
+    if (this.socket.writableEnded) return; // closing after an answer: the rest is not read
+    if (this.headSince < 0 && !this.pending) this.headSince = performance.now();
+    this.buf = this.buf ? Buffer.concat([this.buf, b]) : b;
+    // a client that pipelines far ahead of its answers waits in its own socket buffer
+    if (this.active && this.buf.length > 1024 * 1024) this.socket.pause();
+    this.pump();
+  }
+
+  /** Parses and dispatches requests while no answer is running. */
+  private pump(): void {
+    while (!this.active && this.buf && !this.socket.destroyed) {
+      if (this.pending) {
+        if (!this.readBody()) return;
+        continue;
+      }
+      const end = this.buf.indexOf(CRLF2);
+      if (end < 0) {
+        if (this.buf.length > this.server.o.maxHeaderBytes) this.refuse(431, `request head exceeds ${this.server.o.maxHeaderBytes} bytes`);
+        return;
+      }
+      if (end > this.server.o.maxHeaderBytes) return this.refuse(431, `request head exceeds ${this.server.o.maxHeaderBytes} bytes`);
+      const head = this.buf.toString("latin1", 0, end);
+      this.take(end + 4);
+      try {
+        this.parseHead(head);
+      } catch (e) {
+        const err = e instanceof HttpError ? e : new HttpError(400, String(e));
+        return this.refuse(err.status, err.message);
+      }
+    }
+  }
+
+  private take(n: number): void {
+    this.buf = n >= this.buf!.length ? undefined : this.buf!.subarray(n);
+  }
+
+  private parseHead(head: string): void {
+    head = head.replace(/^(?:\r\n)+/, ""); // RFC 9112 §2.2: ignore empty lines before a request
+    if (/(?:^|[^\r])\n/.test(head)) throw new HttpError(400, "a bare LF in the request head (lines end with CRLF)");
+    const lines = head.split("\r\n");
+    const m = REQUEST_LINE.exec(lines[0]);
+    if (!m) throw new HttpError(400, `malformed request line ${JSON.stringify(lines[0].slice(0, 80))}`);
+    if (m[3] !== "1" || (m[4] !== "0" && m[4] !== "1")) throw new HttpError(505, `HTTP/${m[3]}.${m[4]} is not supported (HTTP/1.0 and 1.1 are)`);
+    if (lines.length - 1 > this.server.o.maxHeaders) throw new HttpError(431, `more than ${this.server.o.maxHeaders} request headers`);
+    const headers: Record<string, string> = {};
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i];
+      const c = line.indexOf(":");
+      if (c <= 0 || line.charCodeAt(0) === 32 || line.charCodeAt(0) === 9) throw new HttpError(400, `malformed header line ${JSON.stringify(line.slice(0, 80))}`);
+      const name = line.slice(0, c);
+      if (!TOKEN.test(name)) throw new HttpError(400, `malformed header name ${JSON.stringify(name.slice(0, 80))}`);
+      const value = line.slice(c + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+      if (/[\0\r]/.test(value)) throw new HttpError(400, `header ${name} holds a control character`);
+      const k = name.toLowerCase();
+      const prev = headers[k];
+      if (prev === undefined) headers[k] = value;
+      else if (k === "content-length" || k === "host") {
+        if (prev !== value) throw new HttpError(400, `conflicting ${k} headers`);
+      } else headers[k] = `${prev}, ${value}`;
+    }
+    const httpVersion = m[4] === "1" ? "1.1" : "1.0";
+    if (httpVersion === "1.1" && headers.host === undefined) throw new HttpError(400, "an HTTP/1.1 request without a Host header");
+    const conn = (headers.connection ?? "").toLowerCase();
+    const keepAlive = httpVersion === "1.1" ? !conn.includes("close") : conn.includes("keep-alive");
+    const req: H1Request = { method: m[1], url: m[2], httpVersion, headers, body: EMPTY };
+    const te = headers["transfer-encoding"];
+    const limit = this.server.o.maxBodyBytes;
+    let left = 0;
+    let chunks: ChunkedDecoder | undefined;
+    if (te !== undefined) {
+      if (headers["content-length"] !== undefined) throw new HttpError(400, "both Content-Length and Transfer-Encoding (send one)");
+      if (httpVersion === "1.0") throw new HttpError(400, "Transfer-Encoding on an HTTP/1.0 request");
+      if (!/(?:^|,)[ \t]*chunked[ \t]*$/i.test(te)) throw new HttpError(400, `Transfer-Encoding ${JSON.stringify(te)} (only chunked is accepted)`);
+      chunks = new ChunkedDecoder();
+    } else if (headers["content-length"] !== undefined) {
+      const cl = headers["content-length"];
+      if (!/^\d{1,15}$/.test(cl)) throw new HttpError(400, `malformed Content-Length ${JSON.stringify(cl.slice(0, 40))}`);
+      left = Number(cl);
+      if (left > limit) {
+        // answered at once without reading the body; the connection closes after the answer
+        req.bodyTooLarge = left;
+        return this.dispatch(req, false, true);
+      }
+    }
+    if (left === 0 && !chunks) return this.dispatch(req, keepAlive, false);
+    this.headSince = -1;
+    if ((headers.expect ?? "").toLowerCase() === "100-continue" && !this.buf) this.socket.write(CONTINUE);
+    this.pending = { req, keepAlive, left, chunks, parts: [] };
+  }
+
+  /** Moves body bytes from the buffer into the pending request; true when it was dispatched. */
+  private readBody(): boolean {
+    const p = this.pending!;
+    const b = this.buf!;
+    if (p.chunks) {
+      let pos: number;
+      try {
+        pos = p.chunks.feed(b, 0, p.parts);
+      } catch (e) {
+        this.pending = undefined;
+        this.refuse(400, `malformed chunked request body: ${(e as Error).message}`);
+        return false;
+      }
+      this.take(pos);
+      if (p.chunks.total > this.server.o.maxBodyBytes) {
+        this.pending = undefined;
+        p.req.bodyTooLarge = p.chunks.total;
+        this.dispatch(p.req, false, true);
+        return true;
+      }
+      if (!p.chunks.done) return false;
+    } else {
+      const n = Math.min(p.left, b.length);
+      p.parts.push(b.subarray(0, n));
+      p.left -= n;
+      this.take(n);
+      if (p.left > 0) return false;
+    }
+    this.pending = undefined;
+    p.req.body = p.parts.length === 1 ? p.parts[0] : Buffer.concat(p.parts);
+    this.dispatch(p.req, p.keepAlive, false);
+    return true;
+  }
+
+  private dispatch(req: H1Request, keepAlive: boolean, closeAfter: boolean): void {
+    this.headSince = -1;
+    if (closeAfter) this.buf = undefined; // the rest of an over-long body is never read
+    const res = new H1Response(this.socket, req, keepAlive && !closeAfter && !this.server.closing, this.server.o.keepAliveTimeoutMs, () => this.finished(res));
+    this.active = res;
+    this.server.handler(req, res);
+  }
+
+  private finished(res: H1Response): void {
+    if (this.active !== res) return;
+    this.active = undefined;
+    this.idleSince = performance.now();
+    if (!res.keepAlive || this.server.closing) {
+      this.socket.end();
+      this.buf = undefined;
+      return;
+    }
+    if (this.socket.isPaused()) this.socket.resume();
+    if (this.buf) this.headSince = performance.now();
+    this.pump();
+  }
+
+  /** Answers a request the server itself rejects, then closes the connection. */
+  private refuse(status: number, message: string): void {
+    this.buf = undefined;
+    this.pending = undefined;
+    this.headSince = -1;
+    const body = JSON.stringify(new HttpError(status, message, { code: "bad_http_request" }).body());
+    this.socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${date()}content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * One answer. Headers go out with the first write or with end(): one buffer per call. After the head,
+ * HTTP/1.1 bodies of unknown length are chunk-framed; HTTP/1.0 ones end with the connection.
+ */
+export class H1Response {
+  statusCode = 0;
+  headersSent = false;
+  writableEnded = false;
+  /** True once the connection closed before end() (the client went away). */
+  destroyed = false;
+  /** Called once when the connection closes before the answer ended. */
+  onClose: (() => void) | undefined;
+  private extra = "";
+  private headers: Record<string, string | number> = {};
+  private chunked = false;
+  private stream = false;
+  private readonly head: boolean;
+
+  constructor(
+    readonly socket: Socket,
+    readonly req: H1Request,
+    /** Whether the connection stays open after this answer (false once the head said close). */
+    public keepAlive: boolean,
+    private readonly keepAliveMs: number,
+    private readonly onFinish: () => void,
+  ) {
+    this.head = req.method === "HEAD";
+  }
+
+  /** A header for whatever head this response sends (set before writeHead). */
+  setHeader(name: string, value: string): void {
+    this.extra += `${name}: ${value}\r\n`;
+  }
+
+  /** `stream`: the body's length is never declared, even when end() brings all of it (SSE). */
+  writeHead(status: number, headers: Record<string, string | number> = {}, stream = false): this {
+    this.statusCode = status;
+    this.headers = headers;
+    this.stream = stream;
+    return this;
+  }
+
+  /** Writes body bytes (the head first, with them); false when the socket asks to wait (waitDrain). */
+  write(chunk: string | Buffer): boolean {
+    if (this.writableEnded || this.destroyed) return true;
+    const body = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+    if (!this.headersSent) return this.socket.write(this.withHead(body, false));
+    if (this.head || body.length === 0) return true;
+    return this.socket.write(this.chunked ? frame(body) : body);
+  }
+
+  /**
+   * Writes bytes that already carry HTTP/1.1 chunk framing (complete chunks, as an upstream sent
+   * them); only after the head went out on a chunked response.
+   */
+  writeFramed(framed: Buffer): boolean {
+    if (this.writableEnded || this.destroyed || this.head) return true;
+    return this.socket.write(framed);
+  }
+
+  get framedWrites(): boolean {
+    return this.headersSent && this.chunked && !this.head;
+  }
+
+  end(chunk?: string | Buffer): void {
+    if (this.writableEnded) return;
+    this.writableEnded = true;
+    if (!this.destroyed) {
+      const body = chunk === undefined ? EMPTY : typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+      if (!this.headersSent) {
+        const first = this.withHead(body, true);
+        this.socket.write(this.chunked && !this.head ? Buffer.concat([first, LAST_CHUNK]) : first);
+      }
+      else if (this.chunked && !this.head) this.socket.write(body.length > 0 ? Buffer.concat([frame(body), LAST_CHUNK]) : LAST_CHUNK);
+      else if (body.length > 0 && !this.head) this.socket.write(body); // an HTTP/1.0 stream, whose end is the close
+    }
+    this.onFinish();
+  }
+
+  /** Resolves when the socket can take more, or is gone. */
+  waitDrain(): Promise<void> {
+    if (this.destroyed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const s = this.socket;
+      const done = () => {
+        s.off("drain", done);
+        s.off("close", done);
+        resolve();
+      };
+      s.on("drain", done);
+      s.on("close", done);
+    });
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  /** The connection closed. */
+  closed(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    if (!this.writableEnded) this.onClose?.();
+  }
+
+  /** The head plus the first body bytes, as one buffer. `whole`: this is all of the body. */
+  private withHead(body: Buffer, whole: boolean): Buffer {
+    this.headersSent = true;
+    if (this.statusCode === 0) this.statusCode = 200;
+    const status = this.statusCode;
+    let h = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${date()}${this.extra}`;
+    let length: number | undefined;
+    for (const k in this.headers) {
+      if (k.toLowerCase() === "content-length") length = Number(this.headers[k]);
+      else h += `${k}: ${this.headers[k]}\r\n`;
+    }
+    const noBody = status === 204 || status === 304 || (status >= 100 && status < 200);
+    if (whole && !this.stream) length = body.length;
+    if (!noBody && length !== undefined) h += `content-length: ${length}\r\n`;
+    else if (!noBody && this.req.httpVersion === "1.1") {
+      this.chunked = true;
+      h += "transfer-encoding: chunked\r\n";
+    }
+    const keep = this.keepAlive && (length !== undefined || this.chunked || noBody);
+    if (!keep) h += "connection: close\r\n";
+    else if (this.req.httpVersion === "1.0") h += "connection: keep-alive\r\n";
+    if (keep) h += `keep-alive: timeout=${Math.floor(this.keepAliveMs / 1000)}\r\n`;
+    h += "\r\n";
+    if (!keep) this.keepAlive = false;
+    if (this.head || noBody || body.length === 0) return Buffer.from(h, "latin1");
+    const head = Buffer.from(h, "latin1");
+    return this.chunked ? Buffer.concat([head, frameHead(body.length), body, CRLF]) : Buffer.concat([head, body]);
+  }
+}
+
+const CRLF = Buffer.from("\r\n");
+const frameHead = (n: number) => Buffer.from(`${n.toString(16)}\r\n`, "latin1");
+const frame = (b: Buffer) => Buffer.concat([frameHead(b.length), b, CRLF]);
