@@ -14,11 +14,15 @@ const enum C {
 
 export class ChunkedDecoder {
   private state = C.Size;
-  /** The chunk-size line being parsed: value so far, digits, bytes, inside an extension. */
+  /** The chunk-size line being parsed: value so far, digits, bytes, past the digits, inside an extension, after a CR. */
   private size = 0;
   private sizeDigits = 0;
   private sizeLine = 0;
+  private sizeEnd = false;
   private sizeExt = false;
+  private sizeCR = false;
+  /** Bytes of chunk extensions in the whole body: bounded as llhttp bounds them since CVE-2024-22019. */
+  private extBytes = 0;
   /** Chunk data bytes still to come. */
   private left = 0;
   private crlfLeft = 0;
@@ -50,14 +54,15 @@ export class ChunkedDecoder {
     while (pos < b.length && this.state !== C.Done) {
       switch (this.state) {
         case C.Size: {
-          // hex digits, optional `;extension`, CRLF, byte by byte
+          // hex digits, optional whitespace, optional `;extension`, CRLF, byte by byte. Nothing else: a
+          // size line read one way here and another way by a proxy in front is how requests get smuggled.
           const c = b[pos++];
           this.sizeLine++;
           if (c === 10) {
             const n = this.size;
             if (this.sizeDigits === 0) throw new Error("a chunk size line without a size");
             this.size = this.sizeDigits = this.sizeLine = 0;
-            this.sizeExt = false;
+            this.sizeEnd = this.sizeExt = this.sizeCR = false;
             if (n === 0) {
               this.zeroAt = Math.max(start, lineStart(b, pos));
               this.state = C.Trailer;
@@ -65,10 +70,15 @@ export class ChunkedDecoder {
               this.left = n;
               this.state = C.Data;
             }
+          } else if (this.sizeCR) throw new Error("a CR without its LF in a chunk size line");
+          else if (c === 13) this.sizeCR = true;
+          else if (this.sizeExt) {
+            if (++this.extBytes > 16 * 1024) throw new Error("chunk extensions over 16 KiB");
           } else if (c === 59 /* ; */) this.sizeExt = true;
-          else if (!this.sizeExt && c !== 13 && c !== 32 && c !== 9) {
+          else if ((c === 32 || c === 9) && this.sizeDigits > 0) this.sizeEnd = true;
+          else {
             const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
-            if (v < 0 || ++this.sizeDigits > 12) throw new Error(`a malformed chunk size (byte ${c})`);
+            if (v < 0 || this.sizeEnd || ++this.sizeDigits > 12) throw new Error(`a malformed chunk size (byte ${c})`);
             this.size = this.size * 16 + v;
           }
           break;

@@ -13,8 +13,9 @@
  * close on anything else), content-length and chunked request bodies up to a limit (past it the
  * request is still dispatched, marked `bodyTooLarge`, and the connection closes after the answer),
  * `Expect: 100-continue`, keep-alive and pipelining (one response at a time, in order), HTTP/1.0
- * clients (no chunked framing; a stream ends with the connection), HEAD, a deadline for a request
- * head (408) and for idle keep-alive connections, and a graceful close.
+ * clients (no chunked framing; a stream ends with the connection), HEAD, deadlines for a request's
+ * head and for all of it (408) and for idle keep-alive connections, and a graceful close. Its parser
+ * is fuzzed against llhttp in test/serve/h1-server.test.ts.
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
@@ -40,6 +41,8 @@ export interface H1ServerOptions {
   keepAliveTimeoutMs?: number;
   /** Time allowed from a request's first byte to the end of its head. */
   headersTimeoutMs?: number;
+  /** Time allowed from a request's first byte to the end of its body (node:http's requestTimeout). */
+  requestTimeoutMs?: number;
   maxHeaderBytes?: number;
   maxHeaders?: number;
 }
@@ -50,7 +53,10 @@ const CRLF2 = Buffer.from("\r\n\r\n");
 const LAST_CHUNK = Buffer.from("0\r\n\r\n");
 const CONTINUE = Buffer.from("HTTP/1.1 100 Continue\r\n\r\n");
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP\/(\d)\.(\d)$/;
+/** Method, target (visible ASCII only, as llhttp takes it: clients percent-encode the rest), version digits. */
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([!-~]+) HTTP\/(\d)\.(\d)$/;
+/** Control characters other than HTAB, which a header value must not hold (RFC 9110 §5.5). */
+const VALUE_CTL = /[\0-\x08\x0a-\x1f\x7f]/;
 
 /** The Date header, rendered once per second as node:http does. */
 let dateLine = "";
@@ -72,7 +78,7 @@ export class H1Server {
   readonly o: Required<H1ServerOptions>;
 
   constructor(o: H1ServerOptions, readonly handler: H1Handler) {
-    this.o = { keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, maxHeaderBytes: 16 * 1024, maxHeaders: 200, ...o };
+    this.o = { keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, requestTimeoutMs: 300_000, maxHeaderBytes: 16 * 1024, maxHeaders: 200, ...o };
     this.server = createServer({ noDelay: true }, (socket) => {
       const c = new Conn(this, socket);
       this.conns.add(c);
@@ -92,11 +98,14 @@ export class H1Server {
     });
   }
 
-  /** Stops accepting; connections close once their current answer is sent. */
+  /**
+   * Stops accepting and closes idle connections (as node:http does since Node 19); the others close
+   * once their current answer is sent. Deadlines are still enforced until the last one is gone.
+   */
   close(): void {
     this.closing = true;
-    this.server.close();
-    clearInterval(this.sweeper);
+    this.server.close(() => clearInterval(this.sweeper));
+    for (const c of this.conns) c.closeAfterAnswer();
   }
 
   closeIdleConnections(): void {
@@ -117,8 +126,11 @@ class Conn {
   private buf: Buffer | undefined;
   private active: H1Response | undefined;
   /** The request whose body is being read, with what is left of it. */
-  private pending: { req: H1Request; keepAlive: boolean; left: number; chunks?: ChunkedDecoder; parts: Buffer[] } | undefined;
+  private pending: { req: H1Request; left: number; chunks?: ChunkedDecoder; parts: Buffer[] } | undefined;
+  /** When the current request's first byte came (-1: none yet); its head and body deadlines run from there. */
   private headSince = -1;
+  /** Inside pump(): an answer ended synchronously by the handler lets that loop go on, instead of a nested one per request. */
+  private pumping = false;
   private idleSince = performance.now();
 
   constructor(private readonly server: H1Server, readonly socket: Socket) {
@@ -132,9 +144,17 @@ class Conn {
     return !this.active && !this.pending && !this.buf;
   }
 
+  /** Closes the connection now when idle, else after the current answer (which says so when its head is still to go). */
+  closeAfterAnswer(): void {
+    if (this.idle) this.socket.destroy();
+    else if (this.active) this.active.keepAlive = false;
+  }
+
   checkDeadlines(now: number): void {
     if (this.active || this.socket.destroyed) return;
-    if (this.headSince >= 0 && now - this.headSince > this.server.o.headersTimeoutMs) this.refuse(408, "request head not received in time");
+    const o = this.server.o;
+    if (this.pending && now - this.headSince > o.requestTimeoutMs) this.refuse(408, "request not received in time");
+    else if (!this.pending && this.headSince >= 0 && now - this.headSince > o.headersTimeoutMs) this.refuse(408, "request head not received in time");
     else if (this.idle && now - this.idleSince > this.server.o.keepAliveTimeoutMs) this.socket.destroy();
   }
 
@@ -149,25 +169,41 @@ class Conn {
 
   /** Parses and dispatches requests while no answer is running. */
   private pump(): void {
-    while (!this.active && this.buf && !this.socket.destroyed) {
-      if (this.pending) {
-        if (!this.readBody()) return;
-        continue;
+    this.pumping = true;
+    try {
+      while (!this.active && this.buf && !this.socket.destroyed) {
+        if (this.pending) {
+          if (!this.readBody()) return;
+          continue;
+        }
+        if (this.buf[0] === 13 || this.buf[0] === 10) {
+          // RFC 9112 §2.2: empty lines before a request are ignored (some clients send CRLF after a body)
+          let i = 1;
+          while (i < this.buf.length && (this.buf[i] === 13 || this.buf[i] === 10)) i++;
+          this.take(i);
+          if (!this.buf) this.headSince = -1; // nothing of a request yet: the connection is idle
+          continue;
+        }
+        const end = this.buf.indexOf(CRLF2);
+        if (end < 0) {
+          if (this.buf.length > this.server.o.maxHeaderBytes) this.refuse(431, `request head exceeds ${this.server.o.maxHeaderBytes} bytes`);
+          return;
+        }
+        if (end > this.server.o.maxHeaderBytes) return this.refuse(431, `request head exceeds ${this.server.o.maxHeaderBytes} bytes`);
+        const head = this.buf.toString("latin1", 0, end);
+        this.take(end + 4);
+        let req: H1Request | undefined;
+        try {
+          req = this.parseHead(head);
+        } catch (e) {
+          const err = e instanceof HttpError ? e : new HttpError(400, String(e));
+          return this.refuse(err.status, err.message);
+        }
+        // outside the try: what the handler throws is not the client's fault
+        if (req) this.dispatch(req);
       }
-      const end = this.buf.indexOf(CRLF2);
-      if (end < 0) {
-        if (this.buf.length > this.server.o.maxHeaderBytes) this.refuse(431, `request head exceeds ${this.server.o.maxHeaderBytes} bytes`);
-        return;
-      }
-      if (end > this.server.o.maxHeaderBytes) return this.refuse(431, `request head exceeds ${this.server.o.maxHeaderBytes} bytes`);
-      const head = this.buf.toString("latin1", 0, end);
-      this.take(end + 4);
-      try {
-        this.parseHead(head);
-      } catch (e) {
-        const err = e instanceof HttpError ? e : new HttpError(400, String(e));
-        return this.refuse(err.status, err.message);
-      }
+    } finally {
+      this.pumping = false;
     }
   }
 
@@ -175,8 +211,8 @@ class Conn {
     this.buf = n >= this.buf!.length ? undefined : this.buf!.subarray(n);
   }
 
-  private parseHead(head: string): void {
-    head = head.replace(/^(?:\r\n)+/, ""); // RFC 9112 §2.2: ignore empty lines before a request
+  /** The request to dispatch now, or undefined when its body is to be read first (`pending`). */
+  private parseHead(head: string): H1Request | undefined {
     if (/(?:^|[^\r])\n/.test(head)) throw new HttpError(400, "a bare LF in the request head (lines end with CRLF)");
     const lines = head.split("\r\n");
     const m = REQUEST_LINE.exec(lines[0]);
@@ -191,18 +227,17 @@ class Conn {
       const name = line.slice(0, c);
       if (!TOKEN.test(name)) throw new HttpError(400, `malformed header name ${JSON.stringify(name.slice(0, 80))}`);
       const value = line.slice(c + 1).replace(/^[ \t]+|[ \t]+$/g, "");
-      if (/[\0\r]/.test(value)) throw new HttpError(400, `header ${name} holds a control character`);
+      if (VALUE_CTL.test(value)) throw new HttpError(400, `header ${name} holds a control character`);
       const k = name.toLowerCase();
       const prev = headers[k];
-      if (prev === undefined) headers[k] = value;
+      // not `=== undefined`: "constructor" would find Object.prototype's
+      if (typeof prev !== "string") headers[k] = value;
       else if (k === "content-length" || k === "host") {
         if (prev !== value) throw new HttpError(400, `conflicting ${k} headers`);
       } else headers[k] = `${prev}, ${value}`;
     }
     const httpVersion = m[4] === "1" ? "1.1" : "1.0";
     if (httpVersion === "1.1" && headers.host === undefined) throw new HttpError(400, "an HTTP/1.1 request without a Host header");
-    const conn = (headers.connection ?? "").toLowerCase();
-    const keepAlive = httpVersion === "1.1" ? !conn.includes("close") : conn.includes("keep-alive");
     const req: H1Request = { method: m[1], url: m[2], httpVersion, headers, body: EMPTY };
     const te = headers["transfer-encoding"];
     const limit = this.server.o.maxBodyBytes;
@@ -220,13 +255,13 @@ class Conn {
       if (left > limit) {
         // answered at once without reading the body; the connection closes after the answer
         req.bodyTooLarge = left;
-        return this.dispatch(req, false, true);
+        return req;
       }
     }
-    if (left === 0 && !chunks) return this.dispatch(req, keepAlive, false);
-    this.headSince = -1;
-    if ((headers.expect ?? "").toLowerCase() === "100-continue" && !this.buf) this.socket.write(CONTINUE);
-    this.pending = { req, keepAlive, left, chunks, parts: [] };
+    if (left === 0 && !chunks) return req;
+    if (httpVersion === "1.1" && !this.buf && (headers.expect ?? "").toLowerCase() === "100-continue") this.socket.write(CONTINUE);
+    this.pending = { req, left, chunks, parts: [] };
+    return undefined;
   }
 
   /** Moves body bytes from the buffer into the pending request; true when it was dispatched. */
@@ -246,7 +281,7 @@ class Conn {
       if (p.chunks.total > this.server.o.maxBodyBytes) {
         this.pending = undefined;
         p.req.bodyTooLarge = p.chunks.total;
-        this.dispatch(p.req, false, true);
+        this.dispatch(p.req);
         return true;
       }
       if (!p.chunks.done) return false;
@@ -259,14 +294,18 @@ class Conn {
     }
     this.pending = undefined;
     p.req.body = p.parts.length === 1 ? p.parts[0] : Buffer.concat(p.parts);
-    this.dispatch(p.req, p.keepAlive, false);
+    this.dispatch(p.req);
     return true;
   }
 
-  private dispatch(req: H1Request, keepAlive: boolean, closeAfter: boolean): void {
+  /** Runs the handler on a request; a body over the limit was not read, so the connection closes after it. */
+  private dispatch(req: H1Request): void {
     this.headSince = -1;
+    const closeAfter = req.bodyTooLarge !== undefined;
     if (closeAfter) this.buf = undefined; // the rest of an over-long body is never read
-    const res = new H1Response(this.socket, req, keepAlive && !closeAfter && !this.server.closing, this.server.o.keepAliveTimeoutMs, () => this.finished(res));
+    const conn = (req.headers.connection ?? "").toLowerCase();
+    const keepAlive = !closeAfter && !this.server.closing && (req.httpVersion === "1.1" ? !conn.includes("close") : conn.includes("keep-alive"));
+    const res = new H1Response(this.socket, req, keepAlive, this.server.o.keepAliveTimeoutMs, () => this.finished(res));
     this.active = res;
     this.server.handler(req, res);
   }
@@ -275,14 +314,15 @@ class Conn {
     if (this.active !== res) return;
     this.active = undefined;
     this.idleSince = performance.now();
+    // a paused client is read again either way: to serve what it pipelined, or to drain it before the close
+    if (this.socket.isPaused()) this.socket.resume();
     if (!res.keepAlive || this.server.closing) {
       this.socket.end();
       this.buf = undefined;
       return;
     }
-    if (this.socket.isPaused()) this.socket.resume();
     if (this.buf) this.headSince = performance.now();
-    this.pump();
+    if (!this.pumping) this.pump();
   }
 
   /** Answers a request the server itself rejects, then closes the connection. */
@@ -410,11 +450,15 @@ export class H1Response {
     let h = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${date()}${this.extra}`;
     let length: number | undefined;
     for (const k in this.headers) {
-      if (k.toLowerCase() === "content-length") length = Number(this.headers[k]);
+      const lk = k.toLowerCase();
+      if (lk === "content-length") length = Number(this.headers[k]);
+      // the handler's "connection: close" ends the connection after this answer; the server writes the header itself
+      else if (lk === "connection") this.keepAlive &&= !String(this.headers[k]).toLowerCase().includes("close");
       else h += `${k}: ${this.headers[k]}\r\n`;
     }
     const noBody = status === 204 || status === 304 || (status >= 100 && status < 200);
-    if (whole && !this.stream) length = body.length;
+    // the whole body given to end() is its length; HEAD's is what GET's would be, as declared
+    if (whole && !this.stream && !(this.head && length !== undefined)) length = body.length;
     if (!noBody && length !== undefined) h += `content-length: ${length}\r\n`;
     else if (!noBody && this.req.httpVersion === "1.1") {
       this.chunked = true;
