@@ -9,6 +9,7 @@
 import type { AddressInfo } from "node:net";
 import { randomUUID } from "node:crypto";
 import { ApiKeys } from "./auth.js";
+import { Cancel } from "./cancel.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { HttpError } from "./http-error.js";
 import { Limiter } from "./limiter.js";
@@ -47,7 +48,7 @@ export class Gateway {
   private readonly keys: ApiKeys;
   private readonly limiter: Limiter;
   private draining = false;
-  private readonly inflight = new Set<AbortController>();
+  private readonly inflight = new Set<Cancel>();
   private idleWaiters: (() => void)[] = [];
 
   constructor(private readonly o: GatewayOptions) {
@@ -166,7 +167,7 @@ export class Gateway {
 
   private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
     if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
-    const ac = new AbortController();
+    const ac = new Cancel();
     this.inflight.add(ac);
     const record: RequestRecord = {};
     const entry: Partial<RequestLogEntry> = {};
@@ -178,7 +179,7 @@ export class Gateway {
     if (this.o.requestTimeoutMs) {
       timer = setTimeout(() => ac.abort(new HttpError(504, `request exceeded the ${this.o.requestTimeoutMs} ms timeout`, { code: "timeout" })), this.o.requestTimeoutMs);
     }
-    const sink = new ResponseSink(res, ac.signal);
+    const sink = new ResponseSink(res, ac);
     try {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);
       let body: unknown;
@@ -207,22 +208,22 @@ export class Gateway {
       }
 
       const tq = performance.now();
-      const got = this.limiter.acquire(ac.signal);
+      const got = this.limiter.acquire(ac);
       release = typeof got === "function" ? got : await got;
       queueMs = performance.now() - tq;
       this.metrics.queueTime.observe(queueMs / 1000);
 
-      const g: GenerationRequest = { id, endpoint, req: parsed, rawBody, model, stream, headers: req.headers, signal: ac.signal, sink, record, t0 };
+      const g: GenerationRequest = { id, endpoint, req: parsed, rawBody, model, stream, headers: req.headers, cancel: ac, sink, record, t0 };
       await this.o.backend.handle(g);
       status = sink.status || 200;
-      if (key && this.o.cache && status === 200 && !ac.signal.aborted && !sink.failedInBand) {
+      if (key && this.o.cache && status === 200 && !ac.aborted && !sink.failedInBand) {
         const captured = sink.captured();
         // a failed cache write costs the next request a recomputation, not this answer
         if (captured) await this.o.cache.set(key, captured).catch((e: Error) => (entry.error = `response cache write failed: ${e.message}`));
       }
       sink.finish();
     } catch (e) {
-      const err = ac.signal.aborted && ac.signal.reason instanceof HttpError && !(e instanceof HttpError && e.status < 500) ? ac.signal.reason : e;
+      const err = ac.aborted && ac.reason instanceof HttpError && !(e instanceof HttpError && e.status < 500) ? ac.reason : e;
       status = err instanceof HttpError ? err.status : 500;
       entry.error = err instanceof Error ? err.message : String(err);
       if (sink.started) sink.inBandError(err);

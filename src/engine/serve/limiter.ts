@@ -3,6 +3,7 @@
  * next one is refused at once with 429 and a Retry-After estimated from recent service times. A
  * waiting request leaves the queue when its client disconnects or its queue timeout passes (408).
  */
+import type { Cancel } from "./cancel.js";
 import { HttpError } from "./http-error.js";
 
 export interface LimiterOptions {
@@ -30,7 +31,7 @@ export class Limiter {
   }
 
   /** Resolves with a release function once the request may run. */
-  acquire(signal?: AbortSignal): Promise<() => void> | (() => void) {
+  acquire(cancel?: Cancel): Promise<() => void> | (() => void) {
     if (this.running < this.o.maxConcurrency && this.queue.length === 0) {
       this.running++;
       return this.releaser();
@@ -44,10 +45,7 @@ export class Limiter {
     }
     return new Promise((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      const onAbort = () => {
-        remove();
-        reject(new HttpError(499, "client closed the request while queued", { code: "client_closed" }));
-      };
+      let unsubscribe: (() => void) | undefined;
       const remove = () => {
         const i = this.queue.indexOf(w);
         if (i >= 0) this.queue.splice(i, 1);
@@ -58,7 +56,7 @@ export class Limiter {
         reject,
         cleanup: () => {
           if (timer) clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
+          unsubscribe?.();
         },
       };
       if (this.o.queueTimeoutMs > 0) {
@@ -67,8 +65,11 @@ export class Limiter {
           reject(new HttpError(408, `request waited ${this.o.queueTimeoutMs} ms in the queue without starting`, { code: "queue_timeout" }));
         }, this.o.queueTimeoutMs);
       }
-      signal?.addEventListener("abort", onAbort, { once: true });
       this.queue.push(w);
+      unsubscribe = cancel?.onAbort(() => {
+        remove();
+        reject(new HttpError(499, "client closed the request while queued", { code: "client_closed" }));
+      });
     });
   }
 

@@ -100,7 +100,7 @@ export class ProxyBackend implements Backend {
         await this.attempt(g, inst, body.bytes, body.injectedUsage);
         return;
       } catch (e) {
-        if (!(e instanceof RetryableError) || g.sink.started || g.signal.aborted) throw unwrap(e, g);
+        if (!(e instanceof RetryableError) || g.sink.started || g.cancel.aborted) throw unwrap(e, g);
         lastErr = e;
       } finally {
         inst.outstanding--;
@@ -151,14 +151,15 @@ export class ProxyBackend implements Backend {
       let raw: ((framed: Buffer) => Promise<void> | void) | undefined;
       let tail: Buffer | undefined;
       let settled = false;
+      let unsubscribe: (() => void) | undefined;
       const onAbort = () => {
         call.abort();
-        done(g.signal.reason instanceof Error ? g.signal.reason : new Error("aborted"));
+        done(g.cancel.reason instanceof Error ? g.cancel.reason : new Error("aborted"));
       };
       const done = (e?: unknown) => {
         if (settled) return;
         settled = true;
-        g.signal.removeEventListener("abort", onAbort);
+        unsubscribe?.();
         if (e === undefined) resolve();
         else reject(e);
       };
@@ -206,7 +207,7 @@ export class ProxyBackend implements Backend {
             }
           },
           onError: (e) => {
-            if (g.signal.aborted) return done(e);
+            if (g.cancel.aborted) return done(e);
             inst.markFailed(e.message);
             if (g.sink.started) return done(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
             // nothing reached the client yet (for non-stream requests: nothing at all), so another instance may try
@@ -214,8 +215,7 @@ export class ProxyBackend implements Backend {
           },
         },
       );
-      if (g.signal.aborted) onAbort();
-      else g.signal.addEventListener("abort", onAbort, { once: true });
+      unsubscribe = g.cancel.onAbort(onAbort);
     });
   }
 
@@ -282,7 +282,7 @@ export class ProxyBackend implements Backend {
 }
 
 function unwrap(e: unknown, g: GenerationRequest): unknown {
-  if (g.signal.aborted && g.signal.reason instanceof HttpError) return g.signal.reason;
+  if (g.cancel.aborted && g.cancel.reason instanceof HttpError) return g.cancel.reason;
   if (e instanceof RetryableError) return new HttpError(502, e.message, { code: "upstream_error" });
   return e;
 }

@@ -4,6 +4,7 @@
  * bytes for the response cache.
  */
 import type { CachedResponse } from "./cache.js";
+import type { Cancel } from "./cancel.js";
 import type { H1Response } from "./h1-server.js";
 import { HttpError } from "./http-error.js";
 import type { Sink } from "./types.js";
@@ -23,7 +24,7 @@ export class ResponseSink implements Sink {
   private parts: (string | Buffer)[] = [];
   private contentType = "";
 
-  constructor(private readonly res: H1Response, private readonly signal: AbortSignal) {}
+  constructor(private readonly res: H1Response, private readonly cancel: Cancel) {}
 
   get started(): boolean {
     return this.res.headersSent;
@@ -103,7 +104,7 @@ export class ResponseSink implements Sink {
     this.failedInBand = true;
     if (this.res.writableEnded || this.res.destroyed) return;
     const err = e instanceof HttpError ? e : new HttpError(500, e instanceof Error ? e.message : String(e), { code: "internal_error" });
-    if (this.signal.aborted && err.status === 499) {
+    if (this.cancel.aborted && err.status === 499) {
       this.res.destroy();
       return;
     }

@@ -119,8 +119,7 @@ export class TokenBackend implements Backend {
     const all = new AbortController();
     const run = async (c: Choice, budget: number): Promise<void> => {
       const ac = new AbortController();
-      const onAbort = () => ac.abort(g.signal.reason);
-      g.signal.addEventListener("abort", onAbort, { once: true });
+      const unsubscribe = g.cancel.onAbort(() => ac.abort(g.cancel.reason));
       const onSibling = () => ac.abort(all.signal.reason);
       all.signal.addEventListener("abort", onSibling, { once: true });
       const decoder = text.createDecoder(); // never emits BOS/EOS/pad
@@ -173,12 +172,12 @@ export class TokenBackend implements Backend {
           }
         }
       } catch (e) {
-        if (!(stopped && ac.signal.aborted && !g.signal.aborted)) throw e;
+        if (!(stopped && ac.signal.aborted && !g.cancel.aborted)) throw e;
       } finally {
-        g.signal.removeEventListener("abort", onAbort);
+        unsubscribe();
         all.signal.removeEventListener("abort", onSibling);
       }
-      if (g.signal.aborted) throw g.signal.reason ?? new HttpError(499, "client disconnected", { code: "client_closed" });
+      if (g.cancel.aborted) throw g.cancel.reason ?? new HttpError(499, "client disconnected", { code: "client_closed" });
       if (all.signal.aborted) throw all.signal.reason;
       await take(decoder.flush(), true);
       if (stopped) c.finish = "stop";

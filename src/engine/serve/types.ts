@@ -1,5 +1,6 @@
 /** What the HTTP gateway hands to a backend (an upstream router or a token engine) for one request. */
 import type { IncomingHttpHeaders } from "node:http";
+import type { Cancel } from "./cancel.js";
 import type { ChatRequest, CompletionRequest, Endpoint } from "./schemas.js";
 
 export interface ModelCard {
@@ -54,7 +55,8 @@ export interface GenerationRequest {
   model: string;
   stream: boolean;
   headers: IncomingHttpHeaders;
-  signal: AbortSignal;
+  /** Client gone, timeout or shutdown; `cancel.signal` gives an AbortSignal for what needs one. */
+  cancel: Cancel;
   sink: Sink;
   record: RequestRecord;
   /** Wall-clock start, performance.now() ms. */
