@@ -797,7 +797,7 @@ describe("H1Server: backpressure", () => {
 // ---------------------------------------------------------------------------------------------
 // fuzz
 
-/** A seeded PRNG (mulberry32), so a failing case can be re-run from its seed. */
+/** A seeded PRNG (mulberry32), so a failing case can be re-run from its seed; DSR_FUZZ_SEED=n tries others. */
 function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -860,6 +860,7 @@ const llhttp = (() => {
   };
 })();
 
+const SEED = Number(process.env.DSR_FUZZ_SEED ?? 0x5eed1);
 const VALID = [
   get("/echo"),
   post("/echo", '{"model":"m","messages":[]}'),
@@ -976,7 +977,7 @@ describe("H1Server: fuzz", () => {
   }
 
   it("2000 random byte strings, split at random: only well-formed answers or a close, never a crash", async () => {
-    await run(2000, (r) => randomBytes(r), 0x5eed1);
+    await run(2000, (r) => randomBytes(r), SEED);
   }, 30_000);
 
   it("3000 mutations of valid requests: well-formed answers or a close; where llhttp also takes a request, the same one", async () => {
@@ -985,7 +986,7 @@ describe("H1Server: fuzz", () => {
     await run(
       3000,
       (r, i) => mutate(r, Buffer.from(VALID[i % VALID.length], "latin1")),
-      0x5eed2,
+      SEED + 1,
       llhttp &&
         ((bytes, seen) => {
           const ref = llhttp(bytes);
