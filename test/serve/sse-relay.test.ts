@@ -9,8 +9,10 @@ function relayAll(input: string, cuts: number[], opts: ConstructorParameters<typ
   let out = "";
   let prev = 0;
   for (const c of [...cuts, buf.length]) {
-    const o = r.push(Buffer.from(buf.subarray(prev, c)));
-    if (o) out += o.toString();
+    // reads arrive whole or as parts (the data of several HTTP chunks)
+    const read = Buffer.from(buf.subarray(prev, c));
+    const k = Math.floor(read.length / 2);
+    if (r.push(prev % 2 ? [read.subarray(0, k), read.subarray(k)] : read)) out += r.out.toString();
     prev = c;
   }
   const rest = r.flush();

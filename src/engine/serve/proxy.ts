@@ -182,18 +182,17 @@ export class ProxyBackend implements Backend {
           onBody: (framed, payload, aligned, last) => {
             if (mode !== "stream") return void parts.push(...payload);
             if (payload.length === 0) return; // only framing in this read
-            const out = relay!.push(payload.length === 1 ? payload[0] : Buffer.concat(payload));
-            if (!out) return;
+            if (!relay!.push(payload)) return;
             // the body ends in this read: its bytes leave with the response's end, one write instead of two
-            if (last) return void (tail = out);
+            if (last) return void (tail = relay!.out);
             if (!g.sink.started) {
               g.sink.startStream();
-              backpressure(g.sink.write(out)); // the first write carries the headers
+              backpressure(g.sink.write(relay!.out)); // the first write carries the headers
               raw = g.sink.rawChunks?.();
               return;
             }
             // whole chunks whose events passed the relay unchanged: forward the read as received
-            backpressure(raw && aligned && relay!.passedThrough ? raw(framed) : g.sink.write(out));
+            backpressure(raw && aligned && relay!.passedThrough ? raw(framed) : g.sink.write(relay!.out));
           },
           onEnd: () => {
             try {

@@ -46,11 +46,13 @@ export class SseRelay {
   /** True when the last push() returned exactly the bytes it was given: nothing held back, nothing changed. */
   passedThrough = false;
   private pending: Buffer | undefined;
+  private result: Buffer[] | undefined;
 
   constructor(private readonly o: RelayOptions) {}
 
   /**
-   * Returns the bytes to forward now (complete events), or undefined when there are none yet.
+   * Takes one read (as one buffer or as parts, e.g. the data of several HTTP chunks) and returns
+   * true when there are bytes to forward now (complete events): `out` gives them.
    *
    * One pass in JS over the bytes finds the event ends (`\n\n` or `\r\n\r\n`) and marks the events
    * that need a look inside (usage, error, reasoning to rename); only those go to event(). Every
@@ -58,13 +60,19 @@ export class SseRelay {
    * reads of a few hundred bytes this is several times cheaper than a dozen native indexOf calls,
    * and a large read that ends with the usage chunk costs one pass, not one scan per event.
    */
-  push(chunk: Buffer): Buffer | undefined {
-    const buf = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
+  push(chunk: Buffer | Buffer[]): boolean {
+    const parts = Array.isArray(chunk) ? chunk : [chunk];
+    const input = this.pending ? [this.pending, ...parts] : parts;
     const held = this.pending !== undefined;
     this.pending = undefined;
     this.passedThrough = false;
-    const n = buf.length;
-    const s = buf.toString("latin1"); // one copy; its offsets are byte offsets
+    this.result = undefined;
+    // the parts are joined as bytes only when a slice of them is needed (not for a pass-through read)
+    let joined: Buffer | undefined;
+    const all = () => (joined ??= input.length === 1 ? input[0] : Buffer.concat(input));
+    // one copy; its offsets are byte offsets
+    const s = input.length === 1 ? input[0].toString("latin1") : input.map((b) => b.toString("latin1")).join("");
+    const n = s.length;
     const crlf = s.indexOf("\r") >= 0;
     let first = this.stats.events === 0; // until the stream's first event was looked at
     const renaming = this.o.fields.length > 0;
@@ -90,10 +98,10 @@ export class SseRelay {
         else if (k !== 0x72 /* r */ || renaming) special = true;
       }
       if (special) {
-        const replacement = this.event(buf.subarray(start, end));
+        const replacement = this.event(all().subarray(start, end));
         if (replacement !== undefined) {
           out ??= [];
-          if (start > run) out.push(buf.subarray(run, start));
+          if (start > run) out.push(all().subarray(run, start));
           if (replacement.length > 0) out.push(replacement);
           run = end + sep;
         }
@@ -110,13 +118,21 @@ export class SseRelay {
       this.stats.events += tokens - 1;
       this.countToken(performance.now());
     }
-    if (start < n) this.pending = Buffer.from(buf.subarray(start)); // copy: chunk buffers get reused
+    if (start < n) this.pending = Buffer.from(all().subarray(start)); // copy: chunk buffers get reused
     if (!out) {
       this.passedThrough = !held && start === n;
-      return start === 0 ? undefined : start === n ? buf : buf.subarray(0, start);
+      if (start > 0) this.result = start === n ? input : [all().subarray(0, start)];
+    } else {
+      if (start > run) out.push(all().subarray(run, start));
+      if (out.length > 0) this.result = out;
     }
-    if (start > run) out.push(buf.subarray(run, start));
-    return out.length === 0 ? undefined : out.length === 1 ? out[0] : Buffer.concat(out);
+    return this.result !== undefined;
+  }
+
+  /** The bytes to forward after a push() that returned true (joined on demand). */
+  get out(): Buffer {
+    const r = this.result!;
+    return r.length === 1 ? r[0] : Buffer.concat(r);
   }
 
   /** Bytes left over when the upstream ended mid-event (forwarded as they are). */
