@@ -12,6 +12,7 @@ import { connect, type Socket } from "node:net";
 import { H1Server, type H1Request, type H1Response, type H1ServerOptions } from "../../src/engine/serve/h1-server.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { startServe, type ServeProc } from "./helpers.js";
+import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -798,16 +799,7 @@ describe("H1Server: backpressure", () => {
 // fuzz
 
 /** A seeded PRNG (mulberry32), so a failing case can be re-run from its seed; DSR_FUZZ_SEED=n tries others. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 interface Parsed {
   method: string;
