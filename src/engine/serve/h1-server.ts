@@ -155,7 +155,7 @@ class Conn {
     const o = this.server.o;
     if (this.pending && now - this.headSince > o.requestTimeoutMs) this.refuse(408, "request not received in time");
     else if (!this.pending && this.headSince >= 0 && now - this.headSince > o.headersTimeoutMs) this.refuse(408, "request head not received in time");
-    else if (this.idle && now - this.idleSince > this.server.o.keepAliveTimeoutMs) this.socket.destroy();
+    else if (this.idle && now - this.idleSince > o.keepAliveTimeoutMs) this.socket.destroy();
   }
 
   private data(b: Buffer): void {
@@ -409,8 +409,7 @@ export class H1Response {
       if (!this.headersSent) {
         const first = this.withHead(body, true);
         this.socket.write(this.chunked && !this.head ? Buffer.concat([first, LAST_CHUNK]) : first);
-      }
-      else if (this.chunked && !this.head) this.socket.write(body.length > 0 ? Buffer.concat([frame(body), LAST_CHUNK]) : LAST_CHUNK);
+      } else if (this.chunked && !this.head) this.socket.write(body.length > 0 ? Buffer.concat([frame(body), LAST_CHUNK]) : LAST_CHUNK);
       else if (body.length > 0 && !this.head) this.socket.write(body); // an HTTP/1.0 stream, whose end is the close
     }
     this.onFinish();
