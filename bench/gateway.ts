@@ -23,7 +23,9 @@
  * `dsr_baseline` target (another build of the CLI) for an A/B in the same run; `--compare-workers N`
  * adds that CLI with --workers N too, and `--compare-node-args "FLAGS"` runs the baseline targets
  * with those node flags (the same CLI as baseline then A/Bs a V8 setting such as the young
- * generation's size; cluster workers inherit the primary's flags). For a machine without
+ * generation's size; cluster workers inherit the primary's flags); `--dsr-node-args "FLAGS"` does the
+ * same for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`). Each Node proxy's read()/write()
+ * calls per stream come from /proc/PID/io (how many events an upstream read carries). For a machine without
  * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -58,6 +60,8 @@ const DSR_CLI = arg("--dsr-cli", join(ROOT, "bin/dsr"));
 const COMPARE_CLI = arg("--compare-cli", "");
 /** Node flags for the baseline targets (e.g. `--max-semi-space-size=2`: the same CLI as baseline A/Bs a V8 setting). */
 const COMPARE_NODE_ARGS = arg("--compare-node-args", "").split(" ").filter(Boolean);
+/** Node flags for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`: each process and worker writes a profile when it exits). */
+const DSR_NODE_ARGS = arg("--dsr-node-args", "").split(" ").filter(Boolean);
 /** Also run the baseline CLI with --workers N (0: not). */
 const COMPARE_WORKERS = Number(arg("--compare-workers", "0"));
 const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
@@ -74,6 +78,10 @@ interface RunResult {
   itl_ms: { p50: number; p99: number; mean: number };
   proxy_cpu_ms_per_stream?: number;
   proxy_cpu_util?: number;
+  /** Share of the proxy's CPU spent in the kernel (stime over utime + stime). */
+  proxy_cpu_kernel_share?: number;
+  proxy_reads_per_stream?: number;
+  proxy_writes_per_stream?: number;
   loadgen_cpu_util: number;
 }
 
@@ -84,6 +92,9 @@ interface Samples {
   errors: number;
   seconds: number;
   proxyCpuMs?: number;
+  proxySysMs?: number;
+  /** read()/write() system calls of the proxy processes (/proc/PID/io; nginx's recv() is not counted there). */
+  proxySyscalls?: { reads: number; writes: number };
   selfCpuMs: number;
 }
 
@@ -241,6 +252,7 @@ async function load(gen: ReturnType<typeof loadGenerator>, url: string, conc: nu
   await sleep(Math.max(2000, 1.5 * streamMs));
   const pids = await proxyPids();
   const cpu0 = await cpuMs(pids);
+  const io0 = await syscalls(pids);
   const self0 = process.cpuUsage();
   const t0 = performance.now();
   gen.measure();
@@ -248,9 +260,17 @@ async function load(gen: ReturnType<typeof loadGenerator>, url: string, conc: nu
   const stopped = gen.stop(); // recording ends now; the streams in flight drain afterwards
   const dt = (performance.now() - t0) / 1000;
   const cpu1 = await cpuMs(pids);
+  const io1 = await syscalls(pids);
   const self = process.cpuUsage(self0);
   const r = await stopped;
-  return { ...r, seconds: dt, proxyCpuMs: pids.length ? cpu1 - cpu0 : undefined, selfCpuMs: (self.user + self.system) / 1000 };
+  return {
+    ...r,
+    seconds: dt,
+    proxyCpuMs: pids.length ? cpu1.total - cpu0.total : undefined,
+    proxySysMs: pids.length ? cpu1.sys - cpu0.sys : undefined,
+    proxySyscalls: pids.length ? { reads: io1.reads - io0.reads, writes: io1.writes - io0.writes } : undefined,
+    selfCpuMs: (self.user + self.system) / 1000,
+  };
 }
 
 function merge(parts: Samples[]): RunResult {
@@ -259,6 +279,7 @@ function merge(parts: Samples[]): RunResult {
   const streams = parts.reduce((a, p) => a + p.streams, 0);
   const dt = parts.reduce((a, p) => a + p.seconds, 0);
   const proxy = parts[0].proxyCpuMs === undefined ? undefined : parts.reduce((a, p) => a + (p.proxyCpuMs ?? 0), 0);
+  const perStream = (k: "reads" | "writes") => (parts[0].proxySyscalls ? round(parts.reduce((a, p) => a + (p.proxySyscalls?.[k] ?? 0), 0) / Math.max(1, streams), 2) : undefined);
   return {
     streams,
     errors: parts.reduce((a, p) => a + p.errors, 0),
@@ -268,6 +289,9 @@ function merge(parts: Samples[]): RunResult {
     itl_ms: summary(itl),
     proxy_cpu_ms_per_stream: proxy === undefined ? undefined : round(proxy / Math.max(1, streams), 3),
     proxy_cpu_util: proxy === undefined ? undefined : round(proxy / 1000 / dt),
+    proxy_cpu_kernel_share: proxy ? round(parts.reduce((a, p) => a + (p.proxySysMs ?? 0), 0) / proxy, 3) : undefined,
+    proxy_reads_per_stream: perStream("reads"),
+    proxy_writes_per_stream: perStream("writes"),
     loadgen_cpu_util: round(parts.reduce((a, p) => a + p.selfCpuMs, 0) / 1000 / dt),
   };
 }
@@ -279,15 +303,29 @@ function summary(xs: number[]): { p50: number; p99: number; mean: number } {
   return { p50: round(q(0.5), 3), p99: round(q(0.99), 3), mean: round(s.reduce((a, b) => a + b, 0) / s.length, 3) };
 }
 
-/** utime + stime of the given processes, in ms (clock ticks are 1/100 s on Linux). */
-async function cpuMs(pids: number[]): Promise<number> {
-  let ticks = 0;
+/** utime + stime (and stime alone) of the given processes, in ms (clock ticks are 1/100 s on Linux). */
+async function cpuMs(pids: number[]): Promise<{ total: number; sys: number }> {
+  let user = 0;
+  let sys = 0;
   for (const p of pids) {
     const stat = await readFile(`/proc/${p}/stat`, "utf8").catch(() => "");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    ticks += Number(f[11] ?? 0) + Number(f[12] ?? 0);
+    user += Number(f[11] ?? 0);
+    sys += Number(f[12] ?? 0);
   }
-  return ticks * 10;
+  return { total: (user + sys) * 10, sys: sys * 10 };
+}
+
+/** read-like and write-like system calls of the given processes (syscr / syscw in /proc/PID/io). */
+async function syscalls(pids: number[]): Promise<{ reads: number; writes: number }> {
+  let reads = 0;
+  let writes = 0;
+  for (const p of pids) {
+    const io = await readFile(`/proc/${p}/io`, "utf8").catch(() => "");
+    reads += Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0);
+    writes += Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0);
+  }
+  return { reads, writes };
 }
 
 async function childrenOf(pid: number): Promise<number[]> {
@@ -385,9 +423,9 @@ async function main(): Promise<void> {
       const up = await startUpstream(pace);
       const serveArgs = ["serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"];
       const serving = /^serving .* at (http:\/\/[^\s/]+)\/v1/m;
-      const gw = await start(...pinned(PROXY_CPUS, process.execPath, [DSR_CLI, ...serveArgs]), serving);
+      const gw = await start(...pinned(PROXY_CPUS, process.execPath, [...DSR_NODE_ARGS, DSR_CLI, ...serveArgs]), serving);
       procs.push(gw.proc);
-      const gw2 = await start(...pinned(PROXY_CPUS, process.execPath, [DSR_CLI, ...serveArgs, "--workers", String(DSR_WORKERS)]), serving);
+      const gw2 = await start(...pinned(PROXY_CPUS, process.execPath, [...DSR_NODE_ARGS, DSR_CLI, ...serveArgs, "--workers", String(DSR_WORKERS)]), serving);
       procs.push(gw2.proc);
       const base = COMPARE_CLI ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs]), serving) : undefined;
       if (base) procs.push(base.proc);
@@ -454,6 +492,13 @@ async function main(): Promise<void> {
     cpu_ms_per_stream: {
       throughput_run: each((t) => thr[t].proxy_cpu_ms_per_stream),
       latency_run: each((t) => lat[t].proxy_cpu_ms_per_stream),
+      kernel_share: { throughput_run: each((t) => thr[t].proxy_cpu_kernel_share), latency_run: each((t) => lat[t].proxy_cpu_kernel_share) },
+    },
+    // how many events each upstream read carried: 64 tokens + [DONE] over (reads - 1 request read)
+    syscalls_per_stream: {
+      throughput_run: each((t) => ({ reads: thr[t].proxy_reads_per_stream, writes: thr[t].proxy_writes_per_stream })),
+      latency_run: each((t) => ({ reads: lat[t].proxy_reads_per_stream, writes: lat[t].proxy_writes_per_stream })),
+      note: "read()/write() calls from /proc/PID/io; nginx receives with recv(), which is not counted there",
     },
     targets: {
       p99_added_le_2ms: each((t) => added(t).ttft_p99_ms <= 2 && added(t).itl_p99_ms <= 2),

@@ -1,4 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
+import { ChunkedDecoder, Ranges } from "../../src/engine/serve/h1-chunked.js";
 import { SseRelay } from "../../src/engine/serve/sse-relay.js";
 
 const ev = (o: unknown) => `data: ${JSON.stringify(o)}\n\n`;
@@ -9,10 +11,10 @@ function relayAll(input: string, cuts: number[], opts: ConstructorParameters<typ
   let out = "";
   let prev = 0;
   for (const c of [...cuts, buf.length]) {
-    // reads arrive whole or as parts (the data of several HTTP chunks)
+    // reads arrive whole or in two ranges (the data of two HTTP chunks)
     const read = Buffer.from(buf.subarray(prev, c));
     const k = Math.floor(read.length / 2);
-    if (r.push(prev % 2 ? [read.subarray(0, k), read.subarray(k)] : read)) out += r.out.toString();
+    if (r.push(read, prev % 2 ? Ranges.of(0, k, k, read.length) : undefined)) out += r.out.toString();
     prev = c;
   }
   const rest = r.flush();
@@ -53,5 +55,88 @@ describe("SSE relay", () => {
     const s = ev({ choices: [{ index: 0, delta: { reasoning_content: "r" } }] }).replace("\n\n", "\r\n\r\n");
     const { out } = relayAll(s, [3], { fields: ["reasoning"], dropUsageChunk: false });
     expect(JSON.parse(out.slice(6))).toEqual({ choices: [{ index: 0, delta: { reasoning: "r" } }] });
+  });
+
+  describe("chunk-framed reads, as the upstream client gives them (offsets into the read)", () => {
+    const content = (k: number, finish: string | null = null) => ev({ id: "c", choices: [{ index: 0, text: `t${k}`, logprobs: null, finish_reason: finish }] });
+    const usage = ev({ id: "c", choices: [], usage: { prompt_tokens: 7, completion_tokens: 40, total_tokens: 47 } });
+    const events = [
+      ev({ choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] }),
+      ...Array.from({ length: 38 }, (_, k) => content(k)),
+      ": keep-alive\n\n",
+      ev({ choices: [{ index: 0, delta: { reasoning: "r" }, finish_reason: null }] }),
+      content(39, "length"),
+      usage,
+      "data: [DONE]\n\n",
+    ];
+    const opts = { fields: ["reasoning_content", "reasoning"] as const, dropUsageChunk: true };
+
+    /** Frames `pieces` as chunks (some with an extension that mentions usage), then cuts the bytes into reads. */
+    function framed(pieces: string[], rand: () => number): Buffer {
+      const parts = pieces.map((p) => {
+        const ext = rand() < 0.1 ? ';note="usage" ' : "";
+        return `${Buffer.byteLength(p).toString(16)}${ext}\r\n${p}\r\n`;
+      });
+      return Buffer.from(parts.join("") + "0\r\n\r\n");
+    }
+
+    function relayFramed(bytes: Buffer, cuts: number[]) {
+      const r = new SseRelay(opts);
+      const dec = new ChunkedDecoder();
+      const ranges = new Ranges();
+      let out = "";
+      let passed = 0;
+      let prev = 0;
+      for (const c of [...cuts, bytes.length]) {
+        const read = Buffer.from(bytes.subarray(prev, c));
+        ranges.clear();
+        dec.feed(read, 0, ranges);
+        if (ranges.n > 0 && r.push(read, ranges)) {
+          out += r.out.toString();
+          if (r.passedThrough) passed++;
+        }
+        prev = c;
+      }
+      const rest = r.flush();
+      if (rest) out += rest.toString();
+      return { out, stats: r.stats, passed };
+    }
+
+    it("give the same bytes and counts as the unframed relay for any chunking, extensions and TCP cuts", () => {
+      const reference = relayAll(events.join(""), [], { ...opts, fields: [...opts.fields] });
+      expect(reference.stats).toMatchObject({ events: 40, promptTokens: 7, completionTokens: 40, finishReason: "length" });
+      const rand = seededRandom(11);
+      for (let k = 0; k < 1500; k++) {
+        // chunks: mostly one event each; sometimes an event split over two chunks, or two events in one
+        const pieces: string[] = [];
+        for (let i = 0; i < events.length; i++) {
+          const e = events[i];
+          const x = rand();
+          if (x < 0.15 && e.length > 4) {
+            const at = 1 + Math.floor(rand() * (e.length - 2));
+            pieces.push(e.slice(0, at), e.slice(at));
+          } else if (x < 0.25 && i + 1 < events.length) pieces.push(e + events[++i]);
+          else pieces.push(e);
+        }
+        const bytes = framed(pieces, rand);
+        const cuts = Array.from({ length: 1 + Math.floor(rand() * 12) }, () => Math.floor(rand() * bytes.length)).sort((a, b) => a - b);
+        const { out, stats } = relayFramed(bytes, cuts);
+        expect(out).toBe(reference.out);
+        expect(stats).toEqual(reference.stats.firstEventAt === undefined ? reference.stats : { ...reference.stats, firstEventAt: stats.firstEventAt, lastEventAt: stats.lastEventAt });
+      }
+    });
+
+    it("reads of whole one-event chunks pass through as they are", () => {
+      const plain = events.filter((e) => !e.includes("reasoning") && !e.includes("usage"));
+      const bytes = framed(plain, () => 1);
+      // cut at every chunk boundary: each read is whole chunks
+      const cuts: number[] = [];
+      let at = 0;
+      for (const p of plain) cuts.push((at += `${Buffer.byteLength(p).toString(16)}\r\n${p}\r\n`.length));
+      const { out, stats, passed } = relayFramed(bytes, cuts.slice(0, -1));
+      expect(out).toBe(plain.join(""));
+      expect(passed).toBe(plain.length);
+      expect(stats).toMatchObject({ events: 39, finishReason: "length" });
+    });
   });
 });

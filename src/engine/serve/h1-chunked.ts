@@ -44,11 +44,12 @@ export class ChunkedDecoder {
   }
 
   /**
-   * Decodes `b` from `pos`, pushing slices of chunk data to `payload`. Returns the position after the
-   * last byte consumed: `b.length`, or less when the body ended inside `b` (a pipelined message may
-   * follow). Throws an Error naming what was malformed.
+   * Decodes `b` from `pos`, adding where chunk data lies in `b` to `ranges` (offsets, not slices: a
+   * read of many small chunks allocates nothing). Returns the position after
+   * the last byte consumed: `b.length`, or less when the body ended inside `b` (a pipelined message
+   * may follow). Throws an Error naming what was malformed.
    */
-  feed(b: Buffer, pos: number, payload: Buffer[]): number {
+  feed(b: Buffer, pos: number, ranges: Ranges): number {
     this.zeroAt = -1;
     const start = pos;
     while (pos < b.length && this.state !== C.Done) {
@@ -85,7 +86,7 @@ export class ChunkedDecoder {
         }
         case C.Data: {
           const n = Math.min(this.left, b.length - pos);
-          payload.push(b.subarray(pos, pos + n));
+          ranges.add(pos, pos + n);
           this.total += n;
           pos += n;
           this.left -= n;
@@ -127,4 +128,37 @@ function lineStart(b: Buffer, pos: number): number {
   let i = pos - 2; // the LF just consumed is at pos - 1
   while (i >= 0 && b[i] !== 10) i--;
   return i + 1;
+}
+
+/**
+ * Where body bytes lie in one read: start, end offsets (`v[0]`, `v[1]`, … up to `n`). Cleared and
+ * refilled per read without reallocating: setting an array's length to 0 would drop V8's backing
+ * store and make every read grow a new one.
+ */
+export class Ranges {
+  readonly v: number[] = [];
+  /** Values in use (twice the number of ranges). */
+  n = 0;
+
+  static of(...offsets: number[]): Ranges {
+    const r = new Ranges();
+    for (let i = 0; i + 1 < offsets.length; i += 2) r.add(offsets[i], offsets[i + 1]);
+    return r;
+  }
+
+  add(start: number, end: number): void {
+    this.v[this.n++] = start;
+    this.v[this.n++] = end;
+  }
+
+  clear(): void {
+    this.n = 0;
+  }
+
+  /** The slices of `b` these ranges name. */
+  slices(b: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    for (let i = 0; i < this.n; i += 2) out.push(b.subarray(this.v[i], this.v[i + 1]));
+    return out;
+  }
 }

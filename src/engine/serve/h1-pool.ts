@@ -16,7 +16,7 @@
  */
 import { connect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
-import { ChunkedDecoder } from "./h1-chunked.js";
+import { ChunkedDecoder, Ranges } from "./h1-chunked.js";
 
 export interface H1Response {
   status: number;
@@ -26,17 +26,23 @@ export interface H1Response {
   chunked: boolean;
 }
 
+/** One read's worth of body. The object and its `ranges` are reused for the next read: use them before onBody returns. */
+export interface BodyRead {
+  /** The read. */
+  buf: Buffer;
+  /** Where the decoded body bytes lie in `buf` (one range per chunk's data). */
+  ranges: Ranges;
+  /** The read's bytes as received, minus the terminating zero-size chunk and trailers. */
+  raw: Buffer;
+  /** True when `raw` is exactly a run of complete chunks (it starts and ends on chunk boundaries), so it may be forwarded as is to a client that expects chunked framing. */
+  aligned: boolean;
+  /** True when the body's end (the zero-size chunk) is in this read: onEnd follows at once, so a caller may hold this read's bytes and send them with its own end. */
+  last: boolean;
+}
+
 export interface H1Handler {
   onHead(res: H1Response): void;
-  /**
-   * One read's worth of body. `payload` is the decoded body bytes (slices of the read, in order).
-   * `raw` is the read's bytes as received minus the terminating zero-size chunk and trailers;
-   * `aligned` is true when `raw` is exactly a run of complete chunks (it starts and ends on chunk
-   * boundaries), so it may be forwarded as is to a client that expects chunked framing. `last` is
-   * true when the body's end (the zero-size chunk) is in this read: onEnd follows at once, so a
-   * caller may hold this read's bytes and send them together with its own end.
-   */
-  onBody(raw: Buffer, payload: Buffer[], aligned: boolean, last: boolean): void;
+  onBody(read: BodyRead): void;
   onEnd(): void;
   /** Failure before or during the body. `beforeHead`: nothing was received (safe to retry). */
   onError(err: Error, beforeHead: boolean): void;
@@ -56,6 +62,7 @@ export interface H1Call {
 }
 
 const CRLF2 = Buffer.from("\r\n\r\n");
+const EMPTY = Buffer.alloc(0);
 const enum S {
   Head,
   Chunked,
@@ -169,6 +176,7 @@ class Exchange implements H1Call {
   /** Body bytes still to come (Length). */
   private left = 0;
   private chunks: ChunkedDecoder | undefined;
+  private readonly read: BodyRead = { buf: EMPTY, ranges: new Ranges(), raw: EMPTY, aligned: false, last: false };
   private readonly onData = (b: Buffer) => this.data(b);
   private readonly onEndEv = () => this.eof();
   private readonly onErr = (e: Error) => this.fail(e);
@@ -312,31 +320,41 @@ class Exchange implements H1Call {
   }
 
   private body(b: Buffer, pos: number): void {
+    const r = this.read;
+    r.buf = b;
+    r.ranges.clear();
     if (this.state === S.Length) {
       const n = Math.min(this.left, b.length - pos);
-      const p = b.subarray(pos, pos + n);
+      r.ranges.add(pos, pos + n);
       this.left -= n;
-      this.h.onBody(p, [p], false, this.left === 0);
+      this.emit(b.subarray(pos, pos + n), false, this.left === 0);
       if (this.left === 0 && !this.finished) this.done(pos + n === b.length);
       return;
     }
     if (this.state === S.Close) {
-      const p = b.subarray(pos);
-      return this.h.onBody(p, [p], false, false);
+      r.ranges.add(pos, b.length);
+      return this.emit(b.subarray(pos), false, false);
     }
     const start = pos;
     const dec = this.chunks!;
     const startAligned = dec.atBoundary;
-    const payload: Buffer[] = [];
     try {
-      pos = dec.feed(b, pos, payload);
+      pos = dec.feed(b, pos, r.ranges);
     } catch (e) {
       return this.fail(new Error(`upstream sent ${(e as Error).message}`));
     }
     const rawEnd = dec.zeroAt; // where the zero-size chunk starts, when it is in this read
     const aligned = startAligned && (rawEnd >= 0 || dec.atBoundary);
     const raw = b.subarray(start, rawEnd >= 0 ? rawEnd : b.length);
-    if (raw.length > 0 || payload.length > 0) this.h.onBody(raw, payload, aligned, dec.done);
+    if (raw.length > 0 || r.ranges.n > 0) this.emit(raw, aligned, dec.done);
     if (dec.done && !this.finished) this.done(pos === b.length);
+  }
+
+  private emit(raw: Buffer, aligned: boolean, last: boolean): void {
+    const r = this.read;
+    r.raw = raw;
+    r.aligned = aligned;
+    r.last = last;
+    this.h.onBody(r);
   }
 }

@@ -19,7 +19,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { ChunkedDecoder } from "./h1-chunked.js";
+import { ChunkedDecoder, Ranges } from "./h1-chunked.js";
 import { HttpError } from "./http-error.js";
 
 export interface H1Request {
@@ -124,6 +124,8 @@ export class H1Server {
 /** One client connection: parses requests in order and runs one response at a time. */
 class Conn {
   private buf: Buffer | undefined;
+  /** Scratch for the chunked decoder's data offsets. */
+  private readonly ranges = new Ranges();
   private active: H1Response | undefined;
   /** The request whose body is being read, with what is left of it. */
   private pending: { req: H1Request; left: number; chunks?: ChunkedDecoder; parts: Buffer[] } | undefined;
@@ -271,12 +273,14 @@ class Conn {
     if (p.chunks) {
       let pos: number;
       try {
-        pos = p.chunks.feed(b, 0, p.parts);
+        this.ranges.clear();
+        pos = p.chunks.feed(b, 0, this.ranges);
       } catch (e) {
         this.pending = undefined;
         this.refuse(400, `malformed chunked request body: ${(e as Error).message}`);
         return false;
       }
+      p.parts.push(...this.ranges.slices(b));
       this.take(pos);
       if (p.chunks.total > this.server.o.maxBodyBytes) {
         this.pending = undefined;

@@ -179,12 +179,12 @@ export class ProxyBackend implements Backend {
               relay = this.newRelay(g, inst, injectedUsage);
             }
           },
-          onBody: (framed, payload, aligned, last) => {
-            if (mode !== "stream") return void parts.push(...payload);
-            if (payload.length === 0) return; // only framing in this read
-            if (!relay!.push(payload)) return;
+          onBody: (read) => {
+            if (mode !== "stream") return void parts.push(...read.ranges.slices(read.buf));
+            if (read.ranges.n === 0) return; // only framing in this read
+            if (!relay!.push(read.buf, read.ranges)) return;
             // the body ends in this read: its bytes leave with the response's end, one write instead of two
-            if (last) return void (tail = relay!.out);
+            if (read.last) return void (tail = relay!.out);
             if (!g.sink.started) {
               g.sink.startStream();
               backpressure(g.sink.write(relay!.out)); // the first write carries the headers
@@ -192,7 +192,7 @@ export class ProxyBackend implements Backend {
               return;
             }
             // whole chunks whose events passed the relay unchanged: forward the read as received
-            backpressure(raw && aligned && relay!.passedThrough ? raw(framed) : g.sink.write(relay!.out));
+            backpressure(raw && read.aligned && relay!.passedThrough ? raw(read.raw) : g.sink.write(relay!.out));
           },
           onEnd: () => {
             try {

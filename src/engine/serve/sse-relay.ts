@@ -5,6 +5,7 @@
  * the usage chunk the gateway itself asked for) or an error. Everything else is a byte slice, which
  * keeps the proxy's added latency in the microseconds.
  */
+import { Ranges } from "./h1-chunked.js";
 import type { ReasoningField } from "./reasoning.js";
 
 export interface RelayStats {
@@ -41,33 +42,118 @@ const EMPTY = Buffer.alloc(0);
 
 const isRoleOnly = (ev: string) => ev.includes('"role"') && ev.includes('"content":""');
 
+/** True when every range ends with exactly one blank line (`\n\n` after a byte that is not `\n`): each holds whole events. */
+function endsEvents(buf: Buffer, ranges: Ranges): boolean {
+  const { v, n } = ranges;
+  for (let i = 0; i < n; i += 2) {
+    const e = v[i + 1];
+    if (e - v[i] < 2 || buf[e - 1] !== 0x0a || buf[e - 2] !== 0x0a || (e - v[i] > 2 && buf[e - 3] === 0x0a)) return false;
+  }
+  return true;
+}
+
+/** Adds the slices of `buf` in [a, b) that lie inside `ranges` (a run of unchanged bytes, framing left out). */
+function pushRun(out: Buffer[], buf: Buffer, ranges: Ranges, a: number, b: number): void {
+  const { v, n } = ranges;
+  for (let i = 0; i < n && v[i] < b; i += 2) {
+    const lo = Math.max(v[i], a);
+    const hi = Math.min(v[i + 1], b);
+    if (lo < hi) out.push(buf.subarray(lo, hi));
+  }
+}
+
 export class SseRelay {
   readonly stats: RelayStats = { events: 0 };
   /** True when the last push() returned exactly the bytes it was given: nothing held back, nothing changed. */
   passedThrough = false;
   private pending: Buffer | undefined;
   private result: Buffer[] | undefined;
+  /** After a push() that forwards its read unchanged: the read and its ranges, sliced only if `out` is asked for. */
+  private read: Buffer | undefined;
+  private readRanges: Ranges | undefined;
 
   constructor(private readonly o: RelayOptions) {}
 
   /**
-   * Takes one read (as one buffer or as parts, e.g. the data of several HTTP chunks) and returns
-   * true when there are bytes to forward now (complete events): `out` gives them.
+   * Takes one read: `buf` and where its body bytes lie in it (`ranges`, as the chunked decoder gives
+   * them; the whole buffer by default). Returns true when there are bytes to forward now (complete
+   * events): `out` gives them.
    *
-   * One pass in JS over the bytes finds the event ends (`\n\n` or `\r\n\r\n`) and marks the events
-   * that need a look inside (usage, error, reasoning to rename); only those go to event(). Every
-   * other event is forwarded as the same bytes and counted in bulk, with the chunk timed once. For
-   * reads of a few hundred bytes this is several times cheaper than a dozen native indexOf calls,
-   * and a large read that ends with the usage chunk costs one pass, not one scan per event.
+   * Events end at a blank line (`\n\n` or `\r\n\r\n`). One regex pass marks the events that need a
+   * look inside (usage, error, reasoning to rename); only those go to event(). Every other event is
+   * forwarded as the same bytes and counted in bulk, with the read timed once.
    */
-  push(chunk: Buffer | Buffer[]): boolean {
-    const parts = Array.isArray(chunk) ? chunk : [chunk];
+  push(buf: Buffer, ranges: Ranges = Ranges.of(0, buf.length)): boolean {
+    this.passedThrough = false;
+    this.result = this.read = this.readRanges = undefined;
+    if (ranges.n === 0) return false;
+    if (this.pending === undefined && endsEvents(buf, ranges)) return this.wholeEvents(buf, ranges);
+    return this.general(ranges.n === 2 && ranges.v[0] === 0 && ranges.v[1] === buf.length ? [buf] : ranges.slices(buf));
+  }
+
+  /**
+   * The common read, done without a slice or a string per chunk: nothing is held from the last read
+   * and every range (a chunk's data) ends an event. The read, framing included, becomes one latin1
+   * string; events are looked for inside their own range, so the framing between ranges never joins
+   * two of them, and a key found in the framing (a chunk extension) is skipped.
+   */
+  private wholeEvents(buf: Buffer, ranges: Ranges): boolean {
+    const { v, n } = ranges;
+    const from = v[0];
+    const s = buf.toString("latin1", from, v[n - 1]);
+    if (s.indexOf("\r\n\r\n") >= 0) return this.general(ranges.slices(buf)); // CRLF events (or a range starting with one)
+    const renaming = this.o.fields.length > 0;
+    let first = this.stats.events === 0;
+    let tokens = 0;
+    let out: Buffer[] | undefined; // only when an event was replaced or dropped
+    let run = from; // where the current run of unchanged bytes starts in buf
+    SPECIAL.lastIndex = 0;
+    let m = SPECIAL.exec(s);
+    for (let i = 0; i < n; i += 2) {
+      const stop = v[i + 1] - from;
+      for (let start = v[i] - from; start < stop; ) {
+        const end = s.indexOf("\n\n", start); // at most stop - 2: endsEvents() checked the range's end
+        let special = false;
+        let finishAt = -1;
+        for (; m !== null && m.index < end; m = SPECIAL.exec(s)) {
+          if (m.index < start) continue;
+          const k = m[0].charCodeAt(1);
+          if (k === 0x66 /* f */) finishAt = m.index + m[0].length;
+          else if (k !== 0x72 /* r */ || renaming) special = true;
+        }
+        if (special) {
+          const replacement = this.event(buf.subarray(from + start, from + end));
+          if (replacement !== undefined) {
+            out ??= [];
+            pushRun(out, buf, ranges, run, from + start);
+            if (replacement.length > 0) out.push(replacement);
+            run = from + end + 2;
+          }
+        } else if (end > start && s.charCodeAt(start) !== 0x3a && !s.startsWith("data: [DONE]", start)) {
+          if (!(first && isRoleOnly(s.slice(start, end)))) tokens++;
+          if (finishAt > 0) this.stats.finishReason = s.slice(finishAt, s.indexOf('"', finishAt));
+        }
+        first = false;
+        start = end + 2;
+      }
+    }
+    this.countTokens(tokens);
+    if (!out) {
+      this.passedThrough = true;
+      this.read = buf;
+      this.readRanges = ranges;
+      return true;
+    }
+    pushRun(out, buf, ranges, run, v[n - 1]);
+    if (out.length > 0) this.result = out;
+    return this.result !== undefined;
+  }
+
+  /** Any read: parts joined as bytes only when a slice of them is needed; events may span reads. */
+  private general(parts: Buffer[]): boolean {
     const input = this.pending ? [this.pending, ...parts] : parts;
     const held = this.pending !== undefined;
     this.pending = undefined;
-    this.passedThrough = false;
-    this.result = undefined;
-    // the parts are joined as bytes only when a slice of them is needed (not for a pass-through read)
     let joined: Buffer | undefined;
     const all = () => (joined ??= input.length === 1 ? input[0] : Buffer.concat(input));
     // one copy; its offsets are byte offsets
@@ -114,10 +200,7 @@ export class SseRelay {
       start = end + sep;
       first = false;
     }
-    if (tokens > 0) {
-      this.stats.events += tokens - 1;
-      this.countToken(performance.now());
-    }
+    this.countTokens(tokens);
     if (start < n) this.pending = Buffer.from(all().subarray(start)); // copy: chunk buffers get reused
     if (!out) {
       this.passedThrough = !held && start === n;
@@ -131,7 +214,7 @@ export class SseRelay {
 
   /** The bytes to forward after a push() that returned true (joined on demand). */
   get out(): Buffer {
-    const r = this.result!;
+    const r = this.result ?? this.readRanges!.slices(this.read!);
     return r.length === 1 ? r[0] : Buffer.concat(r);
   }
 
@@ -186,6 +269,13 @@ export class SseRelay {
     if (hasUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
     normaliseReasoning(choices, this.o.fields);
     return Buffer.from(`data: ${JSON.stringify(obj)}\n\n`);
+  }
+
+  /** Counts a read's plain token events, timed once (the last one gets the read's time). */
+  private countTokens(tokens: number): void {
+    if (tokens === 0) return;
+    this.stats.events += tokens - 1;
+    this.countToken(performance.now());
   }
 
   private countToken(now: number): void {
