@@ -1,6 +1,8 @@
 /**
- * The json_object constraint: the byte-level JSON prefix automaton against an independent reference
- * (a recursive-descent viability check written here) and JSON.parse, on generated JSON split at random
+ * The json_object constraint (the schema `{"type": "object"}` on json-constraint.ts's machine): the
+ * byte-level JSON prefix automaton against an independent reference (a recursive-descent viability
+ * check written here, with the automaton's key rules: no key twice in an object, no `\u` or `\/` in
+ * keys) and JSON.parse, on generated JSON split at random
  * token boundaries and on random mutations; the vocabulary masks (cached by state key) against a
  * brute-force check; the sampler's lazy check (greedy = best allowed token, sampling = the allowed
  * distribution); and the scheduler on tiny-r1 (reasoning stays free, the answer parses, "stop" on the
@@ -23,7 +25,10 @@ const enc = (s: string) => Buffer.from(s, "utf8");
 class Incomplete extends Error {}
 class Bad extends Error {}
 
-/** "ok": a complete object and nothing after; "incomplete": a proper viable prefix; "bad": neither. */
+/**
+ * "ok": a complete object and nothing after; "incomplete": a proper viable prefix; "bad": neither.
+ * Keys are spelled one way (no `\u`, `\/`) and unique per object, as the automaton requires.
+ */
 function reference(b: Uint8Array): "ok" | "incomplete" | "bad" {
   let i = 0;
   const peek = () => {
@@ -45,7 +50,8 @@ function reference(b: Uint8Array): "ok" | "incomplete" | "bad" {
     if (i === b.length) throw new Incomplete();
     if (i === s) throw new Bad();
   };
-  const string = () => {
+  const string = (key = false): string => {
+    const start = i + 1;
     expectByte(0x22);
     const body: number[] = [];
     for (;;) {
@@ -62,6 +68,7 @@ function reference(b: Uint8Array): "ok" | "incomplete" | "bad" {
       if (c === 0x5c) {
         const e = peek();
         i++;
+        if (key && (e === 0x75 || e === 0x2f)) throw new Bad();
         if (e === 0x75) {
           for (let k = 0; k < 4; k++) {
             if (!/[0-9a-fA-F]/.test(String.fromCharCode(peek()))) throw new Bad();
@@ -75,6 +82,7 @@ function reference(b: Uint8Array): "ok" | "incomplete" | "bad" {
     } catch {
       throw new Bad();
     }
+    return Buffer.from(b.subarray(start, i - 1)).toString("latin1");
   };
   const value = (): void => {
     const c = peek();
@@ -93,7 +101,7 @@ function reference(b: Uint8Array): "ok" | "incomplete" | "bad" {
         ws();
       }
     }
-    if (c === 0x22) return string();
+    if (c === 0x22) return void string();
     for (const w of ["true", "false", "null"]) {
       if (c === w.charCodeAt(0)) {
         for (const ch of w) expectByte(ch.charCodeAt(0));
@@ -114,8 +122,11 @@ function reference(b: Uint8Array): "ok" | "incomplete" | "bad" {
     expectByte(0x7b);
     ws();
     if (peek() === 0x7d) return void i++;
+    const keys = new Set<string>();
     for (;;) {
-      string();
+      const k = string(true);
+      if (keys.has(k)) throw new Bad();
+      keys.add(k);
       ws();
       expectByte(0x3a);
       ws();
@@ -147,6 +158,14 @@ function generator(seed: number) {
   const sp = () => (r() < 0.6 ? "" : pick([" ", "\n", "\n  ", "\t", "\r\n    ", "  "]));
   const chars = ["a", "Z", " ", "9", "é", "ß", "中", "文", "😀", "𝄞", "\\n", "\\\"", "\\\\", "\\/", "\\u00e9", "\\uD83D\\uDE00", "\\t", "{", "}", "[", "]", ":", ","];
   const str = () => `"${Array.from({ length: Math.floor(r() * 6) }, () => pick(chars)).join("")}"`;
+  const keyChars = chars.filter((c) => !c.startsWith("\\u") && c !== "\\/");
+  /** A key not in `used` (keys are unique and spelled without \u or \/). */
+  const key = (used: Set<string>) => {
+    for (;;) {
+      const k = `"${Array.from({ length: Math.floor(r() * 6) }, () => pick(keyChars)).join("")}"`;
+      if (!used.has(k)) return used.add(k), k;
+    }
+  };
   const num = () => pick(["0", "-0", "7", "-12", "3.25", "1e5", "-2.5E-3", "10E+2", "0.0", "123456789"]);
   const value = (depth: number): string => {
     const k = r();
@@ -156,7 +175,10 @@ function generator(seed: number) {
     if (k < 0.9) return num();
     return pick(["true", "false", "null"]);
   };
-  const obj = (depth: number): string => `{${sp()}${Array.from({ length: Math.floor(r() * 4) }, () => `${str()}${sp()}:${sp()}${value(depth)}`).join(`${sp()},${sp()}`)}${sp()}}`;
+  const obj = (depth: number): string => {
+    const used = new Set<string>();
+    return `{${sp()}${Array.from({ length: Math.floor(r() * 4) }, () => `${key(used)}${sp()}:${sp()}${value(depth)}`).join(`${sp()},${sp()}`)}${sp()}}`;
+  };
   return { r, obj: () => `${sp()}${obj(0)}` };
 }
 
@@ -198,6 +220,9 @@ describe("JSON object prefix automaton", () => {
       ['{"a":1}}', 7], // nothing after the object
       ['{"a":1} ', 7],
       ['{"a":1]', 6],
+      ['{"a":1,"a":2}', 9], // a key twice
+      ['{"\\u0061":1}', 3], // keys are spelled one way
+      ['{"a\\/":1}', 4],
       [`{${" ".repeat(MAX_WHITESPACE_RUN + 1)}}`, MAX_WHITESPACE_RUN + 1],
     ];
     for (const [s, at] of bad) {
@@ -257,7 +282,8 @@ describe("JSON object prefix automaton", () => {
       } else if (m.done) {
         expect(JSON.parse(Buffer.from(b).toString("utf8"))).toBeTypeOf("object");
       }
-      // JSON.parse agrees on complete texts (the cap on whitespace runs aside, which JSON.parse has not).
+      // JSON.parse agrees on complete texts, but for what JSON.parse has not: the cap on whitespace runs
+      // and the key rules (the reference has them).
       let parses = false;
       try {
         const v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(b));
@@ -266,7 +292,7 @@ describe("JSON object prefix automaton", () => {
         /* not JSON */
       }
       const trailingWs = /\s$/.test(Buffer.from(b).toString());
-      if (parses && !trailingWs) expect(at === -1 && m.done, Buffer.from(b).toString()).toBe(true);
+      if (parses && !trailingWs) expect(at === -1 && m.done, Buffer.from(b).toString()).toBe(reference(b) === "ok");
     }
     expect(rejected).toBeGreaterThan(200); // most mutations break JSON: the test exercised rejection
   });

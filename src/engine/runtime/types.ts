@@ -25,11 +25,13 @@ export interface SubmitRequest {
   stopIds: number[];
   signal?: AbortSignal;
   /**
-   * Constrained decoding (response_format json_object): from the token after `startAfterId` (R1's
-   * `</think>`; from the first token when absent) the output is one JSON object, and the sequence
-   * ends with finish "stop" when it closes. Plain data, so it crosses to the engine worker as is.
+   * Constrained decoding (response_format json_object / json_schema): from the token after
+   * `startAfterId` (R1's `</think>`; from the first token when absent) the output is one JSON object
+   * (json_object) or one JSON value the schema accepts (json_schema: the subset in
+   * runtime/embedded/json-schema.ts), and the sequence ends with finish "stop" when it is complete.
+   * Plain data, so it crosses to the engine worker as is.
    */
-  constraint?: { kind: "json_object"; startAfterId?: number };
+  constraint?: { kind: "json_object"; startAfterId?: number } | { kind: "json_schema"; schema: unknown; startAfterId?: number };
 }
 
 export interface TokenLogprob {

@@ -11,6 +11,7 @@ import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "../typ
 import { Channel } from "./channel.js";
 import type { DecoderSession } from "./decoder-session.js";
 import { JsonConstraint, JsonVocabulary } from "./json-constraint.js";
+import { compileJsonSchema, SchemaError } from "./json-schema.js";
 import { Sampler } from "./sampler.js";
 
 export interface SchedulerOptions {
@@ -54,7 +55,15 @@ export interface EngineCounters {
  */
 export function validateRequest(req: SubmitRequest, maxContext: number, vocab: number, constraints: boolean): void {
   if (req.constraint && !constraints) {
-    throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", "constrained decoding (json_object) needs a byte-level BPE tokenizer; this model's tokenizer is not one", { hint: "serve the model with --engine vllm" });
+    throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", `constrained decoding (${req.constraint.kind}) needs a byte-level BPE tokenizer; this model's tokenizer is not one`, { hint: "serve the model with --engine vllm" });
+  }
+  if (req.constraint?.kind === "json_schema") {
+    try {
+      compileJsonSchema(req.constraint.schema); // (cheap; the engine compiles it again, cached, when it runs)
+    } catch (e) {
+      if (!(e instanceof SchemaError)) throw e;
+      throw new DsrError("DSR_SCHEMA_UNSUPPORTED", e.message, { hint: "the embedded engine enforces a JSON Schema subset (docs/serve.md); serve with --engine vllm for full JSON Schema" });
+    }
   }
   const n = req.promptIds.length;
   if (n === 0) throw new DsrError("DSR_EMPTY_PROMPT", "request has an empty prompt", { hint: "send at least one token" });
@@ -209,7 +218,7 @@ export class Scheduler implements TokenEngine {
 
   /**
    * Samples from one row of logits and emits the token (or the stop / length finish). A constrained
-   * sequence ends with "stop" on the token that closes its JSON object (nothing else may follow, so
+   * sequence ends with "stop" on the token that completes its JSON value (nothing else may follow, so
    * EOS would be forced anyway; this also ends it under ignore_eos).
    */
   private emit(seq: Seq, logits: Float32Array): void {
