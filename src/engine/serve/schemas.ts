@@ -48,8 +48,21 @@ export const chatRequest = z.looseObject({
   max_completion_tokens: nonNeg.min(1).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
+  // OpenAI's shapes (vLLM's too): json_schema needs `json_schema.name`; `schema` is optional.
   response_format: z
-    .looseObject({ type: z.enum(["text", "json_object", "json_schema"]) })
+    .discriminatedUnion("type", [
+      z.looseObject({ type: z.literal("text") }),
+      z.looseObject({ type: z.literal("json_object") }),
+      z.looseObject({
+        type: z.literal("json_schema"),
+        json_schema: z.looseObject({
+          name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "must be 1 to 64 characters from a-z, A-Z, 0-9, _ and -"),
+          description: z.string().nullish(),
+          schema: z.record(z.string(), z.unknown()).nullish(),
+          strict: z.boolean().nullish(),
+        }),
+      }),
+    ])
     .nullish(),
 });
 export type ChatRequest = z.infer<typeof chatRequest>;

@@ -8,6 +8,7 @@
 import type { SubmitRequest, TokenChunk, TokenEngine, TokenLogprob } from "../runtime/types.js";
 import type { TextModel } from "../text/index.js";
 import { createStopMatcher } from "../text/index.js";
+import { compileJsonSchema, SchemaError } from "../runtime/embedded/json-schema.js";
 import { HttpError } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
 import { chatPromptIds, completionPrompts, samplingFor, tokenBudget } from "./prompt.js";
@@ -216,20 +217,31 @@ export class TokenBackend implements Backend {
   }
 
   /**
-   * response_format → the engine's constraint. json_object is built (json-constraint.ts); with the
-   * reasoning split on it starts after `</think>`, as vLLM's structured outputs with a reasoning
-   * parser, so reasoning stays free text; without it the whole output is the JSON object.
+   * response_format → the engine's constraint: json_object, or json_schema for the subset
+   * json-schema.ts compiles (checked here, so a schema outside it is a 400 naming the keyword's path;
+   * json_schema without a schema is json_object, as OpenAI). With the reasoning split on it starts
+   * after `</think>`, as vLLM's structured outputs with a reasoning parser, so reasoning stays free
+   * text; without it the whole output is the JSON value.
    */
   private constraintFor(req: ChatRequest, split: boolean): SubmitRequest["constraint"] {
-    const type = req.response_format?.type;
-    if (!type || type === "text") return undefined;
+    const rf = req.response_format;
+    if (!rf || rf.type === "text") return undefined;
     const no = (why: string) => new HttpError(400, why, { param: "response_format", code: "unsupported_parameter" });
-    if (type !== "json_object") throw no(`response_format ${type} is not supported by the embedded engine (json_object and text are); use --engine vllm or --upstream for schemas`);
-    if (!this.o.text.tokenBytes()) throw no("response_format json_object needs a byte-level BPE tokenizer, and this model's is not one; use --engine vllm or --upstream");
-    if (!split) return { kind: "json_object" };
+    const schema = rf.type === "json_schema" ? rf.json_schema.schema : undefined;
+    if (schema != null) {
+      try {
+        compileJsonSchema(schema, "response_format.json_schema.schema");
+      } catch (e) {
+        if (!(e instanceof SchemaError)) throw e;
+        throw new HttpError(400, e.message, { param: e.path, code: e.unsupported ? "unsupported_parameter" : "invalid_parameter" });
+      }
+    }
+    if (!this.o.text.tokenBytes()) throw no(`response_format ${rf.type} needs a byte-level BPE tokenizer, and this model's is not one; use --engine vllm or --upstream`);
+    const kind = schema != null ? { kind: "json_schema" as const, schema } : { kind: "json_object" as const };
+    if (!split) return kind;
     const startAfterId = this.o.text.thinkEndId;
-    if (startAfterId === undefined) throw no("response_format json_object with the reasoning split needs `</think>` to be one token, and in this model's tokenizer it is not; use --engine vllm or --upstream");
-    return { kind: "json_object", startAfterId };
+    if (startAfterId === undefined) throw no(`response_format ${rf.type} with the reasoning split needs \`</think>\` to be one token, and in this model's tokenizer it is not; use --engine vllm or --upstream`);
+    return { ...kind, startAfterId };
   }
 
   /** OpenAI logprobs: chat `{content:[{token,logprob,bytes,top_logprobs}]}`, completions `{tokens,token_logprobs,top_logprobs,text_offset}`. */
