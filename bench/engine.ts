@@ -5,6 +5,7 @@
  *   npx tsx bench/engine.ts [--dir DIR] [--threads N] [--weights int4] [--block-size 32] [--decode 32] [--reps 3] [--keep]
  *                           [--model ONNX_DIR]   (reuse a model a previous --keep run left)
  *                           [--only-json]        (steps 1 and 6 only)
+ *                           [--only-schema]      (steps 1 and 7 only)
  *
  * 1. Builds the model straight to int4 with seeded random weights (no fp32 checkpoint on disk):
  *    hidden 1536, 28 layers, 12 heads / 2 KV heads (head 128), MLP 8960, vocab 151936, q/k/v bias,
@@ -29,6 +30,11 @@
  *    (syntheticTokenizer). Random weights wander into long strings, where most tokens are allowed, so
  *    the sampler-alone figures also give the worst case: a state that rejects the model's choice at
  *    every step (a check, then a draw under the state's cached full mask).
+ * 7. The same for response_format json_schema (only with --only-schema): SCHEMA below, a strict
+ *    OpenAI-style object (required keys, additionalProperties false, an enum array, anyOf with null,
+ *    a $ref), so key positions allow only declared names; plus uncached full masks at three states
+ *    (the start, after `{`, inside a key), each the median of 3 builds on a fresh vocabulary. (The
+ *    sampler rows keep step 6's names: their *Json variants are the schema's here.)
  * The machine is shared (five agents on 2 cores): wall-clock rates swing several-fold between runs, so
  * the JSON also gives "bestCase" figures from the minimum step times (the least-disturbed step of
  * each kind, the closest to an idle machine); docs/BENCHMARKS.md reports both.
@@ -63,6 +69,7 @@ const decodeSteps = Number(opt("decode", "24"));
 const reps = Number(opt("reps", "5"));
 const reuse = opt("model", "");
 const onlyJson = args.includes("--only-json");
+const onlySchema = args.includes("--only-schema");
 const root = mkdtempSync(join(opt("dir", tmpdir()), "dsr-bench-engine-"));
 const log = (s: string) => process.stderr.write(`[bench/engine] ${s}\n`);
 
@@ -259,14 +266,31 @@ function syntheticTokenizer(size: number): Record<string, unknown> {
   return { model: { type: "BPE", vocab }, decoder: { type: "ByteLevel" }, added_tokens: added };
 }
 
+/** Step 7's schema: what an OpenAI strict-mode client sends for a small record. */
+const SCHEMA = {
+  type: "object",
+  properties: {
+    name: { type: "string" },
+    age: { type: "integer" },
+    email: { anyOf: [{ type: "string" }, { type: "null" }] },
+    tags: { type: "array", items: { enum: ["alpha", "beta", "gamma"] }, maxItems: 4 },
+    address: { $ref: "#/$defs/Address" },
+  },
+  required: ["name", "age", "email", "tags", "address"],
+  additionalProperties: false,
+  $defs: { Address: { type: "object", properties: { street: { type: "string" }, zip: { type: "string" } }, required: ["street", "zip"], additionalProperties: false } },
+};
+
 /**
- * Step 6. (a) decode tok/s of one stream with and without json_object on the same prompt, sampled
+ * Steps 6 and 7 (`name` "json": json_object; "schema": json_schema SCHEMA). (a) decode tok/s of one
+ * stream with and without the constraint on the same prompt, sampled
  * (temperature 0.6, top-p 0.95, as R1's defaults) with a new seed per request; a constrained answer
  * can close its object early, so it is re-asked (at most 100 times) until it has as many decode steps
  * as the free run, and tok/s counts only the gaps between tokens of one request. (b) the sampler
  * alone on random logits: ms per token, free and constrained, greedy and sampled.
  */
-async function jsonConstraintCost(dir: string, manifest: OnnxManifest) {
+async function jsonConstraintCost(dir: string, manifest: OnnxManifest, name: "json" | "schema" = "json") {
+  const spec: NonNullable<SubmitRequest["constraint"]> = name === "json" ? { kind: "json_object" } : { kind: "json_schema", schema: SCHEMA };
   const V = manifest.io.vocabSize;
   const tokenizer = syntheticTokenizer(V);
   const t0 = performance.now();
@@ -294,11 +318,11 @@ async function jsonConstraintCost(dir: string, manifest: OnnxManifest) {
   await gapsOf(undefined); // warm-up
   const runs = [];
   for (let rep = 0; rep < reps; rep++) {
-    log(`json constraint rep ${rep + 1}/${reps}…`);
+    log(`${name} constraint rep ${rep + 1}/${reps}…`);
     const free = await gapsOf(undefined);
-    const json = await gapsOf({ kind: "json_object" });
+    const json = await gapsOf(spec);
     const rate = (g: number[]) => (g.length * 1000) / g.reduce((a, b) => a + b, 0);
-    runs.push({ freeDecodeTokPerS: rate(free.gaps), jsonDecodeTokPerS: rate(json.gaps), jsonRequests: json.requests, freeStepMsMin: Math.min(...free.gaps), jsonStepMsMin: Math.min(...json.gaps) });
+    runs.push({ freeDecodeTokPerS: rate(free.gaps), [`${name}DecodeTokPerS`]: rate(json.gaps), [`${name}Requests`]: json.requests, freeStepMsMin: Math.min(...free.gaps), [`${name}StepMsMin`]: Math.min(...json.gaps), constrainedTokPerS: rate(json.gaps), constrainedStepMsMin: Math.min(...json.gaps) });
   }
   await sched.close();
 
@@ -307,12 +331,27 @@ async function jsonConstraintCost(dir: string, manifest: OnnxManifest) {
   const rows = Array.from({ length: 16 }, () => Float32Array.from({ length: V }, () => 2 * Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r())));
   const words = new JsonVocabulary(table, V);
   const c0 = performance.now();
-  new JsonConstraint(words, { kind: "json_object" }).mask();
+  new JsonConstraint(words, spec).mask();
   const coldMaskMs = performance.now() - c0;
+  // Uncached masks at three states (a fresh vocabulary each time, so nothing is cached), after the warm-up above.
+  const enc = (s: string) => Array.from(Buffer.from(s), (b) => b); // byte tokens: ids 0-255 are the single bytes
+  const coldMasksMs = Object.fromEntries(
+    Object.entries({ start: "", afterBrace: "{", inKey: '{"' }).map(([state, prefix]) => {
+      const times = [0, 1, 2].map(() => {
+        const v = new JsonVocabulary(table, V);
+        const c = new JsonConstraint(v, spec);
+        for (const id of enc(prefix)) c.accept(id);
+        const t = performance.now();
+        c.mask();
+        return performance.now() - t;
+      });
+      return [state, median(times)];
+    }),
+  );
   /** `advance: false` keeps the constraint before its `{`, where nearly every choice is rejected. */
   const perToken = (p: SamplingParams, constrained: boolean, advance = true) => {
     const s = new Sampler(p, [], V);
-    let c = new JsonConstraint(words, { kind: "json_object" });
+    let c = new JsonConstraint(words, spec);
     let objects = 0;
     const n = advance ? 2000 : 200;
     const t = performance.now();
@@ -320,7 +359,7 @@ async function jsonConstraintCost(dir: string, manifest: OnnxManifest) {
       const { id } = s.sample(rows[i % rows.length]!, constrained ? c : undefined);
       if (!constrained || !advance) continue;
       c.accept(id);
-      if (c.done) (c = new JsonConstraint(words, { kind: "json_object" })), objects++;
+      if (c.done) (c = new JsonConstraint(words, spec)), objects++;
     }
     return { msPerToken: (performance.now() - t) / n, objectsClosed: objects };
   };
@@ -335,14 +374,16 @@ async function jsonConstraintCost(dir: string, manifest: OnnxManifest) {
   };
   return {
     note: "synthetic byte-level vocabulary of the model's size; random weights; worst case = every step rejects the model's choices",
+    ...(name === "schema" ? { schema: SCHEMA } : {}),
     tokenTableBuildMs: tableMs,
     coldFullMaskMs: coldMaskMs,
+    coldMasksMs,
     decode: {
-      runs,
+      runs: runs.map(({ constrainedTokPerS: _a, constrainedStepMsMin: _b, ...r }) => r),
       freeTokPerSMedian: median(runs.map((x) => x.freeDecodeTokPerS)),
-      jsonTokPerSMedian: median(runs.map((x) => x.jsonDecodeTokPerS)),
-      jsonVsFree: median(runs.map((x) => x.jsonDecodeTokPerS / x.freeDecodeTokPerS)),
-      jsonVsFreeBestStep: Math.min(...runs.map((x) => x.freeStepMsMin)) / Math.min(...runs.map((x) => x.jsonStepMsMin)),
+      [`${name}TokPerSMedian`]: median(runs.map((x) => x.constrainedTokPerS)),
+      [`${name}VsFree`]: median(runs.map((x) => x.constrainedTokPerS / x.freeDecodeTokPerS)),
+      [`${name}VsFreeBestStep`]: Math.min(...runs.map((x) => x.freeStepMsMin)) / Math.min(...runs.map((x) => x.constrainedStepMsMin)),
     },
     sampler,
   };
@@ -379,6 +420,11 @@ async function main() {
   if (onlyJson) {
     const jsonConstraint = await jsonConstraintCost(dir, manifest);
     process.stdout.write(JSON.stringify({ machine: machine(), versions: { node: process.version, onnxruntime: ort.env.versions?.common }, model, jsonConstraint }, null, 2) + "\n");
+    return;
+  }
+  if (onlySchema) {
+    const schemaConstraint = await jsonConstraintCost(dir, manifest, "schema");
+    process.stdout.write(JSON.stringify({ machine: machine(), versions: { node: process.version, onnxruntime: ort.env.versions?.common }, model, schemaConstraint }, null, 2) + "\n");
     return;
   }
   const bits = manifest.weights === "int4" ? 4 : manifest.weights === "int8" ? 8 : 32;
