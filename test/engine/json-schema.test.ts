@@ -90,6 +90,22 @@ describe("json_schema: what the compiler refuses", () => {
     expect(refused({ type: "array", minItems: -1 }).path).toBe(`${base}.minItems`);
     expect(refused({ required: "a" }).path).toBe(`${base}.required`);
     expect(refused(["x"]).path).toBe(base);
+    // bounds on what a request can make the gateway compile
+    let deep: unknown = { type: "null" };
+    for (let i = 0; i < 80; i++) deep = { anyOf: [deep] };
+    expect(refused(deep).message).toMatch(/is nested more than 64 schemas deep$/);
+    expect(refused({ type: "object", properties: Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`p${i}`, { type: "null" }])) }).message).toMatch(/has more than 4096 subschemas/);
+  });
+
+  it("objects with more than 32 properties (bitsets of several words)", () => {
+    const names = Array.from({ length: 70 }, (_, i) => `p${i}`);
+    const schema = { type: "object", properties: Object.fromEntries(names.map((n) => [n, { type: "integer" }])), required: names.slice(30), additionalProperties: false };
+    const doc = `{${[...names].reverse().map((n, i) => `"${n}":${i}`).join(",")}}`;
+    const m = matcher(schema);
+    expect(firstRejection(m, enc(doc))).toBe(-1);
+    expect(m.done).toBe(true);
+    const short = `{${names.slice(0, -1).map((n) => `"${n}":1`).join(",")}}`; // the required p69 missing: no "}"
+    expect(firstRejection(matcher(schema), enc(short))).toBe(short.length - 1);
   });
 
   it("schemas that admit no value are refused; impossible parts are pruned", () => {

@@ -31,6 +31,9 @@ const DEFS = ["$defs", "definitions"];
 const SUPPORTED = new Set([...CONSTRAINING, ...DEFS, ...ANNOTATIONS]);
 const TYPES = ["object", "array", "string", "number", "integer", "boolean", "null"];
 export const SUPPORTED_KEYWORDS = [...CONSTRAINING, ...DEFS];
+// Bounds on what a request can make the gateway compile (merging anyOf is quadratic in the worst case).
+const MAX_DEPTH = 64;
+const MAX_NODES = 4096;
 
 /** A byte trie (keys or literal spellings). Node 0 is the root; `term[n]` ≥ 0 marks an end (the payload). */
 export class ByteTrie {
@@ -137,7 +140,10 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
   const refs = new Map<string, number>();
   let branchIds = 0;
   let anyNode = -1;
-  const newNode = () => raws.push({ scalar: null, objs: [], arrs: [], includes: [] }) - 1;
+  const newNode = () => {
+    if (raws.length >= MAX_NODES) throw new SchemaError(path, `${path} has more than ${MAX_NODES} subschemas`);
+    return raws.push({ scalar: null, objs: [], arrs: [], includes: [] }) - 1;
+  };
   const unsupported = (at: string) =>
     new SchemaError(at, `${at} is not supported by the embedded engine (supported: ${SUPPORTED_KEYWORDS.join(", ")}; ignored: ${ANNOTATIONS.join(", ")}); use --engine vllm or --upstream`, true);
 
@@ -189,7 +195,16 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
     return id;
   };
 
+  let depth = 0;
   const fill = (id: number, s: unknown, at: string): void => {
+    if (++depth > MAX_DEPTH) throw new SchemaError(at, `${at} is nested more than ${MAX_DEPTH} schemas deep`);
+    try {
+      fillNode(id, s, at);
+    } finally {
+      depth--;
+    }
+  };
+  const fillNode = (id: number, s: unknown, at: string): void => {
     if (!plain(s)) throw new SchemaError(at, `${at} must be a JSON Schema (an object or a boolean)`);
     for (const k of Object.keys(s)) if (!SUPPORTED.has(k)) throw unsupported(`${at}${seg(k)}`);
     const r = raws[id]!;
