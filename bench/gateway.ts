@@ -62,6 +62,8 @@ const COMPARE_CLI = arg("--compare-cli", "");
 const COMPARE_NODE_ARGS = arg("--compare-node-args", "").split(" ").filter(Boolean);
 /** Node flags for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`: each process and worker writes a profile when it exits). */
 const DSR_NODE_ARGS = arg("--dsr-node-args", "").split(" ").filter(Boolean);
+/** Which runs to make (e.g. `--runs throughput` for a profile of the throughput limit alone). */
+const RUNS = arg("--runs", "latency,throughput").split(",");
 /** Also run the baseline CLI with --workers N (0: not). */
 const COMPARE_WORKERS = Number(arg("--compare-workers", "0"));
 const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
@@ -419,7 +421,8 @@ async function main(): Promise<void> {
   const gen = loadGenerator(LOADGEN_THREADS);
   const results: Record<string, Record<string, RunResult>> = {};
   try {
-    for (const [run, pace, secs] of [["latency", PACE, SECONDS], ["throughput", 1, Math.max(6, SECONDS / 2)]] as const) {
+    const runs = ([["latency", PACE, SECONDS], ["throughput", 1, Math.max(6, SECONDS / 2)]] as const).filter(([run]) => RUNS.includes(run));
+    for (const [run, pace, secs] of runs) {
       const up = await startUpstream(pace);
       const serveArgs = ["serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"];
       const serving = /^serving .* at (http:\/\/[^\s/]+)\/v1/m;
@@ -456,15 +459,15 @@ async function main(): Promise<void> {
     for (const p of procs) await stopProc(p);
     await rm(dir, { recursive: true, force: true });
   }
-  const lat = results.latency;
-  const added = (t: string) => ({
+  const lat = results.latency as Record<string, RunResult> | undefined;
+  const added = (t: string) => lat && {
     ttft_p50_ms: round(lat[t].ttft_ms.p50 - lat.direct.ttft_ms.p50, 3),
     ttft_p99_ms: round(lat[t].ttft_ms.p99 - lat.direct.ttft_ms.p99, 3),
     itl_p50_ms: round(lat[t].itl_ms.p50 - lat.direct.itl_ms.p50, 3),
     itl_p99_ms: round(lat[t].itl_ms.p99 - lat.direct.itl_ms.p99, 3),
-  });
-  const thr = results.throughput;
-  const proxies = Object.keys(lat).filter((t) => t !== "direct");
+  };
+  const thr = results.throughput as Record<string, RunResult> | undefined;
+  const proxies = Object.keys(lat ?? thr ?? {}).filter((t) => t !== "direct");
   const each = <T>(f: (t: string) => T) => Object.fromEntries(proxies.map((t) => [t, f(t)]));
   const doc = {
     schema: "dsr.bench.gateway/1",
@@ -487,22 +490,22 @@ async function main(): Promise<void> {
       baseline_workers: COMPARE_WORKERS > 1 ? COMPARE_WORKERS : undefined,
     },
     environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },
-    added_latency_vs_direct: each(added),
-    max_streams_per_s: { direct: thr.direct.streams_per_s, ...each((t) => thr[t].streams_per_s) },
+    added_latency_vs_direct: lat && each(added),
+    max_streams_per_s: thr && { direct: thr.direct.streams_per_s, ...each((t) => thr[t].streams_per_s) },
     cpu_ms_per_stream: {
-      throughput_run: each((t) => thr[t].proxy_cpu_ms_per_stream),
-      latency_run: each((t) => lat[t].proxy_cpu_ms_per_stream),
-      kernel_share: { throughput_run: each((t) => thr[t].proxy_cpu_kernel_share), latency_run: each((t) => lat[t].proxy_cpu_kernel_share) },
+      throughput_run: thr && each((t) => thr[t].proxy_cpu_ms_per_stream),
+      latency_run: lat && each((t) => lat[t].proxy_cpu_ms_per_stream),
+      kernel_share: { throughput_run: thr && each((t) => thr[t].proxy_cpu_kernel_share), latency_run: lat && each((t) => lat[t].proxy_cpu_kernel_share) },
     },
     // how many events each upstream read carried: 64 tokens + [DONE] over (reads - 1 request read)
     syscalls_per_stream: {
-      throughput_run: each((t) => ({ reads: thr[t].proxy_reads_per_stream, writes: thr[t].proxy_writes_per_stream })),
-      latency_run: each((t) => ({ reads: lat[t].proxy_reads_per_stream, writes: lat[t].proxy_writes_per_stream })),
+      throughput_run: thr && each((t) => ({ reads: thr[t].proxy_reads_per_stream, writes: thr[t].proxy_writes_per_stream })),
+      latency_run: lat && each((t) => ({ reads: lat[t].proxy_reads_per_stream, writes: lat[t].proxy_writes_per_stream })),
       note: "read()/write() calls from /proc/PID/io; nginx receives with recv(), which is not counted there",
     },
     targets: {
-      p99_added_le_2ms: each((t) => added(t).ttft_p99_ms <= 2 && added(t).itl_p99_ms <= 2),
-      throughput_ge_nginx: each((t) => thr[t].streams_per_s >= thr.nginx.streams_per_s),
+      p99_added_le_2ms: lat && each((t) => added(t)!.ttft_p99_ms <= 2 && added(t)!.itl_p99_ms <= 2),
+      throughput_ge_nginx: thr && each((t) => thr[t].streams_per_s >= thr.nginx.streams_per_s),
     },
     runs: results,
   };

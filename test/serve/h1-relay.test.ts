@@ -303,6 +303,36 @@ describe("the raw relay against a scripted upstream", () => {
     expect(up.connections).toBe(1);
   });
 
+  it("a slow client and reads forwarded as received: bytes queued for the client are never overwritten by the next read", async () => {
+    // each event arrives as its own read of whole chunks, so the gateway forwards the read's own
+    // bytes; while the client stalls they wait in the client's queue, and the upstream socket's
+    // next read must not land in the same memory
+    const events = Array.from({ length: 800 }, (_, k) => ev(`${k}:${String(k % 10).repeat(8000)}`));
+    const { gw } = await setup(async (s) => {
+      s.write(SSE_HEAD);
+      for (const e of events) {
+        if (!s.write(chunk(e))) await new Promise((r) => s.once("drain", r));
+        await sleep(1);
+      }
+      s.write(chunk("data: [DONE]\n\n") + "0\r\n\r\n");
+    });
+    const r = await rawPost(gw.url, { model: "m", prompt: "x", stream: true }, { stallMs: 800 });
+    expect(dechunk(r.body)).toBe(events.join("") + "data: [DONE]\n\n");
+  });
+
+  it("a non-stream answer that arrives in several reads is gathered whole (each read's bytes outlive the read)", async () => {
+    const text = Array.from({ length: 50 }, (_, k) => `${k}`.repeat(200)).join("|");
+    const body = JSON.stringify({ id: "cmpl-1", object: "text_completion", model: "m", choices: [{ index: 0, text, finish_reason: "length" }], usage: { prompt_tokens: 1, completion_tokens: 50, total_tokens: 51 } });
+    const third = Math.floor(body.length / 3);
+    const parts = [body.slice(0, third), body.slice(third, 2 * third), body.slice(2 * third)];
+    const { gw } = await setup(async (s) =>
+      writeApart(s, [`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n`, ...parts]),
+    );
+    const r = await fetch(`${gw.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "m", prompt: "x" }) });
+    expect(r.status).toBe(200);
+    expect(((await r.json()) as { choices: { text: string }[] }).choices[0].text).toBe(text);
+  });
+
   it("a client that disconnects mid-stream closes the upstream connection at once", async () => {
     let closedAt = 0;
     const { up, gw } = await setup(async (s) => {

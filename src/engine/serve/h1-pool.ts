@@ -59,7 +59,26 @@ export interface H1Call {
   abort(): void;
   pause(): void;
   resume(): void;
+  /**
+   * The handler keeps bytes of the current read past its callback (a write still queued on a slow
+   * client, a non-stream body being gathered): the socket's next read goes to a fresh buffer.
+   */
+  retainRead(): void;
 }
+
+/**
+ * Reads of a plain-TCP upstream socket land in one buffer of its own (net's `onread`), not in a new
+ * allocation per read pushed through a Readable: the common read is handled and forwarded before its
+ * callback returns. A handler that keeps a read's bytes says so (retainRead) and the buffer is
+ * replaced; the next read never overwrites bytes still in use.
+ */
+interface ReadSlot {
+  buf: Buffer;
+  retained: boolean;
+  exchange: Exchange | undefined;
+}
+const READ_BUFFER_BYTES = 16 * 1024;
+const slots = new WeakMap<Socket, ReadSlot>();
 
 const CRLF2 = Buffer.from("\r\n\r\n");
 const EMPTY = Buffer.alloc(0);
@@ -124,9 +143,27 @@ export class H1Pool {
   }
 
   connect(): Socket {
-    const s = this.tls
-      ? tlsConnect({ host: this.host, port: this.port, servername: this.host, ALPNProtocols: ["http/1.1"] }).setNoDelay(true)
-      : connect({ host: this.host, port: this.port, noDelay: true });
+    let s: Socket;
+    if (this.tls) s = tlsConnect({ host: this.host, port: this.port, servername: this.host, ALPNProtocols: ["http/1.1"] }).setNoDelay(true);
+    else {
+      const slot: ReadSlot = { buf: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), retained: false, exchange: undefined };
+      s = connect({
+        host: this.host,
+        port: this.port,
+        noDelay: true,
+        onread: {
+          // asked once at connect and again after every read
+          buffer: () => (slot.retained ? ((slot.retained = false), (slot.buf = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES))) : slot.buf),
+          callback: (n) => {
+            const ex = slot.exchange;
+            if (ex) ex.data(slot.buf.subarray(0, n));
+            else s.destroy(); // an idle socket must not receive anything: that would be a protocol error
+            return true;
+          },
+        },
+      });
+      slots.set(s, slot);
+    }
     s.setTimeout(this.o.connectTimeoutMs ?? 5000, () => s.destroy(new Error(`connect to ${this.hostHeader} timed out`)));
     s.once(this.tls ? "secureConnect" : "connect", () => s.setTimeout(0));
     // idle sockets: the server closing or resetting one simply removes it from the pool
@@ -178,6 +215,8 @@ class Exchange implements H1Call {
   private chunks: ChunkedDecoder | undefined;
   private readonly read: BodyRead = { buf: EMPTY, ranges: new Ranges(), raw: EMPTY, aligned: false, last: false };
   private readonly onData = (b: Buffer) => this.data(b);
+  /** The socket's onread slot (plain TCP), else undefined ('data' events, TLS). */
+  private slot: ReadSlot | undefined;
   private readonly onEndEv = () => this.eof();
   private readonly onErr = (e: Error) => this.fail(e);
   private readonly onClose = () => this.fail(new Error("upstream closed the connection"));
@@ -187,7 +226,9 @@ class Exchange implements H1Call {
   start(pooled: Socket | undefined): void {
     this.reused = pooled !== undefined;
     const s = (this.socket = pooled ?? this.pool.connect());
-    s.on("data", this.onData);
+    this.slot = slots.get(s);
+    if (this.slot) this.slot.exchange = this;
+    else s.on("data", this.onData);
     s.on("end", this.onEndEv);
     s.on("error", this.onErr);
     s.on("close", this.onClose);
@@ -210,8 +251,13 @@ class Exchange implements H1Call {
     if (!this.finished) this.socket.resume();
   }
 
+  retainRead(): void {
+    if (this.slot) this.slot.retained = true;
+  }
+
   private detach(): void {
     const s = this.socket;
+    if (this.slot?.exchange === this) this.slot.exchange = undefined;
     s.removeListener("data", this.onData);
     s.removeListener("end", this.onEndEv);
     s.removeListener("error", this.onErr);
@@ -246,7 +292,7 @@ class Exchange implements H1Call {
     this.h.onEnd();
   }
 
-  private data(b: Buffer): void {
+  data(b: Buffer): void {
     this.received = true;
     let pos = 0;
     if (this.state === S.Head) {

@@ -11,7 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import type { UpstreamInstance } from "../runtime/upstream.js";
-import { H1Pool, type H1Response } from "./h1-pool.js";
+import { H1Pool, type BodyRead, type H1Response } from "./h1-pool.js";
 import { HttpError, normaliseErrorBody } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
 import type { ReasoningField } from "./reasoning.js";
@@ -168,6 +168,21 @@ export class ProxyBackend implements Backend {
         call.pause();
         void w.then(() => call.resume());
       };
+      const relayRead = (read: BodyRead) => {
+        if (mode !== "stream") return void parts.push(...read.ranges.slices(read.buf));
+        if (read.ranges.n === 0) return; // only framing in this read
+        if (!relay!.push(read.buf, read.ranges)) return;
+        // the body ends in this read: its bytes leave with the response's end, one write instead of two
+        if (read.last) return void (tail = relay!.out);
+        if (!g.sink.started) {
+          g.sink.startStream();
+          backpressure(g.sink.write(relay!.out)); // the first write carries the headers
+          raw = g.sink.rawChunks?.();
+          return;
+        }
+        // whole chunks whose events passed the relay unchanged: forward the read as received
+        backpressure(raw && read.aligned && relay!.passedThrough ? raw(read.raw) : g.sink.write(relay!.out));
+      };
       const call = this.h1.get(inst)!.request(
         { path, headers: { "content-type": "application/json", accept: g.stream ? "text/event-stream" : "application/json", "x-request-id": g.id, ...inst.authHeaders() }, body },
         {
@@ -180,25 +195,19 @@ export class ProxyBackend implements Backend {
             }
           },
           onBody: (read) => {
-            if (mode !== "stream") return void parts.push(...read.ranges.slices(read.buf));
-            if (read.ranges.n === 0) return; // only framing in this read
-            if (!relay!.push(read.buf, read.ranges)) return;
-            // the body ends in this read: its bytes leave with the response's end, one write instead of two
-            if (read.last) return void (tail = relay!.out);
-            if (!g.sink.started) {
-              g.sink.startStream();
-              backpressure(g.sink.write(relay!.out)); // the first write carries the headers
-              raw = g.sink.rawChunks?.();
-              return;
-            }
-            // whole chunks whose events passed the relay unchanged: forward the read as received
-            backpressure(raw && read.aligned && relay!.passedThrough ? raw(read.raw) : g.sink.write(relay!.out));
+            relayRead(read);
+            // bytes of this read still queued for a slow client (or gathered for a whole body) must outlive it
+            if (mode !== "stream" || g.sink.queued) call.retainRead();
           },
           onEnd: () => {
             try {
               const text = () => Buffer.concat(parts).toString("utf8");
               if (mode === "error") this.upstreamError(g, inst, res!.status, res!.headers, text());
-              else if (mode === "stream") return void this.endStream(g, inst, relay!, tail).then(() => done(), done);
+              else if (mode === "stream") {
+                const ended = this.endStream(g, inst, relay!, tail); // writes the end before it returns
+                if (g.sink.queued) call.retainRead();
+                return void ended.then(() => done(), done);
+              }
               else this.relayWhole(g, inst, text());
               done();
             } catch (e) {

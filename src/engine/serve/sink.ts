@@ -30,6 +30,10 @@ export class ResponseSink implements Sink {
     return this.res.headersSent;
   }
 
+  get queued(): boolean {
+    return this.res.socket.writableLength > 0;
+  }
+
   capture(): void {
     this.capturing = true;
   }
@@ -64,7 +68,7 @@ export class ResponseSink implements Sink {
   }
 
   write(chunk: string | Buffer): Promise<void> | void {
-    if (this.capturing) this.parts.push(chunk);
+    if (this.capturing) this.parts.push(typeof chunk === "string" ? chunk : Buffer.from(chunk)); // the caller's buffer may be reused
     if (this.res.write(chunk) || this.res.destroyed) return;
     return this.res.waitDrain();
   }
@@ -81,7 +85,7 @@ export class ResponseSink implements Sink {
 
   /** Ends the response; `last` bytes go out with the final chunk in one write. */
   end(last?: Buffer): void {
-    if (last && this.capturing) this.parts.push(last);
+    if (last && this.capturing) this.parts.push(Buffer.from(last));
     const end = () => {
       if (!this.res.writableEnded) this.res.end(last);
     };

@@ -32,6 +32,8 @@ export interface Sink {
   rawChunks?(): ((framed: Buffer) => Promise<void> | void) | undefined;
   /** Ends the response; `last` (optional) leaves with the final chunk, in one write. */
   end(last?: Buffer): void;
+  /** True while written bytes wait in the client connection's queue (they may still refer to the caller's buffers). */
+  readonly queued?: boolean;
 }
 
 /** Filled by the backend, read by the request log and metrics. */
