@@ -57,6 +57,19 @@ describe("SSE relay", () => {
     expect(JSON.parse(out.slice(6))).toEqual({ choices: [{ index: 0, delta: { reasoning: "r" } }] });
   });
 
+  it("text that ends like a key (mirror, treasoning, a message key, vLLM's stop_reason) is forwarded untouched and not taken for one", () => {
+    const events =
+      ev({ id: "c", choices: [{ index: 0, text: "mirror", logprobs: null, finish_reason: null, stop_reason: null }] }) +
+      ev({ id: "c", choices: [{ index: 0, text: "treasoning", logprobs: null, finish_reason: null }], meta: { message: "a" } }) +
+      ev({ id: "c", choices: [{ index: 0, text: "x", logprobs: null, finish_reason: "stop", stop_reason: "</answer>" }] }) +
+      "data: [DONE]\n\n";
+    for (const cuts of [[], [40], [150, 300]]) {
+      const { out, stats } = relayAll(events, cuts, { fields: ["reasoning_content"], dropUsageChunk: true });
+      expect(out).toBe(events);
+      expect(stats).toMatchObject({ events: 3, finishReason: "stop" });
+    }
+  });
+
   describe("chunk-framed reads, as the upstream client gives them (offsets into the read)", () => {
     const content = (k: number, finish: string | null = null) => ev({ id: "c", choices: [{ index: 0, text: `t${k}`, logprobs: null, finish_reason: finish }] });
     const usage = ev({ id: "c", choices: [], usage: { prompt_tokens: 7, completion_tokens: 40, total_tokens: 47 } });
@@ -64,8 +77,10 @@ describe("SSE relay", () => {
       ev({ choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] }),
       ...Array.from({ length: 38 }, (_, k) => content(k)),
       ": keep-alive\n\n",
-      ev({ choices: [{ index: 0, delta: { reasoning: "r" }, finish_reason: null }] }),
-      content(39, "length"),
+      // keys right after the part every event of a stream shares
+      ev({ id: "c", choices: [{ index: 0, delta: { reasoning: "r" }, finish_reason: null }] }),
+      ev({ id: "c", choices: [{ index: 0, text: "u", logprobs: null, finish_reason: null }], usage: { prompt_tokens: 7, completion_tokens: 39, total_tokens: 46 } }),
+      ev({ id: "c", choices: [{ index: 0, finish_reason: "length", text: "t39", logprobs: null }] }),
       usage,
       "data: [DONE]\n\n",
     ];
@@ -104,7 +119,9 @@ describe("SSE relay", () => {
 
     it("give the same bytes and counts as the unframed relay for any chunking, extensions and TCP cuts", () => {
       const reference = relayAll(events.join(""), [], { ...opts, fields: [...opts.fields] });
-      expect(reference.stats).toMatchObject({ events: 40, promptTokens: 7, completionTokens: 40, finishReason: "length" });
+      expect(reference.stats).toMatchObject({ events: 41, promptTokens: 7, completionTokens: 40, finishReason: "length" });
+      expect(reference.out).not.toContain("usage");
+      expect(reference.out).toContain('"reasoning_content":"r","reasoning":"r"');
       const rand = seededRandom(11);
       for (let k = 0; k < 1500; k++) {
         // chunks: mostly one event each; sometimes an event split over two chunks, or two events in one

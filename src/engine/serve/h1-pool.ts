@@ -20,10 +20,42 @@ import { ChunkedDecoder, Ranges } from "./h1-chunked.js";
 
 export interface H1Response {
   status: number;
-  /** Lower-cased names; repeated headers joined with ", ". */
-  headers: Record<string, string>;
+  /** Lower-cased names; repeated headers joined with ", " (built when first asked for). */
+  readonly headers: Record<string, string>;
+  /** The content-type header, or "". */
+  contentType: string;
   /** True when the body arrives chunk-framed (then `raw` in onBody carries that framing). */
   chunked: boolean;
+}
+
+/**
+ * A response head: the few headers the client acts on are picked out while the lines are walked;
+ * the rest become an object only if someone asks (error answers: retry-after). Building an object
+ * of every header for every answer (date, server, cache-control…) was a tenth of the per-request
+ * cost, most of it in megamorphic property stores.
+ */
+class UpstreamHead implements H1Response {
+  private all: Record<string, string> | undefined;
+  contentType = "";
+  chunked = false;
+  constructor(
+    readonly status: number,
+    /** The head's text, status line included, without the blank line. */
+    private readonly text: string,
+  ) {}
+
+  get headers(): Record<string, string> {
+    if (this.all) return this.all;
+    const h: Record<string, string> = {};
+    for (const line of this.text.split("\r\n").slice(1)) {
+      const c = line.indexOf(":");
+      if (c <= 0) continue;
+      const k = line.slice(0, c).trim().toLowerCase();
+      const v = line.slice(c + 1).trim();
+      h[k] = h[k] === undefined ? v : `${h[k]}, ${v}`;
+    }
+    return (this.all = h);
+  }
 }
 
 /** One read's worth of body. The object and its `ranges` are reused for the next read: use them before onBody returns. */
@@ -195,6 +227,8 @@ export class H1Pool {
   }
 }
 
+const joined = (prev: string, v: string) => (prev === "" ? v : `${prev}, ${v}`);
+
 function onIdleData(this: Socket): void {
   this.destroy();
 }
@@ -315,20 +349,37 @@ class Exchange implements H1Call {
       return -1;
     }
     this.headBuf = undefined;
-    const lines = buf.toString("latin1", 0, end).split("\r\n");
-    const m = /^HTTP\/1\.([01]) (\d{3})/.exec(lines[0]);
+    const text = buf.toString("latin1", 0, end);
+    const eol = text.indexOf("\r\n");
+    const statusLine = eol < 0 ? text : text.slice(0, eol);
+    const m = /^HTTP\/1\.([01]) (\d{3})/.exec(statusLine);
     if (!m) {
-      this.fail(new Error(`upstream sent a malformed status line: ${JSON.stringify(lines[0].slice(0, 80))}`));
+      this.fail(new Error(`upstream sent a malformed status line: ${JSON.stringify(statusLine.slice(0, 80))}`));
       return -1;
     }
     const status = Number(m[2]);
-    const headers: Record<string, string> = {};
-    for (let i = 1; i < lines.length; i++) {
-      const c = lines[i].indexOf(":");
-      if (c <= 0) continue;
-      const k = lines[i].slice(0, c).trim().toLowerCase();
-      const v = lines[i].slice(c + 1).trim();
-      headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
+    const head = new UpstreamHead(status, text);
+    let te = "";
+    let cl: string | undefined;
+    let conn = "";
+    let ka = "";
+    for (let p = eol < 0 ? text.length : eol + 2; p < text.length; ) {
+      let e = text.indexOf("\r\n", p);
+      if (e < 0) e = text.length;
+      const c = text.indexOf(":", p);
+      // only names of these lengths matter here: connection and keep-alive 10, content-type 12,
+      // content-length 14, transfer-encoding 17 (a repeated one is joined, as the full map does)
+      const n = c - p;
+      if (c > 0 && c < e && (n === 10 || n === 12 || n === 14 || n === 17)) {
+        const k = text.slice(p, c).toLowerCase();
+        const v = text.slice(c + 1, e).trim();
+        if (k === "content-type") head.contentType = joined(head.contentType, v);
+        else if (k === "transfer-encoding") te = joined(te, v);
+        else if (k === "content-length") cl = cl === undefined ? v : `${cl}, ${v}`;
+        else if (k === "connection") conn = joined(conn, v);
+        else if (k === "keep-alive") ka = joined(ka, v);
+      }
+      p = e + 2;
     }
     const bodyAt = end + 4 - offset; // offset of the body within `b`
     if (status < 200) {
@@ -337,22 +388,21 @@ class Exchange implements H1Call {
       const r = this.head(b.subarray(bodyAt));
       return r < 0 ? r : r + bodyAt;
     }
-    const conn = (headers.connection ?? "").toLowerCase();
+    conn = conn.toLowerCase();
     this.keepAlive = m[1] === "1" ? !conn.includes("close") : conn.includes("keep-alive");
-    const ka = /timeout=(\d+)/.exec(headers["keep-alive"] ?? "");
+    const kaTimeout = /timeout=(\d+)/.exec(ka);
     // like undici: trust the server's advertised idle timeout minus a second, else 4 s
-    if (ka) this.ttlMs = Math.max(0, Number(ka[1]) * 1000 - 1000);
-    const chunked = /chunked/i.test(headers["transfer-encoding"] ?? "");
-    this.res = { status, headers, chunked };
-    if (chunked) {
+    if (kaTimeout) this.ttlMs = Math.max(0, Number(kaTimeout[1]) * 1000 - 1000);
+    head.chunked = /chunked/i.test(te);
+    this.res = head;
+    if (head.chunked) {
       this.state = S.Chunked;
       this.chunks = new ChunkedDecoder();
-    }
-    else if (status === 204 || status === 304) this.state = S.Done;
-    else if (headers["content-length"] !== undefined) {
-      this.left = Number(headers["content-length"]);
+    } else if (status === 204 || status === 304) this.state = S.Done;
+    else if (cl !== undefined) {
+      this.left = Number(cl);
       if (!Number.isSafeInteger(this.left) || this.left < 0) {
-        this.fail(new Error(`upstream sent content-length ${JSON.stringify(headers["content-length"])}`));
+        this.fail(new Error(`upstream sent content-length ${JSON.stringify(cl)}`));
         return -1;
       }
       this.state = this.left === 0 ? S.Done : S.Length;

@@ -57,6 +57,8 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([!-~]+) HTTP\/(\d)\.(\d)$/;
 /** Control characters other than HTAB, which a header value must not hold (RFC 9110 §5.5). */
 const VALUE_CTL = /[\0-\x08\x0a-\x1f\x7f]/;
+/** Optional whitespace around a header value: space or tab. */
+const isOws = (c: number) => c === 32 || c === 9;
 
 /** The Date header, rendered once per second as node:http does. */
 let dateLine = "";
@@ -216,19 +218,28 @@ class Conn {
   /** The request to dispatch now, or undefined when its body is to be read first (`pending`). */
   private parseHead(head: string): H1Request | undefined {
     if (/(?:^|[^\r])\n/.test(head)) throw new HttpError(400, "a bare LF in the request head (lines end with CRLF)");
-    const lines = head.split("\r\n");
-    const m = REQUEST_LINE.exec(lines[0]);
-    if (!m) throw new HttpError(400, `malformed request line ${JSON.stringify(lines[0].slice(0, 80))}`);
+    // lines are walked in place (no array of them); values are trimmed by index, not by regex
+    const eol = head.indexOf("\r\n");
+    const requestLine = eol < 0 ? head : head.slice(0, eol);
+    const m = REQUEST_LINE.exec(requestLine);
+    if (!m) throw new HttpError(400, `malformed request line ${JSON.stringify(requestLine.slice(0, 80))}`);
     if (m[3] !== "1" || (m[4] !== "0" && m[4] !== "1")) throw new HttpError(505, `HTTP/${m[3]}.${m[4]} is not supported (HTTP/1.0 and 1.1 are)`);
-    if (lines.length - 1 > this.server.o.maxHeaders) throw new HttpError(431, `more than ${this.server.o.maxHeaders} request headers`);
     const headers: Record<string, string> = {};
-    for (let i = 1; i < lines.length; i++) {
-      const line = lines[i];
-      const c = line.indexOf(":");
-      if (c <= 0 || line.charCodeAt(0) === 32 || line.charCodeAt(0) === 9) throw new HttpError(400, `malformed header line ${JSON.stringify(line.slice(0, 80))}`);
-      const name = line.slice(0, c);
+    let count = 0;
+    for (let p = eol < 0 ? head.length : eol + 2; p < head.length; ) {
+      let e = head.indexOf("\r\n", p);
+      if (e < 0) e = head.length;
+      if (++count > this.server.o.maxHeaders) throw new HttpError(431, `more than ${this.server.o.maxHeaders} request headers`);
+      const c = head.indexOf(":", p);
+      const first = head.charCodeAt(p);
+      if (c <= p || c >= e || first === 32 || first === 9) throw new HttpError(400, `malformed header line ${JSON.stringify(head.slice(p, Math.min(e, p + 80)))}`);
+      const name = head.slice(p, c);
       if (!TOKEN.test(name)) throw new HttpError(400, `malformed header name ${JSON.stringify(name.slice(0, 80))}`);
-      const value = line.slice(c + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+      let a = c + 1;
+      let z = e;
+      while (a < z && isOws(head.charCodeAt(a))) a++;
+      while (z > a && isOws(head.charCodeAt(z - 1))) z--;
+      const value = head.slice(a, z);
       if (VALUE_CTL.test(value)) throw new HttpError(400, `header ${name} holds a control character`);
       const k = name.toLowerCase();
       const prev = headers[k];
@@ -237,6 +248,7 @@ class Conn {
       else if (k === "content-length" || k === "host") {
         if (prev !== value) throw new HttpError(400, `conflicting ${k} headers`);
       } else headers[k] = `${prev}, ${value}`;
+      p = e + 2;
     }
     const httpVersion = m[4] === "1" ? "1.1" : "1.0";
     if (httpVersion === "1.1" && headers.host === undefined) throw new HttpError(400, "an HTTP/1.1 request without a Host header");

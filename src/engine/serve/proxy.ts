@@ -189,7 +189,7 @@ export class ProxyBackend implements Backend {
           onHead: (r) => {
             res = r;
             if (r.status >= 400) mode = "error";
-            else if (g.stream && (r.headers["content-type"] ?? "").startsWith("text/event-stream")) {
+            else if (g.stream && r.contentType.startsWith("text/event-stream")) {
               mode = "stream";
               relay = this.newRelay(g, inst, injectedUsage);
             }

