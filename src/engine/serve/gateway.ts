@@ -191,7 +191,8 @@ export class Gateway {
       const parsed = parseRequest(endpoint, body);
       const model = this.resolveModel(parsed.model);
       const stream = parsed.stream === true;
-      Object.assign(entry, { model, stream });
+      entry.model = model;
+      entry.stream = stream;
       if (this.o.logPrompts) entry.prompt = endpoint === "chat" ? (parsed as { messages: unknown }).messages : (parsed as { prompt: unknown }).prompt;
 
       const key = this.o.cache ? cacheKey(endpoint, model, body as Record<string, unknown>) : undefined;
@@ -250,13 +251,9 @@ export class Gateway {
     const latency = performance.now() - t0;
     const m = this.metrics;
     if (status === 200) {
-      m.success.inc({ finished_reason: r.finishReason ?? "stop" });
+      m.succeeded(r.finishReason ?? "stop", r.promptTokens, r.completionTokens);
       m.e2e.observe(latency / 1000);
-      if (r.promptTokens) m.promptTokens.inc(r.promptTokens);
-      if (r.completionTokens) {
-        m.generationTokens.inc(r.completionTokens);
-        if (r.ttftMs !== undefined && r.completionTokens > 1) m.tpot.observe((latency - r.ttftMs) / 1000 / (r.completionTokens - 1));
-      }
+      if (r.completionTokens && r.ttftMs !== undefined && r.completionTokens > 1) m.tpot.observe((latency - r.ttftMs) / 1000 / (r.completionTokens - 1));
     } else {
       m.failures.inc({ status: String(status) });
     }

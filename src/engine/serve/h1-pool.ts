@@ -148,12 +148,9 @@ export class H1Pool {
   }
 
   request(req: H1Request, h: H1Handler): H1Call {
-    const head =
-      `POST ${req.path} HTTP/1.1\r\nhost: ${this.hostHeader}\r\n` +
-      Object.entries(req.headers)
-        .map(([k, v]) => `${k}: ${v}\r\n`)
-        .join("") +
-      `content-length: ${Buffer.byteLength(req.body)}\r\n\r\n`;
+    let head = `POST ${req.path} HTTP/1.1\r\nhost: ${this.hostHeader}\r\n`;
+    for (const k in req.headers) head += `${k}: ${req.headers[k]}\r\n`;
+    head += `content-length: ${Buffer.byteLength(req.body)}\r\n\r\n`;
     const bytes = typeof req.body === "string" ? Buffer.from(head + req.body) : Buffer.concat([Buffer.from(head), req.body]);
     const call = new Exchange(this, bytes, h);
     call.start(this.take());

@@ -34,6 +34,12 @@ export class GatewayMetrics {
   readonly cacheLookups: Counter;
   readonly kvUsage: Gauge;
   private readonly perInstance = new Map<string, Instrument>();
+  /**
+   * Counts of finished requests not yet handed to prom-client: its inc() validates and hashes the
+   * label set on every call, so the per-request path adds to plain numbers and each counter's
+   * collect() hook moves them over when the registry is read.
+   */
+  private readonly unflushed = { success: new Map<string, number>(), prompt: 0, generation: 0 };
   /** Set by the gateway: refreshes point-in-time gauges before any exposition or cluster collection. */
   beforeCollect?: () => void;
 
@@ -42,10 +48,36 @@ export class GatewayMetrics {
     this.registry.setDefaultLabels({ model_name: modelName });
     this.running = new Gauge({ name: "dsr:num_requests_running", help: "Requests being generated.", registers: r });
     this.waiting = new Gauge({ name: "dsr:num_requests_waiting", help: "Requests waiting for a slot (gateway queue).", registers: r });
-    this.success = new Counter({ name: "dsr:request_success_total", help: "Finished requests by finish reason.", labelNames: ["finished_reason"], registers: r });
+    const pending = this.unflushed;
+    this.success = new Counter({
+      name: "dsr:request_success_total",
+      help: "Finished requests by finish reason.",
+      labelNames: ["finished_reason"],
+      registers: r,
+      collect() {
+        for (const [reason, n] of pending.success) this.inc({ finished_reason: reason }, n);
+        pending.success.clear();
+      },
+    });
     this.failures = new Counter({ name: "dsr:request_failure_total", help: "Requests answered with an error, by HTTP status.", labelNames: ["status"], registers: r });
-    this.promptTokens = new Counter({ name: "dsr:prompt_tokens_total", help: "Prefill tokens processed.", registers: r });
-    this.generationTokens = new Counter({ name: "dsr:generation_tokens_total", help: "Tokens generated.", registers: r });
+    this.promptTokens = new Counter({
+      name: "dsr:prompt_tokens_total",
+      help: "Prefill tokens processed.",
+      registers: r,
+      collect() {
+        if (pending.prompt > 0) this.inc(pending.prompt);
+        pending.prompt = 0;
+      },
+    });
+    this.generationTokens = new Counter({
+      name: "dsr:generation_tokens_total",
+      help: "Tokens generated.",
+      registers: r,
+      collect() {
+        if (pending.generation > 0) this.inc(pending.generation);
+        pending.generation = 0;
+      },
+    });
     this.ttft = new FastHistogram(this.registry, "dsr:time_to_first_token_seconds", "Time to the first generated token.", TTFT_BUCKETS, "instance");
     this.itl = new FastHistogram(this.registry, "dsr:inter_token_latency_seconds", "Gap between successive streamed chunks.", ITL_BUCKETS);
     this.tpot = new FastHistogram(this.registry, "dsr:request_time_per_output_token_seconds", "Per request: (latency - TTFT) / (output tokens - 1).", ITL_BUCKETS);
@@ -62,6 +94,14 @@ export class GatewayMetrics {
   /** The served name is known only after an upstream answered /v1/models. */
   setModelName(name: string): void {
     this.registry.setDefaultLabels({ model_name: name });
+  }
+
+  /** A request that finished with 200: its finish reason and token counts. */
+  succeeded(reason: string, promptTokens: number | undefined, completionTokens: number | undefined): void {
+    const p = this.unflushed;
+    p.success.set(reason, (p.success.get(reason) ?? 0) + 1);
+    if (promptTokens) p.prompt += promptTokens;
+    if (completionTokens) p.generation += completionTokens;
   }
 
   /** Bound histogram series per instance: the per-read path does no label lookups. */
