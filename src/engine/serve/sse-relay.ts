@@ -56,6 +56,9 @@ const count = (text: string, re: RegExp) => {
 };
 const EMPTY = Buffer.alloc(0);
 
+/** `data: [DONE]` at `i` (its `[` is tested first: a JSON event has `{` there). */
+const isDone = (s: string, i: number) => s.charCodeAt(i + 6) === 0x5b && s.startsWith("data: [DONE]", i);
+
 const isRoleOnly = (ev: string) => ev.includes('"role"') && ev.includes('"content":""');
 
 /** True when every range ends with exactly one blank line (`\n\n` after a byte that is not `\n`): each holds whole events. */
@@ -145,7 +148,7 @@ export class SseRelay {
             if (replacement.length > 0) out.push(replacement);
             run = from + end + 2;
           }
-        } else if (end > start && s.charCodeAt(start) !== 0x3a && !s.startsWith("data: [DONE]", start)) {
+        } else if (end > start && s.charCodeAt(start) !== 0x3a && !isDone(s, start)) {
           if (!(first && isRoleOnly(s.slice(start, end)))) tokens++;
           if (finishAt > 0) this.stats.finishReason = s.slice(finishAt, s.indexOf('"', finishAt));
         }
@@ -207,7 +210,7 @@ export class SseRelay {
           if (replacement.length > 0) out.push(replacement);
           run = end + sep;
         }
-      } else if (end > start && s.charCodeAt(start) !== 0x3a && !s.startsWith("data: [DONE]", start)) {
+      } else if (end > start && s.charCodeAt(start) !== 0x3a && !isDone(s, start)) {
         // `:` comments (keep-alives) and [DONE] carry no token, nor does vLLM's role-only first
         // chunk: counting it would under-report TTFT (facts §1.3)
         if (!(first && isRoleOnly(s.slice(start, end)))) tokens++;
