@@ -83,7 +83,8 @@ export interface H1Handler {
 export interface H1Request {
   path: string;
   headers: Record<string, string>;
-  body: Buffer | string;
+  /** The body, or its parts in order. */
+  body: Buffer | string | Buffer[];
 }
 
 export interface H1Call {
@@ -150,8 +151,15 @@ export class H1Pool {
   request(req: H1Request, h: H1Handler): H1Call {
     let head = `POST ${req.path} HTTP/1.1\r\nhost: ${this.hostHeader}\r\n`;
     for (const k in req.headers) head += `${k}: ${req.headers[k]}\r\n`;
-    head += `content-length: ${Buffer.byteLength(req.body)}\r\n\r\n`;
-    const bytes = typeof req.body === "string" ? Buffer.from(head + req.body) : Buffer.concat([Buffer.from(head), req.body]);
+    const parts = typeof req.body === "string" ? [Buffer.from(req.body)] : Array.isArray(req.body) ? req.body : [req.body];
+    let length = 0;
+    for (const b of parts) length += b.length;
+    head += `content-length: ${length}\r\n\r\n`;
+    // head and body in one allocation
+    const headBytes = Buffer.byteLength(head);
+    const bytes = Buffer.allocUnsafe(headBytes + length);
+    let at = bytes.write(head, 0, headBytes);
+    for (const b of parts) at += b.copy(bytes, at);
     const call = new Exchange(this, bytes, h);
     call.start(this.take());
     return call;

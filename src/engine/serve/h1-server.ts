@@ -486,8 +486,13 @@ export class H1Response {
     h += "\r\n";
     if (!keep) this.keepAlive = false;
     if (this.head || noBody || body.length === 0) return Buffer.from(h, "latin1");
-    const head = Buffer.from(h, "latin1");
-    return this.chunked ? Buffer.concat([head, frameHead(body.length), body, CRLF]) : Buffer.concat([head, body]);
+    // the head, the first chunk's size line, its data and CRLF in one allocation
+    if (this.chunked) h += `${body.length.toString(16)}\r\n`;
+    const out = Buffer.allocUnsafe(h.length + body.length + (this.chunked ? 2 : 0));
+    out.write(h, 0, h.length, "latin1");
+    body.copy(out, h.length);
+    if (this.chunked) out.write("\r\n", h.length + body.length, 2, "latin1");
+    return out;
   }
 }
 

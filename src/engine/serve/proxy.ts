@@ -118,7 +118,7 @@ export class ProxyBackend implements Backend {
   }
 
   /** The body to forward: unchanged unless the model name must be mapped or usage must be asked for. */
-  private upstreamBody(g: GenerationRequest): { bytes: Buffer | string; injectedUsage: boolean } {
+  private upstreamBody(g: GenerationRequest): { bytes: Buffer | string | Buffer[]; injectedUsage: boolean } {
     const wantModel = this.o.upstreamModel && g.model !== this.o.upstreamModel ? this.o.upstreamModel : undefined;
     const injectUsage = g.stream && g.req.stream_options?.include_usage !== true;
     if (!wantModel && !injectUsage && g.req.model) return { bytes: g.rawBody, injectedUsage: false };
@@ -126,7 +126,7 @@ export class ProxyBackend implements Backend {
       // the common streaming case: add the key after the opening brace instead of re-serialising
       // the whole body (the body is a validated, non-empty JSON object, so a comma follows)
       const at = g.rawBody.indexOf(0x7b) + 1;
-      return { bytes: Buffer.concat([g.rawBody.subarray(0, at), INCLUDE_USAGE, g.rawBody.subarray(at)]), injectedUsage: true };
+      return { bytes: [g.rawBody.subarray(0, at), INCLUDE_USAGE, g.rawBody.subarray(at)], injectedUsage: true };
     }
     const b = JSON.parse(g.rawBody.toString("utf8")) as Record<string, unknown>;
     b.model = wantModel ?? g.model;
@@ -141,7 +141,7 @@ export class ProxyBackend implements Backend {
    * write and no copy; otherwise the relay's output is framed by node:http. The upstream is paused
    * only while the client pushes back.
    */
-  private attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string, injectedUsage: boolean): Promise<void> {
+  private attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string | Buffer[], injectedUsage: boolean): Promise<void> {
     const path = g.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
     return new Promise<void>((resolve, reject) => {
       let res: H1Response | undefined;
