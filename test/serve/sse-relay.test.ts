@@ -57,6 +57,14 @@ describe("SSE relay", () => {
     expect(JSON.parse(out.slice(6))).toEqual({ choices: [{ index: 0, delta: { reasoning: "r" } }] });
   });
 
+  it("a read mixing a CRLF event and LF events is split at both (the usage chunk alone is dropped)", () => {
+    const usage = ev({ id: "c", choices: [], usage: { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 } }).replace("\n\n", "\r\n\r\n");
+    const input = ev({ id: "c", choices: [{ index: 0, text: "a", finish_reason: "stop" }] }) + usage + "data: [DONE]\n\n";
+    const { out, stats } = relayAll(input, [], { fields: [], dropUsageChunk: true });
+    expect(out).toBe(input.replace(usage, ""));
+    expect(stats).toMatchObject({ events: 1, promptTokens: 2, completionTokens: 1, finishReason: "stop" });
+  });
+
   it("text that ends like a key (mirror, treasoning, a message key, vLLM's stop_reason) is forwarded untouched and not taken for one", () => {
     const events =
       ev({ id: "c", choices: [{ index: 0, text: "mirror", logprobs: null, finish_reason: null, stop_reason: null }] }) +

@@ -33,6 +33,10 @@ export interface RelayOptions {
  * tails 2.5× faster than the whole keys, whose opening quote recurs every few bytes of JSON.
  */
 const SPECIAL = /(?:sage"|rror"|easoning|reason":")/g;
+/** SPECIAL, or a CRLF blank line, for the whole-events pass. */
+const SPECIAL_OR_CRLF = /(?:sage"|rror"|easoning|reason":"|\r\n\r\n)/g;
+/** Scratch for that pass: match index, kind, match end, per key found (the relay runs to completion, never nested). */
+const KEYS: number[] = [];
 const NONE = 0;
 const FINISH = 1; // `"finish_reason":"`: a string value starts at the match's end
 const OTHER = 2; // `"usage"`, `"error"`, `"reasoning`
@@ -120,25 +124,34 @@ export class SseRelay {
     const { v, n } = ranges;
     const from = v[0];
     const s = buf.toString("latin1", from, v[n - 1]);
-    if (s.indexOf("\r\n\r\n") >= 0) return this.general(ranges.slices(buf)); // CRLF events (or a range starting with one)
     const renaming = this.o.fields.length > 0;
+    // one regex pass first, with no side effects: the keys that matter (rare), or a CRLF blank line,
+    // which sends the read to the general path (CRLF events, or a range that starts with one)
+    let nk = 0;
+    SPECIAL_OR_CRLF.lastIndex = 0;
+    for (let m = SPECIAL_OR_CRLF.exec(s); m !== null; m = SPECIAL_OR_CRLF.exec(s)) {
+      if (m[0].charCodeAt(0) === 0x0d) return this.general(ranges.slices(buf));
+      const k = keyAt(s, m);
+      if (k === NONE || (k === OTHER && !renaming && s.charCodeAt(m.index) === 0x65 /* reasoning */)) continue;
+      KEYS[nk++] = m.index;
+      KEYS[nk++] = k;
+      KEYS[nk++] = m.index + m[0].length;
+    }
     let first = this.stats.events === 0;
     let tokens = 0;
     let out: Buffer[] | undefined; // only when an event was replaced or dropped
     let run = from; // where the current run of unchanged bytes starts in buf
-    SPECIAL.lastIndex = 0;
-    let m = SPECIAL.exec(s);
+    let ki = 0;
     for (let i = 0; i < n; i += 2) {
       const stop = v[i + 1] - from;
       for (let start = v[i] - from; start < stop; ) {
         const end = s.indexOf("\n\n", start); // at most stop - 2: endsEvents() checked the range's end
         let special = false;
         let finishAt = -1;
-        for (; m !== null && m.index < end; m = SPECIAL.exec(s)) {
-          if (m.index < start) continue;
-          const k = keyAt(s, m);
-          if (k === FINISH) finishAt = m.index + m[0].length;
-          else if (k === OTHER && (renaming || s.charCodeAt(m.index) !== 0x65 /* reasoning */)) special = true;
+        for (; ki < nk && KEYS[ki] < end; ki += 3) {
+          if (KEYS[ki] < start) continue; // in the framing before this event (a chunk extension)
+          if (KEYS[ki + 1] === FINISH) finishAt = KEYS[ki + 2];
+          else special = true;
         }
         if (special) {
           const replacement = this.event(buf.subarray(from + start, from + end));
