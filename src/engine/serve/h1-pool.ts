@@ -31,8 +31,8 @@ export interface H1Response {
 /**
  * A response head: the few headers the client acts on are picked out while the lines are walked;
  * the rest become an object only if someone asks (error answers: retry-after). Building an object
- * of every header for every answer (date, server, cache-control…) was a tenth of the per-request
- * cost, most of it in megamorphic property stores.
+ * of every header for every answer (date, server, cache-control…) was 7% of a request's CPU at one
+ * token per stream, mostly megamorphic property stores and string internalisation.
  */
 class UpstreamHead implements H1Response {
   private all: Record<string, string> | undefined;

@@ -138,7 +138,7 @@ export class ProxyBackend implements Backend {
    * One try on one instance, over the hand-written HTTP/1.1 client (h1-pool.ts): upstream reads
    * arrive in callbacks and go straight to the client socket — no Readable, no promise per chunk.
    * A read whose events need no change is forwarded with the upstream's own chunk framing, one
-   * write and no copy; otherwise the relay's output is framed by node:http. The upstream is paused
+   * write and no copy; otherwise the gateway's server frames the relay's output. The upstream is paused
    * only while the client pushes back.
    */
   private attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string | Buffer[], injectedUsage: boolean): Promise<void> {
@@ -207,8 +207,7 @@ export class ProxyBackend implements Backend {
                 const ended = this.endStream(g, inst, relay!, tail); // writes the end before it returns
                 if (g.sink.queued) call.retainRead();
                 return void ended.then(() => done(), done);
-              }
-              else this.relayWhole(g, inst, text());
+              } else this.relayWhole(g, inst, text());
               done();
             } catch (e) {
               done(e);
