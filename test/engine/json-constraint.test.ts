@@ -16,7 +16,7 @@ import { Sampler, seededRandom, type TokenFilter } from "../../src/engine/runtim
 import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
 import { tokenByteTable, type TokenByteTable } from "../../src/engine/text/token-bytes.js";
 import type { TextModel } from "../../src/engine/text/index.js";
-import { buildTiny, collect, GREEDY, TINY_R1 } from "./support.js";
+import { buildTiny, collect, GREEDY, mutateOnce, TINY_R1 } from "./support.js";
 
 const enc = (s: string) => Buffer.from(s, "utf8");
 
@@ -265,14 +265,7 @@ describe("JSON object prefix automaton", () => {
     for (let seed = 1; seed <= 600; seed++) {
       const g = generator(1000 + seed);
       const orig = [...enc(g.obj())];
-      const mutated = orig.slice();
-      const k = Math.floor(g.r() * mutated.length);
-      const c = alphabet[Math.floor(g.r() * alphabet.length)]!;
-      const op = g.r();
-      if (op < 0.4) mutated[k] = c;
-      else if (op < 0.8) mutated.splice(k, 0, c);
-      else mutated.splice(k, 1);
-      const b = Uint8Array.from(mutated);
+      const { bytes: b, at: k } = mutateOnce(orig, () => g.r(), alphabet);
       const m = new JsonObjectMatcher();
       const at = firstRejection(m, b);
       expect(at, Buffer.from(b).toString("hex")).toBe(referenceRejection(b));

@@ -16,7 +16,7 @@ import { compileJsonSchema, SchemaError } from "../../src/engine/runtime/embedde
 import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
 import { tokenByteTable, type TokenByteTable } from "../../src/engine/text/token-bytes.js";
 import { loadTextModel, type TextModel } from "../../src/engine/text/index.js";
-import { buildTiny, GREEDY, TINY_R1 } from "./support.js";
+import { buildTiny, GREEDY, mutateOnce, TINY_R1 } from "./support.js";
 import { COMPLETIONS, documentGenerator, hasDuplicateKeys, schemaGenerator, validate } from "./json-schema-reference.js";
 
 const enc = (s: string) => Buffer.from(s, "utf8");
@@ -230,14 +230,7 @@ describe("json_schema automaton", () => {
       const compiled = compileJsonSchema(schema);
       const g = documentGenerator(5000 + seed);
       const orig = [...enc(g.doc(schema))];
-      const mutated = orig.slice();
-      const k = Math.floor(g.r() * mutated.length);
-      const c = alphabet[Math.floor(g.r() * alphabet.length)]!;
-      const op = g.r();
-      if (op < 0.4) mutated[k] = c;
-      else if (op < 0.8) mutated.splice(k, 0, c);
-      else mutated.splice(k, 1);
-      const b = Uint8Array.from(mutated);
+      const { bytes: b, at: k } = mutateOnce(orig, () => g.r(), alphabet);
       const m = new JsonMatcher(compiled);
       const at = firstRejection(m, b);
       if (at >= 0) {

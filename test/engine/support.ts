@@ -53,3 +53,15 @@ export function boxed(text: string): number | undefined {
   const m = /\\boxed\{(-?\d+)\}/.exec(text);
   return m ? Number(m[1]) : undefined;
 }
+
+/** One random edit of `orig` — replace, insert or delete a byte from `alphabet` — for fuzzing byte-level recognisers; `at` is where it happened. */
+export function mutateOnce(orig: number[], r: () => number, alphabet: number[]): { bytes: Uint8Array; at: number } {
+  const mutated = orig.slice();
+  const at = Math.floor(r() * mutated.length);
+  const c = alphabet[Math.floor(r() * alphabet.length)]!;
+  const op = r();
+  if (op < 0.4) mutated[at] = c;
+  else if (op < 0.8) mutated.splice(at, 0, c);
+  else mutated.splice(at, 1);
+  return { bytes: Uint8Array.from(mutated), at };
+}

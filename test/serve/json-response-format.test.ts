@@ -26,6 +26,20 @@ afterAll(async () => {
 
 const client = () => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "none", maxRetries: 0 });
 type Message = { content: string | null; reasoning_content?: string | null };
+/** A chat stream's deltas put together, with its last finish reason. */
+async function gather(s: AsyncIterable<OpenAI.Chat.Completions.ChatCompletionChunk>) {
+  let reasoning = "";
+  let content = "";
+  let finish: string | null | undefined;
+  for await (const ch of s) {
+    const d = ch.choices[0]?.delta as { content?: string; reasoning_content?: string } | undefined;
+    reasoning += d?.reasoning_content ?? "";
+    content += d?.content ?? "";
+    finish = ch.choices[0]?.finish_reason ?? finish;
+  }
+  return { reasoning, content, finish };
+}
+
 const isObject = (s: string) => {
   const v = JSON.parse(s) as unknown;
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -45,15 +59,7 @@ describe("dsr serve tiny-r1: response_format json_object", () => {
 
   it("stream, temperature 0: the deltas add up to the non-stream answer", async () => {
     const s = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, max_tokens: 600, response_format: JSON_OBJECT, stream: true });
-    let reasoning = "";
-    let content = "";
-    let finish;
-    for await (const ch of s) {
-      const d = ch.choices[0]?.delta as { content?: string; reasoning_content?: string } | undefined;
-      reasoning += d?.reasoning_content ?? "";
-      content += d?.content ?? "";
-      finish = ch.choices[0]?.finish_reason ?? finish;
-    }
+    const { reasoning, content, finish } = await gather(s);
     expect(finish).toBe("stop");
     expect(content).toBe(greedy.content);
     expect(reasoning).toBe(greedy.reasoning_content);
@@ -120,15 +126,7 @@ describe("dsr serve tiny-r1: response_format json_schema", () => {
 
   it("stream, temperature 0: the deltas add up to the non-stream answer", async () => {
     const s = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, max_tokens: 600, response_format: format(), stream: true });
-    let reasoning = "";
-    let content = "";
-    let finish;
-    for await (const ch of s) {
-      const d = ch.choices[0]?.delta as { content?: string; reasoning_content?: string } | undefined;
-      reasoning += d?.reasoning_content ?? "";
-      content += d?.content ?? "";
-      finish = ch.choices[0]?.finish_reason ?? finish;
-    }
+    const { reasoning, content, finish } = await gather(s);
     expect(finish).toBe("stop");
     expect(content).toBe(greedy.content);
     expect(reasoning).toBe(greedy.reasoning_content);

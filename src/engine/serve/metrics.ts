@@ -60,24 +60,18 @@ export class GatewayMetrics {
       },
     });
     this.failures = new Counter({ name: "dsr:request_failure_total", help: "Requests answered with an error, by HTTP status.", labelNames: ["status"], registers: r });
-    this.promptTokens = new Counter({
-      name: "dsr:prompt_tokens_total",
-      help: "Prefill tokens processed.",
-      registers: r,
-      collect() {
-        if (pending.prompt > 0) this.inc(pending.prompt);
-        pending.prompt = 0;
-      },
-    });
-    this.generationTokens = new Counter({
-      name: "dsr:generation_tokens_total",
-      help: "Tokens generated.",
-      registers: r,
-      collect() {
-        if (pending.generation > 0) this.inc(pending.generation);
-        pending.generation = 0;
-      },
-    });
+    const drained = (name: string, help: string, key: "prompt" | "generation") =>
+      new Counter({
+        name,
+        help,
+        registers: r,
+        collect() {
+          if (pending[key] > 0) this.inc(pending[key]);
+          pending[key] = 0;
+        },
+      });
+    this.promptTokens = drained("dsr:prompt_tokens_total", "Prefill tokens processed.", "prompt");
+    this.generationTokens = drained("dsr:generation_tokens_total", "Tokens generated.", "generation");
     this.ttft = new FastHistogram(this.registry, "dsr:time_to_first_token_seconds", "Time to the first generated token.", TTFT_BUCKETS, "instance");
     this.itl = new FastHistogram(this.registry, "dsr:inter_token_latency_seconds", "Gap between successive streamed chunks.", ITL_BUCKETS);
     this.tpot = new FastHistogram(this.registry, "dsr:request_time_per_output_token_seconds", "Per request: (latency - TTFT) / (output tokens - 1).", ITL_BUCKETS);
