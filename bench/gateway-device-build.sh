@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the device bundle for bench/gateway (run from the repository root, on the development
-# machine): the bench, the standalone CLI and the stand-in as single .mjs files with every JS
+# machine): the bench, the standalone CLI, the stand-in, bench/node-floor as single .mjs files with every JS
 # dependency inlined, plus this machine's nginx with Debian 12's loader and libraries, xz-packed.
 # BASELINE=DIR (a built checkout of another commit) adds that CLI as the bench's dsr_baseline.
 # Writes .carry/gateway/ (files.tar.xz + run.sh, a copy of bench/gateway-device-run.sh); carry it with
@@ -22,6 +22,7 @@ bundle() { # entry outfile [root]
 bundle bench/gateway.ts "$STAGE/gateway.mjs"
 bundle src/cli.ts "$STAGE/dsr.mjs"
 bundle test/support/standin-upstream.ts "$STAGE/standin.mjs"
+bundle bench/node-floor.ts "$STAGE/node-floor.mjs"
 if [ -n "${BASELINE:-}" ]; then bundle src/cli.ts "$STAGE/dsr-baseline.mjs" "$BASELINE"; fi
 mkdir -p "$STAGE/lib"
 cp /usr/sbin/nginx "$STAGE/nginx.bin"

@@ -24,6 +24,8 @@ UPSTREAM_CPUS=${UPSTREAM_CPUS:-4-9}
 LOADGEN_CPUS=${LOADGEN_CPUS:-10-15}
 BASE=""
 [ -f "$W/dsr-baseline.mjs" ] && BASE="--compare-cli $W/dsr-baseline.mjs"
+# FLOOR=1 adds bench/node-floor (raw forwarding with --workers N) as a target
+[ -n "${FLOOR:-}" ] && BASE="$BASE --floor $W/node-floor.mjs"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "load before: $(cat /proc/loadavg)" >&2
 cd "$W"

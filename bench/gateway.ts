@@ -24,7 +24,9 @@
  * adds that CLI with --workers N too, and `--compare-node-args "FLAGS"` runs the baseline targets
  * with those node flags (the same CLI as baseline then A/Bs a V8 setting such as the young
  * generation's size; cluster workers inherit the primary's flags); `--dsr-node-args "FLAGS"` does the
- * same for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`). Each Node proxy's read()/write()
+ * same for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`). `--floor [FILE]` adds bench/node-floor.ts
+ * with --workers N (`node_floor_workersN`): raw byte forwarding, the least CPU a Node proxy spends per
+ * stream, so that dsr's own overhead above Node's sockets is measured in the same run. Each Node proxy's read()/write()
  * calls per stream come from /proc/PID/io (how many events an upstream read carries). For a machine without
  * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
  */
@@ -67,6 +69,9 @@ const RUNS = arg("--runs", "latency,throughput").split(",");
 /** Also run the baseline CLI with --workers N (0: not). */
 const COMPARE_WORKERS = Number(arg("--compare-workers", "0"));
 const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
+/** Adds bench/node-floor (the least a Node proxy can do: raw forwarding) with --workers N as a target; a path names a bundled copy. */
+const FLOOR_ARG = process.argv.includes("--floor") ? arg("--floor", "") ?? "" : undefined;
+const FLOOR = FLOOR_ARG === undefined ? "" : FLOOR_ARG && !FLOOR_ARG.startsWith("-") ? FLOOR_ARG : join(ROOT, "bench/node-floor.ts");
 const NGINX = arg("--nginx", "nginx");
 /** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
 const pinned = (list: string, cmd: string, args: string[]): [string, string[]] => (list ? ["taskset", ["-c", list, cmd, ...args]] : [cmd, args]);
@@ -406,10 +411,10 @@ http {
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "dsr-bench-gw-"));
   const procs: ChildProcess[] = [];
-  // a .ts stand-in runs through tsx (development tree); a bundled .mjs with plain node
-  const tsx = STANDIN.endsWith(".ts") ? ["--import", "tsx"] : [];
+  // a .ts script runs through tsx (development tree); a bundled .mjs with plain node
+  const tsx = (file: string) => (file.endsWith(".ts") ? ["--import", "tsx", file] : [file]);
   const startUpstream = async (pace: number) => {
-    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...tsx, STANDIN, "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS)]), /"port":(\d+)/);
+    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...tsx(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS)]), /"port":(\d+)/);
     procs.push(u.proc);
     return { proc: u.proc, port: Number(u.match[1]) };
   };
@@ -434,6 +439,8 @@ async function main(): Promise<void> {
       if (base) procs.push(base.proc);
       const base2 = COMPARE_CLI && COMPARE_WORKERS > 1 ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs, "--workers", String(COMPARE_WORKERS)]), serving) : undefined;
       if (base2) procs.push(base2.proc);
+      const floor = FLOOR ? await start(...pinned(PROXY_CPUS, process.execPath, [...tsx(FLOOR), ...serveArgs, "--workers", String(DSR_WORKERS)]), serving) : undefined;
+      if (floor) procs.push(floor.proc);
       const ng = await startNginx(up.port, dir);
       procs.push(ng.proc);
       const nginxWorkers = () => childrenOf(ng.proc.pid!);
@@ -443,16 +450,22 @@ async function main(): Promise<void> {
         ...(base ? [["dsr_baseline", base.match[1], async () => [base.proc.pid!]] as [string, string, () => Promise<number[]>]] : []),
         [`dsr_workers${DSR_WORKERS}`, gw2.match[1], async () => [gw2.proc.pid!, ...(await childrenOf(gw2.proc.pid!))]],
         ...(base2 ? [[`dsr_baseline_workers${COMPARE_WORKERS}`, base2.match[1], async () => [base2.proc.pid!, ...(await childrenOf(base2.proc.pid!))]] as [string, string, () => Promise<number[]>]] : []),
+        ...(floor ? [[`node_floor_workers${DSR_WORKERS}`, floor.match[1], async () => [floor.proc.pid!, ...(await childrenOf(floor.proc.pid!))]] as [string, string, () => Promise<number[]>]] : []),
         ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
       // Rounds interleave the targets, so load from other processes on the machine drifts over all
       // of them alike instead of favouring whichever ran first. Pools stay open (connections warm).
       const parts: Samples[][] = targets.map(() => []);
       for (let round = 0; round < ROUNDS; round++) {
-        for (let t = 0; t < targets.length; t++) parts[t].push(await load(gen, targets[t][1], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]));
+        for (let t = 0; t < targets.length; t++) {
+          const part = await load(gen, targets[t][1], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]);
+          parts[t].push(part);
+          // progress on stderr (stdout is the JSON document)
+          process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${run} round ${round + 1}/${ROUNDS} ${targets[t][0]}: ${part.streams} streams, ${part.errors} errors\n`);
+        }
       }
       results[run] = Object.fromEntries(targets.map(([name], t) => [name, merge(parts[t])]));
-      for (const p of [ng.proc, gw.proc, gw2.proc, base?.proc, base2?.proc, up.proc]) if (p) await stopProc(p);
+      for (const p of [ng.proc, gw.proc, gw2.proc, base?.proc, base2?.proc, floor?.proc, up.proc]) if (p) await stopProc(p);
     }
   } finally {
     await gen.close();

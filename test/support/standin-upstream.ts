@@ -22,6 +22,8 @@ export interface StandinOptions {
   dieAfterTokens?: number;
   /** Require this bearer key. */
   apiKey?: string;
+  /** Keep each generation request in `requests` (tests look at them; a benchmark run would pile up millions). Default true. */
+  record?: boolean;
 }
 
 export interface Standin {
@@ -73,7 +75,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
     return json(res, 400, { object: "error", message: "bad json", type: "BadRequestError", param: null, code: 400 });
   }
   const rid = req.headers["x-request-id"];
-  st.requests.push({ id: typeof rid === "string" ? rid : undefined, body });
+  if (o.record !== false) st.requests.push({ id: typeof rid === "string" ? rid : undefined, body });
   if (o.failStatus) return json(res, o.failStatus, { object: "error", message: `stand-in failure ${o.failStatus}`, type: "InternalServerError", param: null, code: o.failStatus });
   if (body.model !== model) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
 
@@ -158,7 +160,7 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
       process.exit(0);
     });
   } else {
-    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model }, arg("--port", 0));
+    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, record: false }, arg("--port", 0));
     if (cluster.isPrimary) process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
   }
 }
