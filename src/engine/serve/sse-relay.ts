@@ -87,7 +87,9 @@ function pushRun(out: Buffer[], buf: Buffer, ranges: Ranges, a: number, b: numbe
 }
 
 export class SseRelay {
-  readonly stats: RelayStats = { events: 0 };
+  // every field present from the start: one object shape for the whole stream, so the relay's
+  // property reads stay monomorphic instead of meeting a new shape as the fields get filled in
+  readonly stats: RelayStats = { events: 0, firstEventAt: undefined, lastEventAt: undefined, promptTokens: undefined, completionTokens: undefined, finishReason: undefined, error: undefined };
   /** True when the last push() returned exactly the bytes it was given: nothing held back, nothing changed. */
   passedThrough = false;
   private pending: Buffer | undefined;
