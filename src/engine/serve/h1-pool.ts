@@ -435,7 +435,8 @@ class Exchange implements H1Call {
     }
     const rawEnd = dec.zeroAt; // where the zero-size chunk starts, when it is in this read
     const aligned = startAligned && (rawEnd >= 0 || dec.atBoundary);
-    const raw = b.subarray(start, rawEnd >= 0 ? rawEnd : b.length);
+    // most reads are all chunk data: the read itself, not one more Buffer object per read
+    const raw = start === 0 && rawEnd < 0 ? b : b.subarray(start, rawEnd >= 0 ? rawEnd : b.length);
     if (raw.length > 0 || r.ranges.n > 0) this.emit(raw, aligned, dec.done);
     if (dec.done && !this.finished) this.done(pos === b.length);
   }
