@@ -70,8 +70,8 @@ const RUNS = arg("--runs", "latency,throughput").split(",");
 const COMPARE_WORKERS = Number(arg("--compare-workers", "0"));
 const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
 /** Adds bench/node-floor (the least a Node proxy can do: raw forwarding) with --workers N as a target; a path names a bundled copy. */
-const FLOOR_ARG = process.argv.includes("--floor") ? arg("--floor", "") ?? "" : undefined;
-const FLOOR = FLOOR_ARG === undefined ? "" : FLOOR_ARG && !FLOOR_ARG.startsWith("-") ? FLOOR_ARG : join(ROOT, "bench/node-floor.ts");
+const floorFile = process.argv.includes("--floor") ? (arg("--floor", "") as string | undefined) : undefined;
+const FLOOR = floorFile === undefined ? "" : floorFile && !floorFile.startsWith("-") ? floorFile : join(ROOT, "bench/node-floor.ts");
 const NGINX = arg("--nginx", "nginx");
 /** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
 const pinned = (list: string, cmd: string, args: string[]): [string, string[]] => (list ? ["taskset", ["-c", list, cmd, ...args]] : [cmd, args]);
@@ -412,9 +412,9 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "dsr-bench-gw-"));
   const procs: ChildProcess[] = [];
   // a .ts script runs through tsx (development tree); a bundled .mjs with plain node
-  const tsx = (file: string) => (file.endsWith(".ts") ? ["--import", "tsx", file] : [file]);
+  const scriptArgs = (file: string) => (file.endsWith(".ts") ? ["--import", "tsx", file] : [file]);
   const startUpstream = async (pace: number) => {
-    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...tsx(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS)]), /"port":(\d+)/);
+    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...scriptArgs(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS)]), /"port":(\d+)/);
     procs.push(u.proc);
     return { proc: u.proc, port: Number(u.match[1]) };
   };
@@ -439,7 +439,7 @@ async function main(): Promise<void> {
       if (base) procs.push(base.proc);
       const base2 = COMPARE_CLI && COMPARE_WORKERS > 1 ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs, "--workers", String(COMPARE_WORKERS)]), serving) : undefined;
       if (base2) procs.push(base2.proc);
-      const floor = FLOOR ? await start(...pinned(PROXY_CPUS, process.execPath, [...tsx(FLOOR), ...serveArgs, "--workers", String(DSR_WORKERS)]), serving) : undefined;
+      const floor = FLOOR ? await start(...pinned(PROXY_CPUS, process.execPath, [...scriptArgs(FLOOR), ...serveArgs, "--workers", String(DSR_WORKERS)]), serving) : undefined;
       if (floor) procs.push(floor.proc);
       const ng = await startNginx(up.port, dir);
       procs.push(ng.proc);

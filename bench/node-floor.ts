@@ -41,10 +41,10 @@ function serve(port: number): net.Server {
         },
       },
     });
-    // the upstream closes idle keep-alive connections: those are skipped when taken
     u.socket.on("error", () => u.socket.destroy());
     return u;
   };
+  /** A pooled connection, skipping those the upstream closed while idle (its keep-alive timeout). */
   const take = (): Upstream => {
     for (let u = idle.pop(); u; u = idle.pop()) if (!u.socket.destroyed) return u;
     return connect();
