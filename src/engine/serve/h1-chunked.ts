@@ -53,6 +53,13 @@ export class ChunkedDecoder {
     this.zeroAt = -1;
     const start = pos;
     while (pos < b.length && this.state !== C.Done) {
+      if (this.state === C.Size && this.sizeLine === 0) {
+        const next = this.wholeChunk(b, pos, ranges);
+        if (next > 0) {
+          pos = next;
+          continue;
+        }
+      }
       switch (this.state) {
         case C.Size: {
           // hex digits, optional whitespace, optional `;extension`, CRLF, byte by byte. Nothing else: a
@@ -120,6 +127,30 @@ export class ChunkedDecoder {
       }
     }
     return pos;
+  }
+
+  /**
+   * The common case in one step: a plain `SIZE\r\n` line (hex digits only), then all of its data
+   * and CRLF, inside `b`. Returns the position after it, or 0 to let the byte-by-byte machine above
+   * take it (an extension, whitespace, the zero-size chunk, a chunk split across reads, anything
+   * malformed — that machine names the fault). Streams of small SSE chunks spent most of their
+   * decoding time in that machine's per-byte state updates.
+   */
+  private wholeChunk(b: Buffer, pos: number, ranges: Ranges): number {
+    let size = 0;
+    let i = pos;
+    for (; i < b.length && i - pos <= 12; i++) {
+      const c = b[i];
+      const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+      if (v < 0) break;
+      size = size * 16 + v;
+    }
+    const dataAt = i + 2;
+    const end = dataAt + size;
+    if (size === 0 || i - pos > 12 || end + 2 > b.length || b[i] !== 13 || b[i + 1] !== 10 || b[end] !== 13 || b[end + 1] !== 10) return 0;
+    ranges.add(dataAt, end);
+    this.total += size;
+    return end + 2;
   }
 }
 

@@ -82,7 +82,12 @@ export interface H1Handler {
 
 export interface H1Request {
   path: string;
-  headers: Record<string, string>;
+  /**
+   * Header lines (`name: value\r\n` each) besides host and content-length, which the pool adds. One
+   * string the caller renders once per kind of request, not an object walked on every request.
+   * Latin1: each character is one byte on the wire.
+   */
+  headerLines: string;
   /** The body, or its parts in order. */
   body: Buffer | string | Buffer[];
 }
@@ -152,16 +157,13 @@ export class H1Pool {
   }
 
   request(req: H1Request, h: H1Handler): H1Call {
-    let head = `POST ${req.path} HTTP/1.1\r\nhost: ${this.hostHeader}\r\n`;
-    for (const k in req.headers) head += `${k}: ${req.headers[k]}\r\n`;
     const parts = typeof req.body === "string" ? [Buffer.from(req.body)] : Array.isArray(req.body) ? req.body : [req.body];
     let length = 0;
     for (const b of parts) length += b.length;
-    head += `content-length: ${length}\r\n\r\n`;
-    // head and body in one allocation
-    const headBytes = Buffer.byteLength(head);
-    const bytes = Buffer.allocUnsafe(headBytes + length);
-    let at = bytes.write(head, 0, headBytes);
+    const head = `POST ${req.path} HTTP/1.1\r\nhost: ${this.hostHeader}\r\n${req.headerLines}content-length: ${length}\r\n\r\n`;
+    // head and body in one allocation; latin1: one byte per character, no length to compute
+    const bytes = Buffer.allocUnsafe(head.length + length);
+    let at = bytes.write(head, 0, head.length, "latin1");
     for (const b of parts) at += b.copy(bytes, at);
     const call = new Exchange(this, bytes, h);
     call.start(this.take());

@@ -11,13 +11,13 @@
  */
 import { createHash } from "node:crypto";
 import type { UpstreamInstance } from "../runtime/upstream.js";
-import { H1Pool, type BodyRead, type H1Response } from "./h1-pool.js";
+import { H1Pool, type BodyRead, type H1Call, type H1Handler, type H1Response } from "./h1-pool.js";
 import { HttpError, normaliseErrorBody } from "./http-error.js";
-import type { GatewayMetrics } from "./metrics.js";
+import type { GatewayMetrics, Instrument } from "./metrics.js";
 import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
-import { normaliseReasoning, SseRelay } from "./sse-relay.js";
+import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
 import type { Backend, GenerationRequest, ModelCard } from "./types.js";
 
 export interface ProxyOptions {
@@ -47,6 +47,8 @@ export class ProxyBackend implements Backend {
   private readonly created = Math.floor(Date.now() / 1000);
   /** Generation requests go over these (h1-pool.ts); probes and /v1/models over the instance's undici pool. */
   private readonly h1: Map<UpstreamInstance, H1Pool>;
+  /** Per instance: the upstream request's fixed header lines, for non-stream and stream requests (headerLines()). */
+  private readonly fixedLines = new Map<UpstreamInstance, string[]>();
 
   constructor(private readonly o: ProxyOptions) {
     this.router = new Router(o.instances, { affinity: o.affinity });
@@ -134,130 +136,191 @@ export class ProxyBackend implements Backend {
     return { bytes: JSON.stringify(b), injectedUsage: injectUsage };
   }
 
-  /**
-   * One try on one instance, over the hand-written HTTP/1.1 client (h1-pool.ts): upstream reads
-   * arrive in callbacks and go straight to the client socket — no Readable, no promise per chunk.
-   * A read whose events need no change is forwarded with the upstream's own chunk framing, one
-   * write and no copy; otherwise the gateway's server frames the relay's output. The upstream is paused
-   * only while the client pushes back.
-   */
+  /** One try on one instance (Attempt, below); rejects with RetryableError when another instance may try. */
   private attempt(g: GenerationRequest, inst: UpstreamInstance, body: Buffer | string | Buffer[], injectedUsage: boolean): Promise<void> {
-    const path = g.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
     return new Promise<void>((resolve, reject) => {
-      let res: H1Response | undefined;
-      let mode: "error" | "stream" | "whole" = "whole";
-      const parts: Buffer[] = [];
-      let relay: SseRelay | undefined;
-      let raw: ((framed: Buffer) => Promise<void> | void) | undefined;
-      let tail: Buffer | undefined;
-      let settled = false;
-      let unsubscribe: (() => void) | undefined;
-      const onAbort = () => {
-        call.abort();
-        done(g.cancel.reason instanceof Error ? g.cancel.reason : new Error("aborted"));
-      };
-      const done = (e?: unknown) => {
-        if (settled) return;
-        settled = true;
-        unsubscribe?.();
-        if (e === undefined) resolve();
-        else reject(e);
-      };
-      const backpressure = (w: Promise<void> | void) => {
-        if (!w) return;
-        call.pause();
-        void w.then(() => call.resume());
-      };
-      const relayRead = (read: BodyRead) => {
-        if (mode !== "stream") return void parts.push(...read.ranges.slices(read.buf));
-        if (read.ranges.n === 0) return; // only framing in this read
-        if (!relay!.push(read.buf, read.ranges)) return;
-        // the body ends in this read: its bytes leave with the response's end, one write instead of two
-        if (read.last) return void (tail = relay!.out);
-        if (!g.sink.started) {
-          g.sink.startStream();
-          backpressure(g.sink.write(relay!.out)); // the first write carries the headers
-          raw = g.sink.rawChunks?.();
-          return;
-        }
-        // whole chunks whose events passed the relay unchanged: forward the read as received
-        backpressure(raw && read.aligned && relay!.passedThrough ? raw(read.raw) : g.sink.write(relay!.out));
-      };
-      const call = this.h1.get(inst)!.request(
-        { path, headers: { "content-type": "application/json", accept: g.stream ? "text/event-stream" : "application/json", "x-request-id": g.id, ...inst.authHeaders() }, body },
-        {
-          onHead: (r) => {
-            res = r;
-            if (r.status >= 400) mode = "error";
-            else if (g.stream && r.contentType.startsWith("text/event-stream")) {
-              mode = "stream";
-              relay = this.newRelay(g, inst, injectedUsage);
-            }
-          },
-          onBody: (read) => {
-            relayRead(read);
-            // bytes of this read still queued for a slow client (or gathered for a whole body) must outlive it
-            if (mode !== "stream" || g.sink.queued) call.retainRead();
-          },
-          onEnd: () => {
-            try {
-              const text = () => Buffer.concat(parts).toString("utf8");
-              if (mode === "error") this.upstreamError(g, inst, res!.status, res!.headers, text());
-              else if (mode === "stream") {
-                const ended = this.endStream(g, inst, relay!, tail); // writes the end before it returns
-                if (g.sink.queued) call.retainRead();
-                return void ended.then(() => done(), done);
-              } else this.relayWhole(g, inst, text());
-              done();
-            } catch (e) {
-              done(e);
-            }
-          },
-          onError: (e) => {
-            if (g.cancel.aborted) return done(e);
-            inst.markFailed(e.message);
-            if (g.sink.started) return done(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
-            // nothing reached the client yet (for non-stream requests: nothing at all), so another instance may try
-            done(new RetryableError(`${inst.name}: ${e.message}`));
-          },
-        },
-      );
-      unsubscribe = g.cancel.onAbort(onAbort);
+      const a = new Attempt(this.o, g, inst, injectedUsage, resolve, reject);
+      a.start(this.h1.get(inst)!, this.headerLines(g, inst), body);
     });
   }
 
-  private upstreamError(g: GenerationRequest, inst: UpstreamInstance, status: number, headers: Record<string, string | string[] | undefined>, text: string): void {
+  /**
+   * The upstream request's header lines: the same for every request of one kind to one instance but
+   * for its id, so they are rendered once. Latin1 throughout: the id's bytes go out as the client
+   * sent them; the API key's UTF-8 bytes are spelled as latin1 characters here for the same reason.
+   */
+  private headerLines(g: GenerationRequest, inst: UpstreamInstance): string {
+    const k = g.stream ? 1 : 0;
+    let lines = this.fixedLines.get(inst);
+    if (!lines) {
+      const auth = Object.entries(inst.authHeaders())
+        .map(([n, v]) => Buffer.from(`${n}: ${v}\r\n`, "utf8").toString("latin1"))
+        .join("");
+      lines = ["application/json", "text/event-stream"].map((accept) => `content-type: application/json\r\naccept: ${accept}\r\n${auth}`);
+      this.fixedLines.set(inst, lines);
+    }
+    return `${lines[k]}x-request-id: ${g.id}\r\n`;
+  }
+}
+
+const enum Mode {
+  Whole, // a non-stream answer, gathered
+  Stream, // SSE, relayed as it comes
+  Error, // an upstream error answer, gathered
+}
+
+/**
+ * One try on one instance, over the hand-written HTTP/1.1 client (h1-pool.ts): upstream reads arrive
+ * in callbacks and go straight to the client socket — no Readable, no promise per chunk. A read whose
+ * events need no change is forwarded with the upstream's own chunk framing, one write and no copy;
+ * otherwise the gateway's server frames the relay's output. The upstream is paused only while the
+ * client pushes back.
+ *
+ * One object per try, implementing the client's handler and the relay's token listener itself: the
+ * closures this took before (a dozen per request) were a measurable share of the gateway's
+ * per-request CPU and of what each scavenge has to copy while streams are in flight.
+ */
+class Attempt implements H1Handler, TokenListener {
+  private res: H1Response | undefined;
+  private mode = Mode.Whole;
+  private parts: Buffer[] | undefined;
+  private relay: SseRelay | undefined;
+  private raw: ((framed: Buffer) => Promise<void> | void) | undefined;
+  private tail: Buffer | undefined;
+  /** This try started the client's stream (only a try before any byte was sent may be retried, so no earlier one did). */
+  private streaming = false;
+  private settled = false;
+  private unsubscribe: (() => void) | undefined;
+  private call: H1Call | undefined;
+  private ins: Instrument | undefined;
+  private prevTokenAt = 0;
+
+  constructor(
+    private readonly o: ProxyOptions,
+    private readonly g: GenerationRequest,
+    private readonly inst: UpstreamInstance,
+    private readonly injectedUsage: boolean,
+    private readonly resolve: () => void,
+    private readonly reject: (e: unknown) => void,
+  ) {}
+
+  start(pool: H1Pool, headerLines: string, body: Buffer | string | Buffer[]): void {
+    const path = this.g.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
+    this.call = pool.request({ path, headerLines, body }, this);
+    if (!this.settled) this.unsubscribe = this.g.cancel.onAbort(() => this.abort());
+  }
+
+  private abort(): void {
+    this.call?.abort();
+    this.done(this.g.cancel.reason instanceof Error ? this.g.cancel.reason : new Error("aborted"));
+  }
+
+  private done(e?: unknown): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.unsubscribe?.();
+    if (e === undefined) this.resolve();
+    else this.reject(e);
+  }
+
+  onHead(r: H1Response): void {
+    this.res = r;
+    if (r.status >= 400) this.mode = Mode.Error;
+    else if (this.g.stream && r.contentType.startsWith("text/event-stream")) {
+      this.mode = Mode.Stream;
+      this.ins = this.o.metrics.instrument(this.inst.name);
+      this.relay = new SseRelay({ fields: this.o.reasoningFields, dropUsageChunk: this.injectedUsage, listener: this });
+    }
+  }
+
+  onBody(read: BodyRead): void {
+    if (this.mode !== Mode.Stream) {
+      (this.parts ??= []).push(...read.ranges.slices(read.buf));
+      return this.call!.retainRead(); // gathered bytes must outlive this read
+    }
+    this.relayRead(read);
+    // bytes of this read still queued for a slow client must outlive it
+    if (this.g.sink.queued) this.call!.retainRead();
+  }
+
+  private relayRead(read: BodyRead): void {
+    const { g } = this;
+    const relay = this.relay!;
+    if (read.ranges.n === 0) return; // only framing in this read
+    if (!relay.push(read.buf, read.ranges)) return;
+    // the body ends in this read: its bytes leave with the response's end, one write instead of two
+    if (read.last) return void (this.tail = relay.out);
+    if (!this.streaming) {
+      this.streaming = true;
+      g.sink.startStream();
+      this.backpressure(g.sink.write(relay.out)); // the first write carries the headers
+      this.raw = g.sink.rawChunks?.();
+      return;
+    }
+    // whole chunks whose events passed the relay unchanged: forward the read as received
+    this.backpressure(this.raw && read.aligned && relay.passedThrough ? this.raw(read.raw) : g.sink.write(relay.out));
+  }
+
+  private backpressure(w: Promise<void> | void): void {
+    if (!w) return;
+    const call = this.call!;
+    call.pause();
+    void w.then(() => call.resume());
+  }
+
+  /** The relay's callback per token event: TTFT for the first, inter-token latency after. */
+  tokenAt(now: number): void {
+    if (this.prevTokenAt === 0) {
+      this.g.record.ttftMs = now - this.g.t0;
+      this.ins!.ttft(this.g.record.ttftMs / 1000);
+    } else this.ins!.itl((now - this.prevTokenAt) / 1000);
+    this.prevTokenAt = now;
+  }
+
+  onEnd(): void {
+    try {
+      if (this.mode === Mode.Stream) {
+        this.endStream(); // writes the end before it returns
+        if (this.g.sink.queued) this.call!.retainRead();
+      } else if (this.mode === Mode.Error) this.upstreamError(this.res!.status, this.res!.headers, this.text());
+      else this.relayWhole(this.text());
+      this.done();
+    } catch (e) {
+      this.done(e);
+    }
+  }
+
+  onError(e: Error): void {
+    const { g, inst } = this;
+    if (g.cancel.aborted) return this.done(e);
+    inst.markFailed(e.message);
+    if (g.sink.started) return this.done(new HttpError(502, `upstream ${inst.name} failed mid-stream: ${e.message}`, { code: "upstream_error" }));
+    // nothing reached the client yet (for non-stream requests: nothing at all), so another instance may try
+    this.done(new RetryableError(`${inst.name}: ${e.message}`));
+  }
+
+  private text(): string {
+    return this.parts ? Buffer.concat(this.parts).toString("utf8") : "";
+  }
+
+  private upstreamError(status: number, headers: Record<string, string | string[] | undefined>, text: string): void {
     const err = normaliseErrorBody(status, text);
     if (status >= 500) {
-      if (status === 503) inst.markFailed(`HTTP 503: ${err.error.message}`);
-      throw new RetryableError(`${inst.name} answered HTTP ${status}: ${err.error.message}`);
+      if (status === 503) this.inst.markFailed(`HTTP 503: ${err.error.message}`);
+      throw new RetryableError(`${this.inst.name} answered HTTP ${status}: ${err.error.message}`);
     }
     const ra = headers["retry-after"];
-    g.sink.json(status, err, typeof ra === "string" ? { "retry-after": ra } : {});
+    this.g.sink.json(status, err, typeof ra === "string" ? { "retry-after": ra } : {});
   }
 
-  private newRelay(g: GenerationRequest, inst: UpstreamInstance, injectedUsage: boolean): SseRelay {
-    const ins = this.o.metrics.instrument(inst.name);
-    let prev = 0;
-    return new SseRelay({
-      fields: this.o.reasoningFields,
-      dropUsageChunk: injectedUsage,
-      onEvent: (now) => {
-        if (prev === 0) {
-          g.record.ttftMs = now - g.t0;
-          ins.ttft(g.record.ttftMs / 1000);
-        } else ins.itl((now - prev) / 1000);
-        prev = now;
-      },
-    });
-  }
-
-  /** `tail`: the last read's relayed bytes, held back so that they leave with the end of the response. */
-  private async endStream(g: GenerationRequest, inst: UpstreamInstance, relay: SseRelay, tail: Buffer | undefined): Promise<void> {
+  /** Ends the stream; the last read's relayed bytes (`tail`) leave with the end of the response. */
+  private endStream(): void {
+    const { g } = this;
+    const relay = this.relay!;
     const left = relay.flush();
-    const rest = tail && left ? Buffer.concat([tail, left]) : tail ?? left;
+    const rest = this.tail && left ? Buffer.concat([this.tail, left]) : this.tail ?? left;
     if (!g.sink.started) {
-      if (!rest) throw new RetryableError(`${inst.name} closed the stream without sending anything`);
+      if (!rest) throw new RetryableError(`${this.inst.name} closed the stream without sending anything`);
       g.sink.startStream();
     }
     g.sink.end(rest);
@@ -267,12 +330,13 @@ export class ProxyBackend implements Backend {
     g.record.finishReason = s.error ? "error" : s.finishReason ?? null;
   }
 
-  private relayWhole(g: GenerationRequest, inst: UpstreamInstance, text: string): void {
+  private relayWhole(text: string): void {
+    const { g } = this;
     let obj: Record<string, unknown>;
     try {
       obj = JSON.parse(text);
     } catch {
-      throw new HttpError(502, `upstream ${inst.name} sent a body that is not JSON`, { code: "upstream_error" });
+      throw new HttpError(502, `upstream ${this.inst.name} sent a body that is not JSON`, { code: "upstream_error" });
     }
     const choices = Array.isArray(obj.choices) ? (obj.choices as Record<string, unknown>[]) : [];
     const u = obj.usage as { prompt_tokens?: number; completion_tokens?: number } | undefined;

@@ -23,7 +23,12 @@ export interface RelayOptions {
   fields: readonly ReasoningField[];
   /** Drop the usage-only chunk (the gateway added `include_usage`, the client did not ask for it). */
   dropUsageChunk: boolean;
-  onEvent?: (now: number) => void;
+  /** Told the time of each token event (an object, not a closure: one per stream either way). */
+  listener?: TokenListener;
+}
+
+export interface TokenListener {
+  tokenAt(now: number): void;
 }
 
 /**
@@ -317,7 +322,7 @@ export class SseRelay {
     this.stats.events++;
     this.stats.firstEventAt ??= now;
     this.stats.lastEventAt = now;
-    this.o.onEvent?.(now);
+    this.o.listener?.tokenAt(now);
   }
 }
 
