@@ -186,6 +186,30 @@ export class Ranges {
     this.n = 0;
   }
 
+  /** How many bytes of the ranges lie inside [a, b). */
+  bytesIn(a: number, b: number): number {
+    let size = 0;
+    for (let i = 0; i < this.n && this.v[i] < b; i += 2) size += Math.max(0, Math.min(this.v[i + 1], b) - Math.max(this.v[i], a));
+    return size;
+  }
+
+  /** Copies the bytes of `src` that the ranges name inside [a, b) to `dst` at `at`; returns the offset after them. */
+  copyIn(src: Buffer, a: number, b: number, dst: Buffer, at: number): number {
+    for (let i = 0; i < this.n && this.v[i] < b; i += 2) {
+      const lo = Math.max(this.v[i], a);
+      const hi = Math.min(this.v[i + 1], b);
+      if (lo < hi) at += src.copy(dst, at, lo, hi);
+    }
+    return at;
+  }
+
+  /** The bytes of `src` that the ranges name inside [a, b), as one new Buffer (no slice object per range). */
+  gather(src: Buffer, a: number, b: number): Buffer {
+    const out = Buffer.allocUnsafe(this.bytesIn(a, b));
+    this.copyIn(src, a, b, out, 0);
+    return out;
+  }
+
   /** The slices of `b` these ranges name. */
   slices(b: Buffer): Buffer[] {
     const out: Buffer[] = [];

@@ -117,6 +117,8 @@ interface SocketSlot {
   /** Plain TCP: the read buffer and whether the last read's bytes are still held. */
   buf: Buffer | undefined;
   retained: boolean;
+  /** What onBody is handed, refilled per read: one per socket, not one per request (with its ranges array grown anew each time). */
+  read: BodyRead;
 }
 const READ_BUFFER_BYTES = 16 * 1024;
 const slots = new WeakMap<Socket, SocketSlot>();
@@ -182,7 +184,7 @@ export class H1Pool {
   }
 
   connect(): Socket {
-    const slot: SocketSlot = { exchange: undefined, buf: undefined, retained: false };
+    const slot: SocketSlot = { exchange: undefined, buf: undefined, retained: false, read: { buf: EMPTY, ranges: new Ranges(), raw: EMPTY, aligned: false, last: false } };
     let s: Socket;
     if (this.tls) {
       s = tlsConnect({ host: this.host, port: this.port, servername: this.host, ALPNProtocols: ["http/1.1"] }).setNoDelay(true);
@@ -240,6 +242,18 @@ export class H1Pool {
   }
 }
 
+/** The status code of an `HTTP/1.0 NNN` or `HTTP/1.1 NNN` line, or -1 (what /^HTTP\/1\.[01] \d{3}/ accepts, with no match array per answer). */
+function statusOf(line: string): number {
+  if (!line.startsWith("HTTP/1.") || (line.charCodeAt(7) !== 0x30 && line.charCodeAt(7) !== 0x31) || line.charCodeAt(8) !== 0x20) return -1;
+  let status = 0;
+  for (let i = 9; i < 12; i++) {
+    const d = line.charCodeAt(i) - 0x30;
+    if (!(d >= 0 && d <= 9)) return -1;
+    status = status * 10 + d;
+  }
+  return status;
+}
+
 const joined = (prev: string, v: string) => (prev === "" ? v : `${prev}, ${v}`);
 
 /** One request/response on one socket (plus, at most, one retry on a fresh socket). */
@@ -256,7 +270,7 @@ class Exchange implements H1Call {
   /** Body bytes still to come (Length). */
   private left = 0;
   private chunks: ChunkedDecoder | undefined;
-  private readonly read: BodyRead = { buf: EMPTY, ranges: new Ranges(), raw: EMPTY, aligned: false, last: false };
+  private read!: BodyRead;
   /** The socket's slot: its listeners pass events here while this exchange holds it. */
   private slot!: SocketSlot;
 
@@ -267,6 +281,7 @@ class Exchange implements H1Call {
     const s = (this.socket = pooled ?? this.pool.connect());
     this.slot = slots.get(s)!;
     this.slot.exchange = this;
+    this.read = this.slot.read;
     s.write(this.bytes);
   }
 
@@ -348,12 +363,11 @@ class Exchange implements H1Call {
     const text = buf.toString("latin1", 0, end);
     const eol = text.indexOf("\r\n");
     const statusLine = eol < 0 ? text : text.slice(0, eol);
-    const m = /^HTTP\/1\.([01]) (\d{3})/.exec(statusLine);
-    if (!m) {
+    const status = statusOf(statusLine);
+    if (status < 0) {
       this.fail(new Error(`upstream sent a malformed status line: ${JSON.stringify(statusLine.slice(0, 80))}`));
       return -1;
     }
-    const status = Number(m[2]);
     const head = new UpstreamHead(status, text);
     let te = "";
     let cl: string | undefined;
@@ -385,11 +399,11 @@ class Exchange implements H1Call {
       return r < 0 ? r : r + bodyAt;
     }
     conn = conn.toLowerCase();
-    this.keepAlive = m[1] === "1" ? !conn.includes("close") : conn.includes("keep-alive");
-    const kaTimeout = /timeout=(\d+)/.exec(ka);
+    this.keepAlive = statusLine.charCodeAt(7) === 0x31 /* HTTP/1.1 */ ? !conn.includes("close") : conn.includes("keep-alive");
+    const kaTimeout = ka === "" ? null : /timeout=(\d+)/.exec(ka);
     // like undici: trust the server's advertised idle timeout minus a second, else 4 s
     if (kaTimeout) this.ttlMs = Math.max(0, Number(kaTimeout[1]) * 1000 - 1000);
-    head.chunked = /chunked/i.test(te);
+    head.chunked = te !== "" && /chunked/i.test(te);
     this.res = head;
     if (head.chunked) {
       this.state = S.Chunked;

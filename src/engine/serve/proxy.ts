@@ -84,14 +84,14 @@ export class ProxyBackend implements Backend {
 
   async handle(g: GenerationRequest): Promise<void> {
     const body = this.upstreamBody(g);
-    const tried = new Set<UpstreamInstance>();
+    let tried: Set<UpstreamInstance> | undefined; // made only when a retry needs it
     const maxTries = 1 + (this.o.maxRetries ?? Math.max(1, this.o.instances.length - 1));
     const key = this.o.affinity ? affinityKey(g) : undefined;
     let lastErr: unknown;
     for (let attempt = 0; attempt < maxTries; attempt++) {
       const inst = this.router.pick(tried, key);
       if (!inst) break;
-      tried.add(inst);
+      (tried ??= new Set()).add(inst);
       if (attempt > 0) {
         g.record.retries = attempt;
         this.o.metrics.retries.inc();

@@ -35,8 +35,10 @@ export class Router<T extends RoutedInstance> {
     return this.instances.filter((i) => i.healthy);
   }
 
-  pick(exclude: ReadonlySet<T> = new Set(), affinityKey?: string): T | undefined {
-    const cands = this.instances.filter((i) => i.healthy && !exclude.has(i));
+  pick(exclude?: ReadonlySet<T>, affinityKey?: string): T | undefined {
+    // the common case (a few instances, no affinity) scans them in place: no array per request
+    if (!this.o.affinity && this.instances.length <= (this.o.p2cThreshold ?? 4)) return this.leastLoadedOf(this.instances, exclude);
+    const cands = this.instances.filter((i) => i.healthy && !exclude?.has(i));
     if (cands.length === 0) return undefined;
     const least = this.leastLoaded(cands);
     if (!this.o.affinity || affinityKey === undefined) return least;
@@ -56,12 +58,17 @@ export class Router<T extends RoutedInstance> {
       if (b === a) b = cands[cands.length - 1];
       return b.outstanding < a.outstanding ? b : a;
     }
+    return this.leastLoadedOf(cands)!;
+  }
+
+  /** The healthy, not excluded instance with the fewest outstanding requests. */
+  private leastLoadedOf(xs: readonly T[], exclude?: ReadonlySet<T>): T | undefined {
     // start the scan at a random offset so ties spread instead of always landing on instance 0
-    const off = Math.floor(this.rnd() * cands.length);
-    let best = cands[off];
-    for (let k = 1; k < cands.length; k++) {
-      const c = cands[(off + k) % cands.length];
-      if (c.outstanding < best.outstanding) best = c;
+    const off = xs.length > 1 ? Math.floor(this.rnd() * xs.length) : 0;
+    let best: T | undefined;
+    for (let k = 0; k < xs.length; k++) {
+      const c = xs[(off + k) % xs.length];
+      if (c.healthy && !exclude?.has(c) && (!best || c.outstanding < best.outstanding)) best = c;
     }
     return best;
   }

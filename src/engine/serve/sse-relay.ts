@@ -81,16 +81,6 @@ function endsEvents(buf: Buffer, ranges: Ranges): boolean {
   return true;
 }
 
-/** Adds the slices of `buf` in [a, b) that lie inside `ranges` (a run of unchanged bytes, framing left out). */
-function pushRun(out: Buffer[], buf: Buffer, ranges: Ranges, a: number, b: number): void {
-  const { v, n } = ranges;
-  for (let i = 0; i < n && v[i] < b; i += 2) {
-    const lo = Math.max(v[i], a);
-    const hi = Math.min(v[i + 1], b);
-    if (lo < hi) out.push(buf.subarray(lo, hi));
-  }
-}
-
 export class SseRelay {
   // every field present from the start: one object shape for the whole stream, so the relay's
   // property reads stay monomorphic instead of meeting a new shape as the fields get filled in
@@ -99,9 +89,17 @@ export class SseRelay {
   passedThrough = false;
   private pending: Buffer | undefined;
   private result: Buffer[] | undefined;
-  /** After a push() that forwards its read unchanged: the read and its ranges, sliced only if `out` is asked for. */
+  /** After wholeEvents(): the read and its ranges, copied out only if `out` is asked for. */
   private read: Buffer | undefined;
   private readRanges: Ranges | undefined;
+  /**
+   * When wholeEvents() dropped or replaced events: what to forward instead of the whole read, as
+   * pairs [a, b) of read offsets (the chunk data inside them) or [-1, i] for `inserts[i]`. Offsets, not
+   * a slice object per chunk: the last read of a busy stream holds dozens of chunks.
+   */
+  private readonly cuts: number[] = [];
+  private nCuts = 0;
+  private readonly inserts: Buffer[] = [];
 
   constructor(private readonly o: RelayOptions) {}
 
@@ -117,6 +115,8 @@ export class SseRelay {
   push(buf: Buffer, ranges: Ranges = Ranges.of(0, buf.length)): boolean {
     this.passedThrough = false;
     this.result = this.read = this.readRanges = undefined;
+    this.nCuts = 0;
+    if (this.inserts.length > 0) this.inserts.length = 0;
     if (ranges.n === 0) return false;
     if (this.pending === undefined && endsEvents(buf, ranges)) return this.wholeEvents(buf, ranges);
     return this.general(ranges.n === 2 && ranges.v[0] === 0 && ranges.v[1] === buf.length ? [buf] : ranges.slices(buf));
@@ -147,7 +147,8 @@ export class SseRelay {
     }
     let first = this.stats.events === 0;
     let tokens = 0;
-    let out: Buffer[] | undefined; // only when an event was replaced or dropped
+    let cut = false; // an event was replaced or dropped
+    let bytes = 0; // what is left to forward when cut
     let run = from; // where the current run of unchanged bytes starts in buf
     let ki = 0;
     for (let i = 0; i < n; i += 2) {
@@ -164,9 +165,9 @@ export class SseRelay {
         if (special) {
           const replacement = this.event(buf.subarray(from + start, from + end));
           if (replacement !== undefined) {
-            out ??= [];
-            pushRun(out, buf, ranges, run, from + start);
-            if (replacement.length > 0) out.push(replacement);
+            cut = true;
+            bytes += this.cutRun(ranges, run, from + start);
+            if (replacement.length > 0) bytes += this.insert(replacement);
             run = from + end + 2;
           }
         } else if (end > start && s.charCodeAt(start) !== 0x3a && !isDone(s, start)) {
@@ -178,15 +179,27 @@ export class SseRelay {
       }
     }
     this.countTokens(tokens);
-    if (!out) {
-      this.passedThrough = true;
-      this.read = buf;
-      this.readRanges = ranges;
-      return true;
+    this.read = buf;
+    this.readRanges = ranges;
+    if (!cut) return (this.passedThrough = true);
+    bytes += this.cutRun(ranges, run, v[n - 1]);
+    return bytes > 0;
+  }
+
+  /** Keeps the chunk data of the read in [a, b); returns its size. */
+  private cutRun(ranges: Ranges, a: number, b: number): number {
+    const size = ranges.bytesIn(a, b);
+    if (size > 0) {
+      this.cuts[this.nCuts++] = a;
+      this.cuts[this.nCuts++] = b;
     }
-    pushRun(out, buf, ranges, run, v[n - 1]);
-    if (out.length > 0) this.result = out;
-    return this.result !== undefined;
+    return size;
+  }
+
+  private insert(b: Buffer): number {
+    this.cuts[this.nCuts++] = -1;
+    this.cuts[this.nCuts++] = this.inserts.push(b) - 1;
+    return b.length;
   }
 
   /** Any read: parts joined as bytes only when a slice of them is needed; events may span reads. */
@@ -254,8 +267,18 @@ export class SseRelay {
 
   /** The bytes to forward after a push() that returned true (joined on demand). */
   get out(): Buffer {
-    const r = this.result ?? this.readRanges!.slices(this.read!);
-    return r.length === 1 ? r[0] : Buffer.concat(r);
+    if (this.result) return this.result.length === 1 ? this.result[0] : Buffer.concat(this.result);
+    const buf = this.read!;
+    const ranges = this.readRanges!;
+    if (this.nCuts === 0) return ranges.n === 2 ? buf.subarray(ranges.v[0], ranges.v[1]) : ranges.gather(buf, 0, buf.length);
+    // one allocation for the kept runs and the replacements, in order
+    const { cuts, nCuts, inserts } = this;
+    let size = 0;
+    for (let i = 0; i < nCuts; i += 2) size += cuts[i] < 0 ? inserts[cuts[i + 1]].length : ranges.bytesIn(cuts[i], cuts[i + 1]);
+    const out = Buffer.allocUnsafe(size);
+    let at = 0;
+    for (let i = 0; i < nCuts; i += 2) at = cuts[i] < 0 ? at + inserts[cuts[i + 1]].copy(out, at) : ranges.copyIn(buf, cuts[i], cuts[i + 1], out, at);
+    return out;
   }
 
   /** Bytes left over when the upstream ended mid-event (forwarded as they are). */
