@@ -125,6 +125,19 @@ describe("SSE relay", () => {
       return { out, stats: r.stats, passed };
     }
 
+    it("count every event of a chunk that holds several, whatever byte starts the next one", () => {
+      const tok = (t: string) => ev({ choices: [{ index: 0, delta: { content: t }, finish_reason: null }] });
+      for (const second of [tok("b"), "\r" + tok("b"), ": comment\n\n" + tok("b")]) {
+        const pieces = [tok("a"), tok("x") + second, tok("c")];
+        const bytes = framed(pieces, () => 1);
+        const reference = relayAll(pieces.join(""), [], { ...opts, fields: [...opts.fields] });
+        const got = relayFramed(bytes, []);
+        expect(got.out).toBe(reference.out);
+        expect(got.stats.events).toBe(reference.stats.events);
+        expect(got.stats.events).toBe(4);
+      }
+    });
+
     it("give the same bytes and counts as the unframed relay for any chunking, extensions and TCP cuts", () => {
       const reference = relayAll(events.join(""), [], { ...opts, fields: [...opts.fields] });
       expect(reference.stats).toMatchObject({ events: 41, promptTokens: 7, completionTokens: 40, finishReason: "length" });

@@ -41,6 +41,16 @@ const KEY_TAILS = 'sage"|rror"|easoning|reason":"';
 const SPECIAL = new RegExp(`(?:${KEY_TAILS})`, "g");
 /** SPECIAL, or a CRLF blank line, for the whole-events pass. */
 const SPECIAL_OR_CRLF = new RegExp(`(?:${KEY_TAILS}|\r\n\r\n)`, "g");
+
+/**
+ * Where the event starting at `start` ends (its blank line), in text where one does. An event is
+ * usually one `data:` line, so the first LF is its end: a one-character search is a memchr, while a
+ * search for `\n\n` was a third of the relay's time per event.
+ */
+function eventEnd(s: string, start: number): number {
+  const lf = s.indexOf("\n", start);
+  return s.charCodeAt(lf + 1) === 0x0a ? lf : s.indexOf("\n\n", lf);
+}
 /** Scratch for that pass: match index, kind, match end, per key found (the relay runs to completion, never nested). */
 const KEYS: number[] = [];
 const NONE = 0;
@@ -154,7 +164,7 @@ export class SseRelay {
     for (let i = 0; i < n; i += 2) {
       const stop = v[i + 1] - from;
       for (let start = v[i] - from; start < stop; ) {
-        const end = s.indexOf("\n\n", start); // at most stop - 2: endsEvents() checked the range's end
+        const end = eventEnd(s, start); // at most stop - 2: endsEvents() checked the range's end
         let special = false;
         let finishAt = -1;
         for (; ki < nk && KEYS[ki] < end; ki += 3) {
