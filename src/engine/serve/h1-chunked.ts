@@ -203,10 +203,10 @@ export class Ranges {
     return at;
   }
 
-  /** The bytes of `src` that the ranges name inside [a, b), as one new Buffer (no slice object per range). */
-  gather(src: Buffer, a: number, b: number): Buffer {
-    const out = Buffer.allocUnsafe(this.bytesIn(a, b));
-    this.copyIn(src, a, b, out, 0);
+  /** The bytes of `src` that the ranges name, as one new Buffer (no slice object per range). */
+  gather(src: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(this.bytesIn(0, src.length));
+    this.copyIn(src, 0, src.length, out, 0);
     return out;
   }
 

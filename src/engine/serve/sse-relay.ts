@@ -280,7 +280,7 @@ export class SseRelay {
     if (this.result) return this.result.length === 1 ? this.result[0] : Buffer.concat(this.result);
     const buf = this.read!;
     const ranges = this.readRanges!;
-    if (this.nCuts === 0) return ranges.n === 2 ? buf.subarray(ranges.v[0], ranges.v[1]) : ranges.gather(buf, 0, buf.length);
+    if (this.nCuts === 0) return ranges.n === 2 ? buf.subarray(ranges.v[0], ranges.v[1]) : ranges.gather(buf);
     // one allocation for the kept runs and the replacements, in order
     const { cuts, nCuts, inserts } = this;
     let size = 0;
