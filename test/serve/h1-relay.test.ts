@@ -175,6 +175,26 @@ describe("proxied streams over the raw HTTP/1.1 relay", () => {
     );
   });
 
+  it("forwards the client's x-request-id to the upstream byte for byte, a non-ASCII byte included", async () => {
+    const u = new URL(gw.url);
+    const payload = JSON.stringify({ model: "m", prompt: "x", stream: true, max_tokens: 2 });
+    const s = connect(Number(u.port), u.hostname);
+    // 0xE9 as one raw byte (latin1), as a client may send it: not re-encoded as UTF-8 on the way up
+    s.write(Buffer.from(`POST /v1/completions HTTP/1.1\r\nhost: ${u.host}\r\nx-request-id: r-\u00e9-1\r\ncontent-type: application/json\r\ncontent-length: ${payload.length}\r\n\r\n${payload}`, "latin1"));
+    let all = Buffer.alloc(0);
+    await new Promise<void>((resolve, reject) => {
+      s.on("data", (d: Buffer) => {
+        all = Buffer.concat([all, d]);
+        if (all.indexOf("\r\n0\r\n\r\n") >= 0) resolve();
+      });
+      s.on("error", reject);
+    });
+    s.destroy();
+    expect(all.toString("latin1")).toContain("x-request-id: r-\u00e9-1\r\n");
+    // node:http (the stand-in) reads header values as latin1: one byte 0xE9 arrives as "é"
+    expect(standin.requests.map((r) => r.id)).toContain("r-\u00e9-1");
+  });
+
   it("keeps the upstream's keep-alive connections: sequential streams reuse one", async () => {
     let conns = 0;
     const count = () => conns++;

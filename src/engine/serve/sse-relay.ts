@@ -23,7 +23,7 @@ export interface RelayOptions {
   fields: readonly ReasoningField[];
   /** Drop the usage-only chunk (the gateway added `include_usage`, the client did not ask for it). */
   dropUsageChunk: boolean;
-  /** Told the time of each token event (an object, not a closure: one per stream either way). */
+  /** Told the time of each token event. An object with a method, so the proxy's per-try object can be the listener itself. */
   listener?: TokenListener;
 }
 
