@@ -3,12 +3,14 @@
 # machine): the bench, the standalone CLI, the stand-in, bench/node-floor as single .mjs files with every JS
 # dependency inlined, plus this machine's nginx with Debian 12's loader and libraries, xz-packed.
 # BASELINE=DIR (a built checkout of another commit) adds that CLI as the bench's dsr_baseline.
-# Writes .carry/gateway/ (files.tar.xz + run.sh, a copy of bench/gateway-device-run.sh); carry it with
+# Writes .carry/gateway/ (files.tar.xz + run.sh, a copy of bench/gateway-device-run.sh, and the
+# bench/loop-stats preload with its summariser); carry it with
 # .carry/node.xz and run `sh .carry/gateway/run.sh --seconds 12 --rounds 3` there.
 set -eu
 OUT=.carry/gateway
 mkdir -p "$OUT"
 cp bench/gateway-device-run.sh "$OUT/run.sh"
+cp bench/loop-stats.mjs bench/loop-stats-summary.mjs "$OUT/"
 STAGE=$(mktemp -d)
 VERSION=$(node -p 'require("./package.json").version')
 bundle() { # entry outfile [root]

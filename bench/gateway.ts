@@ -24,11 +24,13 @@
  * adds that CLI with --workers N too, and `--compare-node-args "FLAGS"` runs the baseline targets
  * with those node flags (the same CLI as baseline then A/Bs a V8 setting such as the young
  * generation's size; cluster workers inherit the primary's flags); `--dsr-node-args "FLAGS"` does the
- * same for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`). `--floor [FILE]` adds bench/node-floor.ts
+ * same for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`, or `--import bench/loop-stats.mjs` with
+ * DSR_LOOP_STATS_DIR set: each process's loop utilisation, turn length and GC time per second). `--floor [FILE]` adds bench/node-floor.ts
  * with --workers N (`node_floor_workersN`): raw byte forwarding, the least CPU a Node proxy spends per
  * stream, so that dsr's own overhead above Node's sockets is measured in the same run. Each Node proxy's read()/write()
  * calls per stream come from /proc/PID/io (how many events an upstream read carries). For a machine without
  * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
+ * `--include-usage`: the clients ask for the usage chunk, as vLLM's benchmark_serving does (see INCLUDE_USAGE).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -73,6 +75,13 @@ const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"))
 const floorFile = process.argv.includes("--floor") ? (arg("--floor", "") as string | undefined) : undefined;
 const FLOOR = floorFile === undefined ? "" : floorFile && !floorFile.startsWith("-") ? floorFile : join(ROOT, "bench/node-floor.ts");
 const NGINX = arg("--nginx", "nginx");
+/**
+ * `--include-usage`: every client asks for the usage chunk (`stream_options.include_usage`), as
+ * vLLM's benchmark_serving does. Without it the clients do not, so dsr asks the upstream for usage
+ * itself (to count tokens) and drops the chunk, while nginx and the floor forward the body as is:
+ * the stand-in then writes one event more per stream through dsr than through them.
+ */
+const INCLUDE_USAGE = process.argv.includes("--include-usage");
 /** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
 const pinned = (list: string, cmd: string, args: string[]): [string, string[]] => (list ? ["taskset", ["-c", list, cmd, ...args]] : [cmd, args]);
 
@@ -147,7 +156,7 @@ class Loader {
   }
 
   private one(pool: Pool): Promise<void> {
-    const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true });
+    const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true, ...(INCLUDE_USAGE ? { stream_options: { include_usage: true } } : {}) });
     return new Promise<void>((resolve) => {
       const t0 = performance.now();
       let last = 0;
@@ -179,7 +188,7 @@ class Loader {
         });
         res.body.on("end", () => {
           if (rec) {
-            if (events >= TOKENS + 1) this.streams++;
+            if (events >= TOKENS + (INCLUDE_USAGE ? 2 : 1)) this.streams++; // the tokens, the usage chunk when asked for, [DONE]
             else this.errors++;
           }
           resolve();
@@ -495,6 +504,7 @@ async function main(): Promise<void> {
       warmup: "1.5 stream durations (at least 2 s) per round",
       nginx_worker_processes: NGINX_WORKERS,
       endpoint: "/v1/completions stream",
+      client_include_usage: INCLUDE_USAGE,
       cpus: { proxy: PROXY_CPUS || "any", upstream: UPSTREAM_CPUS || "any", loadgen: LOADGEN_CPUS || "any" },
       upstream_processes: UPSTREAM_WORKERS,
       loadgen_threads: LOADGEN_THREADS,

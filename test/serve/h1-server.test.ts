@@ -212,7 +212,7 @@ interface Harness {
   seen: Map<number, H1Request[]>;
   /** Answers that were never ended (/never), to end or inspect later. */
   held: H1Response[];
-  /** How often res.onClose fired, by URL. */
+  /** How often the response's close listener was told, by URL. */
   onClose: Map<string, number>;
   /** For /big: how many writes returned false, and how many waitDrain() calls resolved. */
   big: { falses: number; drained: number };
@@ -224,7 +224,7 @@ interface Harness {
  * The handler: /stream writes three chunks apart then ends; /never never answers; /slow answers after
  * 150 ms; /fixed ends with an 11-byte body; /declared declares its length and ends without a body
  * (for HEAD); /big?n= writes n bytes in 64 KiB writes, honouring backpressure; /ended answers and
- * watches onClose; everything else echoes the request as JSON. A body over the limit gets 413.
+ * watches the close listener; everything else echoes the request as JSON. A body over the limit gets 413.
  */
 async function startH1(o: Partial<H1ServerOptions> = {}): Promise<Harness> {
   const h: Harness = {
@@ -262,18 +262,18 @@ async function startH1(o: Partial<H1ServerOptions> = {}): Promise<Harness> {
         return next();
       }
       case "/never":
-        res.onClose = countClose;
+        res.closeListener = { onClientClose: countClose };
         h.held.push(res);
         return;
       case "/slow":
-        res.onClose = countClose;
+        res.closeListener = { onClientClose: countClose };
         return void setTimeout(() => res.writeHead(200).end("slow"), 150);
       case "/fixed":
         return void res.writeHead(200, { "content-type": "text/plain" }).end("hello world");
       case "/declared":
         return void res.writeHead(200, { "content-type": "text/plain", "content-length": 42 }).end();
       case "/ended":
-        res.onClose = countClose;
+        res.closeListener = { onClientClose: countClose };
         return void res.writeHead(200).end("done");
       case "/big": {
         const n = Number(new URL(req.url, "http://x").searchParams.get("n"));
@@ -692,7 +692,7 @@ describe("H1Server: deadlines", () => {
 });
 
 describe("H1Server: client disconnects, close(), connection sweeps", () => {
-  it("a client that goes away mid-answer: onClose once; after end(): never", async () => {
+  it("a client that goes away mid-answer: the close listener once; after end(): never", async () => {
     const h = await startH1();
     const c = await Client.open(h.port);
     c.send(get("/never"));

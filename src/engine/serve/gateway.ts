@@ -12,7 +12,7 @@ import { ApiKeys } from "./auth.js";
 import { Cancel } from "./cancel.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { HttpError } from "./http-error.js";
-import { Limiter } from "./limiter.js";
+import { Limiter, type Lease } from "./limiter.js";
 import { H1Server, type H1Request, type H1Response } from "./h1-server.js";
 import { GatewayMetrics } from "./metrics.js";
 import type { RequestLog, RequestLogEntry } from "./request-log.js";
@@ -56,9 +56,7 @@ export class Gateway {
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
-    this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000 }, (req, res) => {
-      void this.dispatch(req, res);
-    });
+    this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000 }, (req, res) => this.dispatch(req, res));
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {
@@ -94,7 +92,11 @@ export class Gateway {
     return cancelled;
   }
 
-  private async dispatch(req: H1Request, res: H1Response): Promise<void> {
+  /**
+   * Not async: a generation request goes straight to generate(), which answers every failure itself,
+   * so a request in flight holds one suspended async frame (generate's), not two.
+   */
+  private dispatch(req: H1Request, res: H1Response): void {
     const t0 = performance.now();
     const url = req.url;
     const q = url.indexOf("?");
@@ -118,12 +120,12 @@ export class Gateway {
           this.finish(id, path, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
           throw e;
         }
-        await this.generate(endpoint, id, path, req, res, t0);
+        void this.generate(endpoint, id, path, req, res, t0);
         return;
       }
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
       if (path.startsWith("/v1/") || this.o.protectAll) this.keys.check(req.headers);
-      await this.serveInfo(path, res);
+      this.serveInfo(path, res).catch((e: unknown) => this.fail(res, e));
     } catch (e) {
       this.fail(res, e);
     }
@@ -165,16 +167,21 @@ export class Gateway {
     }
   }
 
+  /** Answers the request whatever happens: it never rejects (dispatch does not wait for it). */
   private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
-    if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
+    if (this.draining) {
+      const e = new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
+      this.finish(id, path, e.status, t0, undefined, {}, { error: e.message });
+      return this.fail(res, e);
+    }
     const ac = new Cancel();
     this.inflight.add(ac);
     const record: RequestRecord = {};
     const entry: Partial<RequestLogEntry> = {};
     let status = 500;
     let queueMs: number | undefined;
-    let release: (() => void) | undefined;
-    res.onClose = () => ac.abort(new HttpError(499, "client disconnected", { code: "client_closed" }));
+    let lease: Lease | undefined;
+    res.closeListener = ac;
     let timer: NodeJS.Timeout | undefined;
     if (this.o.requestTimeoutMs) {
       timer = setTimeout(() => ac.abort(new HttpError(504, `request exceeded the ${this.o.requestTimeoutMs} ms timeout`, { code: "timeout" })), this.o.requestTimeoutMs);
@@ -210,7 +217,7 @@ export class Gateway {
 
       const tq = performance.now();
       const got = this.limiter.acquire(ac);
-      release = typeof got === "function" ? got : await got;
+      lease = got instanceof Promise ? await got : got;
       queueMs = performance.now() - tq;
       this.metrics.queueTime.observe(queueMs / 1000);
 
@@ -230,13 +237,18 @@ export class Gateway {
       if (sink.started) sink.inBandError(err);
       else this.fail(res, err);
     } finally {
-      sink.finish(); // a held answer goes out even when something above threw
-      release?.();
-      if (timer) clearTimeout(timer);
-      res.onClose = undefined;
-      this.inflight.delete(ac);
-      if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
-      this.finish(id, path, status, t0, queueMs, record, entry);
+      // the bookkeeping may not throw out of here: nothing awaits this method
+      try {
+        sink.finish(); // a held answer goes out even when something above threw
+        lease?.release();
+        if (timer) clearTimeout(timer);
+        res.closeListener = undefined;
+        this.inflight.delete(ac);
+        if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
+        this.finish(id, path, status, t0, queueMs, record, entry);
+      } catch (e) {
+        this.fail(res, e);
+      }
     }
   }
 

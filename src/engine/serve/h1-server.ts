@@ -337,12 +337,13 @@ class Conn {
     if (closeAfter) this.buf = undefined; // the rest of an over-long body is never read
     const conn = (req.headers.connection ?? "").toLowerCase();
     const keepAlive = !closeAfter && !this.server.closing && (req.httpVersion === "1.1" ? !conn.includes("close") : conn.includes("keep-alive"));
-    const res = new H1Response(this.socket, req, keepAlive, this.server.o.keepAliveTimeoutMs, () => this.finished(res));
+    const res = new H1Response(this.socket, req, keepAlive, this.server.o.keepAliveTimeoutMs, this);
     this.active = res;
     this.server.handler(req, res);
   }
 
-  private finished(res: H1Response): void {
+  /** `res` ended: the connection reads its next request, or closes. */
+  finished(res: H1Response): void {
     if (this.active !== res) return;
     this.active = undefined;
     this.idleSince = performance.now();
@@ -379,8 +380,8 @@ export class H1Response {
   writableEnded = false;
   /** True once the connection closed before end() (the client went away). */
   destroyed = false;
-  /** Called once when the connection closes before the answer ended. */
-  onClose: (() => void) | undefined;
+  /** Told once when the connection closes before the answer ended (the request's Cancel). */
+  closeListener: { onClientClose(): void } | undefined;
   private extra = "";
   private headers: Record<string, string | number> = {};
   private chunked = false;
@@ -393,7 +394,8 @@ export class H1Response {
     /** Whether the connection stays open after this answer (false once the head said close). */
     public keepAlive: boolean,
     private readonly keepAliveMs: number,
-    private readonly onFinish: () => void,
+    /** Told when this answer ended (the connection itself: no closure per request). */
+    private readonly conn: { finished(res: H1Response): void },
   ) {
     this.head = req.method === "HEAD";
   }
@@ -443,7 +445,7 @@ export class H1Response {
       } else if (this.chunked && !this.head) this.socket.write(body.length > 0 ? frame(body, true) : LAST_CHUNK);
       else if (body.length > 0 && !this.head) this.socket.write(body); // an HTTP/1.0 stream, whose end is the close
     }
-    this.onFinish();
+    this.conn.finished(this);
   }
 
   /** Resolves when the socket can take more, or is gone. */
@@ -469,7 +471,7 @@ export class H1Response {
   closed(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    if (!this.writableEnded) this.onClose?.();
+    if (!this.writableEnded) this.closeListener?.onClientClose();
   }
 
   /** The head plus the first body bytes, as one buffer. `whole`: this is all of the body. */

@@ -3,7 +3,7 @@
  * next one is refused at once with 429 and a Retry-After estimated from recent service times. A
  * waiting request leaves the queue when its client disconnects or its queue timeout passes (408).
  */
-import type { Cancel } from "./cancel.js";
+import type { Cancel, CancelListener } from "./cancel.js";
 import { HttpError } from "./http-error.js";
 
 export interface LimiterOptions {
@@ -13,10 +13,50 @@ export interface LimiterOptions {
   queueTimeoutMs: number;
 }
 
-interface Waiter {
-  resolve: (release: () => void) => void;
-  reject: (e: unknown) => void;
-  cleanup: () => void;
+/** A request's hold on a running slot; release() gives it back (once). An object, not a closure and its context, per request. */
+export class Lease {
+  private released = false;
+  private readonly t0 = performance.now();
+  constructor(private readonly limiter: Limiter) {}
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.limiter.released(performance.now() - this.t0);
+  }
+}
+
+/** A request waiting in the queue: it leaves on its client's disconnect or its queue timeout. */
+class Waiter implements CancelListener {
+  private timer: NodeJS.Timeout | undefined;
+  constructor(
+    private readonly limiter: Limiter,
+    readonly resolve: (lease: Lease) => void,
+    private readonly reject: (e: unknown) => void,
+    private readonly cancel: Cancel | undefined,
+    timeoutMs: number,
+  ) {
+    if (timeoutMs > 0) {
+      this.timer = setTimeout(() => this.leave(new HttpError(408, `request waited ${timeoutMs} ms in the queue without starting`, { code: "queue_timeout" })), timeoutMs);
+    }
+    cancel?.listen(this);
+  }
+
+  onCancel(): void {
+    this.leave(new HttpError(499, "client closed the request while queued", { code: "client_closed" }));
+  }
+
+  /** Off the queue timer and the cancellation (it is leaving the queue, one way or the other). */
+  cleanup(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.cancel?.unlisten(this);
+  }
+
+  private leave(e: HttpError): void {
+    this.limiter.dequeue(this);
+    this.cleanup();
+    this.reject(e);
+  }
 }
 
 export class Limiter {
@@ -30,11 +70,11 @@ export class Limiter {
     return this.queue.length;
   }
 
-  /** Resolves with a release function once the request may run. */
-  acquire(cancel?: Cancel): Promise<() => void> | (() => void) {
+  /** The request's lease once it may run (at once when a slot is free). */
+  acquire(cancel?: Cancel): Promise<Lease> | Lease {
     if (this.running < this.o.maxConcurrency && this.queue.length === 0) {
       this.running++;
-      return this.releaser();
+      return new Lease(this);
     }
     if (this.queue.length >= this.o.maxQueue) {
       const retry = Math.max(1, Math.ceil(((this.queue.length / this.o.maxConcurrency + 1) * this.avgServiceMs) / 1000));
@@ -44,49 +84,26 @@ export class Limiter {
       });
     }
     return new Promise((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      let unsubscribe: (() => void) | undefined;
-      const remove = () => {
-        const i = this.queue.indexOf(w);
-        if (i >= 0) this.queue.splice(i, 1);
-        w.cleanup();
-      };
-      const w: Waiter = {
-        resolve,
-        reject,
-        cleanup: () => {
-          if (timer) clearTimeout(timer);
-          unsubscribe?.();
-        },
-      };
-      if (this.o.queueTimeoutMs > 0) {
-        timer = setTimeout(() => {
-          remove();
-          reject(new HttpError(408, `request waited ${this.o.queueTimeoutMs} ms in the queue without starting`, { code: "queue_timeout" }));
-        }, this.o.queueTimeoutMs);
-      }
-      this.queue.push(w);
-      unsubscribe = cancel?.onAbort(() => {
-        remove();
-        reject(new HttpError(499, "client closed the request while queued", { code: "client_closed" }));
-      });
+      const w = new Waiter(this, resolve, reject, cancel, this.o.queueTimeoutMs);
+      // a request cancelled before it queued has already been rejected
+      if (!cancel?.aborted) this.queue.push(w);
     });
   }
 
-  private releaser(): () => void {
-    const t0 = performance.now();
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      this.avgServiceMs = this.avgServiceMs * 0.9 + (performance.now() - t0) * 0.1;
-      const next = this.queue.shift();
-      if (next) {
-        next.cleanup();
-        next.resolve(this.releaser()); // the slot passes straight to the next waiter
-      } else {
-        this.running--;
-      }
-    };
+  /** A lease ended after `serviceMs`: its slot passes straight to the next waiter, if any. */
+  released(serviceMs: number): void {
+    this.avgServiceMs = this.avgServiceMs * 0.9 + serviceMs * 0.1;
+    const next = this.queue.shift();
+    if (next) {
+      next.cleanup();
+      next.resolve(new Lease(this));
+    } else {
+      this.running--;
+    }
+  }
+
+  dequeue(w: Waiter): void {
+    const i = this.queue.indexOf(w);
+    if (i >= 0) this.queue.splice(i, 1);
   }
 }

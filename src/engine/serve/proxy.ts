@@ -18,6 +18,7 @@ import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
+import type { CancelListener } from "./cancel.js";
 import type { Backend, GenerationRequest, ModelCard } from "./types.js";
 
 export interface ProxyOptions {
@@ -180,17 +181,17 @@ const enum Mode {
  * closures this took before (a dozen per request) were a measurable share of the gateway's
  * per-request CPU and of what each scavenge has to copy while streams are in flight.
  */
-class Attempt implements H1Handler, TokenListener {
+class Attempt implements H1Handler, TokenListener, CancelListener {
   private res: H1Response | undefined;
   private mode = Mode.Whole;
   private parts: Buffer[] | undefined;
   private relay: SseRelay | undefined;
-  private raw: ((framed: Buffer) => Promise<void> | void) | undefined;
+  /** The client takes the upstream's chunks as they are (Sink.takesFramed). */
+  private framed = false;
   private tail: Buffer | undefined;
   /** This try started the client's stream (only a try before any byte was sent may be retried, so no earlier one did). */
   private streaming = false;
   private settled = false;
-  private unsubscribe: (() => void) | undefined;
   private call: H1Call | undefined;
   private ins: Instrument | undefined;
   private prevTokenAt = 0;
@@ -207,10 +208,11 @@ class Attempt implements H1Handler, TokenListener {
   start(pool: H1Pool, headerLines: string, body: Buffer | string | Buffer[]): void {
     const path = this.g.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
     this.call = pool.request({ path, headerLines, body }, this);
-    if (!this.settled) this.unsubscribe = this.g.cancel.onAbort(() => this.abort());
+    if (!this.settled) this.g.cancel.listen(this);
   }
 
-  private abort(): void {
+  /** The request was cancelled (client gone, timeout, shutdown): the upstream connection is cut. */
+  onCancel(): void {
     this.call?.abort();
     this.done(this.g.cancel.reason instanceof Error ? this.g.cancel.reason : new Error("aborted"));
   }
@@ -218,7 +220,7 @@ class Attempt implements H1Handler, TokenListener {
   private done(e?: unknown): void {
     if (this.settled) return;
     this.settled = true;
-    this.unsubscribe?.();
+    this.g.cancel.unlisten(this);
     if (e === undefined) this.resolve();
     else this.reject(e);
   }
@@ -254,11 +256,11 @@ class Attempt implements H1Handler, TokenListener {
       this.streaming = true;
       g.sink.startStream();
       this.backpressure(g.sink.write(relay.out)); // the first write carries the headers
-      this.raw = g.sink.rawChunks?.();
+      this.framed = g.sink.takesFramed?.() ?? false;
       return;
     }
     // whole chunks whose events passed the relay unchanged: forward the read as received
-    this.backpressure(this.raw && read.aligned && relay.passedThrough ? this.raw(read.raw) : g.sink.write(relay.out));
+    this.backpressure(this.framed && read.aligned && relay.passedThrough ? g.sink.writeFramed!(read.raw) : g.sink.write(relay.out));
   }
 
   private backpressure(w: Promise<void> | void): void {

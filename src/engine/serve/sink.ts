@@ -21,7 +21,8 @@ export class ResponseSink implements Sink {
   private capturing = false;
   /** In capture mode the response's last step waits until the answer is in the cache (finish()). */
   private held: (() => void) | undefined;
-  private parts: (string | Buffer)[] = [];
+  /** What capture mode copied (made when capturing). */
+  private parts: (string | Buffer)[] | undefined;
   private contentType = "";
 
   constructor(private readonly res: H1Response, private readonly cancel: Cancel) {}
@@ -36,10 +37,11 @@ export class ResponseSink implements Sink {
 
   capture(): void {
     this.capturing = true;
+    this.parts = [];
   }
 
   captured(): CachedResponse | undefined {
-    if (!this.capturing || this.parts.length === 0) return undefined;
+    if (!this.parts || this.parts.length === 0) return undefined;
     const body = this.parts.map((p) => (typeof p === "string" ? p : p.toString("utf8"))).join("");
     return { contentType: this.contentType, body };
   }
@@ -55,42 +57,41 @@ export class ResponseSink implements Sink {
       if (!this.res.headersSent) this.res.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body), ...headers }).end(body);
     };
     if (this.capturing && status === 200) {
-      this.parts.push(body);
+      this.parts!.push(body);
       this.held = send;
     } else send();
   }
 
-  startStream(headers: Record<string, string> = {}): void {
+  startStream(headers?: Record<string, string>): void {
     this.status = 200;
     this.contentType = SSE_HEADERS["content-type"];
     // no flushHeaders(): the headers leave with the first event, in the same syscall
-    this.res.writeHead(200, { ...SSE_HEADERS, ...headers }, true);
+    this.res.writeHead(200, headers ? { ...SSE_HEADERS, ...headers } : SSE_HEADERS, true);
   }
 
   write(chunk: string | Buffer): Promise<void> | void {
-    if (this.capturing) this.parts.push(typeof chunk === "string" ? chunk : Buffer.from(chunk)); // the caller's buffer may be reused
+    if (this.parts) this.parts.push(typeof chunk === "string" ? chunk : Buffer.from(chunk)); // the caller's buffer may be reused
     if (this.res.write(chunk) || this.res.destroyed) return;
     return this.res.waitDrain();
   }
 
-  rawChunks(): ((framed: Buffer) => Promise<void> | void) | undefined {
-    const { res } = this;
+  takesFramed(): boolean {
     // only a chunk-framed answer (HTTP/1.1 clients) can take an upstream's chunks as they are
-    if (this.capturing || !res.framedWrites) return undefined;
-    return (framed) => {
-      if (res.writeFramed(framed) || res.destroyed) return;
-      return res.waitDrain();
-    };
+    return !this.capturing && this.res.framedWrites;
+  }
+
+  writeFramed(framed: Buffer): Promise<void> | void {
+    if (this.res.writeFramed(framed) || this.res.destroyed) return;
+    return this.res.waitDrain();
   }
 
   /** Ends the response; `last` bytes go out with the final chunk in one write. */
   end(last?: Buffer): void {
-    if (last && this.capturing) this.parts.push(Buffer.from(last));
-    const end = () => {
+    if (!this.parts) return void (this.res.writableEnded || this.res.end(last));
+    if (last) this.parts.push(Buffer.from(last));
+    this.held = () => {
       if (!this.res.writableEnded) this.res.end(last);
     };
-    if (this.capturing) this.held = end;
-    else end();
   }
 
   /**

@@ -120,7 +120,8 @@ export class TokenBackend implements Backend {
     const all = new AbortController();
     const run = async (c: Choice, budget: number): Promise<void> => {
       const ac = new AbortController();
-      const unsubscribe = g.cancel.onAbort(() => ac.abort(g.cancel.reason));
+      const onCancel = { onCancel: () => ac.abort(g.cancel.reason) };
+      g.cancel.listen(onCancel);
       const onSibling = () => ac.abort(all.signal.reason);
       all.signal.addEventListener("abort", onSibling, { once: true });
       const decoder = text.createDecoder(); // never emits BOS/EOS/pad
@@ -175,7 +176,7 @@ export class TokenBackend implements Backend {
       } catch (e) {
         if (!(stopped && ac.signal.aborted && !g.cancel.aborted)) throw e;
       } finally {
-        unsubscribe();
+        g.cancel.unlisten(onCancel);
         all.signal.removeEventListener("abort", onSibling);
       }
       if (g.cancel.aborted) throw g.cancel.reason ?? new HttpError(499, "client disconnected", { code: "client_closed" });

@@ -25,11 +25,12 @@ export interface Sink {
   /** Writes SSE bytes; resolves when the socket can take more (backpressure). */
   write(chunk: string | Buffer): Promise<void> | void;
   /**
-   * After the first write(): a writer for bytes that already carry HTTP/1.1 chunk framing (a run of
-   * complete chunks, as an upstream sent them), or undefined when this response cannot take them
-   * as they are (HTTP/1.0 client, a pipelined response not yet on its socket, a cache capture).
+   * After the first write(): whether writeFramed() may be used, i.e. this response takes bytes that
+   * already carry HTTP/1.1 chunk framing as they are (not for an HTTP/1.0 client or a cache capture).
    */
-  rawChunks?(): ((framed: Buffer) => Promise<void> | void) | undefined;
+  takesFramed?(): boolean;
+  /** Writes a run of complete chunks, framing included, as an upstream sent them (only when takesFramed()). */
+  writeFramed?(framed: Buffer): Promise<void> | void;
   /** Ends the response; `last` (optional) leaves with the final chunk, in one write. */
   end(last?: Buffer): void;
   /** True while written bytes wait in the client connection's queue (they may still refer to the caller's buffers). */
