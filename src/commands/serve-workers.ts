@@ -52,23 +52,31 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
   };
 }
 
+/**
+ * The node flags a gateway worker runs with: the primary's own, plus
+ *
+ * - `--single-threaded-gc`: workers collect garbage on their own thread; with every core running a
+ *   worker, V8's parallel GC helpers only compete with the other workers. Measured on 4 pinned cores
+ *   (docs/BENCHMARKS.md, gateway): 9.4k -> 11.2k streams/s, 0.42 -> 0.35 ms CPU per stream, p99
+ *   added TTFT 1.8 -> 0.6 ms.
+ * - a 32 MB semi-space from the start (V8's default grows to 16 MB): a scavenge copies what is
+ *   alive, i.e. the state of the streams in flight, about the same at any moment, so a young
+ *   generation twice the size halves how often that copy is made. Measured on the device's 4 pinned
+ *   cores at ~13k streams/s: scavenges took 35-83 ms of each worker's second with the default and
+ *   14-19 ms with this (docs/BENCHMARKS.md, session 7). A semi-space flag the user gave (node's
+ *   command line or NODE_OPTIONS) wins.
+ */
+export function workerExecArgv(execArgv: readonly string[], env: NodeJS.ProcessEnv): string[] {
+  const given = `${execArgv.join(" ")} ${env.NODE_OPTIONS ?? ""}`;
+  const semi = /semi-space-size/.test(given) ? [] : [`--max-semi-space-size=${WORKER_SEMI_SPACE_MB}`, `--min-semi-space-size=${WORKER_SEMI_SPACE_MB}`];
+  return [...execArgv, "--single-threaded-gc", ...semi];
+}
+
 /** Primary side: forks the workers and serves their metrics requests. */
 export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, note: (l: string) => void) {
   return async (spec: Omit<WorkerSpec, "index">): Promise<WorkerPool> => {
     const workers = new Map<number, Worker>();
-    // Workers collect garbage on their own thread: with every core running a worker, V8's parallel
-    // GC helpers only compete with the other workers. Measured on 4 pinned cores (docs/BENCHMARKS.md,
-    // gateway): 9.4k -> 11.2k streams/s, 0.42 -> 0.35 ms CPU per stream, p99 added TTFT 1.8 -> 0.6 ms.
-    //
-    // And a 32 MB semi-space from the start (V8's default grows to 16 MB): a scavenge copies what is
-    // alive, i.e. the state of the streams in flight, about the same at any moment, so a young
-    // generation twice the size halves how often that copy is made. Measured on the device's 4 pinned
-    // cores at ~13.7k streams/s: scavenges took 44-72 ms of each worker's second with the default and
-    // 14-17 ms with this (docs/BENCHMARKS.md, session 7). A flag the user gave (NODE_OPTIONS or node's
-    // own command line) wins.
-    const given = `${process.execArgv.join(" ")} ${process.env.NODE_OPTIONS ?? ""}`;
-    const semi = /semi-space-size/.test(given) ? [] : [`--max-semi-space-size=${WORKER_SEMI_SPACE_MB}`, `--min-semi-space-size=${WORKER_SEMI_SPACE_MB}`];
-    cluster.setupPrimary({ execArgv: [...process.execArgv, "--single-threaded-gc", ...semi] });
+    cluster.setupPrimary({ execArgv: workerExecArgv(process.execArgv, process.env) });
     let stopping = false;
     let collectId = 0;
     const collecting = new Map<number, { left: number; parts: metric[][]; done: () => void }>();

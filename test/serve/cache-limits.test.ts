@@ -3,11 +3,13 @@
  * overload (429 + Retry-After), request-log rotation, and the router's balancing rules.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readdirSync, readFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { MemoryCache, cacheKey } from "../../src/engine/serve/cache.js";
 import { RequestLog } from "../../src/engine/serve/request-log.js";
 import { Router } from "../../src/engine/serve/router.js";
+import { workerExecArgv } from "../../src/commands/serve-workers.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { tempDir } from "../support/tmp.js";
 import { startRedis, startServe } from "./helpers.js";
@@ -154,6 +156,29 @@ describe("router", () => {
   });
 });
 
+/** Processes whose parent is `pid` (Linux /proc). */
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) out.push(Number(d));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return out;
+}
+
+describe("workerExecArgv", () => {
+  it("adds single-threaded GC and a 32 MB semi-space, unless the user set a semi-space", () => {
+    expect(workerExecArgv(["--enable-source-maps"], {})).toEqual(["--enable-source-maps", "--single-threaded-gc", "--max-semi-space-size=32", "--min-semi-space-size=32"]);
+    expect(workerExecArgv(["--max-semi-space-size=8"], {})).toEqual(["--max-semi-space-size=8", "--single-threaded-gc"]);
+    expect(workerExecArgv([], { NODE_OPTIONS: "--max-semi-space-size=64" })).toEqual(["--single-threaded-gc"]);
+  });
+});
+
 describe("--workers (gateway processes sharing the port)", () => {
   it("serves from 2 worker processes, /metrics sums over all of them, SIGTERM stops every process with exit 0", async () => {
     const up = await startStandin({ tokens: 3, paceMs: 1, model: "m" });
@@ -171,6 +196,10 @@ describe("--workers (gateway processes sharing the port)", () => {
       }
       expect(g.log()).toMatch(/\[w0\] serving m at/);
       expect(g.log()).toMatch(/\[w1\] serving m at/);
+      // the workers run with the V8 flags the primary gives them (workerExecArgv)
+      const workers = childPids(g.proc.pid!).map((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0"));
+      expect(workers.length).toBe(2);
+      for (const argv of workers) expect(argv).toEqual(expect.arrayContaining(["--single-threaded-gc", "--max-semi-space-size=32", "--min-semi-space-size=32"]));
     } finally {
       expect(await g.stop()).toBe(0);
       await up.close();
