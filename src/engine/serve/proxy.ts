@@ -11,6 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import type { UpstreamInstance } from "../runtime/upstream.js";
+import type { CancelListener } from "./cancel.js";
 import { H1Pool, type BodyRead, type H1Call, type H1Handler, type H1Response } from "./h1-pool.js";
 import { HttpError, normaliseErrorBody } from "./http-error.js";
 import type { GatewayMetrics, Instrument } from "./metrics.js";
@@ -18,7 +19,6 @@ import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
-import type { CancelListener } from "./cancel.js";
 import type { Backend, GenerationRequest, ModelCard } from "./types.js";
 
 export interface ProxyOptions {

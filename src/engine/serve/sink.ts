@@ -18,10 +18,9 @@ const SSE_HEADERS = {
 export class ResponseSink implements Sink {
   status = 0;
   failedInBand = false;
-  private capturing = false;
   /** In capture mode the response's last step waits until the answer is in the cache (finish()). */
   private held: (() => void) | undefined;
-  /** What capture mode copied (made when capturing). */
+  /** What capture mode copied; undefined when not capturing (most requests). */
   private parts: (string | Buffer)[] | undefined;
   private contentType = "";
 
@@ -36,7 +35,6 @@ export class ResponseSink implements Sink {
   }
 
   capture(): void {
-    this.capturing = true;
     this.parts = [];
   }
 
@@ -56,8 +54,8 @@ export class ResponseSink implements Sink {
     const send = () => {
       if (!this.res.headersSent) this.res.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body), ...headers }).end(body);
     };
-    if (this.capturing && status === 200) {
-      this.parts!.push(body);
+    if (this.parts && status === 200) {
+      this.parts.push(body);
       this.held = send;
     } else send();
   }
@@ -77,7 +75,7 @@ export class ResponseSink implements Sink {
 
   takesFramed(): boolean {
     // only a chunk-framed answer (HTTP/1.1 clients) can take an upstream's chunks as they are
-    return !this.capturing && this.res.framedWrites;
+    return !this.parts && this.res.framedWrites;
   }
 
   writeFramed(framed: Buffer): Promise<void> | void {
@@ -87,7 +85,10 @@ export class ResponseSink implements Sink {
 
   /** Ends the response; `last` bytes go out with the final chunk in one write. */
   end(last?: Buffer): void {
-    if (!this.parts) return void (this.res.writableEnded || this.res.end(last));
+    if (!this.parts) {
+      if (!this.res.writableEnded) this.res.end(last);
+      return;
+    }
     if (last) this.parts.push(Buffer.from(last));
     this.held = () => {
       if (!this.res.writableEnded) this.res.end(last);

@@ -120,8 +120,8 @@ export class TokenBackend implements Backend {
     const all = new AbortController();
     const run = async (c: Choice, budget: number): Promise<void> => {
       const ac = new AbortController();
-      const onCancel = { onCancel: () => ac.abort(g.cancel.reason) };
-      g.cancel.listen(onCancel);
+      const cancelListener = { onCancel: () => ac.abort(g.cancel.reason) };
+      g.cancel.listen(cancelListener);
       const onSibling = () => ac.abort(all.signal.reason);
       all.signal.addEventListener("abort", onSibling, { once: true });
       const decoder = text.createDecoder(); // never emits BOS/EOS/pad
@@ -176,7 +176,7 @@ export class TokenBackend implements Backend {
       } catch (e) {
         if (!(stopped && ac.signal.aborted && !g.cancel.aborted)) throw e;
       } finally {
-        g.cancel.unlisten(onCancel);
+        g.cancel.unlisten(cancelListener);
         all.signal.removeEventListener("abort", onSibling);
       }
       if (g.cancel.aborted) throw g.cancel.reason ?? new HttpError(499, "client disconnected", { code: "client_closed" });
