@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI from "openai";
 import { spawnSync } from "node:child_process";
+import { connect } from "node:net";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
@@ -255,4 +256,42 @@ describe("--protect-all and --request-timeout", () => {
       await slow.close();
     }
   });
+});
+
+describe("SIGTERM while a request is still arriving", () => {
+  it("a stream in flight finishes; a request completed during the drain gets 503 shutting_down with connection: close and is logged; exit 0", async () => {
+    const slow = await startStandin({ tokens: 4, paceMs: 150, model: "m" });
+    const g = await startServe(["--upstream", slow.url, "--log-file", join(dir, "drain.log")]);
+    try {
+      const body = JSON.stringify({ model: "m", prompt: "x", stream: true });
+      const req = `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+      const port = Number(new URL(g.url).port);
+      const open = () => {
+        const sock = connect(port, "127.0.0.1");
+        const c = { sock, got: "", closed: new Promise((r) => sock.on("close", r)) };
+        sock.on("data", (d: Buffer) => (c.got += d.toString("latin1")));
+        return c;
+      };
+      const streaming = open(); // keeps the drain waiting
+      streaming.sock.write(req);
+      const late = open();
+      late.sock.write(req.slice(0, 20)); // a request head still arriving: the connection is not idle
+      await new Promise((r) => setTimeout(r, 200));
+      const exit = g.stop("SIGTERM");
+      await new Promise((r) => setTimeout(r, 100));
+      late.sock.write(req.slice(20));
+      await Promise.all([streaming.closed, late.closed]);
+      expect(streaming.got).toMatch(/^HTTP\/1\.1 200 /);
+      expect(streaming.got).toContain("data: [DONE]");
+      expect(late.got).toMatch(/^HTTP\/1\.1 503 /);
+      expect(late.got).toMatch(/\r\nconnection: close\r\n/i);
+      expect(late.got).toContain('"code":"shutting_down"');
+      expect(await exit).toBe(0);
+      const lines = (await readFile(join(dir, "drain.log"), "utf8")).trim().split("\n").map((l) => JSON.parse(l));
+      expect(lines.map((l) => l.status).sort()).toEqual([200, 503]);
+    } finally {
+      await g.stop();
+      await slow.close();
+    }
+  }, 30_000);
 });

@@ -114,8 +114,9 @@ export class Gateway {
         try {
           if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
           this.keys.check(req.headers);
+          if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
         } catch (e) {
-          // refused before generation (auth, method): logged and counted too, without the key
+          // refused before generation (method, auth, shutdown): logged and counted too, without the key
           const status = e instanceof HttpError ? e.status : 500;
           this.finish(id, path, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
           throw e;
@@ -169,11 +170,6 @@ export class Gateway {
 
   /** Answers the request whatever happens: it never rejects (dispatch does not wait for it). */
   private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
-    if (this.draining) {
-      const e = new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
-      this.finish(id, path, e.status, t0, undefined, {}, { error: e.message });
-      return this.fail(res, e);
-    }
     const ac = new Cancel();
     this.inflight.add(ac);
     const record: RequestRecord = {};
