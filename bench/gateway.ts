@@ -82,6 +82,16 @@ const NGINX = arg("--nginx", "nginx");
  * the stand-in then writes one event more per stream through dsr than through them.
  */
 const INCLUDE_USAGE = process.argv.includes("--include-usage");
+/**
+ * `--reasoning-tokens N [--reasoning-field reasoning|reasoning_content]`: R1-shaped streams. The
+ * clients ask for chat completions, and the stand-in sends the first N of each stream's tokens as
+ * `delta.reasoning` (vLLM's name; `reasoning_content` for older vLLM and SGLang), which dsr renames
+ * to its configured fields (both by default) while nginx passes them on. TTFT is then the first
+ * token's event, after the role-only chunk.
+ */
+const REASONING_TOKENS = Number(arg("--reasoning-tokens", "0"));
+const REASONING_FIELD = arg("--reasoning-field", "reasoning");
+const CHAT = REASONING_TOKENS > 0;
 /** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
 const pinned = (list: string, cmd: string, args: string[]): [string, string[]] => (list ? ["taskset", ["-c", list, cmd, ...args]] : [cmd, args]);
 
@@ -156,14 +166,16 @@ class Loader {
   }
 
   private one(pool: Pool): Promise<void> {
-    const body = JSON.stringify({ model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true, ...(INCLUDE_USAGE ? { stream_options: { include_usage: true } } : {}) });
+    const usage = INCLUDE_USAGE ? { stream_options: { include_usage: true } } : {};
+    const body = JSON.stringify(CHAT ? { model: "standin", messages: [{ role: "user", content: "hello" }], max_tokens: TOKENS, stream: true, ...usage } : { model: "standin", prompt: "hello", max_tokens: TOKENS, stream: true, ...usage });
+    const skip = CHAT ? 1 : 0; // the role-only chunk a chat stream starts with carries no token
     return new Promise<void>((resolve) => {
       const t0 = performance.now();
       let last = 0;
       let first = true;
       let events = 0;
       const rec = this.measuring;
-      pool.request({ path: "/v1/completions", method: "POST", headers: { "content-type": "application/json" }, body }, (err, res) => {
+      pool.request({ path: CHAT ? "/v1/chat/completions" : "/v1/completions", method: "POST", headers: { "content-type": "application/json" }, body }, (err, res) => {
         if (err || !res || res.statusCode !== 200) {
           if (rec) this.errors++;
           res?.body.resume();
@@ -176,11 +188,13 @@ class Loader {
           while (i >= 0) {
             if (chunk[i + 1] === 10) {
               events++;
-              if (events <= TOKENS && rec) {
-                if (first) this.ttft.push(now - t0);
-                else this.itl.push(now - last);
+              if (events > skip) {
+                if (events <= TOKENS + skip && rec) {
+                  if (first) this.ttft.push(now - t0);
+                  else this.itl.push(now - last);
+                }
+                first = false;
               }
-              first = false;
               last = now;
             }
             i = chunk.indexOf(10, i + 1);
@@ -188,7 +202,7 @@ class Loader {
         });
         res.body.on("end", () => {
           if (rec) {
-            if (events >= TOKENS + (INCLUDE_USAGE ? 2 : 1)) this.streams++; // the tokens, the usage chunk when asked for, [DONE]
+            if (events >= skip + TOKENS + (INCLUDE_USAGE ? 2 : 1)) this.streams++; // the role chunk (chat), the tokens, the usage chunk when asked for, [DONE]
             else this.errors++;
           }
           resolve();
@@ -423,7 +437,7 @@ async function main(): Promise<void> {
   // a .ts script runs through tsx (development tree); a bundled .mjs with plain node
   const scriptArgs = (file: string) => (file.endsWith(".ts") ? ["--import", "tsx", file] : [file]);
   const startUpstream = async (pace: number) => {
-    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...scriptArgs(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS)]), /"port":(\d+)/);
+    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...scriptArgs(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS), "--reasoning-tokens", String(REASONING_TOKENS), "--reasoning-field", REASONING_FIELD]), /"port":(\d+)/);
     procs.push(u.proc);
     return { proc: u.proc, port: Number(u.match[1]) };
   };
@@ -505,6 +519,8 @@ async function main(): Promise<void> {
       nginx_worker_processes: NGINX_WORKERS,
       endpoint: "/v1/completions stream",
       client_include_usage: INCLUDE_USAGE,
+      reasoning_tokens_per_stream: REASONING_TOKENS,
+      reasoning_field: CHAT ? REASONING_FIELD : undefined,
       cpus: { proxy: PROXY_CPUS || "any", upstream: UPSTREAM_CPUS || "any", loadgen: LOADGEN_CPUS || "any" },
       upstream_processes: UPSTREAM_WORKERS,
       loadgen_threads: LOADGEN_THREADS,

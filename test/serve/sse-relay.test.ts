@@ -178,3 +178,76 @@ describe("SSE relay", () => {
     });
   });
 });
+
+describe("SSE relay: a stream's reasoning events, rewritten from a learnt template", () => {
+  const head = { id: "chatcmpl-1", object: "chat.completion.chunk", created: 1732312345, model: "r1" };
+  type Fields = ("reasoning_content" | "reasoning")[];
+  const reasoningEv = (key: string, text: string, extra: Record<string, unknown> = {}) => ev({ ...head, choices: [{ index: 0, delta: { [key]: text, ...extra }, logprobs: null, finish_reason: null }] });
+  /** What the JSON path makes of one event: the oracle the byte path must agree with. */
+  function oracle(event: string, fields: Fields): unknown {
+    const o = JSON.parse(event.slice(6));
+    for (const c of o.choices ?? []) {
+      const d = c.delta;
+      const r = d.reasoning !== undefined ? d.reasoning : d.reasoning_content;
+      if (r === undefined || fields.length === 0) continue;
+      delete d.reasoning;
+      delete d.reasoning_content;
+      for (const f of fields) d[f] = r;
+    }
+    return o;
+  }
+  const parsedEvents = (out: string) => out.split("\n\n").filter((e) => e.startsWith("data: {")).map((e) => JSON.parse(e.slice(6)));
+  const rand = seededRandom(5);
+  const pieces = ["think", " ", "é", "中", "\"reasoning\":\"x", "\\", "\n", "\t", "\u0001", "\u2028", "😀", "\"", "/", "}", "]},{"];
+  const randomText = () => Array.from({ length: Math.floor(rand() * 6) }, () => pieces[Math.floor(rand() * pieces.length)]).join("");
+
+  for (const key of ["reasoning", "reasoning_content"]) {
+    for (const fields of [["reasoning_content", "reasoning"], ["reasoning"], ["reasoning_content"]] as Fields[]) {
+      it(`upstream ${key} → ${fields.join(" + ")}: every event as the JSON path would make it, counted once, for any chunking`, () => {
+        const events = [
+          ev({ ...head, choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] }),
+          ...Array.from({ length: 60 }, () => reasoningEv(key, randomText())),
+          // same prefix, other structure: a second key, a finish reason, an error, content
+          reasoningEv(key, "a", { content: null }),
+          ev({ ...head, choices: [{ index: 0, delta: { [key]: "b" }, logprobs: null, finish_reason: "stop" }] }),
+          reasoningEv(key, "c"),
+          // the template's length, another byte before or after the string
+          reasoningEv(key, "d").replace('"created":1732312345', '"created":1732312346'),
+          reasoningEv(key, "e").replace('"logprobs":null', '"logprobs":9999'),
+          ev({ ...head, choices: [{ index: 0, delta: { content: "42" }, logprobs: null, finish_reason: null }] }),
+          "data: [DONE]\n\n",
+        ];
+        const input = events.join("");
+        const expected = events.filter((e) => e.startsWith("data: {")).map((e) => oracle(e, fields));
+        const bytes = Buffer.byteLength(input);
+        for (let k = 0; k < 40; k++) {
+          const cuts = k === 0 ? [] : Array.from({ length: 1 + (k % 9) }, () => Math.floor(rand() * bytes)).sort((a, b) => a - b);
+          const { out, stats } = relayAll(input, cuts, { fields, dropUsageChunk: true });
+          expect(parsedEvents(out)).toEqual(expected);
+          expect(out.endsWith("data: [DONE]\n\n")).toBe(true);
+          expect(stats).toMatchObject({ events: 66, finishReason: "stop" });
+        }
+      });
+    }
+  }
+
+  it("keeps the upstream's bytes around the text (no re-serialisation), and forwards events whose key is already the only name untouched", () => {
+    // spaces and an escape that JSON.stringify would not write: the bytes show which path made them
+    const spaced = (text: string) => reasoningEv("reasoning", text).replace('"index":0', '"index": 0');
+    const e = spaced("x\\u00e9");
+    const stream = spaced("first") + e;
+    const both = relayAll(stream, [], { fields: ["reasoning_content", "reasoning"], dropUsageChunk: true }).out;
+    expect(both.split("\n\n")[1]).toBe(e.trimEnd().replace('"reasoning":"x\\\\u00e9"', '"reasoning_content":"x\\\\u00e9","reasoning":"x\\\\u00e9"'));
+    expect(relayAll(stream, [], { fields: ["reasoning"], dropUsageChunk: true }).out).toBe(stream);
+  });
+
+  it("an event that differs from the template only in bytes that are not a valid string body goes the JSON path", () => {
+    const stream = reasoningEv("reasoning", "ok") + reasoningEv("reasoning", "ok").replace('"ok"', '"a\\x"') + reasoningEv("reasoning", "ok").replace('"ok"', '"a"b"');
+    const { out } = relayAll(stream, [], { fields: ["reasoning_content"], dropUsageChunk: true });
+    const [first, bad1, bad2] = out.split("\n\n");
+    expect(JSON.parse(first.slice(6)).choices[0].delta).toEqual({ reasoning_content: "ok" });
+    // not JSON: the JSON path forwards them as they came
+    expect(bad1 + "\n\n").toBe(reasoningEv("reasoning", "ok").replace('"ok"', '"a\\x"'));
+    expect(bad2 + "\n\n").toBe(reasoningEv("reasoning", "ok").replace('"ok"', '"a"b"'));
+  });
+});

@@ -3,8 +3,9 @@
  * fixed pace (token k leaves at start + k × paceMs, so timers never drift), answers non-streaming
  * requests, /v1/models and /health, and can misbehave on demand (status codes, dying mid-stream,
  * vLLM-style `reasoning` fields, the old flat error shape). Tests and bench/gateway.ts use it; run it
- * as a script (`tsx test/support/standin-upstream.ts --port 0 --tokens 64 --pace-ms 10`) to get a
- * separate process that prints `{"port":N}` on stdout.
+ * as a script (`tsx test/support/standin-upstream.ts --port 0 --tokens 64 --pace-ms 10
+ * [--reasoning-tokens N --reasoning-field reasoning_content]`) to get a separate process that prints
+ * `{"port":N}` on stdout.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -160,7 +161,9 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
       process.exit(0);
     });
   } else {
-    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, record: false }, arg("--port", 0));
+    const fi = process.argv.indexOf("--reasoning-field");
+    const reasoningField = fi >= 0 ? (process.argv[fi + 1] as StandinOptions["reasoningField"]) : undefined;
+    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, reasoningTokens: arg("--reasoning-tokens", 0), reasoningField, record: false }, arg("--port", 0));
     if (cluster.isPrimary) process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
   }
 }

@@ -7,6 +7,7 @@
  */
 import { Ranges } from "./h1-chunked.js";
 import type { ReasoningField } from "./reasoning.js";
+import { ReasoningTemplate, UNCHANGED } from "./reasoning-template.js";
 
 export interface RelayStats {
   /** Token-bearing events seen (chunks with choices). */
@@ -110,6 +111,10 @@ export class SseRelay {
   private readonly cuts: number[] = [];
   private nCuts = 0;
   private readonly inserts: Buffer[] = [];
+  /** This stream's reasoning events as a byte template, once event() has rewritten one (reasoning-template.ts). */
+  private reasoning: ReasoningTemplate | undefined;
+  /** Reasoning events event() looked at for a template (a stream whose events do not fit stops trying). */
+  private reasoningTries = 0;
 
   constructor(private readonly o: RelayOptions) {}
 
@@ -173,7 +178,7 @@ export class SseRelay {
           else special = true;
         }
         if (special) {
-          const replacement = this.event(buf.subarray(from + start, from + end));
+          const replacement = this.special(buf, from + start, from + end);
           if (replacement !== undefined) {
             cut = true;
             bytes += this.cutRun(ranges, run, from + start);
@@ -247,7 +252,7 @@ export class SseRelay {
         else if (k === OTHER && (renaming || s.charCodeAt(m.index) !== 0x65 /* reasoning */)) special = true;
       }
       if (special) {
-        const replacement = this.event(all().subarray(start, end));
+        const replacement = this.special(all(), start, end);
         if (replacement !== undefined) {
           out ??= [];
           if (start > run) out.push(all().subarray(run, start));
@@ -298,6 +303,14 @@ export class SseRelay {
     return p;
   }
 
+  /** An event [a, b) of `buf` that mentions usage, error or reasoning: rewritten by the stream's reasoning template when it fits, else by event(). */
+  private special(buf: Buffer, a: number, b: number): Buffer | undefined {
+    const r = this.reasoning?.rewrite(buf, a, b);
+    if (r === undefined) return this.event(buf.subarray(a, b));
+    this.countToken(performance.now());
+    return r === UNCHANGED ? undefined : r;
+  }
+
   /** Inspects one event that mentions usage, error or reasoning; returns replacement bytes (with separator; empty = drop) or undefined = forward as is. */
   private event(ev: Buffer): Buffer | undefined {
     const text = ev.toString("utf8");
@@ -340,6 +353,15 @@ export class SseRelay {
     for (const c of choices) if (typeof c.finish_reason === "string") this.stats.finishReason = c.finish_reason;
     if (!hasReasoning && !(hasUsage && this.o.dropUsageChunk)) return undefined;
     if (hasUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
+    else if (!hasUsage && !hasError && choices.length === 1) {
+      const key = reasoningKey(choices[0]);
+      // a reasoning token and nothing else: its siblings in this stream can skip the JSON round trip
+      if (key && this.reasoning === undefined && choices[0].finish_reason == null && this.reasoningTries++ < MAX_LEARN_TRIES) {
+        this.reasoning = ReasoningTemplate.learn(ev, key, this.o.fields);
+      }
+      // the upstream already uses the one configured name: its bytes go as they came
+      if (key && this.o.fields.length === 1 && this.o.fields[0] === key) return undefined;
+    }
     normaliseReasoning(choices, this.o.fields);
     return Buffer.from(`data: ${JSON.stringify(obj)}\n\n`);
   }
@@ -357,6 +379,20 @@ export class SseRelay {
     this.stats.lastEventAt = now;
     this.o.listener?.tokenAt(now);
   }
+}
+
+/** Reasoning events event() may learn a template from before the stream stops trying. */
+const MAX_LEARN_TRIES = 4;
+
+/** The one reasoning key a choice's delta or message carries as a string, if it carries exactly one. */
+function reasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
+  const t = (c.message ?? c.delta) as Record<string, unknown> | undefined;
+  if (!t || typeof t !== "object") return undefined;
+  const r = typeof t.reasoning === "string";
+  const rc = typeof t.reasoning_content === "string";
+  if (r && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
+  if (rc && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
+  return undefined;
 }
 
 /** Renames `reasoning` / `reasoning_content` on each choice's message or delta to the configured fields. */
