@@ -22,6 +22,40 @@ function relayAll(input: string, cuts: number[], opts: ConstructorParameters<typ
   return { out, stats: r.stats };
 }
 
+/** The data of `b`, which must be exactly one HTTP/1.1 chunk (lower-case hex size, CRLF, data, CRLF). */
+function dechunk(b: Buffer): string {
+  const s = b.toString("latin1");
+  const m = /^([0-9a-f]+)\r\n/.exec(s);
+  expect(m, `not a chunk: ${JSON.stringify(s.slice(0, 40))}`).not.toBeNull();
+  const size = parseInt(m![1], 16);
+  expect(b.length).toBe(m![0].length + size + 2);
+  expect(s.endsWith("\r\n")).toBe(true);
+  return b.subarray(m![0].length, m![0].length + size).toString();
+}
+
+/** Feeds chunk-framed bytes to a relay read by read, cut at `cuts`, as the upstream client does. */
+function relayFramed(bytes: Buffer, cuts: number[], chunked: boolean, o: ConstructorParameters<typeof SseRelay>[0]) {
+  const r = new SseRelay(o);
+  const dec = new ChunkedDecoder();
+  const ranges = new Ranges();
+  let out = "";
+  let passed = 0;
+  let prev = 0;
+  for (const c of [...cuts, bytes.length]) {
+    const read = Buffer.from(bytes.subarray(prev, c));
+    ranges.clear();
+    dec.feed(read, 0, ranges);
+    if (ranges.n > 0 && r.push(read, ranges, chunked)) {
+      out += chunked ? dechunk(r.out) : r.out.toString();
+      if (r.passedThrough) passed++;
+    }
+    prev = c;
+  }
+  const rest = r.flush();
+  if (rest) out += rest.toString();
+  return { out, stats: r.stats, passed };
+}
+
 describe("SSE relay", () => {
   const stream =
     ev({ choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] }) +
@@ -103,27 +137,6 @@ describe("SSE relay", () => {
       return Buffer.from(parts.join("") + "0\r\n\r\n");
     }
 
-    function relayFramed(bytes: Buffer, cuts: number[]) {
-      const r = new SseRelay(opts);
-      const dec = new ChunkedDecoder();
-      const ranges = new Ranges();
-      let out = "";
-      let passed = 0;
-      let prev = 0;
-      for (const c of [...cuts, bytes.length]) {
-        const read = Buffer.from(bytes.subarray(prev, c));
-        ranges.clear();
-        dec.feed(read, 0, ranges);
-        if (ranges.n > 0 && r.push(read, ranges)) {
-          out += r.out.toString();
-          if (r.passedThrough) passed++;
-        }
-        prev = c;
-      }
-      const rest = r.flush();
-      if (rest) out += rest.toString();
-      return { out, stats: r.stats, passed };
-    }
 
     it("count every event of a chunk that holds several, whatever byte starts the next one", () => {
       const tok = (t: string) => ev({ choices: [{ index: 0, delta: { content: t }, finish_reason: null }] });
@@ -131,14 +144,14 @@ describe("SSE relay", () => {
         const pieces = [tok("a"), tok("x") + second, tok("c")];
         const bytes = framed(pieces, () => 1);
         const reference = relayAll(pieces.join(""), [], { ...opts, fields: [...opts.fields] });
-        const got = relayFramed(bytes, []);
+        const got = relayFramed(bytes, [], false, opts);
         expect(got.out).toBe(reference.out);
         expect(got.stats.events).toBe(reference.stats.events);
         expect(got.stats.events).toBe(4);
       }
     });
 
-    it("give the same bytes and counts as the unframed relay for any chunking, extensions and TCP cuts", () => {
+    it("give the same bytes and counts as the unframed relay for any chunking, extensions and TCP cuts, framed as one chunk when asked", () => {
       const reference = relayAll(events.join(""), [], { ...opts, fields: [...opts.fields] });
       expect(reference.stats).toMatchObject({ events: 41, promptTokens: 7, completionTokens: 40, finishReason: "length" });
       expect(reference.out).not.toContain("usage");
@@ -158,7 +171,7 @@ describe("SSE relay", () => {
         }
         const bytes = framed(pieces, rand);
         const cuts = Array.from({ length: 1 + Math.floor(rand() * 12) }, () => Math.floor(rand() * bytes.length)).sort((a, b) => a - b);
-        const { out, stats } = relayFramed(bytes, cuts);
+        const { out, stats } = relayFramed(bytes, cuts, k % 2 === 1, opts);
         expect(out).toBe(reference.out);
         expect(stats).toEqual(reference.stats.firstEventAt === undefined ? reference.stats : { ...reference.stats, firstEventAt: stats.firstEventAt, lastEventAt: stats.lastEventAt });
       }
@@ -171,7 +184,7 @@ describe("SSE relay", () => {
       const cuts: number[] = [];
       let at = 0;
       for (const p of plain) cuts.push((at += `${Buffer.byteLength(p).toString(16)}\r\n${p}\r\n`.length));
-      const { out, stats, passed } = relayFramed(bytes, cuts.slice(0, -1));
+      const { out, stats, passed } = relayFramed(bytes, cuts.slice(0, -1), false, opts);
       expect(out).toBe(plain.join(""));
       expect(passed).toBe(plain.length);
       expect(stats).toMatchObject({ events: 39, finishReason: "length" });
@@ -206,7 +219,9 @@ describe("SSE relay: a stream's reasoning events, rewritten from a learnt templa
       it(`upstream ${key} → ${fields.join(" + ")}: every event as the JSON path would make it, counted once, for any chunking`, () => {
         const events = [
           ev({ ...head, choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] }),
-          ...Array.from({ length: 60 }, () => reasoningEv(key, randomText())),
+          // the first is learnt from (a text that spells a key is not), the rest take the template when they fit
+          reasoningEv(key, "Okay"),
+          ...Array.from({ length: 59 }, () => reasoningEv(key, randomText())),
           // same prefix, other structure: a second key, a finish reason, an error, content
           reasoningEv(key, "a", { content: null }),
           ev({ ...head, choices: [{ index: 0, delta: { [key]: "b" }, logprobs: null, finish_reason: "stop" }] }),
@@ -226,6 +241,15 @@ describe("SSE relay: a stream's reasoning events, rewritten from a learnt templa
           expect(parsedEvents(out)).toEqual(expected);
           expect(out.endsWith("data: [DONE]\n\n")).toBe(true);
           expect(stats).toMatchObject({ events: 66, finishReason: "stop" });
+        }
+        // as the upstream client gives it: one event per chunk, read by read, the output framed
+        const framedBytes = Buffer.from(events.map((e) => `${Buffer.byteLength(e).toString(16)}\r\n${e}\r\n`).join("") + "0\r\n\r\n");
+        const cuts: number[] = [];
+        for (let at = 0, i = 0; i < events.length - 1; i++) cuts.push((at += Buffer.byteLength(`${Buffer.byteLength(events[i]).toString(16)}\r\n${events[i]}\r\n`)));
+        for (const c of [cuts, cuts.filter((_, i) => i % 3 === 0)]) {
+          const got = relayFramed(framedBytes, c, true, { fields, dropUsageChunk: true });
+          expect(parsedEvents(got.out)).toEqual(expected);
+          expect(got.stats).toMatchObject({ events: 66, finishReason: "stop" });
         }
       });
     }

@@ -1,6 +1,7 @@
 /**
  * Incremental decoder for HTTP/1.1 chunked bodies (RFC 9112 §7.1), shared by the proxy's client
- * (h1-pool.ts, upstream answers) and the gateway's server (h1-server.ts, request bodies). Size lines
+ * (h1-pool.ts, upstream answers) and the gateway's server (h1-server.ts, request bodies), and the
+ * encoding of one chunk (chunkSize / beginChunk / endChunk) for what the gateway sends. Size lines
  * and trailers may be split across reads; it works on byte offsets and never builds strings for the
  * common path.
  */
@@ -216,4 +217,42 @@ export class Ranges {
     for (let i = 0; i < this.n; i += 2) out.push(b.subarray(this.v[i], this.v[i + 1]));
     return out;
   }
+}
+
+/** Bytes one chunk of `n` data bytes takes: its size line, the data and the CRLF after them. */
+export function chunkSize(n: number): number {
+  return hexDigits(n) + n + 4;
+}
+
+/** Writes the size line of a chunk of `n` data bytes into `out` at `at`; returns where the data goes. */
+export function beginChunk(out: Buffer, at: number, n: number): number {
+  for (let i = at + hexDigits(n) - 1, v = n; i >= at; i--, v = Math.floor(v / 16)) out[i] = HEX[v % 16];
+  at += hexDigits(n);
+  out[at] = 13;
+  out[at + 1] = 10;
+  return at + 2;
+}
+
+/** Writes the CRLF that closes a chunk's data at `at`; returns the offset after it. */
+export function endChunk(out: Buffer, at: number): number {
+  out[at] = 13;
+  out[at + 1] = 10;
+  return at + 2;
+}
+
+/** `b` as one chunk, in a new Buffer. */
+export function chunkOf(b: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(chunkSize(b.length));
+  const at = beginChunk(out, 0, b.length);
+  out.set(b, at);
+  endChunk(out, at + b.length);
+  return out;
+}
+
+const HEX = Buffer.from("0123456789abcdef", "latin1");
+/** Hex digits of a size (at least one). */
+function hexDigits(n: number): number {
+  let d = 1;
+  for (; n >= 16; d++) n = Math.floor(n / 16);
+  return d;
 }

@@ -19,7 +19,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { ChunkedDecoder, Ranges } from "./h1-chunked.js";
+import { beginChunk, chunkOf, chunkSize, ChunkedDecoder, endChunk, Ranges } from "./h1-chunked.js";
 import { HttpError } from "./http-error.js";
 
 export interface H1Request {
@@ -517,13 +517,12 @@ export class H1Response {
 }
 
 /** `b` as one chunk (size line, data, CRLF), and the last chunk after it when `last`: one allocation. */
+/** `b` as one chunk, and the last chunk after it when the body ends here. */
 function frame(b: Buffer, last = false): Buffer {
-  const size = `${b.length.toString(16)}\r\n`;
-  const out = Buffer.allocUnsafe(size.length + b.length + 2 + (last ? LAST_CHUNK.length : 0));
-  let at = out.write(size, 0, size.length, "latin1");
-  at += b.copy(out, at);
-  out[at++] = 13;
-  out[at++] = 10;
-  if (last) LAST_CHUNK.copy(out, at);
+  if (!last) return chunkOf(b);
+  const out = Buffer.allocUnsafe(chunkSize(b.length) + LAST_CHUNK.length);
+  const at = beginChunk(out, 0, b.length);
+  out.set(b, at);
+  out.set(LAST_CHUNK, endChunk(out, at + b.length));
   return out;
 }

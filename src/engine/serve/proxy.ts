@@ -249,7 +249,8 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     const { g } = this;
     const relay = this.relay!;
     if (read.ranges.n === 0) return; // only framing in this read
-    if (!relay.push(read.buf, read.ranges)) return;
+    // a client that takes chunks gets the relay's output framed (a last read's bytes go with the end, unframed)
+    if (!relay.push(read.buf, read.ranges, this.framed && !read.last)) return;
     // the body ends in this read: its bytes leave with the response's end, one write instead of two
     if (read.last) return void (this.tail = relay.out);
     if (!this.streaming) {
@@ -260,7 +261,8 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       return;
     }
     // whole chunks whose events passed the relay unchanged: forward the read as received
-    this.backpressure(this.framed && read.aligned && relay.passedThrough ? g.sink.writeFramed!(read.raw) : g.sink.write(relay.out));
+    if (this.framed) this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
+    else this.backpressure(g.sink.write(relay.out));
   }
 
   private backpressure(w: Promise<void> | void): void {

@@ -11,6 +11,7 @@
  * bytes. A string body cannot hold a key (its quotes are escaped), so such an event has the learnt
  * event's structure, and the JSON path would make the same change to it.
  */
+import { beginChunk, chunkSize, endChunk } from "./h1-chunked.js";
 import type { ReasoningField } from "./reasoning.js";
 
 /** rewrite()'s answer for an event of the template whose key is already the only configured name: forward it as it is. */
@@ -19,16 +20,16 @@ const BLANK_LINE = Buffer.from("\n\n");
 
 export class ReasoningTemplate {
   private constructor(
-    /** The event up to the key's opening quote. */
-    private readonly prefix: Buffer,
-    /** `"reasoning":"` or `"reasoning_content":"`. */
-    private readonly key: Buffer,
+    /** The event up to its string's body: everything before the key, and the key (`"reasoning":"` or `"reasoning_content":"`). */
+    private readonly head: Buffer,
     /** From the string's closing quote to the event's end. */
-    private readonly suffix: Buffer,
-    /** What replaces the key: `"f1":"` for the first configured name, `","f2":"` for each next one, each followed by the string body. */
-    private readonly heads: Buffer[],
-    /** The configured names are exactly the event's own key: nothing to rewrite. */
-    private readonly same: boolean,
+    private readonly tail: Buffer,
+    /**
+     * The rewritten event around the copies of the string body: the bytes before the key with the
+     * first configured name (`…"f1":"`), `","f2":"` for each next name, and the tail with the blank
+     * line after the event. Undefined when the configured names are exactly the event's key.
+     */
+    private readonly pieces: Buffer[] | undefined,
   ) {}
 
   /**
@@ -44,33 +45,44 @@ export class ReasoningTemplate {
     const at = k + key.length + 4;
     const close = stringEnd(ev, at, ev.length);
     if (close < 0) return undefined;
-    const heads = fields.map((f, i) => Buffer.from(i === 0 ? `"${f}":"` : `","${f}":"`, "latin1"));
-    return new ReasoningTemplate(Buffer.from(ev.subarray(0, k)), Buffer.from(ev.subarray(k, at)), Buffer.from(ev.subarray(close)), heads, fields.length === 1 && fields[0] === key);
+    const same = fields.length === 1 && fields[0] === key;
+    const pieces = same
+      ? undefined
+      : [
+          Buffer.concat([ev.subarray(0, k), Buffer.from(`"${fields[0]}":"`, "latin1")]),
+          ...fields.slice(1).map((f) => Buffer.from(`","${f}":"`, "latin1")),
+          Buffer.concat([ev.subarray(close), BLANK_LINE]),
+        ];
+    return new ReasoningTemplate(Buffer.from(ev.subarray(0, at)), Buffer.from(ev.subarray(close)), pieces);
   }
 
   /**
-   * The event buf[a, b) (without its blank line) rewritten, with a blank line after it; UNCHANGED when
-   * it matches and needs no change; undefined when it is not this template's event.
+   * The event buf[a, b) (without its blank line) rewritten, with a blank line after it (and framed as
+   * one HTTP/1.1 chunk when `chunked`); UNCHANGED when it matches and needs no change; undefined when
+   * it is not this template's event.
    */
-  rewrite(buf: Buffer, a: number, b: number): Buffer | undefined {
-    const { prefix: p, key: k, suffix: x } = this;
-    const from = a + p.length + k.length; // the string body
-    const to = b - x.length;
-    if (to < from) return undefined;
-    if (buf.compare(p, 0, p.length, a, a + p.length) !== 0 || buf.compare(k, 0, k.length, a + p.length, from) !== 0) return undefined;
-    if (buf.compare(x, 0, x.length, to, b) !== 0 || !isStringBody(buf, from, to)) return undefined;
-    if (this.same) return UNCHANGED;
-    const n = to - from;
-    let size = p.length + x.length + 2;
-    for (const h of this.heads) size += h.length + n;
-    const out = Buffer.allocUnsafe(size);
-    let at = p.copy(out, 0);
-    for (const h of this.heads) {
-      at += h.copy(out, at);
-      at += buf.copy(out, at, from, to);
+  rewrite(buf: Buffer, a: number, b: number, chunked: boolean): Buffer | undefined {
+    const { head: h, tail: t } = this;
+    const from = a + h.length; // the string body
+    const to = b - t.length;
+    if (to < from || buf.compare(h, 0, h.length, a, from) !== 0 || buf.compare(t, 0, t.length, to, b) !== 0 || !isStringBody(buf, from, to)) return undefined;
+    const pieces = this.pieces;
+    if (pieces === undefined) return UNCHANGED;
+    // pieces and copies of the body, alternating; Uint8Array#set, not Buffer#copy: no argument checks per piece
+    const body = buf.subarray(from, to);
+    let size = body.length * (pieces.length - 1);
+    for (const p of pieces) size += p.length;
+    const out = Buffer.allocUnsafe(chunked ? chunkSize(size) : size);
+    let at = chunked ? beginChunk(out, 0, size) : 0;
+    for (let i = 0; i < pieces.length; i++) {
+      if (i > 0) {
+        out.set(body, at);
+        at += body.length;
+      }
+      out.set(pieces[i], at);
+      at += pieces[i].length;
     }
-    at += x.copy(out, at);
-    BLANK_LINE.copy(out, at);
+    if (chunked) endChunk(out, at);
     return out;
   }
 }

@@ -5,7 +5,7 @@
  * the usage chunk the gateway itself asked for) or an error. Everything else is a byte slice, which
  * keeps the proxy's added latency in the microseconds.
  */
-import { Ranges } from "./h1-chunked.js";
+import { beginChunk, chunkOf, chunkSize, endChunk, Ranges } from "./h1-chunked.js";
 import type { ReasoningField } from "./reasoning.js";
 import { ReasoningTemplate, UNCHANGED } from "./reasoning-template.js";
 
@@ -111,6 +111,10 @@ export class SseRelay {
   private readonly cuts: number[] = [];
   private nCuts = 0;
   private readonly inserts: Buffer[] = [];
+  /** push()'s `chunked`: `out` is one HTTP/1.1 chunk. */
+  private chunked = false;
+  /** The read's one replacement (inserts[0]) was made as a chunk already. */
+  private insertChunked = false;
   /** This stream's reasoning events as a byte template, once event() has rewritten one (reasoning-template.ts). */
   private reasoning: ReasoningTemplate | undefined;
   /** Reasoning events event() looked at for a template (a stream whose events do not fit stops trying). */
@@ -121,13 +125,16 @@ export class SseRelay {
   /**
    * Takes one read: `buf` and where its body bytes lie in it (`ranges`, as the chunked decoder gives
    * them; the whole buffer by default). Returns true when there are bytes to forward now (complete
-   * events): `out` gives them.
+   * events): `out` gives them, as one HTTP/1.1 chunk when `chunked` (framed as they are assembled,
+   * instead of copied once more by the server).
    *
    * Events end at a blank line (`\n\n` or `\r\n\r\n`). One regex pass marks the events that need a
    * look inside (usage, error, reasoning to rename); only those go to event(). Every other event is
    * forwarded as the same bytes and counted in bulk, with the read timed once.
    */
-  push(buf: Buffer, ranges: Ranges = Ranges.of(0, buf.length)): boolean {
+  push(buf: Buffer, ranges: Ranges = Ranges.of(0, buf.length), chunked = false): boolean {
+    this.chunked = chunked;
+    this.insertChunked = false;
     this.passedThrough = false;
     this.result = this.read = this.readRanges = undefined;
     this.nCuts = 0;
@@ -178,7 +185,8 @@ export class SseRelay {
           else special = true;
         }
         if (special) {
-          const replacement = this.special(buf, from + start, from + end);
+          // the read's only event: its replacement can be made as the chunk `out` will give
+          const replacement = this.special(buf, from + start, from + end, n === 2 && start === 0 && end + 2 === stop);
           if (replacement !== undefined) {
             cut = true;
             bytes += this.cutRun(ranges, run, from + start);
@@ -252,7 +260,7 @@ export class SseRelay {
         else if (k === OTHER && (renaming || s.charCodeAt(m.index) !== 0x65 /* reasoning */)) special = true;
       }
       if (special) {
-        const replacement = this.special(all(), start, end);
+        const replacement = this.special(all(), start, end, false);
         if (replacement !== undefined) {
           out ??= [];
           if (start > run) out.push(all().subarray(run, start));
@@ -280,19 +288,28 @@ export class SseRelay {
     return this.result !== undefined;
   }
 
-  /** The bytes to forward after a push() that returned true (joined on demand). */
+  /** The bytes to forward after a push() that returned true (joined on demand; one chunk when push() was asked for `chunked`). */
   get out(): Buffer {
-    if (this.result) return this.result.length === 1 ? this.result[0] : Buffer.concat(this.result);
+    const framed = this.chunked;
+    if (this.result) return framed ? chunkOfAll(this.result) : this.result.length === 1 ? this.result[0] : Buffer.concat(this.result);
     const buf = this.read!;
     const ranges = this.readRanges!;
-    if (this.nCuts === 0) return ranges.n === 2 ? buf.subarray(ranges.v[0], ranges.v[1]) : ranges.gather(buf);
-    // one allocation for the kept runs and the replacements, in order
     const { cuts, nCuts, inserts } = this;
+    if (nCuts === 2 && cuts[0] < 0) {
+      // one event, replaced (a reasoning token)
+      const x = inserts[cuts[1]];
+      return framed && !this.insertChunked ? chunkOf(x) : x;
+    }
+    if (nCuts === 0 && !framed) return ranges.n === 2 ? buf.subarray(ranges.v[0], ranges.v[1]) : ranges.gather(buf);
+    // one allocation for the kept runs and the replacements, in order (or the read's body, framed)
     let size = 0;
+    if (nCuts === 0) size = ranges.bytesIn(0, buf.length);
     for (let i = 0; i < nCuts; i += 2) size += cuts[i] < 0 ? inserts[cuts[i + 1]].length : ranges.bytesIn(cuts[i], cuts[i + 1]);
-    const out = Buffer.allocUnsafe(size);
-    let at = 0;
+    const out = Buffer.allocUnsafe(framed ? chunkSize(size) : size);
+    let at = framed ? beginChunk(out, 0, size) : 0;
+    if (nCuts === 0) at = ranges.copyIn(buf, 0, buf.length, out, at);
     for (let i = 0; i < nCuts; i += 2) at = cuts[i] < 0 ? at + inserts[cuts[i + 1]].copy(out, at) : ranges.copyIn(buf, cuts[i], cuts[i + 1], out, at);
+    if (framed) endChunk(out, at);
     return out;
   }
 
@@ -304,11 +321,13 @@ export class SseRelay {
   }
 
   /** An event [a, b) of `buf` that mentions usage, error or reasoning: rewritten by the stream's reasoning template when it fits, else by event(). */
-  private special(buf: Buffer, a: number, b: number): Buffer | undefined {
-    const r = this.reasoning?.rewrite(buf, a, b);
+  private special(buf: Buffer, a: number, b: number, whole: boolean): Buffer | undefined {
+    const r = this.reasoning?.rewrite(buf, a, b, whole && this.chunked);
     if (r === undefined) return this.event(buf.subarray(a, b));
     this.countToken(performance.now());
-    return r === UNCHANGED ? undefined : r;
+    if (r === UNCHANGED) return undefined;
+    this.insertChunked = whole && this.chunked;
+    return r;
   }
 
   /** Inspects one event that mentions usage, error or reasoning; returns replacement bytes (with separator; empty = drop) or undefined = forward as is. */
@@ -393,6 +412,20 @@ function reasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
   if (r && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
   if (rc && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
   return undefined;
+}
+
+/** `parts` joined as one HTTP/1.1 chunk. */
+function chunkOfAll(parts: Buffer[]): Buffer {
+  let size = 0;
+  for (const p of parts) size += p.length;
+  const out = Buffer.allocUnsafe(chunkSize(size));
+  let at = beginChunk(out, 0, size);
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  endChunk(out, at);
+  return out;
 }
 
 /** Renames `reasoning` / `reasoning_content` on each choice's message or delta to the configured fields. */
