@@ -58,7 +58,8 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
  * - `--single-threaded-gc`: workers collect garbage on their own thread; with every core running a
  *   worker, V8's parallel GC helpers only compete with the other workers. Measured on 4 pinned cores
  *   (docs/BENCHMARKS.md, gateway): 9.4k -> 11.2k streams/s, 0.42 -> 0.35 ms CPU per stream, p99
- *   added TTFT 1.8 -> 0.6 ms.
+ *   added TTFT 1.8 -> 0.6 ms. A GC threading flag the user gave (`--no-single-threaded-gc`,
+ *   `--[no-]parallel-scavenge`, `--[no-]concurrent-marking`, `--[no-]parallel-marking`) wins.
  * - a 32 MB semi-space from the start (V8's default grows to 16 MB): a scavenge copies what is
  *   alive, i.e. the state of the streams in flight, about the same at any moment, so a young
  *   generation twice the size halves how often that copy is made. Measured on the device's 4 pinned
@@ -69,7 +70,8 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
 export function workerExecArgv(execArgv: readonly string[], env: NodeJS.ProcessEnv): string[] {
   const given = `${execArgv.join(" ")} ${env.NODE_OPTIONS ?? ""}`;
   const semi = /semi-space-size/.test(given) ? [] : [`--max-semi-space-size=${WORKER_SEMI_SPACE_MB}`, `--min-semi-space-size=${WORKER_SEMI_SPACE_MB}`];
-  return [...execArgv, "--single-threaded-gc", ...semi];
+  const threads = /single-threaded-gc|parallel-scavenge|concurrent-marking|parallel-marking/.test(given) ? [] : ["--single-threaded-gc"];
+  return [...execArgv, ...threads, ...semi];
 }
 
 /** Primary side: forks the workers and serves their metrics requests. */

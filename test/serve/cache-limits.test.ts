@@ -177,6 +177,11 @@ describe("workerExecArgv", () => {
     expect(workerExecArgv(["--max-semi-space-size=8"], {})).toEqual(["--max-semi-space-size=8", "--single-threaded-gc"]);
     expect(workerExecArgv([], { NODE_OPTIONS: "--max-semi-space-size=64" })).toEqual(["--single-threaded-gc"]);
   });
+
+  it("leaves GC threading to a flag the user gave", () => {
+    expect(workerExecArgv(["--no-single-threaded-gc"], {})).toEqual(["--no-single-threaded-gc", "--max-semi-space-size=32", "--min-semi-space-size=32"]);
+    expect(workerExecArgv([], { NODE_OPTIONS: "--no-parallel-scavenge" })).toEqual(["--max-semi-space-size=32", "--min-semi-space-size=32"]);
+  });
 });
 
 describe("--workers (gateway processes sharing the port)", () => {
