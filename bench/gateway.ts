@@ -178,7 +178,7 @@ class Loader {
       pool.request({ path: CHAT ? "/v1/chat/completions" : "/v1/completions", method: "POST", headers: { "content-type": "application/json" }, body }, (err, res) => {
         if (err || !res || res.statusCode !== 200) {
           if (rec) this.errors++;
-          res?.body.resume();
+          res?.body?.resume();
           return resolve();
         }
         res.body.on("data", (chunk: Buffer) => {
