@@ -119,6 +119,12 @@ export class SseRelay {
   private reasoning: ReasoningTemplate | undefined;
   /** Reasoning events event() looked at for a template (a stream whose events do not fit stops trying). */
   private reasoningTries = 0;
+  /**
+   * Reads are tried against the reasoning template before any scan: true from the template's
+   * learning until an event does not fit (an R1 stream reasons first, then answers, and does not go
+   * back).
+   */
+  private reasoningFirst = false;
 
   constructor(private readonly o: RelayOptions) {}
 
@@ -140,7 +146,10 @@ export class SseRelay {
     this.nCuts = 0;
     if (this.inserts.length > 0) this.inserts.length = 0;
     if (ranges.n === 0) return false;
-    if (this.pending === undefined && endsEvents(buf, ranges)) return this.wholeEvents(buf, ranges);
+    if (this.pending === undefined && endsEvents(buf, ranges)) {
+      if (this.reasoningFirst && this.allReasoning(buf, ranges)) return true;
+      return this.wholeEvents(buf, ranges);
+    }
     return this.general(ranges.n === 2 && ranges.v[0] === 0 && ranges.v[1] === buf.length ? [buf] : ranges.slices(buf));
   }
 
@@ -207,6 +216,34 @@ export class SseRelay {
     if (!cut) return (this.passedThrough = true);
     bytes += this.cutRun(ranges, run, v[n - 1]);
     return bytes > 0;
+  }
+
+  /**
+   * A read whose every range is one reasoning event of the template: rewritten (or passed on as it is
+   * when the key is already the one configured name) without the latin1 string and the key scan.
+   * False, with nothing kept, at the first range that does not fit; reads are not tried this way
+   * again.
+   */
+  private allReasoning(buf: Buffer, ranges: Ranges): boolean {
+    const t = this.reasoning!;
+    const { v, n } = ranges;
+    const whole = n === 2 && this.chunked;
+    for (let i = 0; i < n; i += 2) {
+      const r = t.rewrite(buf, v[i], v[i + 1] - 2, whole);
+      if (r === undefined) {
+        this.reasoningFirst = false;
+        this.nCuts = 0;
+        this.inserts.length = 0;
+        return false;
+      }
+      if (r !== UNCHANGED) this.insert(r);
+    }
+    this.countTokens(n >> 1);
+    this.read = buf;
+    this.readRanges = ranges;
+    this.insertChunked = whole;
+    if (this.nCuts === 0) this.passedThrough = true; // every event UNCHANGED
+    return true;
   }
 
   /** Keeps the chunk data of the read in [a, b); returns its size. */
@@ -377,6 +414,7 @@ export class SseRelay {
       // a reasoning token and nothing else: its siblings in this stream can skip the JSON round trip
       if (key && this.reasoning === undefined && choices[0].finish_reason == null && this.reasoningTries++ < MAX_LEARN_TRIES) {
         this.reasoning = ReasoningTemplate.learn(ev, key, this.o.fields);
+        this.reasoningFirst = this.reasoning !== undefined;
       }
       // the upstream already uses the one configured name: its bytes go as they came
       if (key && this.o.fields.length === 1 && this.o.fields[0] === key) return undefined;
