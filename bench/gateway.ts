@@ -31,6 +31,8 @@
  * calls per stream come from /proc/PID/io (how many events an upstream read carries). For a machine without
  * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
  * `--include-usage`: the clients ask for the usage chunk, as vLLM's benchmark_serving does (see INCLUDE_USAGE).
+ * `--reasoning-tokens N [--reasoning-field reasoning|reasoning_content]`: R1-shaped chat streams whose
+ * first N tokens are reasoning deltas, which dsr renames (see REASONING_TOKENS).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
