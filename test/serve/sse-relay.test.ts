@@ -255,6 +255,38 @@ describe("SSE relay: a stream's reasoning events, rewritten from a learnt templa
     }
   }
 
+  for (const key of ["reasoning_content", "reasoning"]) {
+    it(`DeepSeek's API shape (the absent part named, null; key ${key}): both phases as the JSON path would make them, for any chunking`, () => {
+      const delta = (d: Record<string, unknown>) => ev({ ...head, system_fingerprint: "fp_1", choices: [{ index: 0, delta: d, logprobs: null, finish_reason: null }] });
+      const events = [
+        delta({ role: "assistant", content: null, [key]: "" }),
+        ...Array.from({ length: 30 }, (_, i) => delta({ content: null, [key]: i === 0 ? "Okay" : randomText() })),
+        ...Array.from({ length: 30 }, (_, i) => delta({ content: i === 0 ? "The" : randomText(), [key]: null })),
+        // the answer's shape with something else changed: a second null key, a finish reason
+        delta({ content: "x", [key]: null, tool_calls: null }),
+        delta({ content: "y", [key]: null }), // the template again, found by the scan this time
+        ev({ ...head, system_fingerprint: "fp_1", choices: [{ index: 0, delta: { content: "!", [key]: null }, logprobs: null, finish_reason: "stop" }] }),
+        "data: [DONE]\n\n",
+      ];
+      const input = events.join("");
+      const bytes = Buffer.byteLength(input);
+      for (const fields of [["reasoning_content", "reasoning"], ["reasoning"], ["reasoning_content"]] as Fields[]) {
+        const expected = events.filter((e) => e.startsWith("data: {")).map((e) => oracle(e, fields));
+        for (let k = 0; k < 20; k++) {
+          const cuts = k === 0 ? [] : Array.from({ length: 1 + (k % 9) }, () => Math.floor(rand() * bytes)).sort((a, b) => a - b);
+          const { out, stats } = relayAll(input, cuts, { fields, dropUsageChunk: true });
+          expect(parsedEvents(out)).toEqual(expected);
+          expect(stats).toMatchObject({ events: 63, finishReason: "stop" });
+        }
+        const framedBytes = Buffer.from(events.map((e) => `${Buffer.byteLength(e).toString(16)}\r\n${e}\r\n`).join("") + "0\r\n\r\n");
+        const cuts: number[] = [];
+        for (let at = 0, i = 0; i < events.length - 1; i++) cuts.push((at += Buffer.byteLength(`${Buffer.byteLength(events[i]).toString(16)}\r\n${events[i]}\r\n`)));
+        const got = relayFramed(framedBytes, cuts, true, { fields, dropUsageChunk: true });
+        expect(parsedEvents(got.out)).toEqual(expected);
+      }
+    });
+  }
+
   it("keeps the upstream's bytes around the text (no re-serialisation), and forwards events whose key is already the only name untouched", () => {
     // spaces and an escape that JSON.stringify would not write: the bytes show which path made them
     const spaced = (text: string) => reasoningEv("reasoning", text).replace('"index":0', '"index": 0');

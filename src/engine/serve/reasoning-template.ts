@@ -3,13 +3,16 @@
  * sends each of those tokens as `…"delta":{"reasoning":"tok"}…` (older releases and SGLang:
  * `reasoning_content`), and the gateway must put the text under the configured names. Parsing and
  * re-serialising every such event cost about 5 µs of CPU each, five times a plain event's relay.
+ * Servers that speak DeepSeek's API shape also name the absent part in every event
+ * (`"content":null,"reasoning_content":"tok"` while thinking, then `"content":"tok","reasoning_content":null`),
+ * so their answer's events need the rename too.
  *
- * Within one stream these events differ only in the string: id, created, model, index, the other
+ * Within one stream these events differ only in one string: id, created, model, index, the other
  * delta keys and finish_reason null repeat byte for byte. So the first one that the JSON path
- * rewrote is learnt as a template (the bytes before the key, the key, the bytes after the string),
- * and a later event that is the template with another string body in it is rewritten by copying
- * bytes. A string body cannot hold a key (its quotes are escaped), so such an event has the learnt
- * event's structure, and the JSON path would make the same change to it.
+ * rewrote is learnt as a template (the bytes before the string's body and the bytes after it, and
+ * what they become), and a later event that is the template with another string body in it is
+ * rewritten by copying bytes. A string body cannot hold a key (its quotes are escaped), so such an
+ * event has the learnt event's structure, and the JSON path would make the same change to it.
  */
 import { beginChunk, chunkSize, endChunk } from "./h1-chunked.js";
 import type { ReasoningField } from "./reasoning.js";
@@ -20,33 +23,31 @@ const BLANK_LINE = Buffer.from("\n\n");
 
 export class ReasoningTemplate {
   private constructor(
-    /** The event up to its string's body: everything before the key, and the key (`"reasoning":"` or `"reasoning_content":"`). */
+    /** The event up to its string's body (the body of the reasoning text, or of the content beside a null reasoning key). */
     private readonly head: Buffer,
     /** From the string's closing quote to the event's end. */
     private readonly tail: Buffer,
     /**
-     * The rewritten event around the copies of the string body: the bytes before the key with the
-     * first configured name (`…"f1":"`), `","f2":"` for each next name, and the tail with the blank
+     * The rewritten event around the copies of the string body, the last piece ending with the blank
      * line after the event. Undefined when the configured names are exactly the event's key.
      */
     private readonly pieces: Buffer[] | undefined,
   ) {}
 
   /**
-   * A template from one event's bytes (`data: …`, without its blank line) that the JSON path found to
-   * be a single choice whose delta or message carries `key` as a string and nothing else to change
-   * (no usage, no error, no finish reason). Undefined when the bytes do not have that key exactly
-   * once, as `"key":"` with no space, closed on the same event.
+   * From one event's bytes (`data: …`, without its blank line) that the JSON path found to be a single
+   * choice whose delta or message carries `key` as a string and nothing else to change (no usage, no
+   * error, no finish reason). Undefined when the bytes do not have that key exactly once, as
+   * `"key":"` with no space, closed on the same event.
    */
-  static learn(ev: Buffer, key: ReasoningField, fields: readonly ReasoningField[]): ReasoningTemplate | undefined {
-    const k = ev.indexOf(`"${key}":"`, 0, "latin1");
-    // the key must be the event's only mention of a reasoning name (an escaped quote inside a string can spell one)
-    if (k < 0 || ev.indexOf('"reasoning', 0, "latin1") !== k || ev.indexOf('"reasoning', k + 1, "latin1") >= 0) return undefined;
+  static learnText(ev: Buffer, key: ReasoningField, fields: readonly ReasoningField[]): ReasoningTemplate | undefined {
+    const k = onlyMention(ev, `"${key}":"`);
+    if (k < 0) return undefined;
     const at = k + key.length + 4;
     const close = stringEnd(ev, at, ev.length);
     if (close < 0) return undefined;
-    const same = fields.length === 1 && fields[0] === key;
-    const pieces = same
+    // `…"f1":"` body `","f2":"` body … `"…` (the tail, from the closing quote)
+    const pieces = sameNames(key, fields)
       ? undefined
       : [
           Buffer.concat([ev.subarray(0, k), Buffer.from(`"${fields[0]}":"`, "latin1")]),
@@ -54,6 +55,29 @@ export class ReasoningTemplate {
           Buffer.concat([ev.subarray(close), BLANK_LINE]),
         ];
     return new ReasoningTemplate(Buffer.from(ev.subarray(0, at)), Buffer.from(ev.subarray(close)), pieces);
+  }
+
+  /**
+   * From an event of the same kind whose delta or message carries `key` as null and its content as a
+   * string (DeepSeek's API shape, SGLang): the content is what varies, and `"key":null` becomes the
+   * configured names, each null. Undefined unless `"key":null` and `"content":"` occur exactly once.
+   */
+  static learnNullPartner(ev: Buffer, key: ReasoningField, fields: readonly ReasoningField[]): ReasoningTemplate | undefined {
+    const nullKey = `"${key}":null`;
+    const k = onlyMention(ev, nullKey);
+    const c = ev.indexOf('"content":"', 0, "latin1");
+    if (k < 0 || c < 0 || ev.indexOf('"content":"', c + 1, "latin1") >= 0) return undefined;
+    const at = c + 11;
+    const close = stringEnd(ev, at, ev.length);
+    if (close < 0) return undefined;
+    const head = ev.subarray(0, at);
+    const tail = ev.subarray(close);
+    const renamed = (part: Buffer, offset: number) =>
+      k < offset || k >= offset + part.length
+        ? part
+        : Buffer.concat([part.subarray(0, k - offset), Buffer.from(fields.map((f) => `"${f}":null`).join(","), "latin1"), part.subarray(k - offset + nullKey.length)]);
+    const pieces = sameNames(key, fields) ? undefined : [renamed(head, 0), Buffer.concat([renamed(tail, close), BLANK_LINE])];
+    return new ReasoningTemplate(Buffer.from(head), Buffer.from(tail), pieces);
   }
 
   /**
@@ -86,6 +110,15 @@ export class ReasoningTemplate {
     return out;
   }
 }
+
+/** Where `needle` is in `ev`, when it is the event's only mention of a reasoning name (an escaped quote inside a string can spell one); else -1. */
+function onlyMention(ev: Buffer, needle: string): number {
+  const k = ev.indexOf(needle, 0, "latin1");
+  if (k < 0 || ev.indexOf('"reasoning', 0, "latin1") !== k || ev.indexOf('"reasoning', k + 1, "latin1") >= 0) return -1;
+  return k;
+}
+
+const sameNames = (key: ReasoningField, fields: readonly ReasoningField[]) => fields.length === 1 && fields[0] === key;
 
 /** True when buf[a, b) is the body of a JSON string: no unescaped quote, no control byte, only JSON's escapes (RFC 8259 §7). */
 export function isStringBody(buf: Buffer, a: number, b: number): boolean {

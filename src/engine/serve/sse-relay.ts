@@ -115,16 +115,20 @@ export class SseRelay {
   private chunked = false;
   /** The read's one replacement (inserts[0]) was made as a chunk already. */
   private insertChunked = false;
-  /** This stream's reasoning events as a byte template, once event() has rewritten one (reasoning-template.ts). */
-  private reasoning: ReasoningTemplate | undefined;
-  /** Reasoning events event() looked at for a template (a stream whose events do not fit stops trying). */
-  private reasoningTries = 0;
   /**
-   * Reads are tried against the reasoning template before any scan: true from the template's
-   * learning until an event does not fit (an R1 stream reasons first, then answers, and does not go
-   * back).
+   * This stream's reasoning events as byte templates (reasoning-template.ts), each learnt from the
+   * first event of its kind that event() rewrote: reasoning text, and content beside a null
+   * reasoning key (DeepSeek's API shape).
    */
-  private reasoningFirst = false;
+  private textTemplate: ReasoningTemplate | undefined;
+  private partnerTemplate: ReasoningTemplate | undefined;
+  /** Events event() looked at for a template (a stream whose events do not fit stops trying). */
+  private learnTries = 0;
+  /**
+   * The template reads are tried against before any scan: the last one an event fitted, until an
+   * event does not fit it (an R1 stream reasons, then answers, and does not go back).
+   */
+  private first: ReasoningTemplate | undefined;
 
   constructor(private readonly o: RelayOptions) {}
 
@@ -147,7 +151,7 @@ export class SseRelay {
     if (this.inserts.length > 0) this.inserts.length = 0;
     if (ranges.n === 0) return false;
     if (this.pending === undefined && endsEvents(buf, ranges)) {
-      if (this.reasoningFirst && this.allReasoning(buf, ranges)) return true;
+      if (this.first !== undefined && this.allTemplated(buf, ranges)) return true;
       return this.wholeEvents(buf, ranges);
     }
     return this.general(ranges.n === 2 && ranges.v[0] === 0 && ranges.v[1] === buf.length ? [buf] : ranges.slices(buf));
@@ -219,19 +223,19 @@ export class SseRelay {
   }
 
   /**
-   * A read whose every range is one reasoning event of the template: rewritten (or passed on as it is
+   * A read whose every range is one event of the `first` template: rewritten (or passed on as it is
    * when the key is already the one configured name) without the latin1 string and the key scan.
    * False, with nothing kept, at the first range that does not fit; reads are not tried this way
-   * again.
+   * again until an event fits a template.
    */
-  private allReasoning(buf: Buffer, ranges: Ranges): boolean {
-    const t = this.reasoning!;
+  private allTemplated(buf: Buffer, ranges: Ranges): boolean {
+    const t = this.first!;
     const { v, n } = ranges;
     const whole = n === 2 && this.chunked;
     for (let i = 0; i < n; i += 2) {
       const r = t.rewrite(buf, v[i], v[i + 1] - 2, whole);
       if (r === undefined) {
-        this.reasoningFirst = false;
+        this.first = undefined;
         this.nCuts = 0;
         this.inserts.length = 0;
         return false;
@@ -357,10 +361,14 @@ export class SseRelay {
     return p;
   }
 
-  /** An event [a, b) of `buf` that mentions usage, error or reasoning: rewritten by the stream's reasoning template when it fits, else by event(). */
+  /** An event [a, b) of `buf` that mentions usage, error or reasoning: rewritten by one of the stream's reasoning templates when it fits, else by event(). */
   private special(buf: Buffer, a: number, b: number, whole: boolean): Buffer | undefined {
-    const r = this.reasoning?.rewrite(buf, a, b, whole && this.chunked);
+    const chunked = whole && this.chunked;
+    let t = this.textTemplate;
+    let r = t?.rewrite(buf, a, b, chunked);
+    if (r === undefined && this.partnerTemplate !== undefined) r = (t = this.partnerTemplate).rewrite(buf, a, b, chunked);
     if (r === undefined) return this.event(buf.subarray(a, b));
+    this.first = t;
     this.countToken(performance.now());
     if (r === UNCHANGED) return undefined;
     this.insertChunked = whole && this.chunked;
@@ -405,19 +413,30 @@ export class SseRelay {
     if (choices.length === 0) {
       return hasUsage && this.o.dropUsageChunk ? EMPTY : undefined;
     }
-    this.countToken(now);
+    // the stream's opening chunk (a role, and empty or null text, as DeepSeek's API sends it with
+    // `"reasoning_content":""`) carries no token: counting it would under-report TTFT (facts §1.3)
+    if (!(this.stats.events === 0 && choices.length === 1 && isRoleOnlyChoice(choices[0]))) this.countToken(now);
     for (const c of choices) if (typeof c.finish_reason === "string") this.stats.finishReason = c.finish_reason;
     if (!hasReasoning && !(hasUsage && this.o.dropUsageChunk)) return undefined;
     if (hasUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
     else if (!hasUsage && !hasError && choices.length === 1) {
-      const key = reasoningKey(choices[0]);
-      // a reasoning token and nothing else: its siblings in this stream can skip the JSON round trip
-      if (key && this.reasoning === undefined && choices[0].finish_reason == null && this.reasoningTries++ < MAX_LEARN_TRIES) {
-        this.reasoning = ReasoningTemplate.learn(ev, key, this.o.fields);
-        this.reasoningFirst = this.reasoning !== undefined;
+      const c = choices[0];
+      const key = reasoningKey(c);
+      const nullKey = key === undefined ? nullReasoningKey(c) : undefined;
+      // a reasoning token (or an answer token beside a null reasoning key) and nothing else: its
+      // siblings in this stream can skip the JSON round trip
+      if (c.finish_reason == null && this.learnTries < MAX_LEARN_TRIES) {
+        if (key !== undefined && this.textTemplate === undefined) {
+          this.learnTries++;
+          this.first = this.textTemplate = ReasoningTemplate.learnText(ev, key, this.o.fields);
+        } else if (nullKey !== undefined && this.partnerTemplate === undefined) {
+          this.learnTries++;
+          this.first = this.partnerTemplate = ReasoningTemplate.learnNullPartner(ev, nullKey, this.o.fields);
+        }
       }
       // the upstream already uses the one configured name: its bytes go as they came
-      if (key && this.o.fields.length === 1 && this.o.fields[0] === key) return undefined;
+      const named = key ?? nullKey;
+      if (named !== undefined && this.o.fields.length === 1 && this.o.fields[0] === named) return undefined;
     }
     normaliseReasoning(choices, this.o.fields);
     return Buffer.from(`data: ${JSON.stringify(obj)}\n\n`);
@@ -438,8 +457,8 @@ export class SseRelay {
   }
 }
 
-/** Reasoning events event() may learn a template from before the stream stops trying. */
-const MAX_LEARN_TRIES = 4;
+/** Events event() may learn a template from before the stream stops trying. */
+const MAX_LEARN_TRIES = 8;
 
 /** The one reasoning key a choice's delta or message carries as a string, if it carries exactly one. */
 function reasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
@@ -447,6 +466,24 @@ function reasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
   if (!t || typeof t !== "object") return undefined;
   const r = typeof t.reasoning === "string";
   const rc = typeof t.reasoning_content === "string";
+  if (r && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
+  if (rc && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
+  return undefined;
+}
+
+/** A delta with a role and no text (content and reasoning empty or null, no tool calls). */
+function isRoleOnlyChoice(c: Record<string, unknown>): boolean {
+  const d = c.delta as Record<string, unknown> | undefined;
+  if (!d || typeof d !== "object" || d.role === undefined || d.tool_calls) return false;
+  return !d.content && !d.reasoning && !d.reasoning_content;
+}
+
+/** The one reasoning key a choice's delta or message carries as null beside a string content (DeepSeek's API shape). */
+function nullReasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
+  const t = (c.message ?? c.delta) as Record<string, unknown> | undefined;
+  if (!t || typeof t !== "object" || typeof t.content !== "string") return undefined;
+  const r = t.reasoning === null;
+  const rc = t.reasoning_content === null;
   if (r && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
   if (rc && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
   return undefined;
