@@ -287,6 +287,34 @@ describe("SSE relay: a stream's reasoning events, rewritten from a learnt templa
     });
   }
 
+  it("SGLang's shape (every key named, null when absent, `usage: null` in every chunk): renamed as the JSON path would, `usage: null` kept, plain events untouched", () => {
+    const chunk = (d: Record<string, unknown>, finish: string | null = null) =>
+      ev({ ...head, choices: [{ index: 0, delta: { role: null, content: null, reasoning_content: null, tool_calls: null, ...d }, logprobs: null, finish_reason: finish, matched_stop: null }], usage: null });
+    const events = [
+      chunk({ role: "assistant", content: "" }),
+      ...Array.from({ length: 20 }, (_, i) => chunk({ reasoning_content: i === 0 ? "Hmm" : randomText() })),
+      ...Array.from({ length: 20 }, (_, i) => chunk({ content: i === 0 ? "So" : randomText() })),
+      chunk({ content: "" }, "stop"),
+      ev({ ...head, choices: [], usage: { prompt_tokens: 4, completion_tokens: 41, total_tokens: 45 } }),
+      "data: [DONE]\n\n",
+    ];
+    const input = events.join("");
+    const bytes = Buffer.byteLength(input);
+    for (const fields of [["reasoning_content", "reasoning"], ["reasoning"], ["reasoning_content"]] as Fields[]) {
+      // the injected usage chunk is dropped; `usage: null` is no usage and stays
+      const expected = events.filter((e) => e.startsWith("data: {") && !e.includes('"choices":[]')).map((e) => oracle(e, fields));
+      for (let k = 0; k < 20; k++) {
+        const cuts = k === 0 ? [] : Array.from({ length: 1 + (k % 9) }, () => Math.floor(rand() * bytes)).sort((a, b) => a - b);
+        const { out, stats } = relayAll(input, cuts, { fields, dropUsageChunk: true });
+        expect(parsedEvents(out)).toEqual(expected);
+        expect(stats).toMatchObject({ events: 41, finishReason: "stop", promptTokens: 4, completionTokens: 41 });
+      }
+    }
+    // nothing to rename: every event but the injected usage chunk goes as it came
+    const { out } = relayAll(input, [], { fields: [], dropUsageChunk: true });
+    expect(out).toBe(events.filter((e) => !e.includes('"choices":[]')).join(""));
+  });
+
   it("keeps the upstream's bytes around the text (no re-serialisation), and forwards events whose key is already the only name untouched", () => {
     // spaces and an escape that JSON.stringify would not write: the bytes show which path made them
     const spaced = (text: string) => reasoningEv("reasoning", text).replace('"index":0', '"index": 0');

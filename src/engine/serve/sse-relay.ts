@@ -63,7 +63,8 @@ function keyAt(s: string, m: RegExpExecArray): number {
   const i = m.index;
   const quoted = (c: number) => s.charCodeAt(i - 1) === c && s.charCodeAt(i - 2) === 0x22;
   const c0 = s.charCodeAt(i);
-  if (c0 === 0x73 /* sage" */) return quoted(0x75 /* u */) ? OTHER : NONE;
+  // `"usage":null` is no usage (OpenAI's API and SGLang send it in every chunk): not worth a look
+  if (c0 === 0x73 /* sage" */) return quoted(0x75 /* u */) && !s.startsWith(":null", i + 5) ? OTHER : NONE;
   if (c0 === 0x65 /* easoning */) return quoted(0x72 /* r */) ? OTHER : NONE;
   if (s.charCodeAt(i + 1) === 0x72 /* rror" */) return quoted(0x65 /* e */) ? OTHER : NONE;
   return s.startsWith('"finish_', i - 8) ? FINISH : NONE;
@@ -405,21 +406,23 @@ export class SseRelay {
       return undefined;
     }
     const choices = Array.isArray(obj.choices) ? (obj.choices as Record<string, unknown>[]) : [];
-    if (hasUsage && obj.usage) {
+    // `"usage":null` (OpenAI's API and SGLang send it in every chunk) is no usage: it stays
+    const withUsage = hasUsage && obj.usage !== undefined && obj.usage !== null;
+    if (withUsage) {
       const u = obj.usage as { prompt_tokens?: number; completion_tokens?: number };
       this.stats.promptTokens = u.prompt_tokens;
       this.stats.completionTokens = u.completion_tokens;
     }
     if (choices.length === 0) {
-      return hasUsage && this.o.dropUsageChunk ? EMPTY : undefined;
+      return withUsage && this.o.dropUsageChunk ? EMPTY : undefined;
     }
     // the stream's opening chunk (a role, and empty or null text, as DeepSeek's API sends it with
     // `"reasoning_content":""`) carries no token: counting it would under-report TTFT (facts §1.3)
     if (!(this.stats.events === 0 && choices.length === 1 && isRoleOnlyChoice(choices[0]))) this.countToken(now);
     for (const c of choices) if (typeof c.finish_reason === "string") this.stats.finishReason = c.finish_reason;
-    if (!hasReasoning && !(hasUsage && this.o.dropUsageChunk)) return undefined;
-    if (hasUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
-    else if (!hasUsage && !hasError && choices.length === 1) {
+    if (!hasReasoning && !(withUsage && this.o.dropUsageChunk)) return undefined;
+    if (withUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
+    else if (!withUsage && !hasError && choices.length === 1) {
       const c = choices[0];
       const key = reasoningKey(c);
       const nullKey = key === undefined ? nullReasoningKey(c) : undefined;
