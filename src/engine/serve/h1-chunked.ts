@@ -240,12 +240,18 @@ export function endChunk(out: Buffer, at: number): number {
   return at + 2;
 }
 
-/** `b` as one chunk, in a new Buffer. */
-export function chunkOf(b: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(chunkSize(b.length));
-  const at = beginChunk(out, 0, b.length);
-  out.set(b, at);
-  endChunk(out, at + b.length);
+/** `b` (or the parts, joined) as one chunk, in a new Buffer. */
+export function chunkOf(b: Buffer | readonly Buffer[]): Buffer {
+  const parts = Buffer.isBuffer(b) ? [b] : b;
+  let size = 0;
+  for (const p of parts) size += p.length;
+  const out = Buffer.allocUnsafe(chunkSize(size));
+  let at = beginChunk(out, 0, size);
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  endChunk(out, at);
   return out;
 }
 

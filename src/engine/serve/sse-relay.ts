@@ -333,7 +333,7 @@ export class SseRelay {
   /** The bytes to forward after a push() that returned true (joined on demand; one chunk when push() was asked for `chunked`). */
   get out(): Buffer {
     const framed = this.chunked;
-    if (this.result) return framed ? chunkOfAll(this.result) : this.result.length === 1 ? this.result[0] : Buffer.concat(this.result);
+    if (this.result) return framed ? chunkOf(this.result) : this.result.length === 1 ? this.result[0] : Buffer.concat(this.result);
     const buf = this.read!;
     const ranges = this.readRanges!;
     const { cuts, nCuts, inserts } = this;
@@ -372,7 +372,7 @@ export class SseRelay {
     this.first = t;
     this.countToken(performance.now());
     if (r === UNCHANGED) return undefined;
-    this.insertChunked = whole && this.chunked;
+    this.insertChunked = chunked;
     return r;
   }
 
@@ -424,8 +424,8 @@ export class SseRelay {
     if (withUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
     else if (!withUsage && !hasError && choices.length === 1) {
       const c = choices[0];
-      const key = reasoningKey(c);
-      const nullKey = key === undefined ? nullReasoningKey(c) : undefined;
+      const key = soleReasoningKey(c, "text");
+      const nullKey = key === undefined ? soleReasoningKey(c, "null") : undefined;
       // a reasoning token (or an answer token beside a null reasoning key) and nothing else: its
       // siblings in this stream can skip the JSON round trip
       if (c.finish_reason == null && this.learnTries < MAX_LEARN_TRIES) {
@@ -463,14 +463,16 @@ export class SseRelay {
 /** Events event() may learn a template from before the stream stops trying. */
 const MAX_LEARN_TRIES = 8;
 
-/** The one reasoning key a choice's delta or message carries as a string, if it carries exactly one. */
-function reasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
+/**
+ * The one reasoning key a choice's delta or message carries, if it carries exactly one: as a string
+ * (`text`), or as null beside a string content (`null`, DeepSeek's API shape).
+ */
+function soleReasoningKey(c: Record<string, unknown>, kind: "text" | "null"): ReasoningField | undefined {
   const t = (c.message ?? c.delta) as Record<string, unknown> | undefined;
-  if (!t || typeof t !== "object") return undefined;
-  const r = typeof t.reasoning === "string";
-  const rc = typeof t.reasoning_content === "string";
-  if (r && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
-  if (rc && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
+  if (!t || typeof t !== "object" || (kind === "null" && typeof t.content !== "string")) return undefined;
+  const fits = (v: unknown) => (kind === "text" ? typeof v === "string" : v === null);
+  if (fits(t.reasoning) && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
+  if (fits(t.reasoning_content) && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
   return undefined;
 }
 
@@ -479,31 +481,6 @@ function isRoleOnlyChoice(c: Record<string, unknown>): boolean {
   const d = c.delta as Record<string, unknown> | undefined;
   if (!d || typeof d !== "object" || d.role === undefined || d.tool_calls) return false;
   return !d.content && !d.reasoning && !d.reasoning_content;
-}
-
-/** The one reasoning key a choice's delta or message carries as null beside a string content (DeepSeek's API shape). */
-function nullReasoningKey(c: Record<string, unknown>): ReasoningField | undefined {
-  const t = (c.message ?? c.delta) as Record<string, unknown> | undefined;
-  if (!t || typeof t !== "object" || typeof t.content !== "string") return undefined;
-  const r = t.reasoning === null;
-  const rc = t.reasoning_content === null;
-  if (r && !Object.hasOwn(t, "reasoning_content")) return "reasoning";
-  if (rc && !Object.hasOwn(t, "reasoning")) return "reasoning_content";
-  return undefined;
-}
-
-/** `parts` joined as one HTTP/1.1 chunk. */
-function chunkOfAll(parts: Buffer[]): Buffer {
-  let size = 0;
-  for (const p of parts) size += p.length;
-  const out = Buffer.allocUnsafe(chunkSize(size));
-  let at = beginChunk(out, 0, size);
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  endChunk(out, at);
-  return out;
 }
 
 /** Renames `reasoning` / `reasoning_content` on each choice's message or delta to the configured fields. */
