@@ -121,7 +121,7 @@ function onlyMention(ev: Buffer, needle: string): number {
 const sameNames = (key: ReasoningField, fields: readonly ReasoningField[]) => fields.length === 1 && fields[0] === key;
 
 /** True when buf[a, b) is the body of a JSON string: no unescaped quote, no control byte, only JSON's escapes (RFC 8259 §7). */
-export function isStringBody(buf: Buffer, a: number, b: number): boolean {
+function isStringBody(buf: Buffer, a: number, b: number): boolean {
   for (let j = a; j < b; j++) {
     const c = buf[j];
     if (c === 0x5c /* \ */) {
