@@ -221,7 +221,7 @@ interface Harness {
 }
 
 /**
- * The handler: /stream writes three chunks apart then ends; /never never answers; /slow answers after
+ * The handler: /stream writes three chunks apart then ends; /stream-whole is a stream given whole to end(); /never never answers; /slow answers after
  * 150 ms; /fixed ends with an 11-byte body; /declared declares its length and ends without a body
  * (for HEAD); /big?n= writes n bytes in 64 KiB writes, honouring backpressure; /ended answers and
  * watches the close listener; everything else echoes the request as JSON. A body over the limit gets 413.
@@ -261,6 +261,9 @@ async function startH1(o: Partial<H1ServerOptions> = {}): Promise<Harness> {
         };
         return next();
       }
+      case "/stream-whole":
+        // a stream whose whole body is known when it starts (an upstream that answered in one read)
+        return void res.writeHead(200, { "content-type": "text/plain" }, true).end("all at once");
       case "/never":
         res.closeListener = { onClientClose: countClose };
         h.held.push(res);
@@ -436,6 +439,18 @@ describe("H1Server: keep-alive, pipelining, HTTP/1.0", () => {
     expect(a.body.toString()).toBe("one two three");
     expect(c.data.subarray(c.data.indexOf("\r\n\r\n") + 4).toString()).toBe("4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n");
     expect(c.closed).toBe(false);
+    c.close();
+  });
+
+  it("HTTP/1.1 streaming answer given whole to end(): the head, one chunk and the last chunk in one write; the connection stays", async () => {
+    const c = await Client.open(h.port);
+    c.send(get("/stream-whole"));
+    const a = await c.answer();
+    expect(a.headers["transfer-encoding"]).toBe("chunked");
+    expect(c.data.subarray(c.data.indexOf("\r\n\r\n") + 4).toString()).toBe("b\r\nall at once\r\n0\r\n\r\n");
+    c.data = Buffer.alloc(0);
+    c.send(get("/fixed"));
+    expect((await c.answer()).body.toString()).toBe("hello world");
     c.close();
   });
 

@@ -505,19 +505,22 @@ export class H1Response {
     // a whole chunked body ends here too: the last chunk goes out in the same write
     const last = whole && this.chunked && !this.head;
     if (this.head || noBody || body.length === 0) return Buffer.from(last ? h + "0\r\n\r\n" : h, "latin1");
-    // the head, the first chunk's size line, its data and CRLF (and the last chunk) in one allocation
-    if (this.chunked) h += `${body.length.toString(16)}\r\n`;
-    const out = Buffer.allocUnsafe(h.length + body.length + (this.chunked ? 2 : 0) + (last ? LAST_CHUNK.length : 0));
-    let at = out.write(h, 0, h.length, "latin1");
-    at += body.copy(out, at);
-    if (this.chunked) at += out.write("\r\n", at, 2, "latin1");
-    if (last) LAST_CHUNK.copy(out, at);
+    // the head and the body (as its first chunk, and the last chunk when it ends here) in one allocation
+    if (!this.chunked) {
+      const out = Buffer.allocUnsafe(h.length + body.length);
+      out.set(body, out.write(h, 0, h.length, "latin1"));
+      return out;
+    }
+    const out = Buffer.allocUnsafe(h.length + chunkSize(body.length) + (last ? LAST_CHUNK.length : 0));
+    const at = beginChunk(out, out.write(h, 0, h.length, "latin1"), body.length);
+    out.set(body, at);
+    const after = endChunk(out, at + body.length);
+    if (last) out.set(LAST_CHUNK, after);
     return out;
   }
 }
 
-/** `b` as one chunk (size line, data, CRLF), and the last chunk after it when `last`: one allocation. */
-/** `b` as one chunk, and the last chunk after it when the body ends here. */
+/** `b` as one chunk (size line, data, CRLF), and the last chunk after it when the body ends here: one allocation. */
 function frame(b: Buffer, last = false): Buffer {
   if (!last) return chunkOf(b);
   const out = Buffer.allocUnsafe(chunkSize(b.length) + LAST_CHUNK.length);
