@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { DsrError } from "../../src/engine/errors.js";
 import { readManifest, type OnnxManifest } from "../../src/engine/onnx/build.js";
 import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
-import { WorkerEngine } from "../../src/engine/runtime/embedded/worker-engine.js";
+import { openWorkerEngine } from "../../src/engine/runtime/embedded/worker-engine.js";
 import { ROOT } from "../support/cli.js";
 import { arithmeticProblems, buildTiny, collect, GREEDY } from "./support.js";
 
@@ -23,7 +23,7 @@ beforeAll(async () => {
   manifest = (await readManifest(dir))!;
 });
 
-describe("WorkerEngine", () => {
+describe("the embedded engine worker thread", () => {
   it("matches the in-thread engine token for token, with the event loop free during steps", async () => {
     const inThread = await openEmbeddedEngine(dir, { threads: 1, maxBatch: 4, maxContext: 256, worker: false });
     const { text } = inThread;
@@ -31,7 +31,7 @@ describe("WorkerEngine", () => {
     const want = await Promise.all(prompts.map((p) => collect(inThread.engine, p, 80, text.eosTokenIds)));
     await inThread.engine.close();
 
-    const w = await WorkerEngine.open(pathToFileURL(WORKER), dir, manifest, { threads: 1, maxBatch: 4, maxContext: 256 }, { maxBatch: 4, maxContext: 256, prefillChunk: 8, prefillChunkIdle: 512 });
+    const w = await openWorkerEngine(pathToFileURL(WORKER), dir, manifest, { threads: 1, maxBatch: 4, maxContext: 256 }, { maxBatch: 4, maxContext: 256, prefillChunk: 8, prefillChunkIdle: 512 });
     let ticks = 0;
     const timer = setInterval(() => ticks++, 1);
     const t0 = performance.now();
@@ -60,6 +60,6 @@ describe("WorkerEngine", () => {
   });
 
   it("reports a model that cannot be loaded as a DsrError", async () => {
-    await expect(WorkerEngine.open(pathToFileURL(WORKER), join(dir, "nope"), manifest, { threads: 1, maxBatch: 1, maxContext: 64 }, { maxBatch: 1, maxContext: 64, prefillChunk: 8, prefillChunkIdle: 64 })).rejects.toMatchObject({ code: "DSR_ONNX_LOAD_FAILED" });
+    await expect(openWorkerEngine(pathToFileURL(WORKER), join(dir, "nope"), manifest, { threads: 1, maxBatch: 1, maxContext: 64 }, { maxBatch: 1, maxContext: 64, prefillChunk: 8, prefillChunkIdle: 64 })).rejects.toMatchObject({ code: "DSR_ONNX_LOAD_FAILED" });
   });
 });

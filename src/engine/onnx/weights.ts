@@ -16,6 +16,8 @@ import { FileByteSource } from "../tensors/source.js";
 
 export interface WeightSource {
   shape(name: string): number[] | undefined;
+  /** The stored safetensors dtype ("BF16", "F8_E4M3", …). */
+  dtype(name: string): string | undefined;
   /** Rows [r0, r1) of a tensor as fp32 (a 1-D tensor is one row). */
   rows(name: string, r0: number, r1: number): Promise<Float32Array>;
   /** Identifies the exact weights (for the conversion manifest). */
@@ -31,7 +33,7 @@ interface Located {
 }
 
 /** Shard files of a local checkpoint: the index's files, else every *.safetensors file named model*.safetensors. */
-async function shardFiles(dir: string): Promise<string[]> {
+export async function shardFiles(dir: string): Promise<string[]> {
   try {
     const index = JSON.parse(await readFile(join(dir, "model.safetensors.index.json"), "utf8")) as { weight_map?: Record<string, string> };
     return [...new Set(Object.values(index.weight_map ?? {}))].sort();
@@ -69,6 +71,7 @@ export async function checkpointWeights(dir: string): Promise<WeightSource> {
     description: dir,
     fingerprint: hash.digest("hex"),
     shape: (name) => table.get(name)?.info.shape,
+    dtype: (name) => table.get(name)?.info.dtype,
     async rows(name, r0, r1) {
       const t = table.get(name);
       if (!t) throw integrityError("DSR_TENSOR_MISSING", `${dir}: tensor "${name}" is missing`, { hint: "the checkpoint is incomplete or not a qwen2/llama model" });
@@ -117,6 +120,7 @@ export function syntheticWeights(shapes: Map<string, number[]>, amp = 0.02): Wei
     description: "synthetic random weights",
     fingerprint: createHash("sha256").update(JSON.stringify([...shapes])).digest("hex"),
     shape: (name) => shapes.get(name),
+    dtype: (name) => (shapes.has(name) ? "F32" : undefined),
     async rows(name, r0, r1) {
       const shape = shapes.get(name);
       if (!shape) throw new Error(`synthetic weights: no tensor ${name}`);

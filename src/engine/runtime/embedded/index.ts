@@ -16,8 +16,9 @@ import type { WeightFormat } from "../../onnx/layers.js";
 import { checkpointWeights } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
 import { DecoderSession } from "./decoder-session.js";
-import { Scheduler, type EmbeddedStats, type EngineCounters } from "./scheduler.js";
-import { WorkerEngine } from "./worker-engine.js";
+import { Scheduler, type EmbeddedStats } from "./scheduler.js";
+import { openWorkerEngine } from "./worker-engine.js";
+import type { EngineCounters } from "../engine-protocol.js";
 import type { TokenEngine } from "../types.js";
 
 export interface EmbeddedEngineOptions {
@@ -147,7 +148,7 @@ export async function openEmbeddedEngine(
   // Built here, once: the engine (maybe a worker without the tokenizer) checks constrained output against it.
   const tokenBytes = text.tokenBytes();
   const engine: EmbeddedEngine = workerUrl
-    ? await WorkerEngine.open(workerUrl, onnxDir, manifest, sessionOpts, schedOpts, tokenBytes)
+    ? await openWorkerEngine(workerUrl, onnxDir, manifest, sessionOpts, schedOpts, tokenBytes)
     : new Scheduler(await DecoderSession.open(onnxDir, manifest, sessionOpts), schedOpts, tokenBytes);
   return {
     engine,

@@ -7,6 +7,7 @@
  */
 import { DsrError } from "../../errors.js";
 import type { TokenByteTable } from "../../text/token-bytes.js";
+import type { EngineCounters } from "../engine-protocol.js";
 import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "../types.js";
 import { Channel } from "./channel.js";
 import type { DecoderSession } from "./decoder-session.js";
@@ -39,14 +40,6 @@ interface Seq {
   channel: Channel<TokenChunk>;
   cancelled: boolean;
   unlisten: () => void;
-}
-
-export interface EngineCounters {
-  prefillTokens: number;
-  decodeTokens: number;
-  prefillMs: number;
-  decodeMs: number;
-  decodeSteps: number;
 }
 
 /**

@@ -1,9 +1,9 @@
-/** Messages between the main thread (WorkerEngine) and the engine worker (worker.ts). */
+/** Messages between the main thread and the embedded engine's worker thread (worker.ts): its own `open`, then engine-protocol.ts. */
 import type { OnnxManifest } from "../../onnx/build.js";
 import type { TokenByteTable } from "../../text/token-bytes.js";
-import type { SubmitRequest, TokenChunk } from "../types.js";
+import type { FromEngine, ToEngine } from "../engine-protocol.js";
 import type { DecoderSessionOptions } from "./decoder-session.js";
-import type { EngineCounters, EmbeddedStats, SchedulerOptions } from "./scheduler.js";
+import type { EmbeddedStats, SchedulerOptions } from "./scheduler.js";
 
 export interface OpenMessage {
   type: "open";
@@ -15,24 +15,5 @@ export interface OpenMessage {
   tokenBytes?: TokenByteTable;
 }
 
-export type ToWorker =
-  | OpenMessage
-  | { type: "submit"; id: number; req: Omit<SubmitRequest, "signal"> }
-  | { type: "cancel"; id: number }
-  | { type: "close" };
-
-export interface WireError {
-  code: string;
-  message: string;
-  hint?: string;
-  details?: Record<string, unknown>;
-}
-
-export type FromWorker =
-  | { type: "opened"; vocab: number }
-  | { type: "open-error"; error: WireError }
-  | { type: "chunk"; id: number; chunk: TokenChunk }
-  | { type: "end"; id: number }
-  | { type: "error"; id: number; error: WireError }
-  | { type: "stats"; stats: EmbeddedStats; counters: EngineCounters }
-  | { type: "closed" };
+export type ToWorker = OpenMessage | ToEngine;
+export type FromWorker = FromEngine<EmbeddedStats>;

@@ -5,15 +5,13 @@
  * main thread (the gateway, the chat UI) only exchanges token messages.
  */
 import { parentPort } from "node:worker_threads";
-import { DsrError } from "../../errors.js";
+import { toWire as wire } from "../engine-protocol.js";
 import { DecoderSession } from "./decoder-session.js";
 import { Scheduler } from "./scheduler.js";
-import type { FromWorker, ToWorker, WireError } from "./worker-protocol.js";
+import type { FromWorker, ToWorker } from "./worker-protocol.js";
 
 const port = parentPort!;
 const post = (m: FromWorker) => port.postMessage(m);
-const wire = (e: unknown): WireError =>
-  e instanceof DsrError ? { code: e.code, message: e.message, hint: e.hint, details: e.details } : { code: "DSR_ENGINE_FAILED", message: (e as Error)?.message ?? String(e) };
 
 let scheduler: Scheduler | undefined;
 const running = new Map<number, AbortController>();

@@ -1,0 +1,152 @@
+"""Continuous batching over the slot KV cache: sequences join between steps and leave when they
+finish. A step is one prompt chunk of the oldest sequence still prefilling (when there is one) and
+one decode token for every sequence already generating; each step's tokens go out as one flush."""
+
+import time
+from collections import deque
+
+import torch
+
+from .model import DenseDecoder
+from .sampling import RowState, sample
+from .wire import Wire
+
+
+class Seq:
+    __slots__ = ("id", "prompt", "slot", "filled", "max_tokens", "stop_ids", "sampler", "generated", "next")
+
+    def __init__(self, sid: int, prompt: list[int], max_tokens: int, stop_ids: list[int], sampler: RowState):
+        self.id, self.prompt, self.slot, self.filled = sid, prompt, -1, 0
+        self.max_tokens, self.stop_ids, self.sampler = max_tokens, set(stop_ids), sampler
+        self.generated, self.next = 0, -1
+
+
+def request_error(code: str, message: str, hint: str) -> dict:
+    return {"code": code, "message": message, "hint": hint}
+
+
+class Engine:
+    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int):
+        self.model, self.wire, self.prefill_chunk = model, wire, prefill_chunk
+        self.waiting: deque[Seq] = deque()
+        self.prefilling: deque[Seq] = deque()
+        self.decoding: list[Seq] = []
+        self.free = list(range(model.slots - 1, -1, -1))
+        self.by_id: dict[int, Seq] = {}
+        self.counters = {"prefillTokens": 0, "decodeTokens": 0, "prefillMs": 0.0, "decodeMs": 0.0, "decodeSteps": 0}
+
+    def busy(self) -> bool:
+        return bool(self.prefilling or self.decoding or (self.waiting and self.free))
+
+    def submit(self, sid: int, req: dict) -> None:
+        m = self.model
+        prompt = req.get("promptIds") or []
+        if not prompt:
+            return self._fail_id(sid, request_error("DSR_EMPTY_PROMPT", "request has an empty prompt", "send at least one token"))
+        if len(prompt) >= m.context:
+            return self._fail_id(sid, request_error("DSR_CONTEXT_OVERFLOW", f"prompt of {len(prompt)} tokens does not fit the worker context of {m.context} tokens", "shorten the prompt or raise --max-model-len"))
+        bad = next((t for t in prompt if not isinstance(t, int) or t < 0 or t >= m.vocab), None)
+        if bad is not None:
+            return self._fail_id(sid, request_error("DSR_BAD_TOKEN", f"prompt token id {bad} is outside the vocabulary (0..{m.vocab - 1})", "tokenize with the model's own tokenizer"))
+        if req.get("constraint"):
+            return self._fail_id(sid, request_error("DSR_CONSTRAINT_UNSUPPORTED", "the torch worker does not enforce response_format", "serve with --engine embedded or --engine vllm for constrained output"))
+        max_tokens = max(0, min(int(req.get("maxTokens", 0)), m.context - len(prompt)))
+        if max_tokens == 0:
+            self.wire.queue({"type": "chunk", "id": sid, "chunk": {"ids": [], "finish": "length"}})
+            self.wire.queue({"type": "end", "id": sid})
+            return
+        seq = Seq(sid, prompt, max_tokens, req.get("stopIds") or [], RowState(req.get("sampling") or {}, prompt, m.vocab, m.device))
+        self.by_id[sid] = seq
+        self.waiting.append(seq)
+
+    def cancel(self, sid: int) -> None:
+        seq = self.by_id.get(sid)
+        if seq is not None:
+            self._finish(seq, {"ids": [], "finish": "abort"})
+
+    def close(self) -> None:
+        for seq in list(self.by_id.values()):
+            self._finish(seq, {"ids": [], "finish": "abort"})
+
+    def _fail_id(self, sid: int, err: dict) -> None:
+        self.wire.queue({"type": "error", "id": sid, "error": err})
+
+    def _finish(self, seq: Seq, chunk: dict) -> None:
+        self.wire.queue({"type": "chunk", "id": seq.id, "chunk": chunk})
+        self.wire.queue({"type": "end", "id": seq.id})
+        self._release(seq)
+
+    def _emit(self, seq: Seq, token: int, logprob: dict | None) -> None:
+        if token in seq.stop_ids:
+            return self._finish(seq, {"ids": [], "finish": "stop", "stopId": token})
+        seq.generated += 1
+        seq.next = token
+        chunk = {"ids": [token]}
+        if logprob is not None:
+            chunk["logprobs"] = [logprob]
+        if seq.generated >= seq.max_tokens:
+            chunk["finish"] = "length"
+            return self._finish(seq, chunk)
+        self.wire.queue({"type": "chunk", "id": seq.id, "chunk": chunk})
+
+    def step(self) -> None:
+        while self.waiting and self.free:
+            seq = self.waiting.popleft()
+            seq.slot = self.free.pop()
+            self.prefilling.append(seq)
+        # decode first: the rows generating now must not wait behind a long prompt
+        if self.decoding:
+            rows = list(self.decoding)
+            t0 = time.perf_counter()
+            logits = self.model.forward([[s.next] for s in rows], [s.filled for s in rows], [s.slot for s in rows])
+            ids, lps = sample(logits, [s.sampler for s in rows])
+            self.counters["decodeMs"] += (time.perf_counter() - t0) * 1000
+            self.counters["decodeTokens"] += len(rows)
+            self.counters["decodeSteps"] += 1
+            for s, t, lp in zip(rows, ids, lps):
+                s.filled += 1
+                self._emit(s, t, lp)
+        if self.prefilling:
+            seq = self.prefilling[0]
+            # beside decoding rows, small chunks bound their wait; alone, larger ones (activations stay bounded)
+            n = min(self.prefill_chunk * (1 if self.decoding else 4), len(seq.prompt) - seq.filled)
+            t0 = time.perf_counter()
+            logits = self.model.forward([seq.prompt[seq.filled : seq.filled + n]], [seq.filled], [seq.slot])
+            seq.filled += n
+            self.counters["prefillTokens"] += n
+            if seq.filled == len(seq.prompt):
+                self.prefilling.popleft()
+                ids, lps = sample(logits, [seq.sampler])
+                self.decoding.append(seq)
+                self._emit(seq, ids[0], lps[0])
+            elif self.model.device.type == "cuda":
+                torch.cuda.synchronize()  # so prefillMs measures the chunk, not its launch
+            self.counters["prefillMs"] += (time.perf_counter() - t0) * 1000
+
+    def stats(self) -> dict:
+        m = self.model
+        used = sum(s.filled for s in self.by_id.values() if s.slot >= 0)
+        return {
+            "running": len(self.prefilling) + len(self.decoding),
+            "waiting": len(self.waiting),
+            "kvUsedTokens": used,
+            "kvCapacityTokens": m.slots * m.context,
+            "maxContext": m.context,
+        }
+
+    def fail_all(self, err: dict) -> None:
+        """A step raised (out of memory, a CUDA error): its sequences end with the error; the worker lives on."""
+        for seq in list(self.by_id.values()):
+            self._fail_id(seq.id, err)
+            self._release(seq)
+
+    def _release(self, seq: Seq) -> None:
+        self.by_id.pop(seq.id, None)
+        for q in (self.waiting, self.prefilling):
+            if seq in q:
+                q.remove(seq)
+        if seq in self.decoding:
+            self.decoding.remove(seq)
+        if seq.slot >= 0:
+            self.free.append(seq.slot)
+            seq.slot = -1

@@ -1,0 +1,98 @@
+"""Token sampling for a batch of rows, on the device, with the gateway's semantics
+(src/engine/runtime/embedded/sampler.ts): repetition penalty over prompt + output, presence and
+frequency penalties over output; then greedy, or temperature → top-k → min-p → top-p, each cut on
+what the previous left; a seeded request draws from its own generator so its tokens do not depend
+on the rest of the batch. Logprobs are of the penalised distribution at temperature 1."""
+
+import torch
+
+
+class RowState:
+    """What sampling remembers about one sequence."""
+
+    def __init__(self, p: dict, prompt: list[int], vocab: int, device: torch.device):
+        self.temperature = float(p.get("temperature", 1.0))
+        self.top_p = float(p.get("topP", 1.0))
+        self.top_k = int(p.get("topK", 0))
+        self.min_p = float(p.get("minP", 0.0))
+        self.rep = float(p.get("repetitionPenalty", 1.0))
+        self.presence = float(p.get("presencePenalty", 0.0))
+        self.frequency = float(p.get("frequencyPenalty", 0.0))
+        self.logprobs = p.get("logprobs")
+        self.gen = None
+        if p.get("seed") is not None:
+            self.gen = torch.Generator(device=device)
+            self.gen.manual_seed(int(p["seed"]) & 0xFFFFFFFFFFFFFFFF)
+        self.seen = self.counts = None
+        if self.rep != 1:
+            self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            self.seen[torch.tensor(prompt, device=device)] = True
+        if self.presence != 0 or self.frequency != 0:
+            self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+
+    def accept(self, token: int) -> None:
+        if self.seen is not None:
+            self.seen[token] = True
+        if self.counts is not None:
+            self.counts[token] += 1
+
+    def penalise(self, row: torch.Tensor) -> None:
+        if self.seen is not None:
+            row.copy_(torch.where(self.seen, torch.where(row > 0, row / self.rep, row * self.rep), row))
+        if self.counts is not None:
+            row.sub_(self.presence * (self.counts > 0).float() + self.frequency * self.counts)
+
+
+def _cut(x: torch.Tensor, rows: list[RowState]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted descending logits / temperature with cut tokens at -inf, and their token ids."""
+    t = torch.tensor([r.temperature for r in rows], device=x.device)[:, None]
+    vals, idx = torch.sort(x / t, dim=-1, descending=True)
+    rank = torch.arange(x.shape[1], device=x.device)[None, :]
+    k = torch.tensor([r.top_k if r.top_k > 0 else x.shape[1] for r in rows], device=x.device)[:, None]
+    drop = rank >= k
+    min_p = torch.tensor([r.min_p for r in rows], device=x.device)[:, None]
+    # p ≥ minP·p_max  ⇔  logit ≥ max + ln(minP)
+    drop |= (min_p > 0) & (vals < vals[:, :1] + torch.log(min_p.clamp_min(1e-30)))
+    vals = vals.masked_fill(drop, float("-inf"))
+    top_p = torch.tensor([r.top_p for r in rows], device=x.device)[:, None]
+    p = vals.softmax(-1)
+    # the shortest prefix whose mass reaches top_p (the first token always stays)
+    drop = (p.cumsum(-1) - p >= top_p) & (top_p < 1)
+    return vals.masked_fill(drop, float("-inf")), idx
+
+
+def sample(logits: torch.Tensor, rows: list[RowState]) -> tuple[list[int], list[dict | None]]:
+    """logits [B, V] fp32 (edited in place by penalties) → one token id per row, and its logprobs."""
+    for i, r in enumerate(rows):
+        r.penalise(logits[i])
+    out = logits.argmax(-1)
+    hot = [i for i, r in enumerate(rows) if r.temperature > 0]
+    if hot:
+        sel = torch.tensor(hot, device=logits.device)
+        vals, idx = _cut(logits[sel], [rows[i] for i in hot])
+        probs = vals.softmax(-1)
+        shared = [j for j, i in enumerate(hot) if rows[i].gen is None]
+        picks = torch.empty(len(hot), dtype=torch.long, device=logits.device)
+        if shared:
+            s = torch.tensor(shared, device=logits.device)
+            picks[s] = torch.multinomial(probs[s], 1).squeeze(1)
+        for j, i in enumerate(hot):
+            if rows[i].gen is not None:
+                picks[j] = torch.multinomial(probs[j], 1, generator=rows[i].gen)[0]
+        out[sel] = idx.gather(1, picks[:, None]).squeeze(1)
+    ids = out.tolist()
+    lps: list[dict | None] = [None] * len(rows)
+    want = [i for i, r in enumerate(rows) if r.logprobs is not None]
+    if want:
+        sel = torch.tensor(want, device=logits.device)
+        lp = logits[sel].log_softmax(-1)
+        n = max(int(rows[i].logprobs) for i in want)
+        top_v, top_i = lp.topk(max(n, 1), dim=-1)
+        chosen = lp.gather(1, out[sel][:, None]).squeeze(1).tolist()
+        top_v, top_i = top_v.tolist(), top_i.tolist()
+        for j, i in enumerate(want):
+            k = int(rows[i].logprobs)
+            lps[i] = {"id": ids[i], "logprob": chosen[j], "top": [{"id": top_i[j][m], "logprob": top_v[j][m]} for m in range(k)]}
+    for i, r in enumerate(rows):
+        r.accept(ids[i])
+    return ids, lps

@@ -1,0 +1,134 @@
+/**
+ * The torch engine: a TokenEngine served by the PyTorch worker process (native/dsr_worker) over a
+ * Unix socket. This side reads and checks the checkpoint (config, tensor names and dtypes) and sends
+ * the worker normalised numbers — the same config parsing and rotary frequencies as the ONNX builder —
+ * so the Python side only moves tensors. The worker loads the weights on the GPU (or the CPU), sizes
+ * its KV cache from --gpu-memory-utilization and batches continuously.
+ */
+import { join, resolve } from "node:path";
+import { DsrError, usageError } from "../../errors.js";
+import { readModelConfig } from "../../onnx/build.js";
+import { checkSupported } from "../../onnx/decoder.js";
+import { inverseFrequencies } from "../../onnx/rope.js";
+import { checkpointWeights, shardFiles } from "../../onnx/weights.js";
+import { loadTextModel, type TextModel } from "../../text/index.js";
+import { validateRequest } from "../embedded/scheduler.js";
+import { MessageEngine } from "../message-engine.js";
+import type { EngineStats } from "../types.js";
+import { startTorchWorker } from "./worker-process.js";
+
+export interface TorchEngineOptions {
+  python?: string;
+  env?: NodeJS.ProcessEnv;
+  /** auto (CUDA when PyTorch sees a GPU), cuda, cuda:N or cpu. */
+  device?: string;
+  /** auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), bfloat16, float16, float32. */
+  dtype?: string;
+  maxBatch?: number;
+  maxContext?: number;
+  /** Fraction of the GPU's memory for weights + KV cache + activations. */
+  memoryFraction?: number;
+  prefillChunk?: number;
+  /** CPU threads (device cpu). */
+  threads?: number;
+  onLog?: (line: string) => void;
+}
+
+/** What the worker reports once loaded (its `opened` frame). */
+export interface TorchEngineInfo {
+  protocol: number;
+  vocab: number;
+  maxBatch: number;
+  maxContext: number;
+  kvBytesPerToken: number;
+  device: string;
+  dtype: string;
+  weightBytes: number;
+  torch: string;
+  loadMs: number;
+}
+
+export const TORCH_PROTOCOL = 1;
+const FLOAT_DTYPES = new Set(["F32", "F16", "BF16"]);
+
+/** Tensor names the worker reads, each required unless marked optional. */
+function tensorNames(layers: number): { name: string; optional?: boolean }[] {
+  const out: { name: string; optional?: boolean }[] = [{ name: "model.embed_tokens.weight" }, { name: "model.norm.weight" }, { name: "lm_head.weight", optional: true }];
+  for (let i = 0; i < layers; i++) {
+    const p = `model.layers.${i}.`;
+    for (const n of ["q", "k", "v", "o"]) out.push({ name: `${p}self_attn.${n}_proj.weight` });
+    for (const n of ["q", "k", "v"]) out.push({ name: `${p}self_attn.${n}_proj.bias`, optional: true });
+    for (const n of ["gate", "up", "down"]) out.push({ name: `${p}mlp.${n}_proj.weight` });
+    out.push({ name: `${p}input_layernorm.weight` }, { name: `${p}post_attention_layernorm.weight` });
+  }
+  return out;
+}
+
+export async function openTorchEngine(modelPath: string, o: TorchEngineOptions = {}): Promise<{ engine: MessageEngine<EngineStats>; text: TextModel; info: TorchEngineInfo }> {
+  const dir = resolve(modelPath);
+  const cfg = await readModelConfig(dir);
+  checkSupported(cfg);
+  if (cfg.quantizationConfig) {
+    const method = String(cfg.quantizationConfig.quant_method ?? "quantized");
+    throw new DsrError("DSR_ARCH_UNSUPPORTED", `${join(dir, "config.json")}: a ${method} checkpoint; the torch worker loads bf16, fp16 and fp32 weights`, {
+      hint: method === "fp8" ? `convert it first: dsr convert ${modelPath} --to bf16` : "serve quantized checkpoints with --engine vllm",
+    });
+  }
+  const src = await checkpointWeights(dir);
+  try {
+    for (const t of tensorNames(cfg.numLayers)) {
+      const dt = src.dtype(t.name);
+      if (dt === undefined) {
+        if (t.optional) continue;
+        throw new DsrError("DSR_TENSOR_MISSING", `${dir}: tensor "${t.name}" is missing`, { hint: "the checkpoint is incomplete or not a qwen2/llama model" });
+      }
+      if (!FLOAT_DTYPES.has(dt)) throw new DsrError("DSR_DTYPE_UNSUPPORTED", `${dir}: tensor "${t.name}" is ${dt}; the torch worker loads F32, F16 and BF16`, { hint: `convert it first: dsr convert ${modelPath} --to bf16` });
+    }
+  } finally {
+    await src.close();
+  }
+  const positions = cfg.maxPositionEmbeddings || 4096;
+  const maxContext = Math.min(o.maxContext ?? Math.min(4096, positions), positions);
+  if (!(maxContext >= 2)) throw usageError(`max context ${o.maxContext}: must be at least 2`);
+  const text = await loadTextModel(dir);
+  const port = await startTorchWorker({ python: o.python ?? "python3", env: o.env ?? process.env, onLog: o.onLog ?? (() => {}) });
+  const open = {
+    protocol: TORCH_PROTOCOL,
+    files: (await shardFiles(dir)).map((f) => join(dir, f)),
+    arch: {
+      layers: cfg.numLayers,
+      hidden: cfg.hiddenSize,
+      heads: cfg.numHeads,
+      kvHeads: cfg.numKvHeads,
+      headDim: cfg.headDim,
+      intermediate: cfg.intermediateSize,
+      vocab: cfg.vocabSize,
+      eps: cfg.rmsNormEps,
+      invFreq: [...inverseFrequencies(cfg)],
+      tieEmbeddings: cfg.tieWordEmbeddings,
+    },
+    device: o.device ?? "auto",
+    dtype: o.dtype ?? "auto",
+    maxBatch: o.maxBatch ?? 64,
+    maxContext,
+    memoryFraction: o.memoryFraction ?? 0.9,
+    prefillChunk: o.prefillChunk ?? 512,
+    threads: o.threads,
+  };
+  const engine = await MessageEngine.open<EngineStats>(port, open, {
+    name: "torch worker",
+    validate: (req, vocab) => {
+      if (req.constraint) {
+        throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", `constrained decoding (${req.constraint.kind}) is not implemented by the torch worker`, { hint: "serve with --engine embedded or --engine vllm for response_format" });
+      }
+      validateRequest(req, engine.opened.maxContext as number, vocab, true);
+    },
+    initialStats: (m) => ({ running: 0, waiting: 0, kvUsedTokens: 0, kvCapacityTokens: (m.maxBatch as number) * (m.maxContext as number), maxContext: m.maxContext as number }),
+  });
+  const info = engine.opened as unknown as TorchEngineInfo;
+  if (info.protocol !== TORCH_PROTOCOL) {
+    await engine.close();
+    throw new DsrError("DSR_WORKER_PROTOCOL", `the torch worker speaks protocol ${info.protocol}, this dsr ${TORCH_PROTOCOL}`, { hint: "reinstall dsr so native/ matches" });
+  }
+  return { engine, text, info };
+}
