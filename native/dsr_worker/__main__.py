@@ -5,6 +5,7 @@ Connects to the gateway's Unix socket, waits for the `open` frame, loads the wei
 thread turns frames into a queue so that steps run while requests keep arriving."""
 
 import argparse
+import os
 import queue
 import socket
 import sys
@@ -77,6 +78,7 @@ def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
     info = {
         "type": "opened",
         "protocol": PROTOCOL,
+        "pid": os.getpid(),
         "vocab": arch["vocab"],
         "maxBatch": slots,
         "maxContext": model.context,
@@ -155,7 +157,8 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 — a failed step fails its sequences, not the worker
                 traceback.print_exc()
                 engine.fail_all(wire_error(e))
-            wire.queue({"type": "stats", "stats": engine.stats(), "counters": engine.counters})
+        # after every step and every batch of messages (a cancel changes the counts too)
+        wire.queue({"type": "stats", "stats": engine.stats(), "counters": engine.counters})
         wire.flush()
 
 

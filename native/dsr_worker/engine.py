@@ -89,6 +89,7 @@ class Engine:
             return self._finish(seq, chunk)
         self.wire.queue({"type": "chunk", "id": seq.id, "chunk": chunk})
 
+    @torch.inference_mode()
     def step(self) -> None:
         while self.waiting and self.free:
             seq = self.waiting.popleft()

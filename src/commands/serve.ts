@@ -44,6 +44,7 @@ interface Flags {
   enforceEager?: boolean;
   engineArg?: string[];
   python: string;
+  device: string;
   threads?: string;
   apiKey?: string[];
   apiKeyFile?: string;
@@ -86,9 +87,9 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--max-model-len <n>", "context length")
     .option("--gpu-memory-utilization <f>", "GPU memory fraction for ALL instances together (split per instance)")
     .option("--quantization <method>", "quantization method (vllm/sglang)")
-    .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang)")
+    .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang/torch)")
     .option("--kv-cache-dtype <dtype>", "KV cache dtype (vllm/sglang)")
-    .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests)")
+    .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests, torch worker)")
     .option("--served-model-name <name>", "name clients use (repeat for aliases; default: the model directory name)", collect)
     .option("--reasoning-field <which>", "where <think> text goes: both, reasoning_content, reasoning, none", "both")
     .option("--no-r1-advice", "do not fold system prompts into the user turn or default temperature to generation_config's")
@@ -97,7 +98,8 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--enforce-eager", "no CUDA graphs (vllm)")
     .option("--engine-arg <arg>", "extra argument for the engine command line, verbatim (repeatable)", collect)
     .option("--threads <n>", "CPU threads per embedded instance (default: cores / instances)")
-    .option("--python <exe>", "python for sglang / torch detection", "python3")
+    .option("--python <exe>", "python for sglang and the torch worker (needs PyTorch)", "python3")
+    .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
     .option("--api-key-file <file>", "file of keys, one per line")
     .option("--protect-all", "require a key on /health, /ready, /metrics and /version too")
@@ -155,6 +157,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       extra: f.engineArg,
     },
     python: f.python,
+    device: f.device,
     threads: f.threads === undefined ? Math.max(1, Math.floor(availableParallelism() / int(f.instances, "--instances", 1, 64))) : int(f.threads, "--threads", 1, 1024),
     readyTimeoutMs: seconds(f.readyTimeout, "--ready-timeout") * 1000,
     gateway: {
@@ -216,7 +219,14 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     metricsSource: channel?.metricsSource,
     onMetrics: (m) => (metrics = m),
     version: VERSION,
-    openTokenEngine: async (path) => {
+    openTokenEngine: async (engine, path) => {
+      if (engine === "torch") {
+        const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
+        const f2 = cfg.engineFlags;
+        const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
+        out.note(`torch worker: ${r.info.device}, ${r.info.dtype}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext} (torch ${r.info.torch})`);
+        return r;
+      }
       // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways
       const { openEmbeddedEngine, defaultOnnxCacheDir } = await import("../engine/runtime/embedded/index.js");
       const r = await openEmbeddedEngine(path, { threads: cfg.threads, maxContext: cfg.engineFlags.maxModelLen, cacheDir: defaultOnnxCacheDir(c.env.XDG_CACHE_HOME), signal: c.signal });

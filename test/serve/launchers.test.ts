@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { ROOT, runDsr } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { startServe } from "./helpers.js";
+import { TORCH_PYTHON } from "../torch/python.js";
 
 const BARE_PATH = "/usr/local/bin:/usr/bin:/bin";
 
@@ -63,12 +64,39 @@ describe("engine launchers", () => {
     expect(r.stdout).toMatch(/^python3 -m sglang\.launch_server --model-path m\/R1 --host 127\.0\.0\.1 --port \d+ --tp-size 4 --context-length 4096 --mem-fraction-static 0\.85 --max-running-requests 32 --served-model-name R1 --reasoning-parser deepseek-r1 --enable-metrics$/m);
   });
 
-  it("auto picks the embedded engine without a GPU and says why; torch is a clear not-built error", async () => {
+  it("auto picks the embedded engine without a GPU and says why; torch with --tp is a usage error", async () => {
     const r = await runDsr(["serve", "m", "--dry-run"], { env: { PATH: BARE_PATH } });
     expect(r.stderr).toContain("engine: embedded (auto: no GPU visible; using the embedded CPU engine)");
-    const t = await runDsr(["serve", "m", "--engine", "torch"]);
+    const t = await runDsr(["serve", "m", "--engine", "torch", "--tp", "2", "--dry-run"]);
     expect(t.exitCode).toBe(2);
-    expect(t.stderr).toMatch(/--engine torch: the CUDA-backed PyTorch worker \(native\/\) is not built yet/);
+    expect(t.stderr).toMatch(/--tp \/ --pp are not built into the torch worker yet/);
+  });
+
+  it("--dry-run torch --instances 2: dsr children with the torch flags and the memory fraction split", async () => {
+    const r = await runDsr(["--json", "serve", "/models/R1-Distill-Qwen-1.5B", "--engine", "torch", "--dry-run", "--instances", "2", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "32", "--dtype", "float16", "--python", "/opt/py/bin/python3", "--max-model-len", "8192"]);
+    expect(r.exitCode, String(r.stderr)).toBe(0);
+    const j = JSON.parse(String(r.stdout));
+    expect(j.engine).toBe("torch");
+    expect(j.children).toHaveLength(2);
+    const a = j.children[0].args as string[];
+    const flag = (f: string) => a[a.indexOf(f) + 1];
+    expect(flag("--engine")).toBe("torch");
+    expect(flag("--instances")).toBe("1");
+    expect(flag("--gpu-memory-utilization")).toBe("0.4");
+    expect(flag("--max-num-seqs")).toBe("32");
+    expect(flag("--dtype")).toBe("float16");
+    expect(flag("--python")).toBe("/opt/py/bin/python3");
+    expect(flag("--device")).toBe("auto");
+    expect(flag("--max-model-len")).toBe("8192");
+    expect(j.children[0].ready_path).toBe("/ready");
+  });
+
+  it.skipIf(!TORCH_PYTHON)("auto picks the torch worker when a GPU is visible, PyTorch is there and vllm is not", async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"\n`);
+    await chmod(join(dir, "nvidia-smi"), 0o755);
+    const r = await runDsr(["serve", "m", "--dry-run", "--python", TORCH_PYTHON!], { env: { PATH: `${dir}:${BARE_PATH}` } });
+    expect(r.stderr).toContain(`engine: torch (auto: 1 GPU(s) and PyTorch in ${TORCH_PYTHON}, no vllm on PATH; using the torch worker)`);
   });
 
   it("a missing vllm is a usage error that names what to install", async () => {

@@ -26,6 +26,8 @@ export interface MessageEngineOptions<S extends EngineStats> {
   name: string;
   /** Throws for a request the engine would refuse (checked before it is sent). */
   validate: (req: SubmitRequest, vocab: number) => void;
+  /** Whether the engine enforces SubmitRequest.constraint (default true). */
+  constraints?: boolean;
   /** Stats until the engine's first snapshot. */
   initialStats: (opened: FromEngine<S> & { type: "opened" }) => S;
 }
@@ -35,6 +37,7 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
   private readonly channels = new Map<number, Channel<TokenChunk>>();
   private snapshot: S;
   counters: EngineCounters = { prefillTokens: 0, decodeTokens: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0 };
+  readonly constraints: boolean;
   private closing?: Promise<void>;
   private closed?: () => void;
   /** Set when the engine died: later submits fail at once instead of waiting forever. */
@@ -46,6 +49,7 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
     readonly opened: FromEngine<S> & { type: "opened" },
   ) {
     this.snapshot = opts.initialStats(opened);
+    this.constraints = opts.constraints ?? true;
     port.onMessage((m) => this.onMessage(m));
     port.onGone((why) => {
       this.closed?.();

@@ -60,6 +60,8 @@ export interface EngineStats {
 }
 
 export interface TokenEngine {
+  /** False when the engine cannot enforce SubmitRequest.constraint (the gateway answers 400 up front). */
+  readonly constraints?: boolean;
   submit(req: SubmitRequest): AsyncIterable<TokenChunk>;
   stats(): EngineStats;
   close(): Promise<void>;

@@ -3,7 +3,7 @@
  * child processes (vLLM / SGLang / dsr embedded instances) with their exact command lines — what
  * `--dry-run` prints — then starts children under supervisors, waits for real readiness, and puts the
  * gateway in front. Multi-instance is one code path: N children, each an OpenAI upstream behind the
- * router. A single embedded instance runs in process (no extra hop).
+ * router. A single token engine (embedded, torch) runs in process (no extra hop).
  */
 import { DsrError, ExitCode } from "../errors.js";
 import { countGpus, missingEngine, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags } from "../runtime/launchers.js";
@@ -22,6 +22,9 @@ import type { Backend } from "./types.js";
 import { freePorts } from "./free-ports.js";
 
 export type EngineName = "auto" | "embedded" | "torch" | "vllm" | "sglang";
+/** Engines whose tokens the gateway itself turns into text (TokenBackend). */
+export type TokenEngineName = "embedded" | "torch";
+const isTokenEngine = (e: string): e is TokenEngineName => e === "embedded" || e === "torch";
 
 export interface ServeConfig {
   model?: string;
@@ -41,6 +44,8 @@ export interface ServeConfig {
   python: string;
   /** CPU threads per embedded instance. */
   threads?: number;
+  /** Torch worker device: auto, cuda, cuda:N, cpu. */
+  device: string;
   readyTimeoutMs: number;
   gateway: {
     apiKeys: string[];
@@ -78,8 +83,8 @@ export interface ServeDeps {
   env: NodeJS.ProcessEnv;
   /** How to run this dsr again (node + entry script), for embedded child instances. */
   selfCommand: { command: string; args: string[] };
-  /** Opens the in-process token engine (absent until the embedded engine is built). */
-  openTokenEngine?: (modelPath: string) => Promise<{ engine: TokenEngine; text: TextModel }>;
+  /** Opens an in-process token engine. */
+  openTokenEngine?: (engine: TokenEngineName, modelPath: string) => Promise<{ engine: TokenEngine; text: TextModel }>;
   cache?: ResponseCache;
   requestLog?: RequestLog;
   note: (line: string) => void;
@@ -111,49 +116,54 @@ export interface ServePlan {
   upstreams: string[];
 }
 
-/** Decides the engine. `auto`: vLLM if installed and a GPU is visible, else the torch worker if PyTorch sees a GPU (not built yet: skipped), else embedded. */
+/** Decides the engine. `auto`: vLLM if installed and a GPU is visible, else the torch worker if PyTorch is there too, else embedded. */
 export async function chooseEngine(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env">): Promise<{ engine: ServePlan["engine"]; reason: string }> {
   if (cfg.upstreams.length > 0) return { engine: "upstream", reason: `--upstream given (${cfg.upstreams.length} URL${cfg.upstreams.length > 1 ? "s" : ""})` };
   if (cfg.engine !== "auto") return { engine: cfg.engine, reason: `--engine ${cfg.engine}` };
   const gpus = await countGpus(deps.pathValue);
   if (gpus > 0 && (await which("vllm", deps.pathValue))) return { engine: "vllm", reason: `auto: vllm installed and ${gpus} GPU(s) visible` };
-  if (gpus > 0 && (await pythonHas(cfg.python, "torch", deps.env))) {
-    return { engine: "embedded", reason: `auto: ${gpus} GPU(s) and PyTorch found, but the torch worker is not built yet; using the embedded CPU engine` };
-  }
-  return { engine: "embedded", reason: gpus > 0 ? `auto: ${gpus} GPU(s) but no vllm on PATH; using the embedded CPU engine` : "auto: no GPU visible; using the embedded CPU engine" };
+  if (gpus > 0 && (await pythonHas(cfg.python, "torch", deps.env))) return { engine: "torch", reason: `auto: ${gpus} GPU(s) and PyTorch in ${cfg.python}, no vllm on PATH; using the torch worker` };
+  return { engine: "embedded", reason: gpus > 0 ? `auto: ${gpus} GPU(s) but neither vllm on PATH nor PyTorch in ${cfg.python}; using the embedded CPU engine` : "auto: no GPU visible; using the embedded CPU engine" };
 }
 
 export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env" | "selfCommand">): Promise<ServePlan> {
   const { engine, reason } = await chooseEngine(cfg, deps);
   if (engine === "upstream") return { engine, reason, children: [], upstreams: cfg.upstreams };
-  if (engine === "torch") {
-    throw new DsrError("DSR_NOT_BUILT", "--engine torch: the CUDA-backed PyTorch worker (native/) is not built yet", {
+  if (engine === "torch" && ((cfg.engineFlags.tp ?? 1) > 1 || (cfg.engineFlags.pp ?? 1) > 1)) {
+    throw new DsrError("DSR_USAGE", "--engine torch runs one GPU per instance; --tp / --pp are not built into the torch worker yet", {
       exitCode: ExitCode.usage,
-      hint: "use --engine vllm or --engine sglang on a GPU machine, --engine embedded on CPU, or --upstream URL",
+      hint: "use --engine vllm --tp N (or sglang), or --instances N to put one torch worker on each share of a GPU",
     });
   }
   if (!cfg.model) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
   const n = cfg.instances;
-  // --workers > 1 runs the gateway in several processes, so even one embedded engine becomes a child
-  if (engine === "embedded" && n === 1 && cfg.workers <= 1) return { engine, reason, children: [], upstreams: [] };
+  // --workers > 1 runs the gateway in several processes, so even one token engine becomes a child
+  if (isTokenEngine(engine) && n === 1 && cfg.workers <= 1) return { engine, reason, children: [], upstreams: [] };
   const ports = await freePorts(n);
   const name = cfg.servedNames[0];
   const children = ports.map((port, i): PlannedChild => {
     let cmd: { command: string; args: string[]; readyPath: string };
     const env: Record<string, string> = {};
-    if (engine === "embedded") {
-      const a = [...deps.selfCommand.args, "serve", cfg.model!, "--engine", "embedded", "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
+    // GPU engines: the memory fraction is shared out among instances, as the seed guides do by hand (0.4 + 0.4).
+    const util = cfg.engineFlags.gpuMemoryUtilization ?? 0.9;
+    const share = n > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / n) : undefined;
+    if (isTokenEngine(engine)) {
+      const a = [...deps.selfCommand.args, "serve", cfg.model!, "--engine", engine, "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
       for (const s of cfg.servedNames) a.push("--served-model-name", s);
       a.push("--reasoning-field", cfg.reasoningFields.length === 2 ? "both" : cfg.reasoningFields[0] ?? "none");
       if (!cfg.r1Advice) a.push("--no-r1-advice");
       a.push("--max-concurrency", String(cfg.gateway.maxConcurrency), "--max-queue", String(cfg.gateway.maxQueue), "--grace", "5");
       if (cfg.threads) a.push("--threads", String(cfg.threads));
       if (cfg.engineFlags.maxModelLen) a.push("--max-model-len", String(cfg.engineFlags.maxModelLen));
+      if (engine === "torch") {
+        a.push("--python", cfg.python, "--device", cfg.device);
+        if (share !== undefined) a.push("--gpu-memory-utilization", String(share));
+        if (cfg.engineFlags.dtype) a.push("--dtype", cfg.engineFlags.dtype);
+        if (cfg.engineFlags.maxNumSeqs) a.push("--max-num-seqs", String(cfg.engineFlags.maxNumSeqs));
+      }
       cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };
     } else {
-      // GPU engines: the memory fraction is shared out among instances, as the seed guides do by hand (0.4 + 0.4).
-      const util = cfg.engineFlags.gpuMemoryUtilization ?? 0.9;
-      const flags: EngineFlags = { ...cfg.engineFlags, model: cfg.model!, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: n > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / n) : undefined };
+      const flags: EngineFlags = { ...cfg.engineFlags, model: cfg.model!, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: share };
       cmd = engine === "vllm" ? vllmCommand(flags, "127.0.0.1", port) : sglangCommand(flags, "127.0.0.1", port, cfg.python);
     }
     return { name: `i${i}`, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args) };
@@ -182,13 +192,11 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       metrics.setModelName(w.servedNames[0]);
       for (const i of instances) i.startProbing();
       backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
-    } else if (plan.engine === "embedded" && plan.children.length === 0) {
-      if (!deps.openTokenEngine) {
-        throw new DsrError("DSR_NOT_BUILT", "--engine embedded: the embedded onnxruntime engine is not built into this dsr yet", { exitCode: ExitCode.usage, hint: "use --upstream URL, or --engine vllm on a GPU machine" });
-      }
-      deps.note(`loading ${cfg.model} on the embedded engine…`);
-      const { engine, text } = await deps.openTokenEngine(cfg.model!);
-      backend = new TokenBackend({ engine, text, servedNames: cfg.servedNames, root: cfg.model!, reasoningFields: cfg.reasoningFields, r1Advice: cfg.r1Advice, metrics });
+    } else if (isTokenEngine(plan.engine) && plan.children.length === 0) {
+      if (!deps.openTokenEngine) throw new DsrError("DSR_NOT_BUILT", `--engine ${plan.engine}: token engines are not available in this context`, { exitCode: ExitCode.usage, hint: "run it through the dsr command" });
+      deps.note(`loading ${cfg.model} on the ${plan.engine} engine…`);
+      const { engine, text } = await deps.openTokenEngine(plan.engine, cfg.model!);
+      backend = new TokenBackend({ engine, text, servedNames: cfg.servedNames, root: cfg.model!, reasoningFields: cfg.reasoningFields, r1Advice: cfg.r1Advice, metrics, instanceName: plan.engine });
     } else {
       if (plan.engine === "vllm" && !(await which("vllm", deps.pathValue))) throw missingEngine("vllm", cfg.python);
       if (plan.engine === "sglang" && !(await pythonHas(cfg.python, "sglang", deps.env))) throw missingEngine("sglang", cfg.python);

@@ -37,6 +37,7 @@ export interface TorchEngineOptions {
 /** What the worker reports once loaded (its `opened` frame). */
 export interface TorchEngineInfo {
   protocol: number;
+  pid: number;
   vocab: number;
   maxBatch: number;
   maxContext: number;
@@ -117,6 +118,7 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
   };
   const engine = await MessageEngine.open<EngineStats>(port, open, {
     name: "torch worker",
+    constraints: false,
     validate: (req, vocab) => {
       if (req.constraint) {
         throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", `constrained decoding (${req.constraint.kind}) is not implemented by the torch worker`, { hint: "serve with --engine embedded or --engine vllm for response_format" });

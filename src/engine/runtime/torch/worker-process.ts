@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { DsrError } from "../../errors.js";
+import { DsrError, ExitCode } from "../../errors.js";
 import type { FromEngine } from "../engine-protocol.js";
 import type { EnginePort } from "../message-engine.js";
 import type { EngineStats } from "../types.js";
@@ -80,10 +80,10 @@ export async function startTorchWorker(o: TorchProcessOptions): Promise<EnginePo
 }
 
 function startError(python: string, why: string, tail: string[]): DsrError {
-  if (why === "not-found") return new DsrError("DSR_NO_PYTHON", `--python ${python}: not found`, { hint: "install python3 with PyTorch, or pass --python /path/to/python" });
+  if (why === "not-found") return new DsrError("DSR_NO_PYTHON", `--python ${python}: not found`, { exitCode: ExitCode.usage, hint: "install python3 with PyTorch, or pass --python /path/to/python" });
   const last = tail.join("\n");
   if (/No module named '?torch'?/.test(last)) {
-    return new DsrError("DSR_NO_TORCH", `${python} has no torch module`, { hint: "install PyTorch for that python (pip install torch), or pass --python with one that has it" });
+    return new DsrError("DSR_NO_TORCH", `${python} has no torch module`, { exitCode: ExitCode.usage, hint: "install PyTorch for that python (pip install torch), or pass --python with one that has it" });
   }
   return new DsrError("DSR_WORKER_START", `the torch worker exited before connecting (${why})${tail.length ? `: ${tail[tail.length - 1]}` : ""}`, { hint: "its output is above; --python picks another interpreter" });
 }

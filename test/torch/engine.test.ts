@@ -1,0 +1,128 @@
+/**
+ * The torch worker (native/dsr_worker) behind the TokenEngine interface, as a real python process over
+ * its Unix socket, on the CPU: tiny-r1 in fp32 reproduces the PyTorch/transformers reference
+ * (reference.json) token for token with every case in one batch, and the embedded engine's greedy
+ * tokens; seeded sampling does not depend on the batch; penalties, cancellation, request errors,
+ * a killed worker and a missing python/torch behave as documented.
+ */
+import { readFileSync } from "node:fs";
+import { chmod, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
+import { openTorchEngine, type TorchEngineInfo } from "../../src/engine/runtime/torch/index.js";
+import type { SamplingParams, TokenEngine } from "../../src/engine/runtime/types.js";
+import type { TextModel } from "../../src/engine/text/index.js";
+import { arithmeticProblems, buildTiny, collect, GREEDY, TINY_R1 } from "../engine/support.js";
+import { tempDir } from "../support/tmp.js";
+import { TORCH_PYTHON } from "./python.js";
+
+interface RefCase { input_ids: number[]; last_logits: number[]; top5_ids: number[][]; greedy_64: number[] }
+const ref = JSON.parse(readFileSync(join(TINY_R1, "reference.json"), "utf8")) as { tolerance: { max_abs_logit_diff: number }; cases: RefCase[] };
+
+describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
+  let engine: TokenEngine & { stats(): { running: number; kvCapacityTokens?: number; maxContext: number } };
+  let text: TextModel;
+  let info: TorchEngineInfo;
+  const logs: string[] = [];
+
+  beforeAll(async () => {
+    ({ engine, text, info } = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 4, maxContext: 256, threads: 2, onLog: (l) => logs.push(l) }));
+  }, 60_000);
+  afterAll(async () => engine?.close());
+
+  it("reports what it loaded", () => {
+    expect(info).toMatchObject({ protocol: 1, vocab: 2048, maxBatch: 4, maxContext: 256, dtype: "float32", device: "cpu (cpu)" });
+    const st = readFileSync(join(TINY_R1, "model.safetensors"));
+    expect(info.weightBytes).toBe((st.length - 8 - Number(st.readBigUInt64LE(0))) * 2); // the bf16 file's tensors, as fp32
+    expect(engine.stats()).toMatchObject({ running: 0, kvCapacityTokens: 4 * 256, maxContext: 256 });
+  });
+
+  it("reproduces the reference: greedy 64 tokens of every case in one batch, first-token logprobs", async () => {
+    const runs = ref.cases.map(async (c) => {
+      const sampling: SamplingParams = { ...GREEDY, logprobs: 5 };
+      const chunks = [];
+      for await (const ch of engine.submit({ promptIds: c.input_ids, sampling, maxTokens: 64, stopIds: [] })) chunks.push(ch);
+      return chunks;
+    });
+    for (const [i, chunks] of (await Promise.all(runs)).entries()) {
+      const c = ref.cases[i]!;
+      expect(chunks.flatMap((ch) => ch.ids)).toEqual(c.greedy_64);
+      expect(chunks.at(-1)!.finish).toBe("length");
+      const first = chunks[0]!.logprobs![0]!;
+      expect(first.top.map((t) => t.id)).toEqual(c.top5_ids[c.input_ids.length - 1]);
+      // logprob differences are logit differences: compare with the reference logits
+      for (const t of first.top) expect(Math.abs(t.logprob - first.top[0]!.logprob - (c.last_logits[t.id]! - c.last_logits[first.top[0]!.id]!))).toBeLessThan(ref.tolerance.max_abs_logit_diff);
+    }
+  }, 60_000);
+
+  it("gives the embedded engine's greedy tokens, stopping at EOS", async () => {
+    const prompts = arithmeticProblems(4, 5).map((p) => text.encode(text.applyChatTemplate([{ role: "user", content: p.question }])));
+    const embedded = await openEmbeddedEngine(await buildTiny("fp32"), { threads: 1, maxBatch: 4, maxContext: 256, worker: false });
+    const want = await Promise.all(prompts.map((p) => collect(embedded.engine, p, 120, text.eosTokenIds)));
+    await embedded.engine.close();
+    const got = await Promise.all(prompts.map((p) => collect(engine, p, 120, text.eosTokenIds)));
+    expect(got).toEqual(want);
+    expect(got.some((g) => g.finish === "stop" && g.stopId === text.eosTokenIds[0])).toBe(true);
+  }, 60_000);
+
+  it("seeded sampling gives the same tokens alone and in a batch; another seed differs", async () => {
+    const p = text.encode(text.applyChatTemplate([{ role: "user", content: "What is 12 + 34?" }]));
+    const s = (seed: number): SamplingParams => ({ ...GREEDY, temperature: 1.2, topP: 0.95, topK: 40, minP: 0.02, seed });
+    const alone = await collect(engine, p, 40, [], s(123));
+    const [inBatch] = await Promise.all([collect(engine, p, 40, [], s(123)), collect(engine, p, 40, [], s(9)), collect(engine, p.slice(0, 10), 40, [], GREEDY)]);
+    expect(inBatch.ids).toEqual(alone.ids);
+    const other = await collect(engine, p, 40, [], s(124));
+    expect(other.ids).not.toEqual(alone.ids);
+    expect(alone.ids).not.toEqual((await collect(engine, p, 40, [], GREEDY)).ids);
+  }, 60_000);
+
+  it("a large presence penalty never repeats a token; frequency penalty changes greedy output", async () => {
+    const p = text.encode(text.applyChatTemplate([{ role: "user", content: "What is 1111 + 2222?" }]));
+    const r = await collect(engine, p, 60, [], { ...GREEDY, presencePenalty: 100 });
+    expect(new Set(r.ids).size).toBe(r.ids.length);
+    const plain = await collect(engine, p, 60, [], GREEDY);
+    expect((await collect(engine, p, 60, [], { ...GREEDY, frequencyPenalty: 2 })).ids).not.toEqual(plain.ids);
+  }, 60_000);
+
+  it("cancels a stream at once, refuses bad requests synchronously, ends max_tokens 0 with length", async () => {
+    const ac = new AbortController();
+    let n = 0;
+    let finish: string | undefined;
+    for await (const c of engine.submit({ promptIds: ref.cases[0]!.input_ids, sampling: GREEDY, maxTokens: 200, stopIds: [], signal: ac.signal })) {
+      n += c.ids.length;
+      if (n === 2) ac.abort();
+      finish = c.finish ?? finish;
+    }
+    expect(finish).toBe("abort");
+    expect(n).toBeLessThan(10);
+    await expect.poll(() => engine.stats().running).toBe(0);
+
+    expect(() => engine.submit({ promptIds: new Array(300).fill(1), sampling: GREEDY, maxTokens: 5, stopIds: [] })).toThrow(expect.objectContaining({ code: "DSR_CONTEXT_OVERFLOW" }));
+    expect(() => engine.submit({ promptIds: [1, 99999], sampling: GREEDY, maxTokens: 5, stopIds: [] })).toThrow(expect.objectContaining({ code: "DSR_BAD_TOKEN" }));
+    expect(() => engine.submit({ promptIds: [1], sampling: GREEDY, maxTokens: 5, stopIds: [], constraint: { kind: "json_object" } })).toThrow(expect.objectContaining({ code: "DSR_CONSTRAINT_UNSUPPORTED" }));
+    expect(await collect(engine, [1, 2, 3], 0, [])).toEqual({ ids: [], finish: "length", stopId: undefined });
+  }, 30_000);
+});
+
+describe.skipIf(!TORCH_PYTHON)("torch worker failures", () => {
+  it("a killed worker fails its open streams with the reason, and later submits at once", async () => {
+    const { engine, info } = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 2, maxContext: 256 });
+    const it = engine.submit({ promptIds: ref.cases[0]!.input_ids, sampling: GREEDY, maxTokens: 200, stopIds: [] })[Symbol.asyncIterator]();
+    await it.next();
+    process.kill(info.pid, "SIGKILL");
+    await expect((async () => { for (;;) if ((await it.next()).done) return; })()).rejects.toMatchObject({ code: "DSR_ENGINE_FAILED", message: expect.stringMatching(/torch worker (exited \(signal SIGKILL\)|closed its connection)/) });
+    expect(() => engine.submit({ promptIds: [1], sampling: GREEDY, maxTokens: 1, stopIds: [] })).toThrow(/torch worker/);
+    await engine.close();
+  }, 60_000);
+
+  it("a missing python, a python without torch and an unsupported checkpoint are clear errors", async () => {
+    await expect(openTorchEngine(TINY_R1, { python: "/nonexistent/python3" })).rejects.toMatchObject({ code: "DSR_NO_PYTHON", exitCode: 2 });
+    const dir = await tempDir();
+    const fake = join(dir, "python");
+    await writeFile(fake, `#!/bin/sh\necho "ModuleNotFoundError: No module named 'torch'" >&2\nexit 1\n`);
+    await chmod(fake, 0o755);
+    await expect(openTorchEngine(TINY_R1, { python: fake })).rejects.toMatchObject({ code: "DSR_NO_TORCH", message: expect.stringContaining("has no torch module") });
+    await expect(openTorchEngine(join(TINY_R1, "..", "tiny-deepseek-v3-fp8"), { python: TORCH_PYTHON })).rejects.toMatchObject({ code: "DSR_ARCH_UNSUPPORTED" });
+  }, 30_000);
+});

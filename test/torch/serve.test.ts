@@ -1,0 +1,84 @@
+/**
+ * `dsr serve tiny-r1 --engine torch` end to end, as real processes (the built CLI, the python worker
+ * on the CPU) with the official openai SDK as client: the same greedy answer as the embedded engine,
+ * the <think> split, streaming that adds up to the non-stream answer with usage, engine stats on
+ * /ready, and a clean SIGTERM.
+ */
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TINY_R1 } from "../support/cli.js";
+import { tempDir } from "../support/tmp.js";
+import { startServe, type ServeProc } from "../serve/helpers.js";
+import { TORCH_PYTHON } from "./python.js";
+
+const Q = "What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}.";
+
+describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch (CPU)", () => {
+  let gw: ServeProc;
+  const client = () => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "none", maxRetries: 0 });
+  let answer: { reasoning: string; content: string };
+
+  beforeAll(async () => {
+    gw = await startServe([TINY_R1, "--engine", "torch", "--python", TORCH_PYTHON!, "--device", "cpu", "--max-num-seqs", "4", "--max-model-len", "512", "--threads", "2"], { timeoutMs: 60_000 });
+  }, 90_000);
+  afterAll(async () => {
+    if (gw?.proc.exitCode === null) await gw.stop();
+  });
+
+  it("says which engine and what it loaded", () => {
+    expect(gw.log()).toContain("engine: torch (--engine torch)");
+    expect(gw.log()).toMatch(/torch worker: cpu \(cpu\), float32, 0\.02 GiB of weights in [\d.]+ s, batch ≤ 4, context 512/);
+  });
+
+  it("answers like the embedded engine: same greedy reasoning and content, split out of <think>", async () => {
+    const r = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0 });
+    const m = r.choices[0]!.message as unknown as { content: string; reasoning: string; reasoning_content: string };
+    expect(m.reasoning_content).toBe(m.reasoning);
+    expect(m.reasoning).not.toContain("think>");
+    expect(m.content).toMatch(/\\boxed\{\d+\}/);
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    answer = { reasoning: m.reasoning, content: m.content };
+
+    const cacheHome = await tempDir();
+    const embedded = await startServe([TINY_R1, "--engine", "embedded", "--threads", "1"], { env: { XDG_CACHE_HOME: cacheHome }, timeoutMs: 60_000 });
+    try {
+      const e = await new OpenAI({ baseURL: `${embedded.url}/v1`, apiKey: "none", maxRetries: 0 }).chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0 });
+      const em = e.choices[0]!.message as unknown as { content: string; reasoning: string };
+      expect({ reasoning: em.reasoning, content: em.content }).toEqual(answer);
+      expect(e.usage).toEqual(r.usage);
+    } finally {
+      await embedded.stop();
+    }
+  }, 90_000);
+
+  it("streams the same answer in deltas, with usage at the end", async () => {
+    const stream = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let reasoning = "";
+    let content = "";
+    let usage: unknown;
+    let finish: string | null | undefined;
+    for await (const c of stream) {
+      const d = c.choices[0]?.delta as { content?: string | null; reasoning_content?: string } | undefined;
+      reasoning += d?.reasoning_content ?? "";
+      content += d?.content ?? "";
+      finish = c.choices[0]?.finish_reason ?? finish;
+      if (c.usage) usage = c.usage;
+    }
+    expect({ reasoning, content }).toEqual(answer);
+    expect(finish).toBe("stop");
+    expect(usage).toMatchObject({ completion_tokens: expect.any(Number), prompt_tokens: expect.any(Number) });
+  }, 30_000);
+
+  it("reports the worker's load on /ready and refuses response_format with a 400", async () => {
+    const ready = await (await fetch(`${gw.url}/ready`)).json();
+    expect(ready).toMatchObject({ ready: true, engine: { running: 0, waiting: 0, kv_capacity_tokens: 4 * 512, max_context: 512 } });
+    const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], response_format: { type: "json_object" } }) });
+    expect(r.status).toBe(400);
+    expect((await r.json()).error).toMatchObject({ param: "response_format", message: expect.stringContaining("torch worker") });
+  });
+
+  it("SIGTERM stops the gateway and its worker, exit 0", async () => {
+    expect(await gw.stop()).toBe(0);
+    expect(gw.log()).toContain("stopped cleanly");
+  });
+});
