@@ -106,14 +106,24 @@ describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
 });
 
 describe.skipIf(!TORCH_PYTHON)("torch worker failures", () => {
-  it("a killed worker fails its open streams with the reason, and later submits at once", async () => {
-    const { engine, info } = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 2, maxContext: 256 });
-    const it = engine.submit({ promptIds: ref.cases[0]!.input_ids, sampling: GREEDY, maxTokens: 200, stopIds: [] })[Symbol.asyncIterator]();
-    await it.next();
-    process.kill(info.pid, "SIGKILL");
-    await expect((async () => { for (;;) if ((await it.next()).done) return; })()).rejects.toMatchObject({ code: "DSR_ENGINE_FAILED", message: expect.stringMatching(/torch worker (exited \(signal SIGKILL\)|closed its connection)/) });
-    expect(() => engine.submit({ promptIds: [1], sampling: GREEDY, maxTokens: 1, stopIds: [] })).toThrow(/torch worker/);
-    await engine.close();
+  it("a killed worker fails its open streams with the reason, is unavailable meanwhile, and comes back", async () => {
+    const logs: string[] = [];
+    const { engine, info } = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 2, maxContext: 256, restartBackoffMs: 300, onLog: (l) => logs.push(l) });
+    try {
+      const it = engine.submit({ promptIds: ref.cases[0]!.input_ids, sampling: GREEDY, maxTokens: 200, stopIds: [] })[Symbol.asyncIterator]();
+      await it.next();
+      process.kill(info.pid, "SIGKILL");
+      await expect((async () => { for (;;) if ((await it.next()).done) return; })()).rejects.toMatchObject({ code: "DSR_ENGINE_FAILED", message: expect.stringMatching(/torch worker (exited \(signal SIGKILL\)|closed its connection)/) });
+      expect(engine.ready()).toBe(false);
+      expect(() => engine.submit({ promptIds: [1], sampling: GREEDY, maxTokens: 1, stopIds: [] })).toThrow(expect.objectContaining({ code: "DSR_ENGINE_UNAVAILABLE" }));
+      await expect.poll(() => engine.ready(), { timeout: 30_000 }).toBe(true);
+      expect(engine.restarts).toBe(1);
+      expect(engine.info.pid).not.toBe(info.pid);
+      expect(logs.join("\n")).toMatch(/restarting it in 0\.3 s[\s\S]*torch worker restarted/);
+      expect((await collect(engine, ref.cases[1]!.input_ids, 64, [])).ids).toEqual(ref.cases[1]!.greedy_64);
+    } finally {
+      await engine.close();
+    }
   }, 60_000);
 
   it("a missing python, a python without torch and an unsupported checkpoint are clear errors", async () => {

@@ -4,12 +4,27 @@
  * the <think> split, streaming that adds up to the non-stream answer with usage, engine stats on
  * /ready, and a clean SIGTERM.
  */
+import { readdirSync, readFileSync } from "node:fs";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_R1 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { startServe, type ServeProc } from "../serve/helpers.js";
 import { TORCH_PYTHON } from "./python.js";
+
+/** Processes whose parent is `ppid` (from /proc). */
+function childPids(ppid: number): number[] {
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        return Number(readFileSync(`/proc/${d}/stat`, "utf8").replace(/^.*\) /s, "").split(" ")[1]) === ppid;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
 
 const Q = "What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}.";
 
@@ -76,6 +91,20 @@ describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch (CPU)", () => {
     expect(r.status).toBe(400);
     expect((await r.json()).error).toMatchObject({ param: "response_format", message: expect.stringContaining("torch worker") });
   });
+
+  it("a killed worker: /ready turns 503 and requests get 503 with Retry-After until it is back", async () => {
+    const [pid] = childPids(gw.proc.pid!);
+    expect(pid).toBeDefined();
+    process.kill(pid!, "SIGKILL");
+    await expect.poll(async () => (await fetch(`${gw.url}/ready`)).status, { interval: 20 }).toBe(503);
+    const r = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "tiny-r1", prompt: "1 + 1 =", max_tokens: 3 }) });
+    if (r.status === 503) expect(r.headers.get("retry-after")).toBe("5");
+    else expect(r.status).toBe(200); // the restart was quicker than this request
+    await expect.poll(async () => (await fetch(`${gw.url}/ready`)).status, { timeout: 30_000 }).toBe(200);
+    expect(gw.log()).toMatch(/\[torch\] torch worker restarted/);
+    const again = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0 });
+    expect(again.choices[0]!.message.content).toBe(answer.content);
+  }, 60_000);
 
   it("SIGTERM stops the gateway and its worker, exit 0", async () => {
     expect(await gw.stop()).toBe(0);

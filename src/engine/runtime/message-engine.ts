@@ -26,6 +26,8 @@ export interface MessageEngineOptions<S extends EngineStats> {
   name: string;
   /** Throws for a request the engine would refuse (checked before it is sent). */
   validate: (req: SubmitRequest, vocab: number) => void;
+  /** Called once if the engine dies (not on close()), after its open streams were failed. */
+  onGone?: (e: DsrError) => void;
   /** Whether the engine enforces SubmitRequest.constraint (default true). */
   constraints?: boolean;
   /** Stats until the engine's first snapshot. */
@@ -57,6 +59,7 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
       this.crashed ??= new DsrError("DSR_ENGINE_FAILED", `${opts.name} ${why}`, { hint: "restart the engine; re-run with --verbose and report it" });
       for (const c of this.channels.values()) c.fail(this.crashed);
       this.channels.clear();
+      opts.onGone?.(this.crashed);
     });
   }
 

@@ -63,6 +63,8 @@ export interface TokenEngine {
   /** False when the engine cannot enforce SubmitRequest.constraint (the gateway answers 400 up front). */
   readonly constraints?: boolean;
   submit(req: SubmitRequest): AsyncIterable<TokenChunk>;
+  /** False while the engine cannot take requests (a worker restarting); absent = always ready. */
+  ready?(): boolean;
   stats(): EngineStats;
   close(): Promise<void>;
 }

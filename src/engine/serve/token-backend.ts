@@ -9,6 +9,7 @@ import type { SubmitRequest, TokenChunk, TokenEngine, TokenLogprob } from "../ru
 import type { TextModel } from "../text/index.js";
 import { createStopMatcher } from "../text/index.js";
 import { compileJsonSchema, SchemaError } from "../runtime/embedded/json-schema.js";
+import { DsrError } from "../errors.js";
 import { HttpError } from "./http-error.js";
 import type { GatewayMetrics } from "./metrics.js";
 import { chatPromptIds, completionPrompts, samplingFor, tokenBudget } from "./prompt.js";
@@ -53,7 +54,7 @@ export class TokenBackend implements Backend {
   }
 
   ready(): boolean {
-    return true;
+    return this.o.engine.ready?.() ?? true;
   }
 
   describe(): Record<string, unknown> {
@@ -154,7 +155,7 @@ export class TokenBackend implements Backend {
         await emit(c, piece.reasoning, piece.content, null);
       };
       try {
-        const sub = this.o.engine.submit({ promptIds: c.promptIds, sampling: samplingFor(text, req, this.o, logprobs, c.index), maxTokens: budget, stopIds, signal: ac.signal, constraint });
+        const sub = this.submit({ promptIds: c.promptIds, sampling: samplingFor(text, req, this.o, logprobs, c.index), maxTokens: budget, stopIds, signal: ac.signal, constraint });
         for await (const chunk of sub as AsyncIterable<TokenChunk>) {
           if (chunk.ids.length > 0 && g.record.ttftMs === undefined) {
             g.record.ttftMs = performance.now() - g.t0;
@@ -244,6 +245,16 @@ export class TokenBackend implements Backend {
     const startAfterId = this.o.text.thinkEndId;
     if (startAfterId === undefined) throw no(`response_format ${rf.type} with the reasoning split needs \`</think>\` to be one token, and in this model's tokenizer it is not; use --engine vllm or --upstream`);
     return { ...kind, startAfterId };
+  }
+
+  /** The engine's submit, with "engine restarting" as a 503 the client may retry. */
+  private submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
+    try {
+      return this.o.engine.submit(req);
+    } catch (e) {
+      if (e instanceof DsrError && e.code === "DSR_ENGINE_UNAVAILABLE") throw new HttpError(503, e.message, { code: "engine_unavailable", headers: { "retry-after": "5" } });
+      throw e;
+    }
   }
 
   /** OpenAI logprobs: chat `{content:[{token,logprob,bytes,top_logprobs}]}`, completions `{tokens,token_logprobs,top_logprobs,text_offset}`. */

@@ -14,7 +14,7 @@ import { checkpointWeights, shardFiles } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
 import { validateRequest } from "../embedded/scheduler.js";
 import { MessageEngine } from "../message-engine.js";
-import type { EngineStats } from "../types.js";
+import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "../types.js";
 import { startTorchWorker } from "./worker-process.js";
 
 export interface TorchEngineOptions {
@@ -32,6 +32,8 @@ export interface TorchEngineOptions {
   /** CPU threads (device cpu). */
   threads?: number;
   onLog?: (line: string) => void;
+  /** First wait before restarting a worker that died (doubles up to 30 s). */
+  restartBackoffMs?: number;
 }
 
 /** What the worker reports once loaded (its `opened` frame). */
@@ -65,7 +67,7 @@ function tensorNames(layers: number): { name: string; optional?: boolean }[] {
   return out;
 }
 
-export async function openTorchEngine(modelPath: string, o: TorchEngineOptions = {}): Promise<{ engine: MessageEngine<EngineStats>; text: TextModel; info: TorchEngineInfo }> {
+export async function openTorchEngine(modelPath: string, o: TorchEngineOptions = {}): Promise<{ engine: TorchEngine; text: TextModel; info: TorchEngineInfo }> {
   const dir = resolve(modelPath);
   const cfg = await readModelConfig(dir);
   checkSupported(cfg);
@@ -92,7 +94,6 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
   const maxContext = Math.min(o.maxContext ?? Math.min(4096, positions), positions);
   if (!(maxContext >= 2)) throw usageError(`max context ${o.maxContext}: must be at least 2`);
   const text = await loadTextModel(dir);
-  const port = await startTorchWorker({ python: o.python ?? "python3", env: o.env ?? process.env, onLog: o.onLog ?? (() => {}) });
   const open = {
     protocol: TORCH_PROTOCOL,
     files: (await shardFiles(dir)).map((f) => join(dir, f)),
@@ -116,21 +117,107 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
     prefillChunk: o.prefillChunk ?? 512,
     threads: o.threads,
   };
-  const engine = await MessageEngine.open<EngineStats>(port, open, {
-    name: "torch worker",
-    constraints: false,
-    validate: (req, vocab) => {
-      if (req.constraint) {
-        throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", `constrained decoding (${req.constraint.kind}) is not implemented by the torch worker`, { hint: "serve with --engine embedded or --engine vllm for response_format" });
-      }
-      validateRequest(req, engine.opened.maxContext as number, vocab, true);
-    },
-    initialStats: (m) => ({ running: 0, waiting: 0, kvUsedTokens: 0, kvCapacityTokens: (m.maxBatch as number) * (m.maxContext as number), maxContext: m.maxContext as number }),
-  });
-  const info = engine.opened as unknown as TorchEngineInfo;
-  if (info.protocol !== TORCH_PROTOCOL) {
-    await engine.close();
-    throw new DsrError("DSR_WORKER_PROTOCOL", `the torch worker speaks protocol ${info.protocol}, this dsr ${TORCH_PROTOCOL}`, { hint: "reinstall dsr so native/ matches" });
+  const log = o.onLog ?? (() => {});
+  const start = async (onGone: (e: DsrError) => void) => {
+    const port = await startTorchWorker({ python: o.python ?? "python3", env: o.env ?? process.env, onLog: log });
+    const engine: MessageEngine<EngineStats> = await MessageEngine.open<EngineStats>(port, open, {
+      name: "torch worker",
+      constraints: false,
+      onGone,
+      validate: (req, vocab) => {
+        if (req.constraint) throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", `constrained decoding (${req.constraint.kind}) is not implemented by the torch worker`, { hint: "serve with --engine embedded or --engine vllm for response_format" });
+        validateRequest(req, engine.opened.maxContext as number, vocab, true);
+      },
+      initialStats: (m) => ({ running: 0, waiting: 0, kvUsedTokens: 0, kvCapacityTokens: (m.maxBatch as number) * (m.maxContext as number), maxContext: m.maxContext as number }),
+    });
+    const info = engine.opened as unknown as TorchEngineInfo;
+    if (info.protocol !== TORCH_PROTOCOL) {
+      await engine.close();
+      throw new DsrError("DSR_WORKER_PROTOCOL", `the torch worker speaks protocol ${info.protocol}, this dsr ${TORCH_PROTOCOL}`, { hint: "reinstall dsr so native/ matches" });
+    }
+    return engine;
+  };
+  const engine = await TorchEngine.start(start, log, o.restartBackoffMs ?? 1000);
+  return { engine, text, info: engine.info };
+}
+
+/**
+ * The torch worker behind TokenEngine, restarted when it dies: its open streams fail with the reason,
+ * the engine reports not ready (/ready 503, so a front router sends traffic elsewhere) and submits
+ * throw DSR_ENGINE_UNAVAILABLE (503) until a new worker is up; retries back off from 1 s to 30 s.
+ */
+export class TorchEngine implements TokenEngine {
+  readonly constraints = false;
+  restarts = 0;
+  private down?: DsrError;
+  private closed = false;
+  private timer?: NodeJS.Timeout;
+  private backoff: number;
+
+  private constructor(
+    private current: MessageEngine<EngineStats>,
+    private readonly open: (onGone: (e: DsrError) => void) => Promise<MessageEngine<EngineStats>>,
+    private readonly log: (line: string) => void,
+    private readonly backoffInitialMs: number,
+  ) {
+    this.backoff = backoffInitialMs;
   }
-  return { engine, text, info };
+
+  static async start(open: (onGone: (e: DsrError) => void) => Promise<MessageEngine<EngineStats>>, log: (line: string) => void, backoffInitialMs: number): Promise<TorchEngine> {
+    let self: TorchEngine | undefined;
+    const first = await open((e) => self?.gone(e));
+    self = new TorchEngine(first, open, log, backoffInitialMs);
+    return self;
+  }
+
+  get info(): TorchEngineInfo {
+    return this.current.opened as unknown as TorchEngineInfo;
+  }
+
+  get counters() {
+    return this.current.counters;
+  }
+
+  ready(): boolean {
+    return !this.down && !this.closed;
+  }
+
+  private gone(e: DsrError): void {
+    if (this.closed) return;
+    this.down = e;
+    this.log(`${e.message}; restarting it in ${this.backoff / 1000} s`);
+    this.timer = setTimeout(() => void this.restart(), this.backoff);
+  }
+
+  private async restart(): Promise<void> {
+    try {
+      const next = await this.open((e) => this.gone(e));
+      if (this.closed) return void (await next.close());
+      this.current = next;
+      this.down = undefined;
+      this.restarts++;
+      this.backoff = this.backoffInitialMs;
+      this.log(`torch worker restarted (pid ${this.info.pid})`);
+    } catch (e) {
+      this.backoff = Math.min(this.backoff * 2, 30_000);
+      this.gone(e instanceof DsrError ? e : new DsrError("DSR_ENGINE_FAILED", String(e)));
+    }
+  }
+
+  submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
+    if (this.down && !this.closed) {
+      throw new DsrError("DSR_ENGINE_UNAVAILABLE", `the torch worker is restarting (${this.down.message})`, { hint: "retry in a few seconds" });
+    }
+    return this.current.submit(req);
+  }
+
+  stats(): EngineStats {
+    return this.current.stats();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    await this.current.close();
+  }
 }
