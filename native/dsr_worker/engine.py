@@ -1,6 +1,6 @@
 """Continuous batching over the slot KV cache: sequences join between steps and leave when they
-finish. A step is one prompt chunk of the oldest sequence still prefilling (when there is one) and
-one decode token for every sequence already generating; each step's tokens go out as one flush."""
+finish. A step is one decode token for every sequence already generating, then prompt chunks of the
+oldest sequences still prefilling, up to a token budget; each step's tokens go out as one flush."""
 
 import time
 from collections import deque
@@ -107,10 +107,13 @@ class Engine:
             for s, t, lp in zip(rows, ids, lps):
                 s.filled += 1
                 self._emit(s, t, lp)
-        if self.prefilling:
+        # prompts take a token budget per step: small beside decoding rows (it bounds their wait),
+        # larger when nothing decodes; several short prompts can fill one step's budget
+        budget = self.prefill_chunk * (1 if self.decoding else 4)
+        while self.prefilling and budget > 0:
             seq = self.prefilling[0]
-            # beside decoding rows, small chunks bound their wait; alone, larger ones (activations stay bounded)
-            n = min(self.prefill_chunk * (1 if self.decoding else 4), len(seq.prompt) - seq.filled)
+            n = min(budget, len(seq.prompt) - seq.filled)
+            budget -= n
             t0 = time.perf_counter()
             logits = self.model.forward([seq.prompt[seq.filled : seq.filled + n]], [seq.filled], [seq.slot])
             seq.filled += n

@@ -11,6 +11,15 @@ import torch
 import torch.nn.functional as F
 
 _SDPA = getattr(F, "scaled_dot_product_attention", None)  # torch >= 2.0
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
+
+    # Not cuDNN: it builds a graph for every new key length (each decode step has one), ~2 ms of CPU
+    # per call on an H100 — 28 layers made a 1.5B decode step 55 ms where the GPU worked 4 ms.
+    def _attention_backends():
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+except ImportError:
+    from contextlib import nullcontext as _attention_backends
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -87,6 +96,13 @@ class DenseDecoder:
         visible = torch.arange(span, device=self.device)[None, None, :] <= pos[:, :, None]  # [B, T, S]
         mask = visible.repeat(1, G, 1).unsqueeze(1)  # [B, 1, G*T, S]
         h = self.embed[ids]
+        with _attention_backends():
+            h = self._layers(h, B, T, pos, slots, span, cos, sin, mask)
+        last = _rms(h[:, -1], self.norm, self.eps)
+        return F.linear(last, self.lm_head).float()
+
+    def _layers(self, h, B, T, pos, slots, span, cos, sin, mask):
+        H, KV, D, G = self.heads, self.kv_heads, self.head_dim, self.group
         for i, blk in enumerate(self.blocks):
             x = _rms(h, blk["ln1"], self.eps)
             qkv = F.linear(x, blk["qkv"], blk["qkv_bias"])
@@ -99,10 +115,9 @@ class DenseDecoder:
             vc[slots[:, None], :, pos] = v
             keys, values = kc[slots, :, :span], vc[slots, :, :span]  # [B, KV, S, D]
             o = self._attend(q.reshape(B, KV, G * T, D), keys, values, mask)
-            o = o.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+            o = o.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
             h = h + F.linear(o, blk["o"])
             x = _rms(h, blk["ln2"], self.eps)
             gate, up = F.linear(x, blk["gate_up"]).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, blk["down"])
-        last = _rms(h[:, -1], self.norm, self.eps)
-        return F.linear(last, self.lm_head).float()
+        return h

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The torch worker's device run: correctness on the GPU, throughput against transformers' generate(),
+# and `dsr serve` choosing the torch engine on its own.
+#
+#   bench/torch-device.sh build     # here: writes .carry/torch/ (bundled bench + standalone CLI)
+#   .carry/torch/run.sh             # there: OUT=<dir>; needs .carry/node.xz; repo root as cwd
+#
+# run: 1. bench/torch-engine.ts --reference tiny-r1 (fp32 must equal the transformers reference)
+#      2. a random-weight R1-Distill-Qwen-1.5B-shaped checkpoint (bench/make_qwen_checkpoint.py) under
+#         /tmp, then bench/torch-engine.ts and bench/hf_generate.py on it, same loads
+#      3. `dsr serve tiny-r1` with no --engine (auto) and one chat request with curl
+# Results: $OUT/torch-reference.json, torch-engine.json, hf-generate.json, serve.log, serve-chat.json.
+set -euo pipefail
+
+if [[ "${1:-}" == "build" ]]; then
+  cd "$(dirname "$0")/.."
+  out="$PWD/.carry/torch"
+  rm -rf "$out" && mkdir -p "$out"
+  npx esbuild bench/torch-engine.ts --bundle --platform=node --format=esm --target=node20 --log-level=warning \
+    --outfile="$out/bench-torch.mjs" "--banner:js=import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
+  node scripts/build.mjs --standalone && rm -rf "$out/cli" && cp -r dist-standalone "$out/cli"
+  cp bench/torch-device.sh "$out/run.sh"
+  chmod +x "$out/run.sh"
+  du -sh "$out"
+  exit 0
+fi
+
+: "${OUT:?set OUT}"
+mkdir -p "$OUT" /tmp/node
+[ -x /tmp/node/node ] || xz -dc .carry/node.xz > /tmp/node/node && chmod +x /tmp/node/node
+NODE=/tmp/node/node
+TINY=test/fixtures/models/tiny-r1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
+
+$NODE .carry/torch/bench-torch.mjs --reference "$TINY" --device cuda > "$OUT/torch-reference.json" 2> "$OUT/torch-reference.log"
+
+[ -f /tmp/q15/model.safetensors ] || python3 bench/make_qwen_checkpoint.py /tmp/q15 "$TINY" > "$OUT/checkpoint.json"
+$NODE .carry/torch/bench-torch.mjs --model /tmp/q15 --device cuda --dtype bfloat16 ${BENCH_ARGS:-} > "$OUT/torch-engine.json" 2> "$OUT/torch-engine.log"
+python3 bench/hf_generate.py --model /tmp/q15 ${HF_ARGS:-} > "$OUT/hf-generate.json" 2> "$OUT/hf-generate.log"
+
+PORT=8123
+$NODE .carry/torch/cli/cli.mjs serve "$TINY" --port $PORT > "$OUT/serve.out" 2> "$OUT/serve.log" &
+pid=$!
+for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/ready" > /dev/null && break; sleep 0.5; done
+curl -s "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: application/json' \
+  -d '{"model":"tiny-r1","messages":[{"role":"user","content":"What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}."}],"temperature":0}' > "$OUT/serve-chat.json"
+curl -s "http://127.0.0.1:$PORT/ready" > "$OUT/serve-ready.json"
+kill -TERM $pid; wait $pid || true
