@@ -9,7 +9,9 @@
 #      2. a random-weight R1-Distill-Qwen-1.5B-shaped checkpoint (bench/make_qwen_checkpoint.py) under
 #         /tmp, then bench/torch-engine.ts and bench/hf_generate.py on it, same loads
 #      3. `dsr serve tiny-r1` with no --engine (auto) and one chat request with curl
-# Results: $OUT/torch-reference.json, torch-engine.json, hf-generate.json, serve.log, serve-chat.json.
+#         (torch-engine twice: CUDA graphs, then --eager)
+# Results: $OUT/torch-reference.json, torch-engine.json, torch-engine-eager.json, hf-generate.json,
+# serve.log, serve-chat.json.
 set -euo pipefail
 
 if [[ "${1:-}" == "build" ]]; then
@@ -36,6 +38,7 @@ $NODE .carry/torch/bench-torch.mjs --reference "$TINY" --device cuda > "$OUT/tor
 
 [ -f /tmp/q15/model.safetensors ] || python3 bench/make_qwen_checkpoint.py /tmp/q15 "$TINY" > "$OUT/checkpoint.json"
 $NODE .carry/torch/bench-torch.mjs --model /tmp/q15 --device cuda --dtype bfloat16 ${BENCH_ARGS:-} > "$OUT/torch-engine.json" 2> "$OUT/torch-engine.log"
+$NODE .carry/torch/bench-torch.mjs --model /tmp/q15 --device cuda --dtype bfloat16 --eager ${BENCH_ARGS:-} > "$OUT/torch-engine-eager.json" 2> "$OUT/torch-engine-eager.log"
 python3 bench/hf_generate.py --model /tmp/q15 ${HF_ARGS:-} > "$OUT/hf-generate.json" 2> "$OUT/hf-generate.log"
 
 PORT=8123

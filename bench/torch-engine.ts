@@ -3,7 +3,7 @@
  * JSON document. Run on a GPU machine (bench/torch-device.sh does the whole device run):
  *
  *   node torch-engine.mjs --model DIR [--python python3] [--device cuda] [--dtype bfloat16]
- *                         [--prompt 128] [--decode 128] [--batches 1,8,32,64] [--max-context 1024]
+ *                         [--prompt 128] [--decode 128] [--batches 1,8,32,64] [--max-context 1024] [--eager]
  *
  * For each batch size B: B requests of --prompt random token ids each, submitted at once, greedy,
  * exactly --decode new tokens each (no stop ids). Reported per B: wall time, output tokens/s over the
@@ -35,6 +35,7 @@ const { values: a } = parseArgs({
     decode: { type: "string", default: "128" },
     batches: { type: "string", default: "1,8,32,64" },
     "max-context": { type: "string", default: "1024" },
+    eager: { type: "boolean", default: false },
   },
 });
 if (a.reference) {
@@ -67,7 +68,7 @@ const pct = (xs: number[], p: number) => {
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
 const t0 = performance.now();
-const { engine, info } = await openTorchEngine(a.model, { python: a.python, device: a.device, dtype: a.dtype, maxBatch: Math.max(...batches), maxContext: Number(a["max-context"]), onLog: (l) => process.stderr.write(`[worker] ${l}\n`) });
+const { engine, info } = await openTorchEngine(a.model, { python: a.python, device: a.device, dtype: a.dtype, maxBatch: Math.max(...batches), maxContext: Number(a["max-context"]), cudaGraphs: !a.eager, onLog: (l) => process.stderr.write(`[worker] ${l}\n`) });
 const openMs = performance.now() - t0;
 const rnd = seededRandom(1);
 const vocab = info.vocab;

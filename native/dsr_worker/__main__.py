@@ -52,6 +52,8 @@ def slots_for(arch: dict, msg: dict, device: torch.device, dtype: torch.dtype) -
     per_seq = context * DenseDecoder.kv_bytes_per_token(arch, dtype)
     total = torch.cuda.get_device_properties(device).total_memory
     reserve = GiB + want * arch["vocab"] * 24 + 4 * int(msg["prefillChunk"]) * arch["intermediate"] * 8
+    if msg.get("cudaGraphs", True):
+        reserve += 12 * 2 * want * arch["vocab"] * 4  # each captured graph keeps its logits (≤ 12 span buckets)
     budget = float(msg["memoryFraction"]) * total - torch.cuda.memory_allocated(device) - reserve
     slots = min(want, int(budget // per_seq))
     if slots < 1:
@@ -73,7 +75,7 @@ def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
     weights = load_shards(msg["files"], device, dtype)
     weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     slots = slots_for(arch, msg, device, dtype)
-    model = DenseDecoder(arch, weights, device, dtype, slots, int(msg["maxContext"]))
+    model = DenseDecoder(arch, weights, device, dtype, slots, int(msg["maxContext"]), graphs=bool(msg.get("cudaGraphs", True)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     info = {
         "type": "opened",
@@ -85,6 +87,7 @@ def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
         "kvBytesPerToken": DenseDecoder.kv_bytes_per_token(arch, dtype),
         "device": f"{device} ({name})",
         "dtype": str(dtype).removeprefix("torch."),
+        "cudaGraphs": model.graphs is not None,
         "weightBytes": weight_bytes,
         "torch": torch.__version__,
         "loadMs": round((time.perf_counter() - t0) * 1000),

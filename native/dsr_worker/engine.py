@@ -108,21 +108,38 @@ class Engine:
                 s.filled += 1
                 self._emit(s, t, lp)
         # prompts take a token budget per step: small beside decoding rows (it bounds their wait),
-        # larger when nothing decodes; several short prompts can fill one step's budget
+        # larger when nothing decodes. Chunks of several prompts go in one forward, padded to the
+        # longest; the padding's keys land past each prompt, where its own next tokens overwrite
+        # them before anything reads them.
         budget = self.prefill_chunk * (1 if self.decoding else 4)
-        while self.prefilling and budget > 0:
-            seq = self.prefilling[0]
+        padded_cap = 2 * budget  # rows × the longest chunk: bounds the padding's waste
+        rows, chunks = [], []
+        for seq in self.prefilling:
             n = min(budget, len(seq.prompt) - seq.filled)
+            if n <= 0 or (rows and max(chunks + [n]) * (len(rows) + 1) > padded_cap):
+                break
+            if rows and seq.filled + max(chunks + [n]) > self.model.context:
+                break  # its padding would run past the cache; it goes first next step
+            rows.append(seq)
+            chunks.append(n)
             budget -= n
+        if rows:
             t0 = time.perf_counter()
-            logits = self.model.forward([seq.prompt[seq.filled : seq.filled + n]], [seq.filled], [seq.slot])
-            seq.filled += n
-            self.counters["prefillTokens"] += n
-            if seq.filled == len(seq.prompt):
-                self.prefilling.popleft()
-                ids, lps = sample(logits, [seq.sampler])
-                self.decoding.append(seq)
-                self._emit(seq, ids[0], lps[0])
+            T = max(chunks)
+            tokens = [s.prompt[s.filled : s.filled + n] + [0] * (T - n) for s, n in zip(rows, chunks)]
+            logits = self.model.forward(tokens, [s.filled for s in rows], [s.slot for s in rows], last=[n - 1 for n in chunks])
+            done = []
+            for i, (s, n) in enumerate(zip(rows, chunks)):
+                s.filled += n
+                self.counters["prefillTokens"] += n
+                if s.filled == len(s.prompt):
+                    done.append(i)
+            if done:
+                ids, lps = sample(logits[done], [rows[i].sampler for i in done])
+                for i, t, lp in zip(done, ids, lps):
+                    self.prefilling.remove(rows[i])
+                    self.decoding.append(rows[i])
+                    self._emit(rows[i], t, lp)
             elif self.model.device.type == "cuda":
                 torch.cuda.synchronize()  # so prefillMs measures the chunk, not its launch
             self.counters["prefillMs"] += (time.perf_counter() - t0) * 1000

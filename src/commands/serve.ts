@@ -95,7 +95,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--no-r1-advice", "do not fold system prompts into the user turn or default temperature to generation_config's")
     .option("--trust-remote-code", "allow model code from the hub (vllm/sglang)")
     .option("--download-dir <dir>", "weights download directory (vllm/sglang)")
-    .option("--enforce-eager", "no CUDA graphs (vllm)")
+    .option("--enforce-eager", "no CUDA graphs (vllm, torch)")
     .option("--engine-arg <arg>", "extra argument for the engine command line, verbatim (repeatable)", collect)
     .option("--threads <n>", "CPU threads per embedded instance (default: cores / instances)")
     .option("--python <exe>", "python for sglang and the torch worker (needs PyTorch)", "python3")
@@ -223,8 +223,8 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       if (engine === "torch") {
         const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
         const f2 = cfg.engineFlags;
-        const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
-        out.note(`torch worker: ${r.info.device}, ${r.info.dtype}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext} (torch ${r.info.torch})`);
+        const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, cudaGraphs: !f2.enforceEager, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
+        out.note(`torch worker: ${r.info.device}, ${r.info.dtype}${r.info.cudaGraphs ? ", CUDA graphs" : ""}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext} (torch ${r.info.torch})`);
         return r;
       }
       // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways

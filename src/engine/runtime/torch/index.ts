@@ -29,6 +29,8 @@ export interface TorchEngineOptions {
   /** Fraction of the GPU's memory for weights + KV cache + activations. */
   memoryFraction?: number;
   prefillChunk?: number;
+  /** Replay decode steps as CUDA graphs (default true; false = --enforce-eager). */
+  cudaGraphs?: boolean;
   /** CPU threads (device cpu). */
   threads?: number;
   onLog?: (line: string) => void;
@@ -46,6 +48,7 @@ export interface TorchEngineInfo {
   kvBytesPerToken: number;
   device: string;
   dtype: string;
+  cudaGraphs: boolean;
   weightBytes: number;
   torch: string;
   loadMs: number;
@@ -115,6 +118,7 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
     maxContext,
     memoryFraction: o.memoryFraction ?? 0.9,
     prefillChunk: o.prefillChunk ?? 512,
+    cudaGraphs: o.cudaGraphs ?? true,
     threads: o.threads,
   };
   const log = o.onLog ?? (() => {});
