@@ -77,6 +77,14 @@ describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
     expect(alone.ids).not.toEqual((await collect(engine, p, 40, [], GREEDY)).ids);
   }, 60_000);
 
+  it("each cut alone can leave only the top token: top-k 1, top-p ~0, min-p 1 sample greedily at any temperature", async () => {
+    const p = text.encode(text.applyChatTemplate([{ role: "user", content: "What is 4321 - 1234?" }]));
+    const greedy = (await collect(engine, p, 30, [])).ids;
+    const hot = { ...GREEDY, temperature: 1.5, seed: 5 };
+    for (const cut of [{ topK: 1 }, { topP: 1e-6 }, { minP: 1 }]) expect((await collect(engine, p, 30, [], { ...hot, ...cut })).ids, JSON.stringify(cut)).toEqual(greedy);
+    expect((await collect(engine, p, 30, [], hot)).ids).not.toEqual(greedy);
+  }, 60_000);
+
   it("a large presence penalty never repeats a token; frequency penalty changes greedy output", async () => {
     const p = text.encode(text.applyChatTemplate([{ role: "user", content: "What is 1111 + 2222?" }]));
     const r = await collect(engine, p, 60, [], { ...GREEDY, presencePenalty: 100 });

@@ -111,3 +111,20 @@ describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch (CPU)", () => {
     expect(gw.log()).toContain("stopped cleanly");
   });
 });
+
+describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch --instances 2 (CPU)", () => {
+  it("runs two supervised children, each with its own worker, behind the router", async () => {
+    const gw = await startServe([TINY_R1, "--engine", "torch", "--instances", "2", "--python", TORCH_PYTHON!, "--device", "cpu", "--max-num-seqs", "2", "--max-model-len", "256", "--threads", "1"], { timeoutMs: 90_000 });
+    try {
+      expect(gw.log()).toMatch(/\[i0\] .*torch worker: cpu \(cpu\), float32/);
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "none", maxRetries: 0 });
+      const rs = await Promise.all([0, 1, 2, 3].map(() => client.chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0 })));
+      for (const r of rs) expect(r.choices[0]!.message.content).toMatch(/\\boxed\{\d+\}/);
+      expect(new Set(rs.map((r) => r.choices[0]!.message.content)).size).toBe(1);
+      const ready = await (await fetch(`${gw.url}/ready`)).json();
+      expect(ready.children.map((c: { state: string }) => c.state)).toEqual(["ready", "ready"]);
+    } finally {
+      expect(await gw.stop()).toBe(0);
+    }
+  }, 120_000);
+});
