@@ -1,6 +1,6 @@
 /**
- * `dsr chat MODEL [PROMPT]`: chat on the embedded engine. One-shot with a prompt, an interactive
- * readline chat otherwise. Streams tokens; R1 reasoning (<think>…</think>) is printed dimmed and
+ * `dsr chat MODEL [PROMPT]`: chat on the embedded engine (or, with --engine torch, dsr's PyTorch
+ * worker). One-shot with a prompt, an interactive readline chat otherwise. Streams tokens; R1 reasoning (<think>…</think>) is printed dimmed and
  * apart from the answer (--no-think hides it); ends with tokens/s. A safetensors checkpoint is
  * converted to ONNX on first use and cached.
  */
@@ -24,6 +24,9 @@ interface ChatFlags {
   weights?: string;
   threads?: string;
   maxContext?: string;
+  engine: string;
+  python: string;
+  device: string;
 }
 
 function num(flag: string, v: string | undefined, check: (n: number) => boolean, what: string): number | undefined {
@@ -36,7 +39,7 @@ function num(flag: string, v: string | undefined, check: (n: number) => boolean,
 export function register(program: Command, ctx: () => CommandContext): void {
   program
     .command("chat")
-    .summary("chat with a model in the terminal on the embedded engine")
+    .summary("chat with a model in the terminal on the embedded engine (or the torch worker)")
     .description(
       "Chat with a model on the embedded CPU engine (onnxruntime). MODEL is a safetensors checkpoint (converted to ONNX on " +
         "first use and cached under $XDG_CACHE_HOME/dsr/onnx) or a `dsr convert --to onnx` folder. With PROMPT: answer once " +
@@ -54,6 +57,9 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--weights <w>", "weights when converting a checkpoint: fp32, fp16, int8, int4 (default: fp32 up to 200M parameters, else int4)")
     .option("--threads <n>", "onnxruntime threads (default: all cores)")
     .option("--max-context <n>", "context length in tokens (default: min(model, 4096))")
+    .option("--engine <name>", "embedded (onnxruntime on the CPU) or torch (dsr's PyTorch worker, docs/worker-protocol.md)", "embedded")
+    .option("--python <exe>", "python with PyTorch, for --engine torch", "python3")
+    .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
     .addHelpText(
       "after",
       '\nExamples:\n  dsr chat ./DeepSeek-R1-Distill-Qwen-1.5B "How many primes are below 30?"\n  dsr chat ./DeepSeek-R1-Distill-Qwen-1.5B          # interactive\n' +
@@ -74,29 +80,10 @@ async function runChat(model: string, prompt: string | undefined, flags: ChatFla
   const maxContext = num("--max-context", flags.maxContext, (n) => Number.isInteger(n) && n >= 16, "an integer ≥ 16");
   if (!prompt && out.json) throw usageError("--json needs a PROMPT (one-shot mode)", 'dsr --json chat MODEL "question"');
 
-  const progress = new Progress(out, "items");
-  let bar: ReturnType<Progress["bar"]> | undefined;
+  if (flags.engine !== "embedded" && flags.engine !== "torch") throw usageError(`--engine ${flags.engine}: expected embedded or torch`);
   const t0 = performance.now();
-  const opened = await openEmbeddedEngine(model, {
-    threads,
-    maxContext,
-    maxBatch: 1,
-    weights: flags.weights as "fp32" | "fp16" | "int8" | "int4" | undefined,
-    cacheDir: defaultOnnxCacheDir(ctx.env.XDG_CACHE_HOME),
-    signal,
-    onProgress: (p) => {
-      if (!bar) {
-        out.note(`converting ${model} to ONNX (first use; cached for next time)…`);
-        bar = progress.bar("convert (weights)", p.total);
-      }
-      bar.update(p.done);
-    },
-  }).finally(() => {
-    bar?.stop();
-    progress.stop();
-  });
-  const { engine, text, info } = opened;
-  out.debug(`engine: ${info.onnxDir} (${info.weights}, context ${info.maxContext}, ${info.threads} threads${info.inWorker ? ", worker thread" : ""}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const { engine, text } = flags.engine === "torch" ? await openTorch(model, flags, threads, maxContext, ctx) : await openEmbedded(model, flags, threads, maxContext, ctx);
+  out.debug(`engine ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const d = text.generationDefaults;
   const sampling: SamplingParams = {
     temperature: temperature ?? d.temperature ?? 0.6,
@@ -128,6 +115,41 @@ async function runChat(model: string, prompt: string | undefined, flags: ChatFla
   } finally {
     await engine.close();
   }
+}
+
+async function openEmbedded(model: string, flags: ChatFlags, threads: number | undefined, maxContext: number | undefined, ctx: CommandContext): Promise<{ engine: TokenEngine; text: TextModel }> {
+  const { out, signal } = ctx;
+  const progress = new Progress(out, "items");
+  let bar: ReturnType<Progress["bar"]> | undefined;
+  const opened = await openEmbeddedEngine(model, {
+    threads,
+    maxContext,
+    maxBatch: 1,
+    weights: flags.weights as "fp32" | "fp16" | "int8" | "int4" | undefined,
+    cacheDir: defaultOnnxCacheDir(ctx.env.XDG_CACHE_HOME),
+    signal,
+    onProgress: (p) => {
+      if (!bar) {
+        out.note(`converting ${model} to ONNX (first use; cached for next time)…`);
+        bar = progress.bar("convert (weights)", p.total);
+      }
+      bar.update(p.done);
+    },
+  }).finally(() => {
+    bar?.stop();
+    progress.stop();
+  });
+  const { info } = opened;
+  out.debug(`engine: ${info.onnxDir} (${info.weights}, context ${info.maxContext}, ${info.threads} threads${info.inWorker ? ", worker thread" : ""})`);
+  return opened;
+}
+
+async function openTorch(model: string, flags: ChatFlags, threads: number | undefined, maxContext: number | undefined, ctx: CommandContext): Promise<{ engine: TokenEngine; text: TextModel }> {
+  if (flags.weights) throw usageError("--weights applies to the embedded engine's conversion; the torch worker loads the checkpoint as it is");
+  const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
+  const opened = await openTorchEngine(model, { python: flags.python, env: ctx.env, device: flags.device, maxBatch: 1, maxContext, threads, onLog: (l) => ctx.out.debug(`[torch] ${l}`) });
+  ctx.out.debug(`engine: torch worker on ${opened.info.device}, ${opened.info.dtype}, context ${opened.info.maxContext}`);
+  return opened;
 }
 
 interface Session {
