@@ -43,23 +43,29 @@ def pick_dtype(want: str, device: torch.device) -> torch.dtype:
     return table[want]
 
 
-def slots_for(arch: dict, msg: dict, device: torch.device, dtype: torch.dtype) -> int:
-    """Sequences that fit: the KV cache gets what --gpu-memory-utilization leaves after the weights
-    and a reserve for one step's activations (logits, sort buffers, a prefill chunk)."""
+def slots_for(arch: dict, msg: dict, device: torch.device, dtype: torch.dtype, weight_bytes: int) -> int:
+    """Sequences that fit. On CUDA the KV cache gets what --gpu-memory-utilization leaves after the
+    weights and a reserve for one step's activations (logits, sort buffers, a prefill chunk, the
+    graphs' outputs); on the CPU, half the machine's memory after the weights. One row more than
+    the answer is allocated: the scratch slot padded graph rows write to."""
     want, context = int(msg["maxBatch"]), int(msg["maxContext"])
-    if device.type != "cuda":
-        return want
     per_seq = context * DenseDecoder.kv_bytes_per_token(arch, dtype)
-    total = torch.cuda.get_device_properties(device).total_memory
-    reserve = GiB + want * arch["vocab"] * 24 + 4 * int(msg["prefillChunk"]) * arch["intermediate"] * 8
-    if msg.get("cudaGraphs", True):
-        reserve += 12 * 2 * want * arch["vocab"] * 4  # each captured graph keeps its logits (≤ 12 span buckets)
-    budget = float(msg["memoryFraction"]) * total - torch.cuda.memory_allocated(device) - reserve
-    slots = min(want, int(budget // per_seq))
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        reserve = GiB + want * arch["vocab"] * 24 + 4 * int(msg["prefillChunk"]) * arch["intermediate"] * 8
+        if msg.get("cudaGraphs", True):
+            reserve += 12 * 2 * want * arch["vocab"] * 4  # each captured graph keeps its logits (≤ 12 span buckets)
+        budget = float(msg["memoryFraction"]) * total - torch.cuda.memory_allocated(device) - reserve
+        where = f"{float(msg['memoryFraction']):.2f} × {total / GiB:.1f} GiB of GPU memory"
+    else:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        budget = total / 2 - weight_bytes
+        where = f"half of the machine's {total / GiB:.1f} GiB"
+    slots = min(want, int(budget // per_seq) - 1)
     if slots < 1:
         raise WeightError(
             "DSR_WORKER_MEMORY",
-            f"no room for one sequence of {context} tokens: {per_seq / GiB:.2f} GiB of KV cache needed, {max(budget, 0) / GiB:.2f} GiB left of {float(msg['memoryFraction']):.2f} × {total / GiB:.1f} GiB after the weights",
+            f"no room for one sequence of {context} tokens: {per_seq / GiB:.2f} GiB of KV cache needed, {max(budget, 0) / GiB:.2f} GiB left of {where} after the weights",
             "lower --max-model-len, raise --gpu-memory-utilization, or use fewer --instances",
         )
     return slots
@@ -74,7 +80,7 @@ def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
     arch = msg["arch"]
     weights = load_shards(msg["files"], device, dtype)
     weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-    slots = slots_for(arch, msg, device, dtype)
+    slots = slots_for(arch, msg, device, dtype, weight_bytes)
     model = DenseDecoder(arch, weights, device, dtype, slots, int(msg["maxContext"]), graphs=bool(msg.get("cudaGraphs", True)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     info = {
