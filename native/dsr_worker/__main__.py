@@ -4,6 +4,8 @@ Connects to the gateway's Unix socket, waits for the `open` frame, loads the wei
 `opened` (or `open-error`), then runs the scheduler until `close` or the socket's end. A reader
 thread turns frames into a queue so that steps run while requests keep arriving."""
 
+from __future__ import annotations
+
 import argparse
 import os
 import queue

@@ -2,6 +2,8 @@
 finish. A step is one decode token for every sequence already generating, then prompt chunks of the
 oldest sequences still prefilling, up to a token budget; each step's tokens go out as one flush."""
 
+from __future__ import annotations
+
 import time
 from collections import deque
 

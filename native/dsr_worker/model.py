@@ -7,6 +7,8 @@ token each). The architecture numbers and the rotary frequencies arrive already 
 gateway (src/engine/runtime/torch/), which owns config.json parsing.
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 

@@ -4,6 +4,8 @@ frequency penalties over output; then greedy, or temperature → top-k → min-p
 what the previous left; a seeded request draws from its own generator so its tokens do not depend
 on the rest of the batch. Logprobs are of the penalised distribution at temperature 1."""
 
+from __future__ import annotations
+
 import torch
 
 

@@ -3,6 +3,8 @@
 Hand-written (a header and byte ranges) rather than the `safetensors` package: Debian's python3-torch,
 which the tests use, comes without it, and the format is small (docs/FORMATS.md)."""
 
+from __future__ import annotations
+
 import json
 import mmap
 import struct

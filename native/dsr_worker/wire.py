@@ -1,6 +1,8 @@
 """Length-prefixed JSON frames over a stream socket: a 4-byte big-endian length, then that many
 bytes of UTF-8 JSON (one object). docs/worker-protocol.md is the contract."""
 
+from __future__ import annotations
+
 import json
 import socket
 import struct
