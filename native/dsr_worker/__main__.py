@@ -75,6 +75,8 @@ def slots_for(arch: dict, msg: dict, device: torch.device, dtype: torch.dtype, w
 
 def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
     t0 = time.perf_counter()
+    if msg.get("protocol") != PROTOCOL:
+        raise WeightError("DSR_WORKER_PROTOCOL", f"dsr speaks worker protocol {msg.get('protocol')}, this worker {PROTOCOL}", "reinstall dsr so native/ matches")
     device = pick_device(msg.get("device", "auto"))
     dtype = pick_dtype(msg.get("dtype", "auto"), device)
     if device.type == "cpu" and msg.get("threads"):
