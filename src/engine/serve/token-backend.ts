@@ -1,5 +1,5 @@
 /**
- * The backend for token engines (embedded onnxruntime, later the torch worker): the gateway owns
+ * The backend for token engines (embedded onnxruntime, the torch worker): the gateway owns
  * the text side — chat template, tokenization, incremental detokenization, stop strings, logprobs
  * formatting and the reasoning split — and asks the engine only for token ids (DESIGN.md "Two kinds
  * of upstream"). Each of the `n` choices (× each prompt of a batched completion) is one engine
