@@ -120,8 +120,8 @@ class Engine:
             n = min(budget, len(seq.prompt) - seq.filled)
             if n <= 0 or (rows and max(chunks + [n]) * (len(rows) + 1) > padded_cap):
                 break
-            if rows and seq.filled + max(chunks + [n]) > self.model.context:
-                break  # its padding would run past the cache; it goes first next step
+            if rows and max(s.filled for s in rows + [seq]) + max(chunks + [n]) > self.model.context:
+                break  # some row's padding would run past the cache; this one goes first next step
             rows.append(seq)
             chunks.append(n)
             budget -= n

@@ -113,6 +113,21 @@ describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
   }, 30_000);
 });
 
+describe.skipIf(!TORCH_PYTHON)("torch worker batched prefill", () => {
+  it("prompts near the end of the context share a padded forward without writing past the cache; tokens as when alone", async () => {
+    const { engine } = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 4, maxContext: 40, prefillChunk: 8 });
+    try {
+      // with 8-token chunks the 36-token prompt ends with 4 tokens beside the 30-token one's 28: its padding would reach position 60
+      const prompts = [36, 30, 20, 5].map((n, k) => Array.from({ length: n }, (_, i) => (i * 37 + k * 101 + 7) % 2048));
+      const together = await Promise.all(prompts.map((p) => collect(engine, p, 10, [])));
+      for (const [k, p] of prompts.entries()) expect(together[k], `prompt ${k}`).toEqual(await collect(engine, p, 10, []));
+      expect(together[0]!.ids).toHaveLength(4); // capped by the 40-token context
+    } finally {
+      await engine.close();
+    }
+  }, 60_000);
+});
+
 describe.skipIf(!TORCH_PYTHON)("torch worker failures", () => {
   it("a killed worker fails its open streams with the reason, is unavailable meanwhile, and comes back", async () => {
     const logs: string[] = [];
