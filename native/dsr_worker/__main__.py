@@ -108,7 +108,7 @@ def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
 def wire_error(e: BaseException) -> dict:
     if isinstance(e, WeightError):
         return {"code": e.code, "message": str(e), "hint": e.hint}
-    if isinstance(e, torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError):
+    if isinstance(e, getattr(torch.cuda, "OutOfMemoryError", MemoryError)):
         return {"code": "DSR_WORKER_OOM", "message": f"out of GPU memory: {str(e).splitlines()[0]}", "hint": "lower --max-num-seqs or --max-model-len, or raise --gpu-memory-utilization"}
     return {"code": "DSR_WORKER_FAILED", "message": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "hint": "see the worker's log lines above"}
 

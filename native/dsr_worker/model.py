@@ -98,7 +98,7 @@ class DenseDecoder:
     def step(self, ids: torch.Tensor, starts: torch.Tensor, slots: torch.Tensor, span: int, last: torch.Tensor | None = None) -> torch.Tensor:
         """forward() on device tensors, reading keys 0 … span-1 (positions past a row's own are masked)."""
         B, T = ids.shape
-        G = self.group
+        H, KV, D, G = self.heads, self.kv_heads, self.head_dim, self.group
         pos = starts[:, None] + torch.arange(T, device=self.device)  # [B, T]
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # [B, 1, T, D]
         # query t of row b sees keys j ≤ start[b] + t; queries of one kv head's group share its keys
@@ -106,30 +106,25 @@ class DenseDecoder:
         mask = visible.repeat(1, G, 1).unsqueeze(1)  # [B, 1, G*T, S]
         h = self.embed[ids]
         with _attention_backends():
-            h = self._layers(h, B, T, pos, slots, span, cos, sin, mask)
+            for i, blk in enumerate(self.blocks):
+                x = _rms(h, blk["ln1"], self.eps)
+                qkv = F.linear(x, blk["qkv"], blk["qkv_bias"])
+                q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
+                q = self._rope(q.view(B, T, H, D).transpose(1, 2), cos, sin)
+                k = self._rope(k.view(B, T, KV, D).transpose(1, 2), cos, sin)
+                v = v.view(B, T, KV, D)
+                kc, vc = self.k[i], self.v[i]
+                kc[slots[:, None], :, pos] = k.transpose(1, 2)
+                vc[slots[:, None], :, pos] = v
+                keys, values = kc[slots, :, :span], vc[slots, :, :span]  # [B, KV, S, D]
+                o = self._attend(q.reshape(B, KV, G * T, D), keys, values, mask)
+                o = o.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+                h = h + F.linear(o, blk["o"])
+                x = _rms(h, blk["ln2"], self.eps)
+                gate, up = F.linear(x, blk["gate_up"]).chunk(2, dim=-1)
+                h = h + F.linear(F.silu(gate) * up, blk["down"])
         h = h[:, -1] if last is None else h[torch.arange(B, device=self.device), last]
         return F.linear(_rms(h, self.norm, self.eps), self.lm_head).float()
-
-    def _layers(self, h, B, T, pos, slots, span, cos, sin, mask):
-        H, KV, D, G = self.heads, self.kv_heads, self.head_dim, self.group
-        for i, blk in enumerate(self.blocks):
-            x = _rms(h, blk["ln1"], self.eps)
-            qkv = F.linear(x, blk["qkv"], blk["qkv_bias"])
-            q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
-            q = self._rope(q.view(B, T, H, D).transpose(1, 2), cos, sin)
-            k = self._rope(k.view(B, T, KV, D).transpose(1, 2), cos, sin)
-            v = v.view(B, T, KV, D)
-            kc, vc = self.k[i], self.v[i]
-            kc[slots[:, None], :, pos] = k.transpose(1, 2)
-            vc[slots[:, None], :, pos] = v
-            keys, values = kc[slots, :, :span], vc[slots, :, :span]  # [B, KV, S, D]
-            o = self._attend(q.reshape(B, KV, G * T, D), keys, values, mask)
-            o = o.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
-            h = h + F.linear(o, blk["o"])
-            x = _rms(h, blk["ln2"], self.eps)
-            gate, up = F.linear(x, blk["gate_up"]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, blk["down"])
-        return h
 
 
 def _buckets(limit: int, first: int) -> list[int]:
