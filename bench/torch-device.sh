@@ -5,9 +5,11 @@
 #   bench/torch-device.sh build     # here: writes .carry/torch/ (bundled bench + standalone CLI)
 #   .carry/torch/run.sh             # there: OUT=<dir>; needs .carry/node.xz; repo root as cwd
 #
-# run: 1. bench/torch-engine.ts --reference tiny-r1 (fp32 must equal the transformers reference)
+# run: 1. bench/torch-engine.ts --reference tiny-r1 (fp32 must equal the transformers reference; then
+#         32 questions plain and with response_format json_object)
 #      2. a random-weight R1-Distill-Qwen-1.5B-shaped checkpoint (bench/make_qwen_checkpoint.py) under
-#         /tmp, then bench/torch-engine.ts and bench/hf_generate.py on it, same loads
+#         /tmp, then bench/torch-engine.ts (plus --constrained: json_object's worst case) and
+#         bench/hf_generate.py on it, same loads
 #      3. `dsr serve tiny-r1` with no --engine (auto) and one chat request with curl
 #         (torch-engine twice: CUDA graphs, then --eager)
 # Results: $OUT/torch-reference.json, torch-engine.json, torch-engine-eager.json, hf-generate.json,
@@ -37,7 +39,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 $NODE .carry/torch/bench-torch.mjs --reference "$TINY" --device cuda > "$OUT/torch-reference.json" 2> "$OUT/torch-reference.log"
 
 [ -f /tmp/q15/model.safetensors ] || python3 bench/make_qwen_checkpoint.py /tmp/q15 "$TINY" > "$OUT/checkpoint.json"
-$NODE .carry/torch/bench-torch.mjs --model /tmp/q15 --device cuda --dtype bfloat16 ${BENCH_ARGS:-} > "$OUT/torch-engine.json" 2> "$OUT/torch-engine.log"
+$NODE .carry/torch/bench-torch.mjs --model /tmp/q15 --device cuda --dtype bfloat16 --constrained ${BENCH_ARGS:-} > "$OUT/torch-engine.json" 2> "$OUT/torch-engine.log"
 $NODE .carry/torch/bench-torch.mjs --model /tmp/q15 --device cuda --dtype bfloat16 --eager ${BENCH_ARGS:-} > "$OUT/torch-engine-eager.json" 2> "$OUT/torch-engine-eager.log"
 python3 bench/hf_generate.py --model /tmp/q15 ${HF_ARGS:-} > "$OUT/hf-generate.json" 2> "$OUT/hf-generate.log"
 

@@ -130,10 +130,21 @@ def main() -> int:
         traceback.print_exc()
         wire.send({"type": "open-error", "error": wire_error(e)})
         return 1
-    engine = Engine(model, wire, int(first.get("prefillChunk", 512)))
-    wire.send(info)
-
     inbox: queue.Queue = queue.Queue()
+    deferred: list = []  # what arrived while a step waited for a verdict: handled after the step
+
+    def ask(msg: dict) -> list | None:
+        wire.queue(msg)
+        wire.flush()
+        while (m := inbox.get()) is not None:
+            if m["type"] == "verdict":
+                return m["rows"]
+            deferred.append(m)
+        deferred.append(None)
+        return None
+
+    engine = Engine(model, wire, int(first.get("prefillChunk", 512)), ask, int(first.get("maskCache", 256)))
+    wire.send(info)
 
     def reader() -> None:
         try:
@@ -145,7 +156,9 @@ def main() -> int:
 
     threading.Thread(target=reader, daemon=True).start()
     while True:
-        msgs = [] if engine.busy() else [inbox.get()]
+        msgs, deferred[:] = deferred[:], []
+        if not msgs and not engine.busy():
+            msgs.append(inbox.get())
         while True:
             try:
                 msgs.append(inbox.get_nowait())

@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Callable
 
 import torch
 
 from .model import DenseDecoder
-from .sampling import RowState, sample
+from .sampling import MaskCache, RowState, sample
 from .wire import Wire
 
 
 class Seq:
-    __slots__ = ("id", "prompt", "slot", "filled", "max_tokens", "stop_ids", "sampler", "generated", "next")
+    __slots__ = ("id", "prompt", "slot", "filled", "max_tokens", "stop_ids", "sampler", "generated", "next", "constrained", "start_after", "dropped")
 
-    def __init__(self, sid: int, prompt: list[int], max_tokens: int, stop_ids: list[int], sampler: RowState):
+    def __init__(self, sid: int, prompt: list[int], max_tokens: int, stop_ids: list[int], sampler: RowState, constraint: dict | None):
         self.id, self.prompt, self.slot, self.filled = sid, prompt, -1, 0
         self.max_tokens, self.stop_ids, self.sampler = max_tokens, set(stop_ids), sampler
         self.generated, self.next = 0, -1
+        # response_format: the gateway checks each token from the one after `startAfterId` (R1's
+        # `</think>`; from the first without it) and ends the stream when the value is complete
+        self.constrained = constraint is not None and constraint.get("startAfterId") is None
+        self.start_after = constraint.get("startAfterId") if constraint is not None else None
+        self.dropped = False  # the gateway ended the stream (verdict false); the row leaves after this step
 
 
 def request_error(code: str, message: str, hint: str) -> dict:
@@ -28,14 +34,16 @@ def request_error(code: str, message: str, hint: str) -> dict:
 
 
 class Engine:
-    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int):
-        self.model, self.wire, self.prefill_chunk = model, wire, prefill_chunk
+    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int, ask: Callable[[dict], list | None], mask_cache: int):
+        """`ask` sends a message to the gateway and returns its `verdict` rows (None: the gateway is gone)."""
+        self.model, self.wire, self.prefill_chunk, self.ask = model, wire, prefill_chunk, ask
+        self.masks = MaskCache(mask_cache, model.vocab, model.device)
         self.waiting: deque[Seq] = deque()
         self.prefilling: deque[Seq] = deque()
         self.decoding: list[Seq] = []
         self.free = list(range(model.slots - 1, -1, -1))
         self.by_id: dict[int, Seq] = {}
-        self.counters = {"prefillTokens": 0, "decodeTokens": 0, "prefillMs": 0.0, "decodeMs": 0.0, "decodeSteps": 0}
+        self.counters = {"prefillTokens": 0, "decodeTokens": 0, "prefillMs": 0.0, "decodeMs": 0.0, "decodeSteps": 0, "checks": 0, "checkMs": 0.0, "redraws": 0}
 
     def busy(self) -> bool:
         return bool(self.prefilling or self.decoding or (self.waiting and self.free))
@@ -50,14 +58,12 @@ class Engine:
         bad = next((t for t in prompt if not isinstance(t, int) or t < 0 or t >= m.vocab), None)
         if bad is not None:
             return self._fail_id(sid, request_error("DSR_BAD_TOKEN", f"prompt token id {bad} is outside the vocabulary (0..{m.vocab - 1})", "tokenize with the model's own tokenizer"))
-        if req.get("constraint"):
-            return self._fail_id(sid, request_error("DSR_CONSTRAINT_UNSUPPORTED", "the torch worker does not enforce response_format", "serve with --engine embedded or --engine vllm for constrained output"))
         max_tokens = max(0, min(int(req.get("maxTokens", 0)), m.context - len(prompt)))
         if max_tokens == 0:
             self.wire.queue({"type": "chunk", "id": sid, "chunk": {"ids": [], "finish": "length"}})
             self.wire.queue({"type": "end", "id": sid})
             return
-        seq = Seq(sid, prompt, max_tokens, req.get("stopIds") or [], RowState(req.get("sampling") or {}, prompt, m.vocab, m.device))
+        seq = Seq(sid, prompt, max_tokens, req.get("stopIds") or [], RowState(req.get("sampling") or {}, prompt, m.vocab, m.device), req.get("constraint"))
         self.by_id[sid] = seq
         self.waiting.append(seq)
 
@@ -79,10 +85,14 @@ class Engine:
         self._release(seq)
 
     def _emit(self, seq: Seq, token: int, logprob: dict | None) -> None:
+        if seq.dropped:
+            return self._finish(seq, {"ids": [], "finish": "abort"})
         if token in seq.stop_ids:
             return self._finish(seq, {"ids": [], "finish": "stop", "stopId": token})
         seq.generated += 1
         seq.next = token
+        if seq.start_after is not None and token == seq.start_after:
+            seq.constrained, seq.start_after = True, None
         chunk = {"ids": [token]}
         if logprob is not None:
             chunk["logprobs"] = [logprob]
@@ -102,7 +112,7 @@ class Engine:
             rows = list(self.decoding)
             t0 = time.perf_counter()
             logits = self.model.forward([[s.next] for s in rows], [s.filled for s in rows], [s.slot for s in rows])
-            ids, lps = sample(logits, [s.sampler for s in rows])
+            ids, lps = self._sample(logits, rows)
             self.counters["decodeMs"] += (time.perf_counter() - t0) * 1000
             self.counters["decodeTokens"] += len(rows)
             self.counters["decodeSteps"] += 1
@@ -137,7 +147,7 @@ class Engine:
                 if s.filled == len(s.prompt):
                     done.append(i)
             if done:
-                ids, lps = sample(logits[done], [rows[i].sampler for i in done])
+                ids, lps = self._sample(logits[done], [rows[i] for i in done])
                 for i, t, lp in zip(done, ids, lps):
                     self.prefilling.remove(rows[i])
                     self.decoding.append(rows[i])
@@ -145,6 +155,29 @@ class Engine:
             elif self.model.device.type == "cuda":
                 torch.cuda.synchronize()  # so prefillMs measures the chunk, not its launch
             self.counters["prefillMs"] += (time.perf_counter() - t0) * 1000
+
+    def _sample(self, logits: torch.Tensor, rows: list[Seq]) -> tuple[list[int], list[dict | None]]:
+        return sample(logits, [s.sampler for s in rows], [i for i, s in enumerate(rows) if s.constrained], lambda idx, tokens: self._check([rows[i] for i in idx], tokens))
+
+    def _check(self, rows: list[Seq], tokens: list[int]) -> list:
+        """One round trip per step with constrained rows (remote-constraints.ts): their drawn tokens go
+        to the gateway, which answers each with True, a mask to draw again under, or False."""
+        flat = [x for s, t in zip(rows, tokens) for x in (s.id, t)]
+        t0 = time.perf_counter()
+        verdicts = self.ask({"type": "check", "rows": flat})
+        self.counters["checks"] += 1
+        self.counters["checkMs"] += (time.perf_counter() - t0) * 1000
+        if verdicts is None or len(verdicts) != len(rows):
+            verdicts = [False] * len(rows)  # the gateway is gone: nothing will read these rows
+        out = []
+        for s, v in zip(rows, verdicts):
+            v = self.masks.resolve(v)
+            if v is False:
+                s.dropped = True
+            elif v is not True:
+                self.counters["redraws"] += 1
+            out.append(v)
+        return out
 
     def stats(self) -> dict:
         m = self.model

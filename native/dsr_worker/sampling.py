@@ -6,6 +6,9 @@ on the rest of the batch. Logprobs are of the penalised distribution at temperat
 
 from __future__ import annotations
 
+import base64
+from typing import Callable
+
 import torch
 
 
@@ -63,26 +66,75 @@ def _cut(x: torch.Tensor, rows: list[RowState]) -> tuple[torch.Tensor, torch.Ten
     return vals.masked_fill(drop, float("-inf")), idx
 
 
-def sample(logits: torch.Tensor, rows: list[RowState]) -> tuple[list[int], list[dict | None]]:
-    """logits [B, V] fp32 (edited in place by penalties) → one token id per row, and its logprobs."""
-    for i, r in enumerate(rows):
-        r.penalise(logits[i])
-    out = logits.argmax(-1)
+def unpack_mask(bits: str, vocab: int, device: torch.device) -> torch.Tensor:
+    """A verdict's base64 bitmask (token i is bit i & 7 of byte i >> 3) → bool [vocab]."""
+    raw = torch.frombuffer(bytearray(base64.b64decode(bits)), dtype=torch.uint8).to(device)
+    shifts = torch.arange(8, dtype=torch.uint8, device=device)
+    return ((raw[:, None] >> shifts) & 1).flatten()[:vocab].bool()
+
+
+class MaskCache:
+    """The masks verdicts name, by id, least recently used first: the gateway keeps the same list by
+    the same rule (remote-constraints.ts `held`), so it sends a mask's bits only once."""
+
+    def __init__(self, size: int, vocab: int, device: torch.device):
+        self.size, self.vocab, self.device = size, vocab, device
+        self.masks: dict[int, torch.Tensor] = {}
+
+    def resolve(self, v):
+        """A verdict → True, False, or the bool mask to draw again under."""
+        if v is True or v is False:
+            return v
+        if isinstance(v, list):
+            mid, bits = v
+            mask = self.masks[mid] = unpack_mask(bits, self.vocab, self.device)
+            if len(self.masks) > self.size:
+                del self.masks[next(iter(self.masks))]
+            return mask
+        mask = self.masks.pop(v)
+        self.masks[v] = mask
+        return mask
+
+
+def _draw(x: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
+    """One token per row of penalised logits: argmax for greedy rows, else temperature and the cuts,
+    then a draw (from the row's own generator when it has a seed)."""
+    out = x.argmax(-1)
     hot = [i for i, r in enumerate(rows) if r.temperature > 0]
     if hot:
-        sel = torch.tensor(hot, device=logits.device)
-        vals, idx = _cut(logits[sel], [rows[i] for i in hot])
+        sel = torch.tensor(hot, device=x.device)
+        vals, idx = _cut(x[sel], [rows[i] for i in hot])
         probs = vals.softmax(-1)
         shared = [j for j, i in enumerate(hot) if rows[i].gen is None]
-        picks = torch.empty(len(hot), dtype=torch.long, device=logits.device)
+        picks = torch.empty(len(hot), dtype=torch.long, device=x.device)
         if shared:
-            s = torch.tensor(shared, device=logits.device)
+            s = torch.tensor(shared, device=x.device)
             picks[s] = torch.multinomial(probs[s], 1).squeeze(1)
         for j, i in enumerate(hot):
             if rows[i].gen is not None:
                 picks[j] = torch.multinomial(probs[j], 1, generator=rows[i].gen)[0]
         out[sel] = idx.gather(1, picks[:, None]).squeeze(1)
+    return out
+
+
+def sample(logits: torch.Tensor, rows: list[RowState], constrained: list[int] = (), check: Callable[[list[int], list[int]], list] | None = None) -> tuple[list[int], list[dict | None]]:
+    """logits [B, V] fp32 (edited in place by penalties) → one token id per row, and its logprobs.
+
+    `constrained`: rows whose drawn token `check(rows, tokens)` must allow; it answers per row True,
+    a bool mask to draw again under, or False (the row is being dropped: any token will do). The
+    refused rows are drawn again together, as the embedded sampler's accept-or-redraw: greedy gets
+    the best allowed token, sampling the cut distribution of what is allowed."""
+    for i, r in enumerate(rows):
+        r.penalise(logits[i])
+    out = _draw(logits, rows)
     ids = out.tolist()
+    if constrained and check is not None:
+        redo = [(i, v) for i, v in zip(constrained, check(list(constrained), [ids[i] for i in constrained])) if isinstance(v, torch.Tensor)]
+        if redo:
+            sel = torch.tensor([i for i, _ in redo], device=logits.device)
+            allowed = torch.stack([m for _, m in redo])
+            out[sel] = _draw(logits[sel].masked_fill(~allowed, float("-inf")), [rows[i] for i, _ in redo])
+            ids = out.tolist()
     lps: list[dict | None] = [None] * len(rows)
     want = [i for i, r in enumerate(rows) if r.logprobs is not None]
     if want:

@@ -71,7 +71,7 @@ describe("json_schema: what the compiler refuses", () => {
   it("an unsupported keyword: a 400-worthy error naming its JSON path and the subset", () => {
     const e = refused({ type: "object", properties: { age: { type: "integer", minimum: 0 }, name: { type: "string", pattern: "^a" } } });
     expect(e.path).toBe(`${base}.properties.age.minimum`);
-    expect(e.message).toMatch(/^response_format\.json_schema\.schema\.properties\.age\.minimum is not supported by the embedded engine \(supported: type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, anyOf, \$ref/);
+    expect(e.message).toMatch(/^response_format\.json_schema\.schema\.properties\.age\.minimum is not supported by the embedded and torch engines \(supported: type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, anyOf, \$ref/);
     expect(e.message).toMatch(/use --engine vllm or --upstream/);
     expect(refused({ type: "array", items: { oneOf: [] } }).path).toBe(`${base}.items.oneOf`);
     expect(refused({ anyOf: [{ type: "string" }, { type: "string", format: "date" }] }).path).toBe(`${base}.anyOf[1].format`);

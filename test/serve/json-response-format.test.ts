@@ -168,7 +168,7 @@ describe("dsr serve tiny-r1: response_format json_schema", () => {
 
   it("a keyword outside the subset: 400 naming its JSON path, what is supported, and where to go", async () => {
     const e = await refused(format({ type: "object", properties: { age: { type: "integer" }, name: { type: "string", pattern: "^[A-Z]" } } }));
-    expect(e.message).toMatch(/response_format\.json_schema\.schema\.properties\.name\.pattern is not supported by the embedded engine \(supported: type, properties, required/);
+    expect(e.message).toMatch(/response_format\.json_schema\.schema\.properties\.name\.pattern is not supported by the embedded and torch engines \(supported: type, properties, required/);
     expect(e.message).toMatch(/use --engine vllm or --upstream/);
     expect(e.param).toBe("response_format.json_schema.schema.properties.name.pattern");
     expect(e.code).toBe("unsupported_parameter");

@@ -8,6 +8,7 @@
 import { DsrError } from "../errors.js";
 import { Channel } from "./embedded/channel.js";
 import { fromWire, type EngineCounters, type FromEngine, type ToEngine } from "./engine-protocol.js";
+import type { RemoteConstraints, Verdict } from "./remote-constraints.js";
 import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "./types.js";
 
 /** Where the messages go: a worker thread's port or a socket (the transport frames them). */
@@ -28,8 +29,8 @@ export interface MessageEngineOptions<S extends EngineStats> {
   validate: (req: SubmitRequest, vocab: number) => void;
   /** Called once if the engine dies (not on close()), after its open streams were failed. */
   onGone?: (e: DsrError) => void;
-  /** Whether the engine enforces SubmitRequest.constraint (default true). */
-  constraints?: boolean;
+  /** For an engine that samples elsewhere and asks here whether its drawn tokens may follow (the torch worker). */
+  constraints?: RemoteConstraints;
   /** Stats until the engine's first snapshot. */
   initialStats: (opened: FromEngine<S> & { type: "opened" }) => S;
 }
@@ -39,7 +40,6 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
   private readonly channels = new Map<number, Channel<TokenChunk>>();
   private snapshot: S;
   counters: EngineCounters = { prefillTokens: 0, decodeTokens: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0 };
-  readonly constraints: boolean;
   private closing?: Promise<void>;
   private closed?: () => void;
   /** Set when the engine died: later submits fail at once instead of waiting forever. */
@@ -51,7 +51,6 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
     readonly opened: FromEngine<S> & { type: "opened" },
   ) {
     this.snapshot = opts.initialStats(opened);
-    this.constraints = opts.constraints ?? true;
     port.onMessage((m) => this.onMessage(m));
     port.onGone((why) => {
       this.closed?.();
@@ -59,6 +58,7 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
       this.crashed ??= new DsrError("DSR_ENGINE_FAILED", `${opts.name} ${why}`, { hint: "restart the engine; re-run with --verbose and report it" });
       for (const c of this.channels.values()) c.fail(this.crashed);
       this.channels.clear();
+      opts.constraints?.clear();
       opts.onGone?.(this.crashed);
     });
   }
@@ -88,15 +88,59 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
       return;
     }
     if (m.type === "closed") return this.closed?.();
+    if (m.type === "check") return this.check(m.rows);
     if (m.type !== "chunk" && m.type !== "end" && m.type !== "error") return;
     const ch = this.channels.get(m.id);
     if (!ch) return;
-    if (m.type === "chunk") ch.push(m.chunk);
-    else {
-      this.channels.delete(m.id);
+    if (m.type === "chunk") {
+      if (this.opts.constraints?.has(m.id)) return this.constrainedChunk(m.id, ch, m.chunk);
+      ch.push(m.chunk);
+    } else {
+      this.forget(m.id);
       if (m.type === "end") ch.end();
       else ch.fail(fromWire(m.error));
     }
+  }
+
+  private forget(id: number): void {
+    this.channels.delete(id);
+    this.opts.constraints?.remove(id);
+  }
+
+  /** A constrained request's tokens: the one that completes its JSON value ends the stream ("stop"), and the engine drops the row. */
+  private constrainedChunk(id: number, ch: Channel<TokenChunk>, chunk: TokenChunk): void {
+    let done: boolean;
+    try {
+      done = this.opts.constraints!.accept(id, chunk.ids);
+    } catch (e) {
+      return this.end(id, ch, e as Error);
+    }
+    if (!done) return void ch.push(chunk);
+    ch.push({ ...chunk, finish: "stop" });
+    if (!chunk.finish) this.end(id, ch); // else the engine's own end follows
+  }
+
+  /** Ends a stream here, before the engine does (it is told to drop the row; what it still sends for it is ignored). */
+  private end(id: number, ch: Channel<TokenChunk>, e?: Error): void {
+    this.forget(id);
+    this.port.send({ type: "cancel", id });
+    if (e) ch.fail(e);
+    else ch.end();
+  }
+
+  private check(rows: number[]): void {
+    const verdicts: Verdict[] = [];
+    for (let i = 0; i < rows.length; i += 2) {
+      const id = rows[i]!;
+      try {
+        verdicts.push(this.opts.constraints?.verdict(id, rows[i + 1]!) ?? false);
+      } catch (e) {
+        verdicts.push(false); // a dead end fails this request, not the batch
+        const ch = this.channels.get(id);
+        if (ch) this.end(id, ch, e as Error);
+      }
+    }
+    this.port.send({ type: "verdict", rows: verdicts });
   }
 
   submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
@@ -109,6 +153,7 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
     };
     const ch = new Channel<TokenChunk>(cancel);
     this.channels.set(id, ch);
+    if (req.constraint) this.opts.constraints?.add(id, req.constraint);
     const { signal, ...rest } = req;
     if (signal) {
       if (signal.aborted) queueMicrotask(cancel);

@@ -60,8 +60,6 @@ export interface EngineStats {
 }
 
 export interface TokenEngine {
-  /** False when the engine cannot enforce SubmitRequest.constraint (the gateway answers 400 up front). */
-  readonly constraints?: boolean;
   submit(req: SubmitRequest): AsyncIterable<TokenChunk>;
   /** False while the engine cannot take requests (a worker restarting); absent = always ready. */
   ready?(): boolean;

@@ -238,7 +238,6 @@ export class TokenBackend implements Backend {
         throw new HttpError(400, e.message, { param: e.path, code: e.unsupported ? "unsupported_parameter" : "invalid_parameter" });
       }
     }
-    if (this.o.engine.constraints === false) throw no(`response_format ${rf.type} is not enforced by this engine (the torch worker); use --engine embedded, --engine vllm or --upstream`);
     if (!this.o.text.tokenBytes()) throw no(`response_format ${rf.type} needs a byte-level BPE tokenizer, and this model's is not one; use --engine vllm or --upstream`);
     const kind = schema != null ? { kind: "json_schema" as const, schema } : { kind: "json_object" as const };
     if (!split) return kind;

@@ -1,5 +1,5 @@
 /**
- * The JSON Schema subset the embedded engine can enforce (`response_format: json_schema`), compiled
+ * The JSON Schema subset the embedded and torch engines enforce (`response_format: json_schema`), compiled
  * into the graph json-constraint.ts walks byte by byte.
  *
  * Subset: `type` (a name or a list), `properties`, `required`, `additionalProperties` (boolean or a
@@ -145,7 +145,7 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
     return raws.push({ scalar: null, objs: [], arrs: [], includes: [] }) - 1;
   };
   const unsupported = (at: string) =>
-    new SchemaError(at, `${at} is not supported by the embedded engine (supported: ${SUPPORTED_KEYWORDS.join(", ")}; ignored: ${ANNOTATIONS.join(", ")}); use --engine vllm or --upstream`, true);
+    new SchemaError(at, `${at} is not supported by the embedded and torch engines (supported: ${SUPPORTED_KEYWORDS.join(", ")}; ignored: ${ANNOTATIONS.join(", ")}); use --engine vllm or --upstream`, true);
 
   /** The node of `true`: any JSON value (objects with any keys, arrays of anything). */
   const any = (): number => {
@@ -172,7 +172,7 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
     let defPath = path;
     if (target !== "#") {
       const m = /^#\/(\$defs|definitions)\/([^/]+)$/.exec(target);
-      if (!m) throw new SchemaError(at, `${at} ${JSON.stringify(target)} is not supported by the embedded engine (only "#", "#/$defs/NAME" and "#/definitions/NAME"); use --engine vllm or --upstream`, true);
+      if (!m) throw new SchemaError(at, `${at} ${JSON.stringify(target)} is not supported by the embedded and torch engines (only "#", "#/$defs/NAME" and "#/definitions/NAME"); use --engine vllm or --upstream`, true);
       let name = m[2]!;
       try {
         name = decodeURIComponent(name);
@@ -213,7 +213,7 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
     for (const alone of ["$ref", "anyOf"]) {
       if (!has(alone)) continue;
       const other = CONSTRAINING.find((k) => k !== alone && has(k));
-      if (other) throw new SchemaError(`${at}${seg(other)}`, `${at}${seg(other)} beside ${alone} is not supported by the embedded engine; move it into ${alone === "anyOf" ? "each alternative" : "the referenced schema"}, or use --engine vllm or --upstream`, true);
+      if (other) throw new SchemaError(`${at}${seg(other)}`, `${at}${seg(other)} beside ${alone} is not supported by the embedded and torch engines; move it into ${alone === "anyOf" ? "each alternative" : "the referenced schema"}, or use --engine vllm or --upstream`, true);
     }
     if (has("$ref")) {
       if (typeof s.$ref !== "string") throw new SchemaError(`${at}.$ref`, `${at}.$ref must be a string`);
@@ -251,12 +251,12 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
       if (has("enum")) {
         if (!Array.isArray(s.enum) || s.enum.length === 0) throw new SchemaError(`${at}.enum`, `${at}.enum must be a non-empty array`);
         s.enum.forEach((v, i) => {
-          if (!isScalar(v)) throw new SchemaError(`${at}.enum[${i}]`, `${at}.enum[${i}]: only strings, numbers, booleans and null are supported in enum by the embedded engine; use --engine vllm or --upstream`, true);
+          if (!isScalar(v)) throw new SchemaError(`${at}.enum[${i}]`, `${at}.enum[${i}]: only strings, numbers, booleans and null are supported in enum by the embedded and torch engines; use --engine vllm or --upstream`, true);
         });
         values = s.enum;
       }
       if (has("const")) {
-        if (!isScalar(s.const)) throw new SchemaError(`${at}.const`, `${at}.const: only a string, number, boolean or null is supported by the embedded engine; use --engine vllm or --upstream`, true);
+        if (!isScalar(s.const)) throw new SchemaError(`${at}.const`, `${at}.const: only a string, number, boolean or null is supported by the embedded and torch engines; use --engine vllm or --upstream`, true);
         const c = JSON.stringify(s.const);
         values = (values ?? [s.const]).filter((v) => JSON.stringify(v) === c);
       }
@@ -306,7 +306,7 @@ export function compileJsonSchema(schema: unknown, path = "schema"): CompiledSch
       r.objs.push({ id: branchIds++, names, propNode, required, additional, impossible });
     }
     if (types.has("array")) {
-      if (Array.isArray(s.items)) throw new SchemaError(`${at}.items`, `${at}.items as a list (tuple validation) is not supported by the embedded engine; use --engine vllm or --upstream`, true);
+      if (Array.isArray(s.items)) throw new SchemaError(`${at}.items`, `${at}.items as a list (tuple validation) is not supported by the embedded and torch engines; use --engine vllm or --upstream`, true);
       const items = has("items") ? build(s.items, `${at}.items`) : any();
       r.arrs.push({ id: branchIds++, items, min, max });
     }

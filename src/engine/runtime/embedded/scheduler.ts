@@ -55,7 +55,7 @@ export function validateRequest(req: SubmitRequest, maxContext: number, vocab: n
       compileJsonSchema(req.constraint.schema); // (cheap; the engine compiles it again, cached, when it runs)
     } catch (e) {
       if (!(e instanceof SchemaError)) throw e;
-      throw new DsrError("DSR_SCHEMA_UNSUPPORTED", e.message, { hint: "the embedded engine enforces a JSON Schema subset (docs/serve.md); serve with --engine vllm for full JSON Schema" });
+      throw new DsrError("DSR_SCHEMA_UNSUPPORTED", e.message, { hint: "the embedded and torch engines enforce a JSON Schema subset (docs/serve.md); serve with --engine vllm for full JSON Schema" });
     }
   }
   const n = req.promptIds.length;

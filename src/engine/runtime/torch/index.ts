@@ -14,6 +14,7 @@ import { checkpointWeights, shardFiles } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
 import { validateRequest } from "../embedded/scheduler.js";
 import { MessageEngine } from "../message-engine.js";
+import { RemoteConstraints, WORKER_MASK_CACHE } from "../remote-constraints.js";
 import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "../types.js";
 import { startTorchWorker } from "./worker-process.js";
 
@@ -36,6 +37,8 @@ export interface TorchEngineOptions {
   onLog?: (line: string) => void;
   /** First wait before restarting a worker that died (doubles up to 30 s). */
   restartBackoffMs?: number;
+  /** Masks for response_format the worker keeps on the device (default WORKER_MASK_CACHE; small in tests, to exercise eviction). */
+  maskCache?: number;
 }
 
 /** What the worker reports once loaded (its `opened` frame). */
@@ -54,7 +57,8 @@ export interface TorchEngineInfo {
   loadMs: number;
 }
 
-export const TORCH_PROTOCOL = 1;
+/** 2: `check`/`verdict` for response_format. */
+export const TORCH_PROTOCOL = 2;
 const FLOAT_DTYPES = new Set(["F32", "F16", "BF16"]);
 
 /** Tensor names the worker reads, each required unless marked optional. */
@@ -97,6 +101,7 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
   const maxContext = Math.min(o.maxContext ?? Math.min(4096, positions), positions);
   if (!(maxContext >= 2)) throw usageError(`max context ${o.maxContext}: must be at least 2`);
   const text = await loadTextModel(dir);
+  const table = text.tokenBytes(); // for response_format (remote-constraints.ts); undefined for a tokenizer that is not byte-level BPE
   const open = {
     protocol: TORCH_PROTOCOL,
     files: (await shardFiles(dir)).map((f) => join(dir, f)),
@@ -120,18 +125,16 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
     prefillChunk: o.prefillChunk ?? 512,
     cudaGraphs: o.cudaGraphs ?? true,
     threads: o.threads,
+    maskCache: o.maskCache ?? WORKER_MASK_CACHE,
   };
   const log = o.onLog ?? (() => {});
   const start = async (onGone: (e: DsrError) => void) => {
     const port = await startTorchWorker({ python: o.python ?? "python3", env: o.env ?? process.env, onLog: log });
     const engine: MessageEngine<EngineStats> = await MessageEngine.open<EngineStats>(port, open, {
       name: "torch worker",
-      constraints: false,
+      constraints: table && new RemoteConstraints(table, cfg.vocabSize, open.maskCache),
       onGone,
-      validate: (req, vocab) => {
-        if (req.constraint) throw new DsrError("DSR_CONSTRAINT_UNSUPPORTED", `constrained decoding (${req.constraint.kind}) is not implemented by the torch worker`, { hint: "serve with --engine embedded or --engine vllm for response_format" });
-        validateRequest(req, engine.opened.maxContext as number, vocab, true);
-      },
+      validate: (req, vocab) => validateRequest(req, engine.opened.maxContext as number, vocab, table !== undefined),
       initialStats: (m) => ({ running: 0, waiting: 0, kvUsedTokens: 0, kvCapacityTokens: (m.maxBatch as number) * (m.maxContext as number), maxContext: m.maxContext as number }),
     });
     const info = engine.opened as unknown as TorchEngineInfo;
@@ -151,7 +154,6 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
  * throw DSR_ENGINE_UNAVAILABLE (503) until a new worker is up; retries back off from 1 s to 30 s.
  */
 export class TorchEngine implements TokenEngine {
-  readonly constraints = false;
   restarts = 0;
   private down?: DsrError;
   private closed = false;
