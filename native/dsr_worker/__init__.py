@@ -5,4 +5,4 @@ the weights, the KV cache, batching and sampling, and answers in token ids. The 
 docs/worker-protocol.md.
 """
 
-PROTOCOL = 2  # 2: masks for response_format
+PROTOCOL = 2  # 2: check/verdict for response_format

@@ -131,26 +131,19 @@ def main() -> int:
         wire.send({"type": "open-error", "error": wire_error(e)})
         return 1
     inbox: queue.Queue = queue.Queue()
-    deferred: list = []  # what a step's wait for masks did not handle: handled after the step
+    deferred: list = []  # what arrived while a step waited for a verdict: handled after the step
 
-    def wait(done) -> None:
-        while not done():
-            m = inbox.get()
-            if m is None:
-                deferred.append(None)
-                engine.drop_all()  # the gateway is gone: nothing will read these rows
-                return
-            t = m["type"]
-            if t == "mask":
-                engine.on_mask(int(m["id"]), m["mask"])
-            elif t == "submit":
-                engine.submit(int(m["id"]), m["req"])  # only queues it; its mask may come next
-            else:
-                if t == "cancel":
-                    engine.mark_dropped(int(m["id"]))
-                deferred.append(m)
+    def ask(msg: dict) -> list | None:
+        wire.queue(msg)
+        wire.flush()
+        while (m := inbox.get()) is not None:
+            if m["type"] == "verdict":
+                return m["rows"]
+            deferred.append(m)
+        deferred.append(None)
+        return None
 
-    engine = Engine(model, wire, int(first.get("prefillChunk", 512)), wait, int(first.get("maskCache", 256)))
+    engine = Engine(model, wire, int(first.get("prefillChunk", 512)), ask, int(first.get("maskCache", 256)))
     wire.send(info)
 
     def reader() -> None:
@@ -177,8 +170,6 @@ def main() -> int:
             t = m["type"]
             if t == "submit":
                 engine.submit(int(m["id"]), m["req"])
-            elif t == "mask":
-                engine.on_mask(int(m["id"]), m["mask"])
             elif t == "cancel":
                 engine.cancel(int(m["id"]))
             elif t == "close":

@@ -16,18 +16,17 @@ from .wire import Wire
 
 
 class Seq:
-    __slots__ = ("id", "prompt", "slot", "filled", "max_tokens", "stop_ids", "sampler", "generated", "next", "constrained", "start_after", "mask", "dropped")
+    __slots__ = ("id", "prompt", "slot", "filled", "max_tokens", "stop_ids", "sampler", "generated", "next", "constrained", "start_after", "dropped")
 
     def __init__(self, sid: int, prompt: list[int], max_tokens: int, stop_ids: list[int], sampler: RowState, constraint: dict | None):
         self.id, self.prompt, self.slot, self.filled = sid, prompt, -1, 0
         self.max_tokens, self.stop_ids, self.sampler = max_tokens, set(stop_ids), sampler
         self.generated, self.next = 0, -1
-        # response_format: from the token after `startAfterId` (R1's `</think>`; from the first
-        # without it) each draw waits for the mask the gateway sends after the previous token
+        # response_format: the gateway checks each token from the one after `startAfterId` (R1's
+        # `</think>`; from the first without it) and ends the stream when the value is complete
         self.constrained = constraint is not None and constraint.get("startAfterId") is None
         self.start_after = constraint.get("startAfterId") if constraint is not None else None
-        self.mask: torch.Tensor | None = None
-        self.dropped = False  # cancelled while the step waited for masks: it leaves after this step
+        self.dropped = False  # the gateway ended the stream (verdict false); the row leaves after this step
 
 
 def request_error(code: str, message: str, hint: str) -> dict:
@@ -35,17 +34,16 @@ def request_error(code: str, message: str, hint: str) -> dict:
 
 
 class Engine:
-    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int, wait: Callable[[Callable[[], bool]], None], mask_cache: int):
-        """`wait(done)` handles the gateway's messages until done() (masks and submits at once, the rest
-        after the step; a cancel marks its row dropped), or until the gateway is gone (drop_all)."""
-        self.model, self.wire, self.prefill_chunk, self.wait = model, wire, prefill_chunk, wait
+    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int, ask: Callable[[dict], list | None], mask_cache: int):
+        """`ask` sends a message to the gateway and returns its `verdict` rows (None: the gateway is gone)."""
+        self.model, self.wire, self.prefill_chunk, self.ask = model, wire, prefill_chunk, ask
         self.masks = MaskCache(mask_cache, model.vocab, model.device)
         self.waiting: deque[Seq] = deque()
         self.prefilling: deque[Seq] = deque()
         self.decoding: list[Seq] = []
         self.free = list(range(model.slots - 1, -1, -1))
         self.by_id: dict[int, Seq] = {}
-        self.counters = {"prefillTokens": 0, "decodeTokens": 0, "prefillMs": 0.0, "decodeMs": 0.0, "decodeSteps": 0, "maskedDraws": 0, "maskWaits": 0, "maskWaitMs": 0.0}
+        self.counters = {"prefillTokens": 0, "decodeTokens": 0, "prefillMs": 0.0, "decodeMs": 0.0, "decodeSteps": 0, "checks": 0, "checkMs": 0.0, "redraws": 0}
 
     def busy(self) -> bool:
         return bool(self.prefilling or self.decoding or (self.waiting and self.free))
@@ -68,23 +66,6 @@ class Engine:
         seq = Seq(sid, prompt, max_tokens, req.get("stopIds") or [], RowState(req.get("sampling") or {}, prompt, m.vocab, m.device), req.get("constraint"))
         self.by_id[sid] = seq
         self.waiting.append(seq)
-
-    def on_mask(self, sid: int, ref) -> None:
-        """The allowed tokens of row `sid`'s next draw. Resolved even for a row that has left, so the
-        mask cache stays in step with the gateway's."""
-        mask = self.masks.resolve(ref)
-        seq = self.by_id.get(sid)
-        if seq is not None:
-            seq.mask = mask
-
-    def mark_dropped(self, sid: int) -> None:
-        seq = self.by_id.get(sid)
-        if seq is not None:
-            seq.dropped = True
-
-    def drop_all(self) -> None:
-        for seq in self.by_id.values():
-            seq.dropped = True
 
     def cancel(self, sid: int) -> None:
         seq = self.by_id.get(sid)
@@ -176,19 +157,27 @@ class Engine:
             self.counters["prefillMs"] += (time.perf_counter() - t0) * 1000
 
     def _sample(self, logits: torch.Tensor, rows: list[Seq]) -> tuple[list[int], list[dict | None]]:
-        """Samples the rows; constrained ones draw under their mask, waiting for any not yet here (it
-        is sent while the forward pass runs, so usually none is missing)."""
-        need = [s for s in rows if s.constrained and not s.dropped]
-        if any(s.mask is None for s in need):
-            t0 = time.perf_counter()
-            self.wait(lambda: all(s.mask is not None or s.dropped for s in need))
-            self.counters["maskWaits"] += 1
-            self.counters["maskWaitMs"] += (time.perf_counter() - t0) * 1000
-        masks = [s.mask if s.constrained and not s.dropped else None for s in rows]
-        for s in rows:
-            s.mask = None  # each mask serves one draw
-        self.counters["maskedDraws"] += sum(m is not None for m in masks)
-        return sample(logits, [s.sampler for s in rows], masks)
+        return sample(logits, [s.sampler for s in rows], [i for i, s in enumerate(rows) if s.constrained], lambda idx, tokens: self._check([rows[i] for i in idx], tokens))
+
+    def _check(self, rows: list[Seq], tokens: list[int]) -> list:
+        """One round trip per step with constrained rows (remote-constraints.ts): their drawn tokens go
+        to the gateway, which answers each with True, a mask to draw again under, or False."""
+        flat = [x for s, t in zip(rows, tokens) for x in (s.id, t)]
+        t0 = time.perf_counter()
+        verdicts = self.ask({"type": "check", "rows": flat})
+        self.counters["checks"] += 1
+        self.counters["checkMs"] += (time.perf_counter() - t0) * 1000
+        if verdicts is None or len(verdicts) != len(rows):
+            verdicts = [False] * len(rows)  # the gateway is gone: nothing will read these rows
+        out = []
+        for s, v in zip(rows, verdicts):
+            v = self.masks.resolve(v)
+            if v is False:
+                s.dropped = True
+            elif v is not True:
+                self.counters["redraws"] += 1
+            out.append(v)
+        return out
 
     def stats(self) -> dict:
         m = self.model

@@ -2,13 +2,12 @@
 (src/engine/runtime/embedded/sampler.ts): repetition penalty over prompt + output, presence and
 frequency penalties over output; then greedy, or temperature → top-k → min-p → top-p, each cut on
 what the previous left; a seeded request draws from its own generator so its tokens do not depend
-on the rest of the batch. Logprobs are of the penalised distribution at temperature 1 (before any
-constraint mask). Constrained rows (response_format) draw under the mask the gateway sends for each
-of their steps; the gateway holds the JSON machine (src/engine/runtime/remote-constraints.ts)."""
+on the rest of the batch. Logprobs are of the penalised distribution at temperature 1."""
 
 from __future__ import annotations
 
 import base64
+from typing import Callable
 
 import torch
 
@@ -68,31 +67,32 @@ def _cut(x: torch.Tensor, rows: list[RowState]) -> tuple[torch.Tensor, torch.Ten
 
 
 def unpack_mask(bits: str, vocab: int, device: torch.device) -> torch.Tensor:
-    """A mask message's base64 bits (token i is bit i & 7 of byte i >> 3) → bool [vocab]."""
+    """A verdict's base64 bitmask (token i is bit i & 7 of byte i >> 3) → bool [vocab]."""
     raw = torch.frombuffer(bytearray(base64.b64decode(bits)), dtype=torch.uint8).to(device)
     shifts = torch.arange(8, dtype=torch.uint8, device=device)
     return ((raw[:, None] >> shifts) & 1).flatten()[:vocab].bool()
 
 
 class MaskCache:
-    """The masks `mask` messages name, by id, least recently used first: the gateway keeps the same
-    list by the same rule (remote-constraints.ts `held`), so it sends a mask's bits only once. Every
-    message goes through resolve(), even one for a row that has already left, to stay in step."""
+    """The masks verdicts name, by id, least recently used first: the gateway keeps the same list by
+    the same rule (remote-constraints.ts `held`), so it sends a mask's bits only once."""
 
     def __init__(self, size: int, vocab: int, device: torch.device):
         self.size, self.vocab, self.device = size, vocab, device
         self.masks: dict[int, torch.Tensor] = {}
 
-    def resolve(self, ref) -> torch.Tensor:
-        """`id` or `[id, bits]` → the bool mask of allowed tokens."""
-        if isinstance(ref, list):
-            mid, bits = ref
+    def resolve(self, v):
+        """A verdict → True, False, or the bool mask to draw again under."""
+        if v is True or v is False:
+            return v
+        if isinstance(v, list):
+            mid, bits = v
             mask = self.masks[mid] = unpack_mask(bits, self.vocab, self.device)
             if len(self.masks) > self.size:
                 del self.masks[next(iter(self.masks))]
             return mask
-        mask = self.masks.pop(ref)
-        self.masks[ref] = mask
+        mask = self.masks.pop(v)
+        self.masks[v] = mask
         return mask
 
 
@@ -117,23 +117,24 @@ def _draw(x: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
     return out
 
 
-def sample(logits: torch.Tensor, rows: list[RowState], masks: list[torch.Tensor | None] | None = None) -> tuple[list[int], list[dict | None]]:
+def sample(logits: torch.Tensor, rows: list[RowState], constrained: list[int] = (), check: Callable[[list[int], list[int]], list] | None = None) -> tuple[list[int], list[dict | None]]:
     """logits [B, V] fp32 (edited in place by penalties) → one token id per row, and its logprobs.
 
-    `masks`: per row, the allowed tokens (response_format) or None. A masked row draws from its
-    penalised logits with the rest removed, before the cuts, as vLLM's structured outputs: greedy
-    gets the best allowed token (the embedded engine's answer too), sampling the cut distribution of
-    what is allowed."""
+    `constrained`: rows whose drawn token `check(rows, tokens)` must allow; it answers per row True,
+    a bool mask to draw again under, or False (the row is being dropped: any token will do). The
+    refused rows are drawn again together, as the embedded sampler's accept-or-redraw: greedy gets
+    the best allowed token, sampling the cut distribution of what is allowed."""
     for i, r in enumerate(rows):
         r.penalise(logits[i])
-    x = logits
-    masked = [i for i, m in enumerate(masks or ()) if m is not None]
-    if masked:
-        sel = torch.tensor(masked, device=logits.device)
-        x = logits.clone()  # logprobs stay those of the unmasked distribution
-        x[sel] = x[sel].masked_fill(~torch.stack([masks[i] for i in masked]), float("-inf"))
-    out = _draw(x, rows)
+    out = _draw(logits, rows)
     ids = out.tolist()
+    if constrained and check is not None:
+        redo = [(i, v) for i, v in zip(constrained, check(list(constrained), [ids[i] for i in constrained])) if isinstance(v, torch.Tensor)]
+        if redo:
+            sel = torch.tensor([i for i, _ in redo], device=logits.device)
+            allowed = torch.stack([m for _, m in redo])
+            out[sel] = _draw(logits[sel].masked_fill(~allowed, float("-inf")), [rows[i] for i, _ in redo])
+            ids = out.tolist()
     lps: list[dict | None] = [None] * len(rows)
     want = [i for i, r in enumerate(rows) if r.logprobs is not None]
     if want:

@@ -1,10 +1,10 @@
 /**
  * RemoteConstraints (the gateway's half of response_format on the torch worker), on tiny-r1's real
- * tokenizer: the mask of each next draw, sent once then named by id, the shared LRU that mirrors
- * the worker's mask cache, startAfterId, completion, and tokens that were not allowed.
+ * tokenizer: verdicts for allowed and refused draws, masks sent once then named by id, the shared
+ * LRU that mirrors the worker's mask cache, completion, and rows it no longer knows.
  */
 import { beforeAll, describe, expect, it } from "vitest";
-import { RemoteConstraints, type MaskRef } from "../../src/engine/runtime/remote-constraints.js";
+import { RemoteConstraints } from "../../src/engine/runtime/remote-constraints.js";
 import { loadTextModel, type TextModel } from "../../src/engine/text/index.js";
 import { TINY_R1 } from "../engine/support.js";
 
@@ -17,46 +17,51 @@ const tok = (s: string) => {
   expect(ids, s).toHaveLength(1);
   return ids[0]!;
 };
-/** The allowed token ids a new mask (`[id, bits]`) names. */
-const allowed = (ref: MaskRef | "done" | undefined) => {
-  expect(Array.isArray(ref)).toBe(true);
-  const bits = Buffer.from((ref as [number, string])[1], "base64");
-  return new Set(Array.from({ length: bits.length * 8 }, (_, i) => i).filter((i) => (bits[i >> 3]! >> (i & 7)) & 1));
-};
+/** The bits of a verdict's mask, unpacked. */
+const unpack = (bits: string, n: number) => Array.from({ length: n }, (_, i) => (Buffer.from(bits, "base64")[i >> 3]! >> (i & 7)) & 1);
 
 describe("RemoteConstraints", () => {
-  it("gives the mask of each next draw, and reports completion", () => {
+  it("allows what continues the value, answers a refused draw with the state's mask, and reports completion", () => {
     const rc = new RemoteConstraints(text.tokenBytes()!, 2048);
-    const first = allowed(rc.add(1, { kind: "json_object" }));
-    expect(first.has(tok("{"))).toBe(true);
-    expect(first.has(tok("a"))).toBe(false);
-    expect(first.has(text.eosTokenIds[0]!)).toBe(false);
-    const inObject = allowed(rc.accept(1, [tok("{")]));
-    expect(inObject.has(tok("}"))).toBe(true);
-    expect(inObject.has(tok("{"))).toBe(false);
-    expect(rc.accept(1, [tok("}")])).toBe("done");
+    rc.add(1, { kind: "json_object" });
+    expect(rc.verdict(1, tok("{"))).toBe(true);
+    const v = rc.verdict(1, tok("a"));
+    expect(Array.isArray(v)).toBe(true);
+    const bits = unpack((v as [number, string])[1], 2048);
+    expect(bits[tok("{")]).toBe(1);
+    expect(bits[tok("a")]).toBe(0);
+    expect(bits[text.eosTokenIds[0]!]).toBe(0);
+    expect(rc.accept(1, [tok("{")])).toBe(false);
+    expect(rc.accept(1, [tok("}")])).toBe(true);
     expect(() => rc.accept(1, [tok("}")])).toThrow(/does not continue/);
     rc.remove(1);
-    expect(rc.accept(1, [tok("a")])).toBeUndefined(); // a request it no longer tracks
+    expect(rc.verdict(1, tok("a"))).toBe(false); // a row the gateway already ended: drop it
   });
 
-  it("gives no mask before startAfterId, then the first state's", () => {
+  it("waits for startAfterId before it constrains anything", () => {
     const rc = new RemoteConstraints(text.tokenBytes()!, 2048);
-    expect(rc.add(7, { kind: "json_object", startAfterId: text.thinkEndId })).toBeUndefined();
-    expect(rc.accept(7, [tok("a")])).toBeUndefined();
-    expect(allowed(rc.accept(7, [text.thinkEndId!])).has(tok("{"))).toBe(true);
+    rc.add(7, { kind: "json_object", startAfterId: text.thinkEndId });
+    expect(rc.verdict(7, tok("a"))).toBe(true);
+    rc.accept(7, [tok("a"), text.thinkEndId!]);
+    expect(Array.isArray(rc.verdict(7, tok("a")))).toBe(true);
   });
 
   it("sends a mask's bits once, then its id, keeping the worker's LRU: an evicted mask is sent again", () => {
     const rc = new RemoteConstraints(text.tokenBytes()!, 2048, 2);
-    const a = rc.add(1, { kind: "json_object" }) as [number, string]; // A: before the value; held [A]
-    expect(rc.add(2, { kind: "json_object" })).toBe(a[0]); // the same state: the id alone
-    const b = rc.accept(2, [tok("{")]) as [number, string]; // B: after '{'; [A, B]
-    expect(b[0]).not.toBe(a[0]);
-    expect(rc.add(3, { kind: "json_object" })).toBe(a[0]); // [B, A]
-    const c = rc.accept(2, [tok('"')]) as [number, string]; // C: inside a key; evicts B, the least recently used: [A, C]
-    expect(Array.isArray(c) && c[0] !== b[0]).toBe(true);
-    expect(rc.accept(3, [tok("{")])).toEqual(b); // evicted: the same id with its bits again; evicts A: [C, B]
-    expect(rc.add(4, { kind: "json_object" })).toEqual(a);
+    // three states with different masks: before the value, after '{', after '[' (json_schema: an array)
+    rc.add(1, { kind: "json_object" });
+    rc.add(2, { kind: "json_object" });
+    rc.accept(2, [tok("{")]);
+    rc.add(3, { kind: "json_schema", schema: { type: "array" } });
+    rc.accept(3, [tok("[")]);
+    const a = rc.verdict(1, tok("a")) as [number, string];
+    const b = rc.verdict(2, tok("a")) as [number, string];
+    expect(Array.isArray(a) && Array.isArray(b) && a[0] !== b[0]).toBe(true);
+    expect(rc.verdict(1, tok("a"))).toBe(a[0]); // held: the id alone; A is now the most recent
+    const c = rc.verdict(3, tok("a")) as [number, string]; // evicts B, the least recently used
+    expect(Array.isArray(c)).toBe(true);
+    expect(rc.verdict(1, tok("a"))).toBe(a[0]);
+    expect(rc.verdict(2, tok("a"))).toEqual(b); // evicted: the same id with its bits again (evicts C)
+    expect(Array.isArray(rc.verdict(3, tok("a")))).toBe(true);
   });
 });

@@ -5,7 +5,7 @@
  * shared, so one client (message-engine.ts) serves both.
  */
 import { DsrError } from "../errors.js";
-import type { MaskRef } from "./remote-constraints.js";
+import type { Verdict } from "./remote-constraints.js";
 import type { EngineStats, SubmitRequest, TokenChunk } from "./types.js";
 
 export interface WireError {
@@ -21,18 +21,18 @@ export interface EngineCounters {
   prefillMs: number;
   decodeMs: number;
   decodeSteps: number;
-  /** Engines given masks (remote-constraints.ts): draws made under a mask, and the steps / ms spent waiting for one. */
-  maskedDraws?: number;
-  maskWaits?: number;
-  maskWaitMs?: number;
+  /** Engines that ask for verdicts (remote-constraints.ts): round trips, ms spent waiting on them, redraws under a mask. */
+  checks?: number;
+  checkMs?: number;
+  redraws?: number;
 }
 
 export type ToEngine =
   | { type: "submit"; id: number; req: Omit<SubmitRequest, "signal"> }
   | { type: "cancel"; id: number }
   | { type: "close" }
-  /** The allowed tokens of sequence `id`'s next draw (response_format; remote-constraints.ts). */
-  | { type: "mask"; id: number; mask: MaskRef };
+  /** The answer to `check`: one Verdict (remote-constraints.ts) per row, in its order. */
+  | { type: "verdict"; rows: Verdict[] };
 
 /** `opened` carries the engine's vocabulary size and whatever else that engine reports about itself. */
 export type FromEngine<S extends EngineStats = EngineStats> =
@@ -42,6 +42,8 @@ export type FromEngine<S extends EngineStats = EngineStats> =
   | { type: "end"; id: number }
   | { type: "error"; id: number; error: WireError }
   | { type: "stats"; stats: S; counters: EngineCounters }
+  /** May these drawn tokens follow? `rows` is flat [request id, token, …]; the engine waits for `verdict`. */
+  | { type: "check"; rows: number[] }
   | { type: "closed" };
 
 export const fromWire = (w: WireError) => new DsrError(w.code, w.message, { hint: w.hint, details: w.details });

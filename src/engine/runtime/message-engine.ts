@@ -8,7 +8,7 @@
 import { DsrError } from "../errors.js";
 import { Channel } from "./embedded/channel.js";
 import { fromWire, type EngineCounters, type FromEngine, type ToEngine } from "./engine-protocol.js";
-import type { RemoteConstraints } from "./remote-constraints.js";
+import type { RemoteConstraints, Verdict } from "./remote-constraints.js";
 import type { EngineStats, SubmitRequest, TokenChunk, TokenEngine } from "./types.js";
 
 /** Where the messages go: a worker thread's port or a socket (the transport frames them). */
@@ -29,7 +29,7 @@ export interface MessageEngineOptions<S extends EngineStats> {
   validate: (req: SubmitRequest, vocab: number) => void;
   /** Called once if the engine dies (not on close()), after its open streams were failed. */
   onGone?: (e: DsrError) => void;
-  /** For an engine that samples elsewhere and takes each constrained row's mask from here (the torch worker). */
+  /** For an engine that samples elsewhere and asks here whether its drawn tokens may follow (the torch worker). */
   constraints?: RemoteConstraints;
   /** Stats until the engine's first snapshot. */
   initialStats: (opened: FromEngine<S> & { type: "opened" }) => S;
@@ -88,6 +88,7 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
       return;
     }
     if (m.type === "closed") return this.closed?.();
+    if (m.type === "check") return this.check(m.rows);
     if (m.type !== "chunk" && m.type !== "end" && m.type !== "error") return;
     const ch = this.channels.get(m.id);
     if (!ch) return;
@@ -106,21 +107,15 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
     this.opts.constraints?.remove(id);
   }
 
-  /**
-   * A constrained request's tokens: the engine is sent the mask of the row's next draw, and the
-   * token that completes the JSON value ends the stream ("stop") while the engine drops the row.
-   */
+  /** A constrained request's tokens: the one that completes its JSON value ends the stream ("stop"), and the engine drops the row. */
   private constrainedChunk(id: number, ch: Channel<TokenChunk>, chunk: TokenChunk): void {
-    let next: ReturnType<RemoteConstraints["accept"]>;
+    let done: boolean;
     try {
-      next = this.opts.constraints!.accept(id, chunk.ids);
+      done = this.opts.constraints!.accept(id, chunk.ids);
     } catch (e) {
-      return this.end(id, ch, e as Error); // a dead end, or a token that was not allowed
+      return this.end(id, ch, e as Error);
     }
-    if (next !== "done") {
-      if (next !== undefined && !chunk.finish) this.port.send({ type: "mask", id, mask: next });
-      return void ch.push(chunk);
-    }
+    if (!done) return void ch.push(chunk);
     ch.push({ ...chunk, finish: "stop" });
     if (!chunk.finish) this.end(id, ch); // else the engine's own end follows
   }
@@ -133,24 +128,38 @@ export class MessageEngine<S extends EngineStats = EngineStats> implements Token
     else ch.end();
   }
 
+  private check(rows: number[]): void {
+    const verdicts: Verdict[] = [];
+    for (let i = 0; i < rows.length; i += 2) {
+      const id = rows[i]!;
+      try {
+        verdicts.push(this.opts.constraints?.verdict(id, rows[i + 1]!) ?? false);
+      } catch (e) {
+        verdicts.push(false); // a dead end fails this request, not the batch
+        const ch = this.channels.get(id);
+        if (ch) this.end(id, ch, e as Error);
+      }
+    }
+    this.port.send({ type: "verdict", rows: verdicts });
+  }
+
   submit(req: SubmitRequest): AsyncIterable<TokenChunk> {
     if (this.closing) throw new DsrError("DSR_ENGINE_CLOSED", `the ${this.opts.name} is closed`, { hint: "open a new engine" });
     if (this.crashed) throw this.crashed;
     this.opts.validate(req, this.opened.vocab);
     const id = this.nextId++;
-    const first = req.constraint && this.opts.constraints?.add(id, req.constraint); // a dead end throws here, before anything is kept or sent
     const cancel = () => {
       if (this.channels.has(id)) this.port.send({ type: "cancel", id });
     };
     const ch = new Channel<TokenChunk>(cancel);
     this.channels.set(id, ch);
+    if (req.constraint) this.opts.constraints?.add(id, req.constraint);
     const { signal, ...rest } = req;
     if (signal) {
       if (signal.aborted) queueMicrotask(cancel);
       else signal.addEventListener("abort", cancel, { once: true });
     }
     this.port.send({ type: "submit", id, req: rest });
-    if (first !== undefined) this.port.send({ type: "mask", id, mask: first });
     return ch;
   }
 

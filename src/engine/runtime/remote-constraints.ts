@@ -1,12 +1,14 @@
 /**
  * Constrained decoding (response_format) for an engine that samples in another process: the torch
  * worker draws tokens on the GPU, while the JSON machine (embedded/json-constraint.ts) stays here,
- * in one place for every engine. Tokens are committed here as the worker emits them; after each,
- * dsr sends the worker the mask of the state it leads to (`mask`), and the worker draws the row's
- * next token from the allowed ones. The mask is computed and sent while the worker runs its next
- * forward pass, so in the steady state the worker never waits for it; masks are cached per state
- * (json-constraint.ts) and cross the socket once, then are named by id. The token that completes
- * the value ends the stream with finish "stop", as on the embedded engine.
+ * in one place for every engine. Once per step the worker sends the tokens it drew for its
+ * constrained rows (`check`); each gets `true` (it may follow), or the state's full mask as a
+ * base64 bitmask, under which the worker draws again (`verdict`). That is the embedded sampler's
+ * accept-or-redraw (sampler.ts): the drawn token is usually allowed (inside a JSON string or number
+ * almost anything is), so a step costs one check, not a scan of the vocabulary; a mask crosses the
+ * socket once and is then named by its id. Tokens are
+ * committed here as the worker emits them; the token that completes the value ends the stream with
+ * finish "stop", as on the embedded engine.
  */
 import { DsrError } from "../errors.js";
 import type { TokenByteTable } from "../text/token-bytes.js";
@@ -14,15 +16,14 @@ import { JsonConstraint, JsonVocabulary } from "./embedded/json-constraint.js";
 import type { SubmitRequest } from "./types.js";
 
 /**
- * The allowed tokens of a row's next draw: `[id, bits]` the first time (bits: base64, token i is
- * bit i & 7 of byte i >> 3), then the bare `id` while the worker still holds it (see `held`).
+ * Per checked row: true (allowed); false (drop the row: its stream already ended); or a mask to draw
+ * again under, as `[id, bits]` the first time (bits: base64, token i is bit i & 7 of byte i >> 3) and
+ * as the bare `id` while the worker still holds it (see `held`).
  */
-export type MaskRef = number | [number, string];
+export type Verdict = boolean | number | [number, string];
 
 /** Masks the worker keeps by default (`maskCache` in its open frame): ~152 KB of GPU memory each for R1's vocabulary. */
 export const WORKER_MASK_CACHE = 256;
-/** State masks kept here: with every state's mask built (not only where a draw was refused), more states recur than the embedded engine's 64. */
-const STATE_MASKS = 256;
 
 export class RemoteConstraints {
   private vocabulary?: JsonVocabulary;
@@ -32,8 +33,9 @@ export class RemoteConstraints {
   private nextId = 0;
   /**
    * The mask ids the worker holds, least recently used first. The worker applies the same rule to
-   * the same `mask` messages in the same order (insert on `[id, bits]`, evict the oldest past
-   * `capacity`, move to the end on a bare id), so the two sides never disagree.
+   * the same verdicts in the same order (insert on `[id, bits]`, evict the oldest past `capacity`,
+   * move to the end on a bare id), so the two sides never disagree, and a mask
+   * crosses the socket once instead of every time a state refuses a draw.
    */
   private readonly held = new Map<number, true>();
 
@@ -44,12 +46,8 @@ export class RemoteConstraints {
     private readonly capacity = WORKER_MASK_CACHE,
   ) {}
 
-  /** Registers a constrained request; returns the mask of its first draw when it is constrained from the start. */
-  add(id: number, spec: NonNullable<SubmitRequest["constraint"]>): MaskRef | undefined {
-    const c = new JsonConstraint((this.vocabulary ??= new JsonVocabulary(this.table, this.vocab, STATE_MASKS)), spec);
-    const first = c.active ? this.ref(c) : undefined; // a dead end throws before anything is kept
-    this.live.set(id, c);
-    return first;
+  add(id: number, spec: NonNullable<SubmitRequest["constraint"]>): void {
+    this.live.set(id, new JsonConstraint((this.vocabulary ??= new JsonVocabulary(this.table, this.vocab)), spec));
   }
 
   has(id: number): boolean {
@@ -64,21 +62,19 @@ export class RemoteConstraints {
     this.live.clear();
   }
 
-  /**
-   * Commits tokens the engine emitted for `id`. Returns "done" when its JSON value is complete,
-   * the mask of its next draw once constrained (from the token after `startAfterId`), or undefined
-   * while it is not. Throws if a token was not allowed, and DSR_CONSTRAINT_DEAD_END when no token
-   * can follow.
-   */
-  accept(id: number, ids: readonly number[]): MaskRef | "done" | undefined {
+  /** Commits tokens the engine emitted for `id`; true when its JSON value is now complete. Throws if one was not allowed. */
+  accept(id: number, ids: readonly number[]): boolean {
     const c = this.live.get(id);
-    if (!c) return undefined;
+    if (!c) return false;
     for (const t of ids) c.accept(t);
-    if (c.done) return "done";
-    return c.active ? this.ref(c) : undefined;
+    return c.done;
   }
 
-  private ref(c: JsonConstraint): MaskRef {
+  /** May `token` follow in request `id`'s state? Throws DSR_CONSTRAINT_DEAD_END when no token can. */
+  verdict(id: number, token: number): Verdict {
+    const c = this.live.get(id);
+    if (!c) return false;
+    if (!c.active || c.allows(token)) return true;
     const mask = c.mask();
     let m = this.ids.get(mask);
     if (m === undefined) {

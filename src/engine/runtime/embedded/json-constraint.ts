@@ -577,12 +577,7 @@ export class JsonVocabulary {
   /** Full masks computed (cache misses), for the tests and the benchmark. */
   maskBuilds = 0;
 
-  /** `maskEntries`: full masks kept (LRU). */
-  constructor(
-    private readonly table: TokenByteTable,
-    readonly vocab: number,
-    private readonly maskEntries = MASK_CACHE_ENTRIES,
-  ) {
+  constructor(private readonly table: TokenByteTable, readonly vocab: number) {
     let most = 0;
     const { offsets, bytes } = table;
     for (let id = 0; id + 1 < offsets.length; id++) {
@@ -626,7 +621,7 @@ export class JsonVocabulary {
       mask = new Uint8Array(this.vocab);
       for (let id = 0; id < this.vocab; id++) mask[id] = this.allows(m, id) ? 1 : 0;
       this.maskBuilds++;
-      if (this.masks.size >= this.maskEntries) this.masks.delete(this.masks.keys().next().value!);
+      if (this.masks.size >= MASK_CACHE_ENTRIES) this.masks.delete(this.masks.keys().next().value!);
     }
     this.masks.set(key, mask);
     return mask;

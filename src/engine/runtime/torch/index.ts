@@ -57,7 +57,7 @@ export interface TorchEngineInfo {
   loadMs: number;
 }
 
-/** 2: `mask` messages for response_format. */
+/** 2: `check`/`verdict` for response_format. */
 export const TORCH_PROTOCOL = 2;
 const FLOAT_DTYPES = new Set(["F32", "F16", "BF16"]);
 
