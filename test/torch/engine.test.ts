@@ -155,6 +155,26 @@ describe.skipIf(!TORCH_PYTHON)("torch worker: response_format (the gateway check
     expect((await run(engine, undefined)).answer).not.toEqual(got[1]!.answer);
   }, 120_000);
 
+  it("a constrained stream cancelled mid-answer ends with abort; the row beside it is unaffected and the worker goes on", async () => {
+    const alone = await run(engine, after("json_object"));
+    const ac = new AbortController();
+    const prompt = text.encode(text.applyChatTemplate([{ role: "user", content: Q }]));
+    const cancelled = (async () => {
+      const ids: number[] = [];
+      let finish: string | undefined;
+      for await (const c of engine.submit({ promptIds: prompt, sampling: GREEDY, maxTokens: 600, stopIds: [], constraint: after("json_object"), signal: ac.signal })) {
+        ids.push(...c.ids);
+        if (ids.indexOf(text.thinkEndId!) >= 0 && ids.length === ids.indexOf(text.thinkEndId!) + 3) ac.abort(); // two tokens into the JSON
+        finish = c.finish ?? finish;
+      }
+      return finish;
+    })();
+    const [finish, beside] = await Promise.all([cancelled, run(engine, after("json_object"))]);
+    expect(finish).toBe("abort");
+    expect(beside).toEqual(alone);
+    expect(JSON.parse(text.decode((await run(engine, { kind: "json_object" })).ids))).toBeTypeOf("object");
+  }, 60_000);
+
   it("seeded: answers validate, a seed repeats alone and beside other rows; a budget inside the value ends with length", async () => {
     const hot = (seed: number): SamplingParams => ({ ...GREEDY, temperature: 0.8, topP: 0.95, topK: 40, seed });
     const outs = await Promise.all([1, 2, 3].map((seed) => run(engine, after("json_schema"), hot(seed))));
