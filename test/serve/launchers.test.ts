@@ -7,6 +7,7 @@
 import { describe, expect, it } from "vitest";
 import { chmod, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { placeInstances } from "../../src/engine/runtime/launchers.js";
 import { ROOT, runDsr } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { startServe } from "./helpers.js";
@@ -89,6 +90,37 @@ describe("engine launchers", () => {
     expect(flag("--device")).toBe("auto");
     expect(flag("--max-model-len")).toBe("8192");
     expect(j.children[0].ready_path).toBe("/ready");
+  });
+
+  it("placement: instances get GPUs of their own while there are enough, then share them with the fraction split", () => {
+    const gpus = ["0", "1", "2", "3"];
+    expect(placeInstances(4, gpus, 1)).toEqual(gpus.map((d) => ({ devices: d, sharing: 1 })));
+    expect(placeInstances(2, gpus, 2)).toEqual([{ devices: "0,1", sharing: 1 }, { devices: "2,3", sharing: 1 }]);
+    expect(placeInstances(3, ["0", "1"], 1)).toEqual([{ devices: "0", sharing: 2 }, { devices: "1", sharing: 1 }, { devices: "0", sharing: 2 }]);
+    expect(placeInstances(2, ["0"], 1)).toEqual([{ devices: "0", sharing: 2 }, { devices: "0", sharing: 2 }]);
+    expect(placeInstances(2, ["0", "1", "2"], 4)).toEqual([{ sharing: 2 }, { sharing: 2 }]); // tp 4 needs more than there is
+    expect(placeInstances(2, [], 1)).toEqual([{ sharing: 2 }, { sharing: 2 }]);
+  });
+
+  it("--dry-run on a 4-GPU host: vllm --tp 2 ×2 on GPUs 0,1 and 2,3 with the whole fraction; torch ×3 on 2 visible GPUs shares one", async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh
+for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
+`);
+    await chmod(join(dir, "nvidia-smi"), 0o755);
+    const env = { PATH: `${dir}:${BARE_PATH}` };
+    const v = JSON.parse(String((await runDsr(["--json", "serve", "m/R1-Distill-Llama-70B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2"], { env })).stdout));
+    expect(v.children.map((c: { env: Record<string, string> }) => c.env.CUDA_VISIBLE_DEVICES)).toEqual(["0,1", "2,3"]);
+    for (const c of v.children) expect(c.args).not.toContain("--gpu-memory-utilization"); // each owns its GPUs: vLLM's default
+    const plain = await runDsr(["serve", "m/R1-Distill-Llama-70B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2", "--gpu-memory-utilization", "0.85"], { env });
+    expect(String(plain.stdout)).toMatch(/^CUDA_VISIBLE_DEVICES=2,3 vllm serve m\/R1-Distill-Llama-70B .*--gpu-memory-utilization 0\.85 /m);
+    // the user narrowed the GPUs to two: three torch workers, two on the first
+    const t = JSON.parse(String((await runDsr(["--json", "serve", "m/R1-Distill-Qwen-7B", "--engine", "torch", "--dry-run", "--instances", "3"], { env: { ...env, CUDA_VISIBLE_DEVICES: "2,3" } })).stdout));
+    const shares = t.children.map((c: { env: Record<string, string>; args: string[] }) => [c.env.CUDA_VISIBLE_DEVICES, c.args.includes("--gpu-memory-utilization") ? c.args[c.args.indexOf("--gpu-memory-utilization") + 1] : "default"]);
+    expect(shares).toEqual([["2", "0.45"], ["3", "default"], ["2", "0.45"]]);
+    // a torch worker told its device is not moved
+    const pinned = JSON.parse(String((await runDsr(["--json", "serve", "m", "--engine", "torch", "--dry-run", "--instances", "2", "--device", "cuda:1"], { env })).stdout));
+    expect(pinned.children.map((c: { env: Record<string, string> }) => c.env)).toEqual([{}, {}]);
   });
 
   it.skipIf(!TORCH_PYTHON)("auto picks the torch worker when a GPU is visible, PyTorch is there and vllm is not", async () => {

@@ -105,11 +105,42 @@ function run(cmd: string, args: string[], timeoutMs: number, env?: NodeJS.Proces
 }
 
 /** Number of NVIDIA GPUs `nvidia-smi -L` lists (0 when it is absent). */
-export async function countGpus(pathValue: string | undefined): Promise<number> {
+/**
+ * The GPUs engines may use, as CUDA_VISIBLE_DEVICES entries: that variable's list when it is set (a
+ * machine where the user already narrowed them), else every GPU `nvidia-smi -L` lists, by index.
+ * None without nvidia-smi.
+ */
+export async function visibleGpus(pathValue: string | undefined, env: NodeJS.ProcessEnv): Promise<string[]> {
   const smi = await which("nvidia-smi", pathValue);
-  if (!smi) return 0;
+  if (!smi) return [];
+  const given = env.CUDA_VISIBLE_DEVICES;
+  if (given !== undefined) return given.split(",").map((d) => d.trim()).filter(Boolean);
   const r = await run(smi, ["-L"], 10_000);
-  return r.ok ? r.stdout.split("\n").filter((l) => l.startsWith("GPU ")).length : 0;
+  return r.ok ? [...r.stdout.matchAll(/^GPU (\d+):/gm)].map((m) => m[1]!) : [];
+}
+
+export interface Placement {
+  /** CUDA_VISIBLE_DEVICES for the instance (undefined: no placement, it sees what dsr sees). */
+  devices?: string;
+  /** Instances on the same GPUs (this one included): the memory fraction is split among them. */
+  sharing: number;
+}
+
+/**
+ * Where each of `n` instances runs, given the visible GPUs and `perInstance` GPUs each (tp × pp;
+ * 1 for the torch worker). While there are enough, instances get disjoint groups of GPUs, each with
+ * the whole memory fraction: N replicas on N GPUs, the data-parallel layout. With more instances
+ * than groups, the groups are shared round-robin and the fraction is split among the instances on
+ * a group (the seed guides' 0.4 + 0.4 on one GPU). With fewer GPUs than one instance needs (or none
+ * listed) nothing is placed and the fraction is split N ways.
+ */
+export function placeInstances(n: number, gpus: readonly string[], perInstance: number): Placement[] {
+  const groups = Math.floor(gpus.length / Math.max(1, perInstance));
+  if (groups === 0) return Array.from({ length: n }, () => ({ sharing: n }));
+  return Array.from({ length: n }, (_, i) => {
+    const g = i % groups;
+    return { devices: gpus.slice(g * perInstance, (g + 1) * perInstance).join(","), sharing: Math.floor(n / groups) + (g < n % groups ? 1 : 0) };
+  });
 }
 
 /** True when `python -c "import <module>"` succeeds. */

@@ -6,7 +6,7 @@
  * router. A single token engine (embedded, torch) runs in process (no extra hop).
  */
 import { DsrError, ExitCode } from "../errors.js";
-import { countGpus, missingEngine, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags } from "../runtime/launchers.js";
+import { missingEngine, placeInstances, visibleGpus, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags } from "../runtime/launchers.js";
 import { Supervisor, type ChildState } from "../runtime/supervisor.js";
 import type { TokenEngine } from "../runtime/types.js";
 import { UpstreamInstance } from "../runtime/upstream.js";
@@ -120,7 +120,7 @@ export interface ServePlan {
 export async function chooseEngine(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env">): Promise<{ engine: ServePlan["engine"]; reason: string }> {
   if (cfg.upstreams.length > 0) return { engine: "upstream", reason: `--upstream given (${cfg.upstreams.length} URL${cfg.upstreams.length > 1 ? "s" : ""})` };
   if (cfg.engine !== "auto") return { engine: cfg.engine, reason: `--engine ${cfg.engine}` };
-  const gpus = await countGpus(deps.pathValue);
+  const gpus = (await visibleGpus(deps.pathValue, deps.env)).length;
   if (gpus > 0 && (await which("vllm", deps.pathValue))) return { engine: "vllm", reason: `auto: vllm installed and ${gpus} GPU(s) visible` };
   if (gpus > 0 && (await pythonHas(cfg.python, "torch", deps.env))) return { engine: "torch", reason: `auto: ${gpus} GPU(s) and PyTorch in ${cfg.python}, no vllm on PATH; using the torch worker` };
   return { engine: "embedded", reason: gpus > 0 ? `auto: ${gpus} GPU(s) but neither vllm on PATH nor PyTorch in ${cfg.python}; using the embedded CPU engine` : "auto: no GPU visible; using the embedded CPU engine" };
@@ -141,12 +141,18 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
   if (isTokenEngine(engine) && n === 1 && cfg.workers <= 1) return { engine, reason, children: [], upstreams: [] };
   const ports = await freePorts(n);
   const name = cfg.servedNames[0];
+  // GPU engines: instances get GPUs of their own while there are enough, else share them and split
+  // the memory fraction among themselves, as the seed guides do by hand (0.4 + 0.4). A torch worker
+  // told a device (cuda:N, cpu) goes where it is told.
+  const placeable = engine !== "embedded" && !(engine === "torch" && cfg.device !== "auto" && cfg.device !== "cuda");
+  const perInstance = engine === "torch" ? 1 : (cfg.engineFlags.tp ?? 1) * (cfg.engineFlags.pp ?? 1);
+  const places = placeInstances(n, placeable ? await visibleGpus(deps.pathValue, deps.env) : [], perInstance);
   const children = ports.map((port, i): PlannedChild => {
     let cmd: { command: string; args: string[]; readyPath: string };
-    const env: Record<string, string> = {};
-    // GPU engines: the memory fraction is shared out among instances, as the seed guides do by hand (0.4 + 0.4).
+    const { devices, sharing } = places[i]!;
+    const env: Record<string, string> = devices === undefined ? {} : { CUDA_VISIBLE_DEVICES: devices };
     const util = cfg.engineFlags.gpuMemoryUtilization ?? 0.9;
-    const share = n > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / n) : undefined;
+    const share = sharing > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / sharing) : undefined;
     if (isTokenEngine(engine)) {
       const a = [...deps.selfCommand.args, "serve", cfg.model!, "--engine", engine, "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
       for (const s of cfg.servedNames) a.push("--served-model-name", s);
