@@ -132,7 +132,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
   if (engine === "torch" && ((cfg.engineFlags.tp ?? 1) > 1 || (cfg.engineFlags.pp ?? 1) > 1)) {
     throw new DsrError("DSR_USAGE", "--engine torch runs one GPU per instance; --tp / --pp are not built into the torch worker yet", {
       exitCode: ExitCode.usage,
-      hint: "use --engine vllm --tp N (or sglang), or --instances N to put one torch worker on each share of a GPU",
+      hint: "use --engine vllm --tp N (or sglang), or --instances N for one torch worker per GPU (data parallel)",
     });
   }
   if (!cfg.model) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
