@@ -80,12 +80,12 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--upstream-api-key <key>", "bearer key the upstreams expect")
     .option("--host <addr>", "listen address", "127.0.0.1")
     .option("--port <n>", "listen port", "8000")
-    .option("--instances <n>", "engine instances behind the router (GPU engines share the memory fraction)", "1")
+    .option("--instances <n>", "engine instances behind the router: a GPU group each while there are enough, else sharing GPUs and the memory fraction; auto = one per GPU group", "1")
     .option("--workers <n>", "gateway processes sharing the port, or auto = one per core (for heavy streaming loads)", "1")
     .option("--tp <n>", "tensor parallel size (vllm/sglang)")
     .option("--pp <n>", "pipeline parallel size (vllm/sglang)")
     .option("--max-model-len <n>", "context length")
-    .option("--gpu-memory-utilization <f>", "GPU memory fraction for ALL instances together (split per instance)")
+    .option("--gpu-memory-utilization <f>", "GPU memory fraction (split among instances that share GPUs)")
     .option("--quantization <method>", "quantization method (vllm/sglang)")
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang/torch)")
     .option("--kv-cache-dtype <dtype>", "KV cache dtype (vllm/sglang)")
@@ -136,7 +136,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     upstreamApiKey: f.upstreamApiKey,
     host: f.host,
     port: int(f.port, "--port", 0, 65535),
-    instances: int(f.instances, "--instances", 1, 64),
+    instances: f.instances === "auto" ? 0 : int(f.instances, "--instances", 1, 64),
     workers: f.workers === "auto" ? availableParallelism() : int(f.workers, "--workers", 1, 256),
     servedNames: f.servedModelName?.length ? f.servedModelName : model && !f.upstream?.length ? [basename(model.replace(/\/+$/, ""))] : [],
     reasoningFields: reasoningFields(f.reasoningField),
@@ -158,7 +158,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     },
     python: f.python,
     device: f.device,
-    threads: f.threads === undefined ? Math.max(1, Math.floor(availableParallelism() / int(f.instances, "--instances", 1, 64))) : int(f.threads, "--threads", 1, 1024),
+    threads: f.threads === undefined ? Math.max(1, Math.floor(availableParallelism() / (f.instances === "auto" ? 1 : int(f.instances, "--instances", 1, 64)))) : int(f.threads, "--threads", 1, 1024),
     readyTimeoutMs: seconds(f.readyTimeout, "--ready-timeout") * 1000,
     gateway: {
       apiKeys: keys,

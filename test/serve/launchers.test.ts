@@ -102,7 +102,7 @@ describe("engine launchers", () => {
     expect(placeInstances(2, [], 1)).toEqual([{ sharing: 2 }, { sharing: 2 }]);
   });
 
-  it("--dry-run on a 4-GPU host: vllm --tp 2 ×2 on GPUs 0,1 and 2,3 with the whole fraction; torch ×3 on 2 visible GPUs shares one", async () => {
+  it("--dry-run on a 4-GPU host: vllm --tp 2 ×2 on GPUs 0,1 and 2,3 with the whole fraction; torch ×3 on 2 visible GPUs shares one; --instances auto", async () => {
     const dir = await tempDir();
     await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh
 for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
@@ -118,6 +118,13 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     const t = JSON.parse(String((await runDsr(["--json", "serve", "m/R1-Distill-Qwen-7B", "--engine", "torch", "--dry-run", "--instances", "3"], { env: { ...env, CUDA_VISIBLE_DEVICES: "2,3" } })).stdout));
     const shares = t.children.map((c: { env: Record<string, string>; args: string[] }) => [c.env.CUDA_VISIBLE_DEVICES, c.args.includes("--gpu-memory-utilization") ? c.args[c.args.indexOf("--gpu-memory-utilization") + 1] : "default"]);
     expect(shares).toEqual([["2", "0.45"], ["3", "default"], ["2", "0.45"]]);
+    // --instances auto: one per GPU group
+    const auto = await runDsr(["--json", "serve", "m/R1-Distill-Llama-70B", "--engine", "vllm", "--dry-run", "--instances", "auto", "--tp", "2"], { env });
+    expect(JSON.parse(String(auto.stdout)).reason).toBe("--engine vllm; --instances auto: 2 (4 GPU(s), 2 per instance)");
+    expect(JSON.parse(String(auto.stdout)).children.map((c: { env: Record<string, string> }) => c.env.CUDA_VISIBLE_DEVICES)).toEqual(["0,1", "2,3"]);
+    const autoTorch = JSON.parse(String((await runDsr(["--json", "serve", "m", "--engine", "torch", "--dry-run", "--instances", "auto"], { env })).stdout));
+    expect(autoTorch.children).toHaveLength(4);
+    expect((await runDsr(["serve", "m", "--engine", "embedded", "--dry-run", "--instances", "auto"], { env })).stdout).toContain("# embedded engine in process");
     // a torch worker told its device is not moved
     const pinned = JSON.parse(String((await runDsr(["--json", "serve", "m", "--engine", "torch", "--dry-run", "--instances", "2", "--device", "cuda:1"], { env })).stdout));
     expect(pinned.children.map((c: { env: Record<string, string> }) => c.env)).toEqual([{}, {}]);

@@ -33,6 +33,7 @@ export interface ServeConfig {
   upstreamApiKey?: string;
   host: string;
   port: number;
+  /** Engine instances; 0 = auto (one per GPU group for GPU engines, 1 otherwise). */
   instances: number;
   /** Gateway processes (node:cluster) sharing the listening port; 1 = the gateway runs in this process. */
   workers: number;
@@ -136,17 +137,19 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
     });
   }
   if (!cfg.model) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
-  const n = cfg.instances;
-  // --workers > 1 runs the gateway in several processes, so even one token engine becomes a child
-  if (isTokenEngine(engine) && n === 1 && cfg.workers <= 1) return { engine, reason, children: [], upstreams: [] };
-  const ports = await freePorts(n);
-  const name = cfg.servedNames[0];
   // GPU engines: instances get GPUs of their own while there are enough, else share them and split
   // the memory fraction among themselves, as the seed guides do by hand (0.4 + 0.4). A torch worker
   // told a device (cuda:N, cpu) goes where it is told.
   const placeable = engine !== "embedded" && !(engine === "torch" && cfg.device !== "auto" && cfg.device !== "cuda");
   const perInstance = engine === "torch" ? 1 : (cfg.engineFlags.tp ?? 1) * (cfg.engineFlags.pp ?? 1);
-  const places = placeInstances(n, placeable ? await visibleGpus(deps.pathValue, deps.env) : [], perInstance);
+  const gpus = placeable ? await visibleGpus(deps.pathValue, deps.env) : [];
+  const n = cfg.instances || Math.max(1, Math.floor(gpus.length / perInstance));
+  const why = cfg.instances ? reason : `${reason}; --instances auto: ${n} (${placeable ? `${gpus.length} GPU(s), ${perInstance} per instance` : "one for this engine"})`;
+  // --workers > 1 runs the gateway in several processes, so even one token engine becomes a child
+  if (isTokenEngine(engine) && n === 1 && cfg.workers <= 1) return { engine, reason: why, children: [], upstreams: [] };
+  const ports = await freePorts(n);
+  const name = cfg.servedNames[0];
+  const places = placeInstances(n, gpus, perInstance);
   const children = ports.map((port, i): PlannedChild => {
     let cmd: { command: string; args: string[]; readyPath: string };
     const { devices, sharing } = places[i]!;
@@ -175,7 +178,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
     }
     return { name: `i${i}`, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args) };
   });
-  return { engine, reason, children, upstreams: [] };
+  return { engine, reason: why, children, upstreams: [] };
 }
 
 export interface RunningServe {
