@@ -15,15 +15,16 @@ import { TORCH_PYTHON } from "../torch/python.js";
 
 const BARE_PATH = "/usr/local/bin:/usr/bin:/bin";
 
-async function fakeGpuBin(): Promise<{ dir: string; argsFile: string }> {
+async function fakeGpuBin(gpus = 1): Promise<{ dir: string; argsFile: string }> {
   const dir = await tempDir();
   const argsFile = join(dir, "vllm-args.txt");
-  await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"\n`);
+  await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\nfor i in $(seq 0 ${gpus - 1}); do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done\n`);
   // `vllm serve MODEL --host H --port P … --served-model-name NAME …` → a real OpenAI server on P
   await writeFile(
     join(dir, "vllm"),
     `#!/bin/bash
 echo "$@" >> ${argsFile}
+echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" >> ${argsFile}.env
 port=""; name=""
 while [ $# -gt 0 ]; do case "$1" in --port) port=$2; shift;; --served-model-name) name=$2; shift;; esac; shift; done
 cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstream.ts --port "$port" --model "$name" --tokens 5 --pace-ms 1
@@ -157,6 +158,20 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
       expect((await r.json()).choices[0].text).toBe(" t0 t1 t2 t3 t4");
       const ready = await (await fetch(`${g.url}/ready`)).json();
       expect(ready.children.map((c: { state: string }) => c.state)).toEqual(["ready", "ready"]);
+      // one GPU shared: the second instance starts only once the first is ready
+      expect(g.log().indexOf("[i1] starting")).toBeGreaterThan(g.log().indexOf("[i0] ready"));
+    } finally {
+      expect(await g.stop()).toBe(0);
+    }
+  }, 60_000);
+
+  it("two GPUs: each vllm child gets its own (CUDA_VISIBLE_DEVICES) and the whole fraction, and both start at once", async () => {
+    const { dir, argsFile } = await fakeGpuBin(2);
+    const g = await startServe(["org/DeepSeek-R1-Distill-Qwen-1.5B", "--engine", "vllm", "--instances", "2"], { env: { PATH: `${dir}:${process.env.PATH}` }, timeoutMs: 45_000 });
+    try {
+      for (const l of (await readFile(argsFile, "utf8")).trim().split("\n")) expect(l).not.toContain("--gpu-memory-utilization");
+      expect((await readFile(`${argsFile}.env`, "utf8")).trim().split("\n").sort()).toEqual(["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]);
+      expect(g.log()).toMatch(/\[i1\] starting[\s\S]*\[i0\] ready/);
     } finally {
       expect(await g.stop()).toBe(0);
     }

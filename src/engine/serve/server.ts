@@ -108,6 +108,8 @@ export interface PlannedChild {
   port: number;
   readyPath: string;
   line: string;
+  /** The child has GPUs to itself (placeInstances), so it may start beside its siblings. */
+  ownGpus: boolean;
 }
 
 export interface ServePlan {
@@ -176,7 +178,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       const flags: EngineFlags = { ...cfg.engineFlags, model: cfg.model!, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: share };
       cmd = engine === "vllm" ? vllmCommand(flags, "127.0.0.1", port) : sglangCommand(flags, "127.0.0.1", port, cfg.python);
     }
-    return { name: `i${i}`, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args) };
+    return { name: `i${i}`, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args), ownGpus: devices !== undefined && sharing === 1 };
   });
   return { engine, reason: why, children, upstreams: [] };
 }
@@ -230,11 +232,13 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
       closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
       if (supervisors.length) {
-        // The first instance starts alone: it may convert the checkpoint (embedded) or profile GPU
-        // memory (vLLM counts a sibling's allocation wrongly when both start together, facts §5.1).
+        // The first instance starts alone where it may convert the checkpoint (embedded) or profile
+        // GPU memory beside a sibling (vLLM counts its allocation wrongly when both start together on
+        // one GPU, facts §5.1); instances with GPUs of their own start together.
         deps.note(`waiting for ${supervisors.length} ${plan.engine} instance(s) to become ready…`);
+        const together = plan.engine !== "embedded" && plan.children.every((c) => c.ownGpus);
         supervisors[0].start();
-        await supervisors[0].waitReady(cfg.readyTimeoutMs, deps.signal);
+        if (!together) await supervisors[0].waitReady(cfg.readyTimeoutMs, deps.signal);
         for (const s of supervisors.slice(1)) s.start();
         await Promise.all(supervisors.map((s) => s.waitReady(cfg.readyTimeoutMs, deps.signal)));
       }
