@@ -4,6 +4,7 @@
  *
  *   node torch-engine.mjs --model DIR [--python python3] [--device cuda] [--dtype bfloat16]
  *                         [--prompt 128] [--decode 128] [--batches 1,8,32,64] [--max-context 1024] [--eager]
+ *                         [--prefill-chunk 512] [--constrained]
  *
  * For each batch size B: B requests of --prompt random token ids each, submitted at once, greedy,
  * exactly --decode new tokens each (no stop ids). Reported per B: wall time, output tokens/s over the
@@ -45,6 +46,7 @@ const { values: a } = parseArgs({
     "max-context": { type: "string", default: "1024" },
     eager: { type: "boolean", default: false },
     constrained: { type: "boolean", default: false },
+    "prefill-chunk": { type: "string", default: "512" },
   },
 });
 const pct = (xs: number[], p: number) => {
@@ -121,7 +123,7 @@ const batches = a.batches!.split(",").map(Number);
 
 
 const t0 = performance.now();
-const { engine, info } = await openTorchEngine(a.model, { python: a.python, device: a.device, dtype: a.dtype, maxBatch: Math.max(...batches), maxContext: Number(a["max-context"]), cudaGraphs: !a.eager, onLog: (l) => process.stderr.write(`[worker] ${l}\n`) });
+const { engine, info } = await openTorchEngine(a.model, { python: a.python, device: a.device, dtype: a.dtype, maxBatch: Math.max(...batches), maxContext: Number(a["max-context"]), prefillChunk: Number(a["prefill-chunk"]), cudaGraphs: !a.eager, onLog: (l) => process.stderr.write(`[worker] ${l}\n`) });
 const openMs = performance.now() - t0;
 const rnd = seededRandom(1);
 const vocab = info.vocab;

@@ -36,6 +36,7 @@ interface Flags {
   dtype?: string;
   kvCacheDtype?: string;
   maxNumSeqs?: string;
+  maxNumBatchedTokens?: string;
   servedModelName?: string[];
   reasoningField: string;
   r1Advice: boolean;
@@ -90,6 +91,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang/torch)")
     .option("--kv-cache-dtype <dtype>", "KV cache dtype (vllm/sglang)")
     .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests, torch worker)")
+    .option("--max-num-batched-tokens <n>", "prompt tokens per scheduler step: smaller keeps inter-token latency flat while prompts arrive, larger gives faster TTFT (vllm same name, sglang --chunked-prefill-size, torch worker: per step beside decoding rows, default 512)")
     .option("--served-model-name <name>", "name clients use (repeat for aliases; default: the model directory name)", collect)
     .option("--reasoning-field <which>", "where <think> text goes: both, reasoning_content, reasoning, none", "both")
     .option("--no-r1-advice", "do not fold system prompts into the user turn or default temperature to generation_config's")
@@ -151,6 +153,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       dtype: f.dtype,
       kvCacheDtype: f.kvCacheDtype,
       maxNumSeqs: optInt(f.maxNumSeqs, "--max-num-seqs"),
+      maxNumBatchedTokens: optInt(f.maxNumBatchedTokens, "--max-num-batched-tokens"),
       trustRemoteCode: f.trustRemoteCode,
       downloadDir: f.downloadDir,
       enforceEager: f.enforceEager,
@@ -223,7 +226,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       if (engine === "torch") {
         const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
         const f2 = cfg.engineFlags;
-        const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, cudaGraphs: !f2.enforceEager, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
+        const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, prefillChunk: f2.maxNumBatchedTokens, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, cudaGraphs: !f2.enforceEager, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
         out.note(`torch worker: ${r.info.device}, ${r.info.dtype}${r.info.cudaGraphs ? ", CUDA graphs" : ""}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext} (torch ${r.info.torch})`);
         return r;
       }

@@ -37,7 +37,7 @@ cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstrea
 
 describe("engine launchers", () => {
   it("--dry-run vllm: translated flags, memory fraction split across instances, no removed flags", async () => {
-    const r = await runDsr(["--json", "serve", "/models/DeepSeek-R1-Distill-Qwen-7B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "64", "--dtype", "bfloat16", "--quantization", "awq", "--trust-remote-code", "--download-dir", "/data/hf", "--served-model-name", "r1"]);
+    const r = await runDsr(["--json", "serve", "/models/DeepSeek-R1-Distill-Qwen-7B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "64", "--max-num-batched-tokens", "4096", "--dtype", "bfloat16", "--quantization", "awq", "--trust-remote-code", "--download-dir", "/data/hf", "--served-model-name", "r1"]);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const j = JSON.parse(String(r.stdout));
     expect(j.engine).toBe("vllm");
@@ -50,6 +50,7 @@ describe("engine launchers", () => {
     expect(flag("--gpu-memory-utilization")).toBe("0.4");
     expect(flag("--max-model-len")).toBe("8192");
     expect(flag("--max-num-seqs")).toBe("64");
+    expect(flag("--max-num-batched-tokens")).toBe("4096");
     expect(flag("--reasoning-parser")).toBe("deepseek_r1");
     expect(flag("--served-model-name")).toBe("r1");
     expect(flag("--host")).toBe("127.0.0.1");
@@ -60,10 +61,10 @@ describe("engine launchers", () => {
   });
 
   it("--dry-run sglang: its own spellings and /health_generate readiness; plain text prints pasteable lines", async () => {
-    const r = await runDsr(["serve", "m/R1", "--engine", "sglang", "--dry-run", "--tp", "4", "--max-model-len", "4096", "--max-num-seqs", "32", "--gpu-memory-utilization", "0.85"]);
+    const r = await runDsr(["serve", "m/R1", "--engine", "sglang", "--dry-run", "--tp", "4", "--max-model-len", "4096", "--max-num-seqs", "32", "--max-num-batched-tokens", "2048", "--gpu-memory-utilization", "0.85"]);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     expect(r.stderr).toContain("engine: sglang (--engine sglang)");
-    expect(r.stdout).toMatch(/^python3 -m sglang\.launch_server --model-path m\/R1 --host 127\.0\.0\.1 --port \d+ --tp-size 4 --context-length 4096 --mem-fraction-static 0\.85 --max-running-requests 32 --served-model-name R1 --reasoning-parser deepseek-r1 --enable-metrics$/m);
+    expect(r.stdout).toMatch(/^python3 -m sglang\.launch_server --model-path m\/R1 --host 127\.0\.0\.1 --port \d+ --tp-size 4 --context-length 4096 --mem-fraction-static 0\.85 --max-running-requests 32 --chunked-prefill-size 2048 --served-model-name R1 --reasoning-parser deepseek-r1 --enable-metrics$/m);
   });
 
   it("auto picks the embedded engine without a GPU and says why; torch with --tp is a usage error", async () => {
@@ -75,7 +76,7 @@ describe("engine launchers", () => {
   });
 
   it("--dry-run torch --instances 2: dsr children with the torch flags and the memory fraction split", async () => {
-    const r = await runDsr(["--json", "serve", "/models/R1-Distill-Qwen-1.5B", "--engine", "torch", "--dry-run", "--instances", "2", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "32", "--dtype", "float16", "--python", "/opt/py/bin/python3", "--max-model-len", "8192"]);
+    const r = await runDsr(["--json", "serve", "/models/R1-Distill-Qwen-1.5B", "--engine", "torch", "--dry-run", "--instances", "2", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "32", "--max-num-batched-tokens", "256", "--dtype", "float16", "--python", "/opt/py/bin/python3", "--max-model-len", "8192"]);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const j = JSON.parse(String(r.stdout));
     expect(j.engine).toBe("torch");
@@ -86,6 +87,7 @@ describe("engine launchers", () => {
     expect(flag("--instances")).toBe("1");
     expect(flag("--gpu-memory-utilization")).toBe("0.4");
     expect(flag("--max-num-seqs")).toBe("32");
+    expect(flag("--max-num-batched-tokens")).toBe("256");
     expect(flag("--dtype")).toBe("float16");
     expect(flag("--python")).toBe("/opt/py/bin/python3");
     expect(flag("--device")).toBe("auto");

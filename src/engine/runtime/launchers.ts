@@ -20,6 +20,8 @@ export interface EngineFlags {
   dtype?: string;
   kvCacheDtype?: string;
   maxNumSeqs?: number;
+  /** Prompt tokens per scheduler step (chunked prefill): vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size. */
+  maxNumBatchedTokens?: number;
   servedModelName?: string;
   reasoning: boolean;
   trustRemoteCode?: boolean;
@@ -50,6 +52,7 @@ export function vllmCommand(f: EngineFlags, host: string, port: number, vllmBin 
   opt(a, "--dtype", f.dtype);
   opt(a, "--kv-cache-dtype", f.kvCacheDtype);
   opt(a, "--max-num-seqs", f.maxNumSeqs);
+  opt(a, "--max-num-batched-tokens", f.maxNumBatchedTokens);
   opt(a, "--served-model-name", f.servedModelName);
   if (f.reasoning) a.push("--reasoning-parser", "deepseek_r1");
   if (f.trustRemoteCode) a.push("--trust-remote-code");
@@ -69,6 +72,7 @@ export function sglangCommand(f: EngineFlags, host: string, port: number, python
   opt(a, "--dtype", f.dtype);
   opt(a, "--kv-cache-dtype", f.kvCacheDtype);
   opt(a, "--max-running-requests", f.maxNumSeqs);
+  opt(a, "--chunked-prefill-size", f.maxNumBatchedTokens);
   opt(a, "--served-model-name", f.servedModelName);
   if (f.reasoning) a.push("--reasoning-parser", "deepseek-r1");
   if (f.trustRemoteCode) a.push("--trust-remote-code");

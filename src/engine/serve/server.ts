@@ -171,6 +171,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
         if (share !== undefined) a.push("--gpu-memory-utilization", String(share));
         if (cfg.engineFlags.dtype) a.push("--dtype", cfg.engineFlags.dtype);
         if (cfg.engineFlags.maxNumSeqs) a.push("--max-num-seqs", String(cfg.engineFlags.maxNumSeqs));
+        if (cfg.engineFlags.maxNumBatchedTokens) a.push("--max-num-batched-tokens", String(cfg.engineFlags.maxNumBatchedTokens));
         if (cfg.engineFlags.enforceEager) a.push("--enforce-eager");
       }
       cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };
