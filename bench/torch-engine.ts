@@ -4,7 +4,7 @@
  *
  *   node torch-engine.mjs --model DIR [--python python3] [--device cuda] [--dtype bfloat16]
  *                         [--prompt 128] [--decode 128] [--batches 1,8,32,64] [--max-context 1024] [--eager]
- *                         [--prefill-chunk 512] [--constrained]
+ *                         [--prefill-chunk 2048] [--constrained]
  *
  * For each batch size B: B requests of --prompt random token ids each, submitted at once, greedy,
  * exactly --decode new tokens each (no stop ids). Reported per B: wall time, output tokens/s over the
@@ -46,7 +46,7 @@ const { values: a } = parseArgs({
     "max-context": { type: "string", default: "1024" },
     eager: { type: "boolean", default: false },
     constrained: { type: "boolean", default: false },
-    "prefill-chunk": { type: "string", default: "512" },
+    "prefill-chunk": { type: "string", default: "2048" },
   },
 });
 const pct = (xs: number[], p: number) => {

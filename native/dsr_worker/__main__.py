@@ -143,7 +143,7 @@ def main() -> int:
         deferred.append(None)
         return None
 
-    engine = Engine(model, wire, int(first.get("prefillChunk", 512)), ask, int(first.get("maskCache", 256)))
+    engine = Engine(model, wire, int(first.get("prefillChunk", 2048)), ask, int(first.get("maskCache", 256)))
     wire.send(info)
 
     def reader() -> None:

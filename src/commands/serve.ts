@@ -91,7 +91,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang/torch)")
     .option("--kv-cache-dtype <dtype>", "KV cache dtype (vllm/sglang)")
     .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests, torch worker)")
-    .option("--max-num-batched-tokens <n>", "prompt tokens per scheduler step: smaller keeps inter-token latency flat while prompts arrive, larger gives faster TTFT (vllm same name, sglang --chunked-prefill-size, torch worker: per step beside decoding rows, default 512)")
+    .option("--max-num-batched-tokens <n>", "prompt tokens per scheduler step: smaller keeps inter-token latency flat while prompts arrive, larger gives faster TTFT (vllm same name, sglang --chunked-prefill-size, torch worker: per step beside decoding rows, default 2048)")
     .option("--served-model-name <name>", "name clients use (repeat for aliases; default: the model directory name)", collect)
     .option("--reasoning-field <which>", "where <think> text goes: both, reasoning_content, reasoning, none", "both")
     .option("--no-r1-advice", "do not fold system prompts into the user turn or default temperature to generation_config's")

@@ -122,7 +122,7 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
     maxBatch: o.maxBatch ?? 64,
     maxContext,
     memoryFraction: o.memoryFraction ?? 0.9,
-    prefillChunk: o.prefillChunk ?? 512,
+    prefillChunk: o.prefillChunk ?? 2048, // vLLM's API-server default; bench figures in docs/BENCHMARKS.md (session 10)
     cudaGraphs: o.cudaGraphs ?? true,
     threads: o.threads,
     maskCache: o.maskCache ?? WORKER_MASK_CACHE,
