@@ -90,8 +90,8 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--quantization <method>", "quantization method (vllm/sglang)")
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang/torch)")
     .option("--kv-cache-dtype <dtype>", "KV cache dtype (vllm/sglang)")
-    .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests, torch worker)")
-    .option("--max-num-batched-tokens <n>", "prompt tokens per scheduler step: smaller keeps inter-token latency flat while prompts arrive, larger gives faster TTFT (vllm same name, sglang --chunked-prefill-size, torch worker: per step beside decoding rows, default 2048)")
+    .option("--max-num-seqs <n>", "largest running batch per instance (vllm --max-num-seqs, sglang --max-running-requests; embedded default 16, torch 64)")
+    .option("--max-num-batched-tokens <n>", "prompt tokens per scheduler step: smaller keeps inter-token latency flat while prompts arrive, larger gives faster TTFT (vllm same name, sglang --chunked-prefill-size; per step beside decoding rows: embedded default 64, torch 2048)")
     .option("--served-model-name <name>", "name clients use (repeat for aliases; default: the model directory name)", collect)
     .option("--reasoning-field <which>", "where <think> text goes: both, reasoning_content, reasoning, none", "both")
     .option("--no-r1-advice", "do not fold system prompts into the user turn or default temperature to generation_config's")
@@ -232,7 +232,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       }
       // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways
       const { openEmbeddedEngine, defaultOnnxCacheDir } = await import("../engine/runtime/embedded/index.js");
-      const r = await openEmbeddedEngine(path, { threads: cfg.threads, maxContext: cfg.engineFlags.maxModelLen, cacheDir: defaultOnnxCacheDir(c.env.XDG_CACHE_HOME), signal: c.signal });
+      const r = await openEmbeddedEngine(path, { threads: cfg.threads, maxBatch: cfg.engineFlags.maxNumSeqs, prefillChunk: cfg.engineFlags.maxNumBatchedTokens, maxContext: cfg.engineFlags.maxModelLen, cacheDir: defaultOnnxCacheDir(c.env.XDG_CACHE_HOME), signal: c.signal });
       out.note(`embedded engine: ${r.info.weights} weights, ${r.info.threads} thread(s), batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}${r.info.converted ? ` (converted to ${r.info.onnxDir})` : ""}`);
       return r;
     },

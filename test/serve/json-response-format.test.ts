@@ -17,7 +17,7 @@ const Q = "What is 345 + 278? Please reason step by step, and put your final ans
 const JSON_OBJECT = { type: "json_object" } as const;
 
 beforeAll(async () => {
-  gw = await startServe([TINY_R1, "--engine", "embedded"], { env: { XDG_CACHE_HOME: await tempDir() }, timeoutMs: 90_000 });
+  gw = await startServe([TINY_R1, "--engine", "embedded", "--max-num-seqs", "8", "--max-num-batched-tokens", "32"], { env: { XDG_CACHE_HOME: await tempDir() }, timeoutMs: 90_000 });
 }, 120_000);
 
 afterAll(async () => {
@@ -47,6 +47,12 @@ const isObject = (s: string) => {
 
 describe("dsr serve tiny-r1: response_format json_object", () => {
   let greedy: Message;
+
+  it("the engine flags reach the embedded engine: --max-num-seqs sizes its batch", async () => {
+    expect(gw.log()).toMatch(/embedded engine: .*batch ≤ 8,/);
+    const ready = await (await fetch(`${gw.url}/ready`)).json();
+    expect(ready.engine.kv_capacity_tokens).toBe(8 * ready.engine.max_context);
+  });
 
   it("non-stream, temperature 0: reasoning_content is free text, content parses as an object, finish stop", async () => {
     const r = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], temperature: 0, max_tokens: 600, response_format: JSON_OBJECT });

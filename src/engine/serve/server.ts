@@ -166,12 +166,12 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       a.push("--max-concurrency", String(cfg.gateway.maxConcurrency), "--max-queue", String(cfg.gateway.maxQueue), "--grace", "5");
       if (cfg.threads) a.push("--threads", String(cfg.threads));
       if (cfg.engineFlags.maxModelLen) a.push("--max-model-len", String(cfg.engineFlags.maxModelLen));
+      if (cfg.engineFlags.maxNumSeqs) a.push("--max-num-seqs", String(cfg.engineFlags.maxNumSeqs));
+      if (cfg.engineFlags.maxNumBatchedTokens) a.push("--max-num-batched-tokens", String(cfg.engineFlags.maxNumBatchedTokens));
       if (engine === "torch") {
         a.push("--python", cfg.python, "--device", cfg.device);
         if (share !== undefined) a.push("--gpu-memory-utilization", String(share));
         if (cfg.engineFlags.dtype) a.push("--dtype", cfg.engineFlags.dtype);
-        if (cfg.engineFlags.maxNumSeqs) a.push("--max-num-seqs", String(cfg.engineFlags.maxNumSeqs));
-        if (cfg.engineFlags.maxNumBatchedTokens) a.push("--max-num-batched-tokens", String(cfg.engineFlags.maxNumBatchedTokens));
         if (cfg.engineFlags.enforceEager) a.push("--enforce-eager");
       }
       cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };

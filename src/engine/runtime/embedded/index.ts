@@ -142,7 +142,8 @@ export async function openEmbeddedEngine(
   }
   const threads = opts.threads ?? availableParallelism();
   const sessionOpts = { threads, maxBatch, maxContext };
-  const schedOpts = { maxBatch, maxContext, prefillChunk: opts.prefillChunk ?? 64, prefillChunkIdle: 512 };
+  const prefillChunk = opts.prefillChunk ?? 64;
+  const schedOpts = { maxBatch, maxContext, prefillChunk, prefillChunkIdle: Math.max(512, prefillChunk) };
   const workerUrl = opts.worker === false ? undefined : bundledWorker();
   if (opts.worker === true && !workerUrl) throw new DsrError("DSR_NO_WORKER", "the embedded engine worker is not built", { hint: "run `npm run build`" });
   // Built here, once: the engine (maybe a worker without the tokenizer) checks constrained output against it.
