@@ -16,7 +16,7 @@ import { compileJsonSchema, SchemaError } from "../../src/engine/runtime/embedde
 import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
 import { tokenByteTable, type TokenByteTable } from "../../src/engine/text/token-bytes.js";
 import { loadTextModel, type TextModel } from "../../src/engine/text/index.js";
-import { buildTiny, GREEDY, mutateOnce, TINY_R1 } from "./support.js";
+import { ADDITION_QUESTION, ANSWER_SCHEMA, buildTiny, GREEDY, mutateOnce, TINY_R1 } from "./support.js";
 import { COMPLETIONS, documentGenerator, hasDuplicateKeys, schemaGenerator, validate } from "./json-schema-reference.js";
 
 const enc = (s: string) => Buffer.from(s, "utf8");
@@ -319,13 +319,8 @@ describe("json_schema masks on tiny-r1's vocabulary", () => {
 
 describe("json_schema on the embedded engine (tiny-r1)", () => {
   let engine: Awaited<ReturnType<typeof openEmbeddedEngine>>["engine"];
-  const Q = "What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}.";
-  const schema = {
-    type: "object",
-    properties: { answer: { type: "integer" }, op: { enum: ["plus", "minus"] }, checked: { type: "boolean" }, note: { anyOf: [{ type: "null" }, { type: "string" }] } },
-    required: ["answer", "op", "checked"],
-    additionalProperties: false,
-  };
+  const Q = ADDITION_QUESTION;
+  const schema = ANSWER_SCHEMA;
   beforeAll(async () => {
     ({ engine } = await openEmbeddedEngine(await buildTiny("fp32"), { threads: 2, maxBatch: 8, maxContext: 1024 }));
   }, 60_000);

@@ -15,6 +15,15 @@ export async function buildTiny(weights: WeightFormat, blockSize?: number): Prom
   return dir;
 }
 
+/** tiny-r1's arithmetic question, and a schema for its answer (the engines' response_format tests). */
+export const ADDITION_QUESTION = "What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}.";
+export const ANSWER_SCHEMA = {
+  type: "object",
+  properties: { answer: { type: "integer" }, op: { enum: ["plus", "minus"] }, checked: { type: "boolean" }, note: { anyOf: [{ type: "null" }, { type: "string" }] } },
+  required: ["answer", "op", "checked"],
+  additionalProperties: false,
+};
+
 export const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1 };
 
 /**

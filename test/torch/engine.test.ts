@@ -13,7 +13,7 @@ import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
 import { openTorchEngine, type TorchEngineInfo } from "../../src/engine/runtime/torch/index.js";
 import type { SamplingParams, SubmitRequest, TokenEngine } from "../../src/engine/runtime/types.js";
 import type { TextModel } from "../../src/engine/text/index.js";
-import { arithmeticProblems, buildTiny, collect, GREEDY, TINY_R1 } from "../engine/support.js";
+import { ADDITION_QUESTION, ANSWER_SCHEMA, arithmeticProblems, buildTiny, collect, GREEDY, TINY_R1 } from "../engine/support.js";
 import { validate } from "../engine/json-schema-reference.js";
 import { tempDir } from "../support/tmp.js";
 import { TORCH_PYTHON } from "./python.js";
@@ -117,13 +117,8 @@ describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
 describe.skipIf(!TORCH_PYTHON)("torch worker: response_format (the gateway checks the worker's draws)", () => {
   let engine: TokenEngine;
   let text: TextModel;
-  const Q = "What is 345 + 278? Please reason step by step, and put your final answer within \\boxed{}.";
-  const schema = {
-    type: "object",
-    properties: { answer: { type: "integer" }, op: { enum: ["plus", "minus"] }, checked: { type: "boolean" }, note: { anyOf: [{ type: "null" }, { type: "string" }] } },
-    required: ["answer", "op", "checked"],
-    additionalProperties: false,
-  };
+  const Q = ADDITION_QUESTION;
+  const schema = ANSWER_SCHEMA;
   beforeAll(async () => {
     // two masks on the worker: states refuse more than two kinds of draw, so masks are evicted and sent again
     ({ engine, text } = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 4, maxContext: 1024, threads: 2, maskCache: 2 }));
