@@ -94,6 +94,7 @@ def open_model(msg: dict) -> tuple[DenseDecoder, dict]:
         "vocab": arch["vocab"],
         "maxBatch": slots,
         "maxContext": model.context,
+        "prefillChunk": int(msg.get("prefillChunk", 2048)),
         "kvBytesPerToken": DenseDecoder.kv_bytes_per_token(arch, dtype),
         "device": f"{device} ({name})",
         "dtype": str(dtype).removeprefix("torch."),

@@ -227,7 +227,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
         const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
         const f2 = cfg.engineFlags;
         const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, prefillChunk: f2.maxNumBatchedTokens, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, cudaGraphs: !f2.enforceEager, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
-        out.note(`torch worker: ${r.info.device}, ${r.info.dtype}${r.info.cudaGraphs ? ", CUDA graphs" : ""}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext} (torch ${r.info.torch})`);
+        out.note(`torch worker: ${r.info.device}, ${r.info.dtype}${r.info.cudaGraphs ? ", CUDA graphs" : ""}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}, ${r.info.prefillChunk} prompt tokens per step (torch ${r.info.torch})`);
         return r;
       }
       // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways

@@ -34,7 +34,7 @@ describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch (CPU)", () => {
   let answer: { reasoning: string; content: string };
 
   beforeAll(async () => {
-    gw = await startServe([TINY_R1, "--engine", "torch", "--python", TORCH_PYTHON!, "--device", "cpu", "--max-num-seqs", "4", "--max-model-len", "512", "--threads", "2"], { timeoutMs: 60_000 });
+    gw = await startServe([TINY_R1, "--engine", "torch", "--python", TORCH_PYTHON!, "--device", "cpu", "--max-num-seqs", "4", "--max-model-len", "512", "--max-num-batched-tokens", "16", "--threads", "2"], { timeoutMs: 60_000 });
   }, 90_000);
   afterAll(async () => {
     if (gw?.proc.exitCode === null) await gw.stop();
@@ -42,7 +42,7 @@ describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch (CPU)", () => {
 
   it("says which engine and what it loaded", () => {
     expect(gw.log()).toContain("engine: torch (--engine torch)");
-    expect(gw.log()).toMatch(/torch worker: cpu \(cpu\), float32, 0\.02 GiB of weights in [\d.]+ s, batch ≤ 4, context 512/);
+    expect(gw.log()).toMatch(/torch worker: cpu \(cpu\), float32, 0\.02 GiB of weights in [\d.]+ s, batch ≤ 4, context 512, 16 prompt tokens per step/);
   });
 
   it("answers like the embedded engine: same greedy reasoning and content, split out of <think>", async () => {

@@ -48,6 +48,8 @@ export interface TorchEngineInfo {
   vocab: number;
   maxBatch: number;
   maxContext: number;
+  /** Prompt tokens per step beside decoding rows. */
+  prefillChunk: number;
   kvBytesPerToken: number;
   device: string;
   dtype: string;
