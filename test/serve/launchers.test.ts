@@ -128,6 +128,10 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     const autoTorch = JSON.parse(String((await runDsr(["--json", "serve", "m", "--engine", "torch", "--dry-run", "--instances", "auto"], { env })).stdout));
     expect(autoTorch.children).toHaveLength(4);
     expect((await runDsr(["serve", "m", "--engine", "embedded", "--dry-run", "--instances", "auto"], { env })).stdout).toContain("# embedded engine in process");
+    // CUDA_VISIBLE_DEVICES=-1 hides every GPU, as CUDA reads it: nothing placed, auto picks the CPU engine
+    const hidden = JSON.parse(String((await runDsr(["--json", "serve", "m", "--engine", "vllm", "--dry-run", "--instances", "2"], { env: { ...env, CUDA_VISIBLE_DEVICES: "-1" } })).stdout));
+    expect(hidden.children.map((c: { env: Record<string, string> }) => c.env)).toEqual([{}, {}]);
+    expect(JSON.parse(String((await runDsr(["--json", "serve", "m", "--dry-run"], { env: { ...env, CUDA_VISIBLE_DEVICES: "-1" } })).stdout)).engine).toBe("embedded");
     // a torch worker told its device is not moved
     const pinned = JSON.parse(String((await runDsr(["--json", "serve", "m", "--engine", "torch", "--dry-run", "--instances", "2", "--device", "cuda:1"], { env })).stdout));
     expect(pinned.children.map((c: { env: Record<string, string> }) => c.env)).toEqual([{}, {}]);

@@ -118,7 +118,12 @@ export async function visibleGpus(pathValue: string | undefined, env: NodeJS.Pro
   const smi = await which("nvidia-smi", pathValue);
   if (!smi) return [];
   const given = env.CUDA_VISIBLE_DEVICES;
-  if (given !== undefined) return given.split(",").map((d) => d.trim()).filter(Boolean);
+  if (given !== undefined) {
+    // as CUDA reads it: the entries up to the first that names no device ("-1" hides them all)
+    const list = given.split(",").map((d) => d.trim());
+    const bad = list.findIndex((d) => !/^(\d+|GPU-[\w-]+|MIG-[\w/-]+)$/.test(d));
+    return bad < 0 ? list : list.slice(0, bad);
+  }
   const r = await run(smi, ["-L"], 10_000);
   return r.ok ? [...r.stdout.matchAll(/^GPU (\d+):/gm)].map((m) => m[1]!) : [];
 }
