@@ -134,9 +134,7 @@ def main() -> int:
     inbox: queue.Queue = queue.Queue()
     deferred: list = []  # what arrived while a step waited for a verdict: handled after the step
 
-    def ask(msg: dict) -> list | None:
-        wire.queue(msg)
-        wire.flush()
+    def next_verdict() -> list | None:
         while (m := inbox.get()) is not None:
             if m["type"] == "verdict":
                 return m["rows"]
@@ -144,7 +142,7 @@ def main() -> int:
         deferred.append(None)
         return None
 
-    engine = Engine(model, wire, int(first.get("prefillChunk", 2048)), ask, int(first.get("maskCache", 256)))
+    engine = Engine(model, wire, int(first.get("prefillChunk", 2048)), next_verdict, int(first.get("maskCache", 256)))
     wire.send(info)
 
     def reader() -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from .model import DenseDecoder
-from .sampling import MaskCache, RowState, sample
+from .sampling import Drawn, MaskCache, RowState
 from .wire import Wire
 
 
@@ -34,9 +34,9 @@ def request_error(code: str, message: str, hint: str) -> dict:
 
 
 class Engine:
-    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int, ask: Callable[[dict], list | None], mask_cache: int):
-        """`ask` sends a message to the gateway and returns its `verdict` rows (None: the gateway is gone)."""
-        self.model, self.wire, self.prefill_chunk, self.ask = model, wire, prefill_chunk, ask
+    def __init__(self, model: DenseDecoder, wire: Wire, prefill_chunk: int, next_verdict: Callable[[], list | None], mask_cache: int):
+        """`next_verdict` waits for the gateway's next `verdict` and returns its rows (None: the gateway is gone)."""
+        self.model, self.wire, self.prefill_chunk, self.next_verdict = model, wire, prefill_chunk, next_verdict
         self.masks = MaskCache(mask_cache, model.vocab, model.device)
         self.waiting: deque[Seq] = deque()
         self.prefilling: deque[Seq] = deque()
@@ -107,18 +107,16 @@ class Engine:
             seq = self.waiting.popleft()
             seq.slot = self.free.pop()
             self.prefilling.append(seq)
-        # decode first: the rows generating now must not wait behind a long prompt
+        # decode first: the rows generating now must not wait behind a long prompt. Their tokens are
+        # drawn now and made final after the prompts' forward, so that the gateway checks the
+        # constrained ones (response_format) while it runs.
+        decode = None
         if self.decoding:
             rows = list(self.decoding)
             t0 = time.perf_counter()
             logits = self.model.forward([[s.next] for s in rows], [s.filled for s in rows], [s.slot for s in rows])
-            ids, lps = self._sample(logits, rows)
+            decode = (rows, self._draw(logits, rows))
             self.counters["decodeMs"] += (time.perf_counter() - t0) * 1000
-            self.counters["decodeTokens"] += len(rows)
-            self.counters["decodeSteps"] += 1
-            for s, t, lp in zip(rows, ids, lps):
-                s.filled += 1
-                self._emit(s, t, lp)
         # prompts take a token budget per step: small beside decoding rows (it bounds their wait),
         # larger when nothing decodes. Chunks of several prompts go in one forward, padded to the
         # longest; the padding's keys land past each prompt, where its own next tokens overwrite
@@ -135,6 +133,7 @@ class Engine:
             rows.append(seq)
             chunks.append(n)
             budget -= n
+        prompts = None
         if rows:
             t0 = time.perf_counter()
             T = max(chunks)
@@ -147,37 +146,55 @@ class Engine:
                 if s.filled == len(s.prompt):
                     done.append(i)
             if done:
-                ids, lps = self._sample(logits[done], [rows[i] for i in done])
-                for i, t, lp in zip(done, ids, lps):
-                    self.prefilling.remove(rows[i])
-                    self.decoding.append(rows[i])
-                    self._emit(rows[i], t, lp)
+                done_rows = [rows[i] for i in done]
+                prompts = (done_rows, self._draw(logits[done], done_rows))
             elif self.model.device.type == "cuda":
                 torch.cuda.synchronize()  # so prefillMs measures the chunk, not its launch
             self.counters["prefillMs"] += (time.perf_counter() - t0) * 1000
+        if decode is not None:
+            t0 = time.perf_counter()
+            ids, lps = self._final(*decode)
+            self.counters["decodeMs"] += (time.perf_counter() - t0) * 1000
+            self.counters["decodeTokens"] += len(decode[0])
+            self.counters["decodeSteps"] += 1
+            for s, t, lp in zip(decode[0], ids, lps):
+                s.filled += 1
+                self._emit(s, t, lp)
+        if prompts is not None:
+            for s, t, lp in zip(prompts[0], *self._final(*prompts)):
+                self.prefilling.remove(s)
+                self.decoding.append(s)
+                self._emit(s, t, lp)
 
-    def _sample(self, logits: torch.Tensor, rows: list[Seq]) -> tuple[list[int], list[dict | None]]:
-        return sample(logits, [s.sampler for s in rows], [i for i, s in enumerate(rows) if s.constrained], lambda idx, tokens: self._check([rows[i] for i in idx], tokens))
+    def _draw(self, logits: torch.Tensor, rows: list[Seq]) -> Drawn:
+        """Draws the rows' tokens; the constrained ones go to the gateway at once (`check`), and
+        _final() takes its verdict. One round trip per check, overlapped with whatever runs between."""
+        constrained = [i for i, s in enumerate(rows) if s.constrained]
+        d = Drawn(logits, [s.sampler for s in rows], constrained)
+        if constrained:
+            self.wire.queue({"type": "check", "rows": [x for i in constrained for x in (rows[i].id, d.ids[i])]})
+            self.wire.flush()
+        return d
 
-    def _check(self, rows: list[Seq], tokens: list[int]) -> list:
-        """One round trip per step with constrained rows (remote-constraints.ts): their drawn tokens go
-        to the gateway, which answers each with True, a mask to draw again under, or False."""
-        flat = [x for s, t in zip(rows, tokens) for x in (s.id, t)]
+    def _final(self, rows: list[Seq], d: Drawn) -> tuple[list[int], list[dict | None]]:
+        if not d.constrained:
+            return d.finish()
+        checked = [rows[i] for i in d.constrained]
         t0 = time.perf_counter()
-        verdicts = self.ask({"type": "check", "rows": flat})
+        verdicts = self.next_verdict()  # verdicts come in the order the checks went out
         self.counters["checks"] += 1
         self.counters["checkMs"] += (time.perf_counter() - t0) * 1000
-        if verdicts is None or len(verdicts) != len(rows):
-            verdicts = [False] * len(rows)  # the gateway is gone: nothing will read these rows
-        out = []
-        for s, v in zip(rows, verdicts):
+        if verdicts is None or len(verdicts) != len(checked):
+            verdicts = [False] * len(checked)  # the gateway is gone: nothing will read these rows
+        resolved = []
+        for s, v in zip(checked, verdicts):
             v = self.masks.resolve(v)
             if v is False:
                 s.dropped = True
             elif v is not True:
                 self.counters["redraws"] += 1
-            out.append(v)
-        return out
+            resolved.append(v)
+        return d.finish(resolved)
 
     def stats(self) -> dict:
         m = self.model

@@ -7,7 +7,6 @@ on the rest of the batch. Logprobs are of the penalised distribution at temperat
 from __future__ import annotations
 
 import base64
-from typing import Callable
 
 import torch
 
@@ -117,36 +116,45 @@ def _draw(x: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
     return out
 
 
-def sample(logits: torch.Tensor, rows: list[RowState], constrained: list[int] = (), check: Callable[[list[int], list[int]], list] | None = None) -> tuple[list[int], list[dict | None]]:
-    """logits [B, V] fp32 (edited in place by penalties) → one token id per row, and its logprobs.
+class Drawn:
+    """A batch's tokens, drawn but not final until finish(): the rows listed in `constrained` wait for
+    the gateway's verdicts on their tokens (remote-constraints.ts), which the caller may ask for while
+    other work runs."""
 
-    `constrained`: rows whose drawn token `check(rows, tokens)` must allow; it answers per row True,
-    a bool mask to draw again under, or False (the row is being dropped: any token will do). The
-    refused rows are drawn again together, as the embedded sampler's accept-or-redraw: greedy gets
-    the best allowed token, sampling the cut distribution of what is allowed."""
-    for i, r in enumerate(rows):
-        r.penalise(logits[i])
-    out = _draw(logits, rows)
-    ids = out.tolist()
-    if constrained and check is not None:
-        redo = [(i, v) for i, v in zip(constrained, check(list(constrained), [ids[i] for i in constrained])) if isinstance(v, torch.Tensor)]
+    def __init__(self, logits: torch.Tensor, rows: list[RowState], constrained: list[int]):
+        """logits [B, V] fp32, edited in place by the penalties."""
+        for i, r in enumerate(rows):
+            r.penalise(logits[i])
+        self.logits, self.rows, self.constrained = logits, rows, constrained
+        self.out = _draw(logits, rows)
+        self.ids: list[int] = self.out.tolist()
+
+    def finish(self, verdicts: list | None = None) -> tuple[list[int], list[dict | None]]:
+        """The final token ids and their logprobs. `verdicts`, one per constrained row: True, a bool
+        mask to draw again under, or False (the row is being dropped: any token will do). Refused rows
+        are drawn again together, as the embedded sampler's accept-or-redraw: greedy gets the best
+        allowed token, sampling the cut distribution of what is allowed."""
+        logits, rows, out = self.logits, self.rows, self.out
+        redo = [(i, v) for i, v in zip(self.constrained, verdicts or ()) if isinstance(v, torch.Tensor)]
         if redo:
             sel = torch.tensor([i for i, _ in redo], device=logits.device)
             allowed = torch.stack([m for _, m in redo])
             out[sel] = _draw(logits[sel].masked_fill(~allowed, float("-inf")), [rows[i] for i, _ in redo])
-            ids = out.tolist()
-    lps: list[dict | None] = [None] * len(rows)
-    want = [i for i, r in enumerate(rows) if r.logprobs is not None]
-    if want:
-        sel = torch.tensor(want, device=logits.device)
-        lp = logits[sel].log_softmax(-1)
-        n = max(int(rows[i].logprobs) for i in want)
-        top_v, top_i = lp.topk(max(n, 1), dim=-1)
-        chosen = lp.gather(1, out[sel][:, None]).squeeze(1).tolist()
-        top_v, top_i = top_v.tolist(), top_i.tolist()
-        for j, i in enumerate(want):
-            k = int(rows[i].logprobs)
-            lps[i] = {"id": ids[i], "logprob": chosen[j], "top": [{"id": top_i[j][m], "logprob": top_v[j][m]} for m in range(k)]}
-    for i, r in enumerate(rows):
-        r.accept(ids[i])
-    return ids, lps
+            self.ids = out.tolist()
+        ids = self.ids
+        lps: list[dict | None] = [None] * len(rows)
+        want = [i for i, r in enumerate(rows) if r.logprobs is not None]
+        if want:
+            sel = torch.tensor(want, device=logits.device)
+            lp = logits[sel].log_softmax(-1)
+            n = max(int(rows[i].logprobs) for i in want)
+            top_v, top_i = lp.topk(max(n, 1), dim=-1)
+            chosen = lp.gather(1, out[sel][:, None]).squeeze(1).tolist()
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for j, i in enumerate(want):
+                k = int(rows[i].logprobs)
+                lps[i] = {"id": ids[i], "logprob": chosen[j], "top": [{"id": top_i[j][m], "logprob": top_v[j][m]} for m in range(k)]}
+        for i, r in enumerate(rows):
+            r.accept(ids[i])
+        return ids, lps
+

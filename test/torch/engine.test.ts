@@ -170,6 +170,27 @@ describe.skipIf(!TORCH_PYTHON)("torch worker: response_format (the gateway check
     expect(JSON.parse(text.decode((await run(engine, { kind: "json_object" })).ids))).toBeTypeOf("object");
   }, 60_000);
 
+  it("a prompt that finishes beside a constrained row decoding: both checks of the step, the same tokens as alone", async () => {
+    const fromStart = { kind: "json_schema" as const, schema }; // constrained from the first token: the prompt's draw is checked too
+    const alone = await run(engine, fromStart, GREEDY, 120);
+    expect(validate(schema, JSON.parse(text.decode(alone.ids))), text.decode(alone.ids)).toBe(true);
+    const prompt = text.encode(text.applyChatTemplate([{ role: "user", content: Q }]));
+    let started!: () => void;
+    const third = new Promise<void>((r) => (started = r));
+    const first = (async () => {
+      const ids: number[] = [];
+      for await (const c of engine.submit({ promptIds: prompt, sampling: GREEDY, maxTokens: 120, stopIds: text.eosTokenIds, constraint: fromStart })) {
+        ids.push(...c.ids);
+        if (ids.length === 3) started();
+      }
+      return ids;
+    })();
+    await third;
+    const second = run(engine, fromStart, GREEDY, 120);
+    expect(await first).toEqual(alone.ids);
+    expect((await second).ids).toEqual(alone.ids);
+  }, 60_000);
+
   it("seeded: answers validate, a seed repeats alone and beside other rows; a budget inside the value ends with length", async () => {
     const hot = (seed: number): SamplingParams => ({ ...GREEDY, temperature: 0.8, topP: 0.95, topK: 40, seed });
     const outs = await Promise.all([1, 2, 3].map((seed) => run(engine, after("json_schema"), hot(seed))));
