@@ -135,6 +135,8 @@ def main() -> int:
     deferred: list = []  # what arrived while a step waited for a verdict: handled after the step
 
     def next_verdict() -> list | None:
+        if None in deferred:
+            return None  # the gateway is gone: no verdict will come (a step may wait for two)
         while (m := inbox.get()) is not None:
             if m["type"] == "verdict":
                 return m["rows"]

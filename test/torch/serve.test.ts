@@ -122,6 +122,36 @@ describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch (CPU)", () => {
   });
 });
 
+/** Whether `pid` is a running process (not gone, not a zombie). */
+const running = (pid: number) => {
+  try {
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+};
+
+describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch, killed", () => {
+  it("a gateway killed mid-generation (SIGKILL) leaves no worker behind: it sees the socket close and exits", async () => {
+    const gw = await startServe([TINY_R1, "--engine", "torch", "--python", TORCH_PYTHON!, "--device", "cpu", "--max-num-seqs", "4", "--max-model-len", "1024", "--threads", "1"], { timeoutMs: 60_000 });
+    const [pid] = childPids(gw.proc.pid!);
+    expect(pid).toBeDefined();
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "none", maxRetries: 0 });
+    const body = { model: "tiny-r1", messages: [{ role: "user" as const, content: Q }], temperature: 0, max_tokens: 800, stream: true as const, response_format: { type: "json_object" as const } };
+    const streams = [client.chat.completions.create(body), client.chat.completions.create(body)].map(async (p) => {
+      try {
+        for await (const _ of await p) void _;
+      } catch {
+        // the gateway is gone
+      }
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    gw.proc.kill("SIGKILL");
+    await Promise.all(streams);
+    await expect.poll(() => running(pid!), { timeout: 15_000, interval: 100 }).toBe(false);
+  }, 90_000);
+});
+
 describe.skipIf(!TORCH_PYTHON)("dsr serve --engine torch --instances 2 (CPU)", () => {
   it("runs two supervised children, each with its own worker, behind the router", async () => {
     const gw = await startServe([TINY_R1, "--engine", "torch", "--instances", "2", "--python", TORCH_PYTHON!, "--device", "cpu", "--max-num-seqs", "2", "--max-model-len", "256", "--threads", "1"], { timeoutMs: 90_000 });
