@@ -138,7 +138,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     upstreamApiKey: f.upstreamApiKey,
     host: f.host,
     port: int(f.port, "--port", 0, 65535),
-    instances: f.instances === "auto" ? 0 : int(f.instances, "--instances", 1, 64),
+    instances: instancesFlag(f.instances),
     workers: f.workers === "auto" ? availableParallelism() : int(f.workers, "--workers", 1, 256),
     servedNames: f.servedModelName?.length ? f.servedModelName : model && !f.upstream?.length ? [basename(model.replace(/\/+$/, ""))] : [],
     reasoningFields: reasoningFields(f.reasoningField),
@@ -161,7 +161,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     },
     python: f.python,
     device: f.device,
-    threads: f.threads === undefined ? Math.max(1, Math.floor(availableParallelism() / (f.instances === "auto" ? 1 : int(f.instances, "--instances", 1, 64)))) : int(f.threads, "--threads", 1, 1024),
+    threads: f.threads === undefined ? Math.max(1, Math.floor(availableParallelism() / Math.max(1, instancesFlag(f.instances)))) : int(f.threads, "--threads", 1, 1024),
     readyTimeoutMs: seconds(f.readyTimeout, "--ready-timeout") * 1000,
     gateway: {
       apiKeys: keys,
@@ -270,6 +270,12 @@ function reasoningFields(v: string): ReasoningField[] {
 }
 
 const int = (v: string, flag: string, min: number, max: number) => parseIntFlag(v, flag, min, max);
+/** --instances: 1–64, or auto (0: one per GPU group, resolved by planServe). */
+function instancesFlag(v: string): number {
+  if (v === "auto") return 0;
+  if (!/^\d+$/.test(v)) throw usageError(`--instances ${v}: expected auto or an integer from 1 to 64`);
+  return int(v, "--instances", 1, 64);
+}
 const optInt = (v: string | undefined, flag: string) => (v === undefined ? undefined : int(v, flag, 1, 1e9));
 
 function fraction(v: string): number {

@@ -73,6 +73,9 @@ describe("engine launchers", () => {
     const t = await runDsr(["serve", "m", "--engine", "torch", "--tp", "2", "--dry-run"]);
     expect(t.exitCode).toBe(2);
     expect(t.stderr).toMatch(/--tp \/ --pp are not built into the torch worker yet/);
+    const bad = await runDsr(["serve", "m", "--instances", "many", "--dry-run"]);
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toContain("--instances many: expected auto or an integer from 1 to 64");
   });
 
   it("--dry-run torch --instances 2: dsr children with the torch flags and the memory fraction split", async () => {
