@@ -1,14 +1,14 @@
 /**
  * Constrained decoding (response_format) for an engine that samples in another process: the torch
  * worker draws tokens on the GPU, while the JSON machine (embedded/json-constraint.ts) stays here,
- * in one place for every engine. Once per step the worker sends the tokens it drew for its
- * constrained rows (`check`); each gets `true` (it may follow), or the state's full mask as a
- * base64 bitmask, under which the worker draws again (`verdict`). That is the embedded sampler's
- * accept-or-redraw (sampler.ts): the drawn token is usually allowed (inside a JSON string or number
- * almost anything is), so a step costs one check, not a scan of the vocabulary; a mask crosses the
- * socket once and is then named by its id. Tokens are
- * committed here as the worker emits them; the token that completes the value ends the stream with
- * finish "stop", as on the embedded engine.
+ * in one place for every engine. After drawing, the worker sends the tokens of its constrained rows
+ * (`check`: one for the step's decode rows, one for its finished prompts); each gets `true` (it may
+ * follow), or the state's full mask as a base64 bitmask, under which the worker draws again
+ * (`verdict`). That is the embedded sampler's accept-or-redraw (sampler.ts): the drawn token is
+ * usually allowed (inside a JSON string or number almost anything is), so a row costs one check,
+ * not a scan of the vocabulary; a mask crosses the
+ * socket once and is then named by its id. Tokens are committed here as the worker emits them; the
+ * token that completes the value ends the stream with finish "stop", as on the embedded engine.
  */
 import { DsrError } from "../errors.js";
 import type { TokenByteTable } from "../text/token-bytes.js";

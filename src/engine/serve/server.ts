@@ -119,18 +119,23 @@ export interface ServePlan {
   upstreams: string[];
 }
 
-/** Decides the engine. `auto`: vLLM if installed and a GPU is visible, else the torch worker if PyTorch is there too, else embedded. */
-export async function chooseEngine(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env">): Promise<{ engine: ServePlan["engine"]; reason: string }> {
+/**
+ * Decides the engine. `auto`: vLLM if installed and a GPU is visible, else the torch worker if
+ * PyTorch is there too, else embedded. `listGpus`: the visible GPUs, asked for only by `auto`.
+ */
+export async function chooseEngine(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env">, listGpus: () => Promise<string[]>): Promise<{ engine: ServePlan["engine"]; reason: string }> {
   if (cfg.upstreams.length > 0) return { engine: "upstream", reason: `--upstream given (${cfg.upstreams.length} URL${cfg.upstreams.length > 1 ? "s" : ""})` };
   if (cfg.engine !== "auto") return { engine: cfg.engine, reason: `--engine ${cfg.engine}` };
-  const gpus = (await visibleGpus(deps.pathValue, deps.env)).length;
+  const gpus = (await listGpus()).length;
   if (gpus > 0 && (await which("vllm", deps.pathValue))) return { engine: "vllm", reason: `auto: vllm installed and ${gpus} GPU(s) visible` };
   if (gpus > 0 && (await pythonHas(cfg.python, "torch", deps.env))) return { engine: "torch", reason: `auto: ${gpus} GPU(s) and PyTorch in ${cfg.python}, no vllm on PATH; using the torch worker` };
   return { engine: "embedded", reason: gpus > 0 ? `auto: ${gpus} GPU(s) but neither vllm on PATH nor PyTorch in ${cfg.python}; using the embedded CPU engine` : "auto: no GPU visible; using the embedded CPU engine" };
 }
 
 export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathValue" | "env" | "selfCommand">): Promise<ServePlan> {
-  const { engine, reason } = await chooseEngine(cfg, deps);
+  let listed: Promise<string[]> | undefined; // nvidia-smi runs once for the engine choice and the placement
+  const listGpus = () => (listed ??= visibleGpus(deps.pathValue, deps.env));
+  const { engine, reason } = await chooseEngine(cfg, deps, listGpus);
   if (engine === "upstream") return { engine, reason, children: [], upstreams: cfg.upstreams };
   if (engine === "torch" && ((cfg.engineFlags.tp ?? 1) > 1 || (cfg.engineFlags.pp ?? 1) > 1)) {
     throw new DsrError("DSR_USAGE", "--engine torch runs one GPU per instance; --tp / --pp are not built into the torch worker yet", {
@@ -144,7 +149,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
   // told a device (cuda:N, cpu) goes where it is told.
   const placeable = engine !== "embedded" && !(engine === "torch" && cfg.device !== "auto" && cfg.device !== "cuda");
   const perInstance = engine === "torch" ? 1 : (cfg.engineFlags.tp ?? 1) * (cfg.engineFlags.pp ?? 1);
-  const gpus = placeable ? await visibleGpus(deps.pathValue, deps.env) : [];
+  const gpus = placeable ? await listGpus() : [];
   const n = cfg.instances || Math.max(1, Math.floor(gpus.length / perInstance));
   const why = cfg.instances ? reason : `${reason}; --instances auto: ${n} (${placeable ? `${gpus.length} GPU(s), ${perInstance} per instance` : "one for this engine"})`;
   // --workers > 1 runs the gateway in several processes, so even one token engine becomes a child
