@@ -6,9 +6,9 @@
  * follow), or the state's full mask as a base64 bitmask, under which the worker draws again
  * (`verdict`). That is the embedded sampler's accept-or-redraw (sampler.ts): the drawn token is
  * usually allowed (inside a JSON string or number almost anything is), so a row costs one check,
- * not a scan of the vocabulary; a mask crosses the
- * socket once and is then named by its id. Tokens are committed here as the worker emits them; the
- * token that completes the value ends the stream with finish "stop", as on the embedded engine.
+ * not a scan of the vocabulary; a mask crosses the socket once and is then named by its id. Tokens
+ * are committed here as the worker emits them; the token that completes the value ends the stream
+ * with finish "stop", as on the embedded engine.
  */
 import { DsrError } from "../errors.js";
 import type { TokenByteTable } from "../text/token-bytes.js";
