@@ -14,7 +14,7 @@
  * reported so a saturated generator would be visible. Targets are measured in interleaved rounds
  * (direct, dsr, dsr --workers N, nginx, then again…) so that load from other processes drifts over
  * all of them alike. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 50]
- * [--seconds 12] [--rounds 3] [--dsr-workers 2] [--nginx-workers auto]` — prints one JSON document.
+ * [--seconds 12] [--rounds 3] [--tokens 64] [--dsr-workers 2] [--nginx-workers auto]` — prints one JSON document.
  *
  * On a many-core machine each side gets fixed cores through `taskset`: `--proxy-cpus 0-3` pins dsr,
  * dsr --workers and nginx to the same cores, with nginx worker_processes = dsr --workers = 4;
@@ -46,13 +46,18 @@ import { freePort } from "../src/engine/serve/free-ports.js";
 const ROOT = process.env.DSR_BENCH_ROOT ?? dirname(dirname(fileURLToPath(import.meta.url)));
 const arg = (name: string, d: string) => {
   const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : d;
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : d;
 };
 /** Number of CPUs in a taskset list such as "0-3,8". */
 const cpuCount = (list: string) => list.split(",").reduce((n, r) => n + (r.includes("-") ? Number(r.split("-")[1]) - Number(r.split("-")[0]) + 1 : 1), 0);
 const CONC = Number(arg("--concurrency", "1000"));
 const PACE = Number(arg("--pace-ms", "50"));
-const TOKENS = 64;
+/**
+ * Tokens per stream (64). `--tokens 1` leaves each stream about one upstream read, so CPU per stream
+ * is then mostly the per-request cost (heads, body, routing, bookkeeping); the difference from the
+ * 64-token figure is the per-read cost.
+ */
+const TOKENS = Number(arg("--tokens", "64"));
 const SECONDS = Number(arg("--seconds", "12"));
 const ROUNDS = Number(arg("--rounds", "3"));
 const PROXY_CPUS = arg("--proxy-cpus", "");

@@ -191,6 +191,30 @@ describe.skipIf(!TORCH_PYTHON)("torch worker: response_format (the gateway check
     expect((await second).ids).toEqual(alone.ids);
   }, 60_000);
 
+  it("a state that no token of the vocabulary continues fails its request with DSR_CONSTRAINT_DEAD_END; the row beside it finishes as alone", async () => {
+    // a vocabulary whose only text token is `{`: json_object gets its `{` (a redraw under a one-token
+    // mask), and then nothing can follow (no `"`, `}` or whitespace)
+    const brace = text.encode("{");
+    expect(brace).toHaveLength(1);
+    const real = text.tokenBytes()!;
+    const offsets = new Uint32Array(real.offsets.length).map((_, i) => (i > brace[0]! ? 1 : 0));
+    const narrow = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 4, maxContext: 1024, threads: 2, tokenBytes: { offsets, bytes: Uint8Array.of(0x7b) } });
+    try {
+      const alone = await run(engine, undefined, GREEDY, 40);
+      const ids: number[] = [];
+      const failed = (async () => {
+        for await (const c of narrow.engine.submit({ promptIds: text.encode(text.applyChatTemplate([{ role: "user", content: Q }])), sampling: GREEDY, maxTokens: 40, stopIds: [], constraint: { kind: "json_object" } })) ids.push(...c.ids);
+      })();
+      const [outcome, beside] = await Promise.all([failed.then(() => undefined, (e: unknown) => e), run(narrow.engine, undefined, GREEDY, 40)]);
+      expect(outcome).toMatchObject({ code: "DSR_CONSTRAINT_DEAD_END" });
+      expect(ids).toEqual(brace);
+      expect(beside).toEqual(alone);
+      expect(await run(narrow.engine, undefined, GREEDY, 40)).toEqual(alone); // and the worker goes on
+    } finally {
+      await narrow.engine.close();
+    }
+  }, 60_000);
+
   it("seeded: answers validate, a seed repeats alone and beside other rows; a budget inside the value ends with length", async () => {
     const hot = (seed: number): SamplingParams => ({ ...GREEDY, temperature: 0.8, topP: 0.95, topK: 40, seed });
     const outs = await Promise.all([1, 2, 3].map((seed) => run(engine, after("json_schema"), hot(seed))));

@@ -12,6 +12,7 @@ import { checkSupported } from "../../onnx/decoder.js";
 import { inverseFrequencies } from "../../onnx/rope.js";
 import { checkpointWeights, shardFiles } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
+import type { TokenByteTable } from "../../text/token-bytes.js";
 import { validateRequest } from "../embedded/scheduler.js";
 import { MessageEngine } from "../message-engine.js";
 import { RemoteConstraints, WORKER_MASK_CACHE } from "../remote-constraints.js";
@@ -39,6 +40,8 @@ export interface TorchEngineOptions {
   restartBackoffMs?: number;
   /** Masks for response_format the worker keeps on the device (default WORKER_MASK_CACHE; small in tests, to exercise eviction). */
   maskCache?: number;
+  /** The token → bytes table that response_format checks draws against (default: the tokenizer's; tests narrow it to reach a state no token continues). */
+  tokenBytes?: TokenByteTable;
 }
 
 /** What the worker reports once loaded (its `opened` frame). */
@@ -103,7 +106,7 @@ export async function openTorchEngine(modelPath: string, o: TorchEngineOptions =
   const maxContext = Math.min(o.maxContext ?? Math.min(4096, positions), positions);
   if (!(maxContext >= 2)) throw usageError(`max context ${o.maxContext}: must be at least 2`);
   const text = await loadTextModel(dir);
-  const table = text.tokenBytes(); // for response_format (remote-constraints.ts); undefined for a tokenizer that is not byte-level BPE
+  const table = o.tokenBytes ?? text.tokenBytes(); // for response_format (remote-constraints.ts); undefined for a tokenizer that is not byte-level BPE
   const open = {
     protocol: TORCH_PROTOCOL,
     files: (await shardFiles(dir)).map((f) => join(dir, f)),
