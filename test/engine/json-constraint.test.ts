@@ -16,7 +16,7 @@ import { Sampler, seededRandom, type TokenFilter } from "../../src/engine/runtim
 import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
 import { tokenByteTable, type TokenByteTable } from "../../src/engine/text/token-bytes.js";
 import type { TextModel } from "../../src/engine/text/index.js";
-import { buildTiny, collect, GREEDY, mutateOnce, TINY_R1 } from "./support.js";
+import { buildTiny, collect, GREEDY, mutateOnce, onlyToken, TINY_R1 } from "./support.js";
 
 const enc = (s: string) => Buffer.from(s, "utf8");
 
@@ -452,6 +452,27 @@ describe("json_object on the embedded engine (tiny-r1)", () => {
     const r = await run(GREEDY, 20);
     expect(r.finish).toBe("length");
     expect(r.ids).not.toContain(text.thinkEndId);
+  });
+
+  it("a state that no token of the vocabulary continues fails its request with DSR_CONSTRAINT_DEAD_END; the row beside it finishes as alone", async () => {
+    // a vocabulary whose only text token is `{`: json_object gets its `{`, and then nothing can follow
+    const brace = text.encode("{");
+    expect(brace).toHaveLength(1);
+    const narrow = await openEmbeddedEngine(await buildTiny("fp32"), { threads: 2, maxBatch: 4, maxContext: 1024, worker: false, tokenBytes: onlyToken(table.offsets.length, brace[0]!, Uint8Array.of(0x7b)) });
+    try {
+      const prompt = text.encode(text.applyChatTemplate([{ role: "user", content: Q }]));
+      const alone = await collect(engine, prompt, 40, []);
+      const ids: number[] = [];
+      const failed = (async () => {
+        for await (const c of narrow.engine.submit({ promptIds: prompt, sampling: GREEDY, maxTokens: 40, stopIds: [], constraint: { kind: "json_object" } })) ids.push(...c.ids);
+      })();
+      const [outcome, beside] = await Promise.all([failed.then(() => undefined, (e: unknown) => e), collect(narrow.engine, prompt, 40, [])]);
+      expect(outcome).toMatchObject({ code: "DSR_CONSTRAINT_DEAD_END" });
+      expect(ids).toEqual(brace);
+      expect(beside.ids).toEqual(alone.ids);
+    } finally {
+      await narrow.engine.close();
+    }
   });
 
   it("JsonConstraint activates on the start id only", () => {

@@ -6,6 +6,7 @@ import { convertToOnnx } from "../../src/engine/onnx/build.js";
 import type { WeightFormat } from "../../src/engine/onnx/layers.js";
 import { seededRandom } from "../../src/engine/runtime/embedded/sampler.js";
 import type { SamplingParams, TokenEngine } from "../../src/engine/runtime/types.js";
+import type { TokenByteTable } from "../../src/engine/text/token-bytes.js";
 
 export { TINY_R1 };
 
@@ -23,6 +24,14 @@ export const ANSWER_SCHEMA = {
   required: ["answer", "op", "checked"],
   additionalProperties: false,
 };
+
+/**
+ * A token byte table of `size` tokens in which only `id` spells anything (`bytes`): under
+ * response_format, a state that needs any other text has no token to continue with (a dead end).
+ */
+export function onlyToken(size: number, id: number, bytes: Uint8Array): TokenByteTable {
+  return { offsets: new Uint32Array(size).map((_, i) => (i > id ? bytes.length : 0)), bytes };
+}
 
 export const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1 };
 

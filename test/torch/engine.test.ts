@@ -13,7 +13,7 @@ import { openEmbeddedEngine } from "../../src/engine/runtime/embedded/index.js";
 import { openTorchEngine, type TorchEngineInfo } from "../../src/engine/runtime/torch/index.js";
 import type { SamplingParams, SubmitRequest, TokenEngine } from "../../src/engine/runtime/types.js";
 import type { TextModel } from "../../src/engine/text/index.js";
-import { ADDITION_QUESTION, ANSWER_SCHEMA, arithmeticProblems, buildTiny, collect, GREEDY, TINY_R1 } from "../engine/support.js";
+import { ADDITION_QUESTION, ANSWER_SCHEMA, arithmeticProblems, buildTiny, collect, GREEDY, onlyToken, TINY_R1 } from "../engine/support.js";
 import { validate } from "../engine/json-schema-reference.js";
 import { tempDir } from "../support/tmp.js";
 import { TORCH_PYTHON } from "./python.js";
@@ -196,9 +196,8 @@ describe.skipIf(!TORCH_PYTHON)("torch worker: response_format (the gateway check
     // mask), and then nothing can follow (no `"`, `}` or whitespace)
     const brace = text.encode("{");
     expect(brace).toHaveLength(1);
-    const real = text.tokenBytes()!;
-    const offsets = new Uint32Array(real.offsets.length).map((_, i) => (i > brace[0]! ? 1 : 0));
-    const narrow = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 4, maxContext: 1024, threads: 2, tokenBytes: { offsets, bytes: Uint8Array.of(0x7b) } });
+    const tokenBytes = onlyToken(text.tokenBytes()!.offsets.length, brace[0]!, Uint8Array.of(0x7b));
+    const narrow = await openTorchEngine(TINY_R1, { python: TORCH_PYTHON, device: "cpu", maxBatch: 4, maxContext: 1024, threads: 2, tokenBytes });
     try {
       const alone = await run(engine, undefined, GREEDY, 40);
       const ids: number[] = [];

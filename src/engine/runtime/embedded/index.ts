@@ -15,6 +15,7 @@ import { buildOnnxFromSource, MANIFEST_VERSION, readManifest, readModelConfig, t
 import type { WeightFormat } from "../../onnx/layers.js";
 import { checkpointWeights } from "../../onnx/weights.js";
 import { loadTextModel, type TextModel } from "../../text/index.js";
+import type { TokenByteTable } from "../../text/token-bytes.js";
 import { DecoderSession } from "./decoder-session.js";
 import { Scheduler, type EmbeddedStats } from "./scheduler.js";
 import { openWorkerEngine } from "./worker-engine.js";
@@ -40,6 +41,8 @@ export interface EmbeddedEngineOptions {
    * from source (tests, tsx) the engine runs in the calling thread.
    */
   worker?: boolean;
+  /** The token → bytes table that response_format checks draws against (default: the tokenizer's; tests narrow it to reach a state no token continues). */
+  tokenBytes?: TokenByteTable;
 }
 
 /** What openEmbeddedEngine returns: a TokenEngine with KV stats and step counters. */
@@ -147,7 +150,7 @@ export async function openEmbeddedEngine(
   const workerUrl = opts.worker === false ? undefined : bundledWorker();
   if (opts.worker === true && !workerUrl) throw new DsrError("DSR_NO_WORKER", "the embedded engine worker is not built", { hint: "run `npm run build`" });
   // Built here, once: the engine (maybe a worker without the tokenizer) checks constrained output against it.
-  const tokenBytes = text.tokenBytes();
+  const tokenBytes = opts.tokenBytes ?? text.tokenBytes();
   const engine: EmbeddedEngine = workerUrl
     ? await openWorkerEngine(workerUrl, onnxDir, manifest, sessionOpts, schedOpts, tokenBytes)
     : new Scheduler(await DecoderSession.open(onnxDir, manifest, sessionOpts), schedOpts, tokenBytes);
