@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI from "openai";
 import { TINY_R1 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
+import { loadTextModel } from "../../src/engine/text/index.js";
 import { sseEvents, startServe, type ServeProc } from "./helpers.js";
 
 let gw: ServeProc;
@@ -113,6 +114,36 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     expect(expected.reasoning.startsWith(stopped.choices[0].text.trim())).toBe(true);
     const two = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], n: 2, seed: 7, max_tokens: 8 });
     expect(two.choices.map((x) => x.index)).toEqual([0, 1]);
+  });
+
+  it("/tokenize gives the ids the generation endpoints use (template, R1 advice, special tokens); /detokenize reverses it", async () => {
+    const text = await loadTextModel(TINY_R1);
+    const post = async (path: string, body: unknown) => {
+      const r = await fetch(`${gw.url}${path}`, { method: "POST", body: JSON.stringify(body) });
+      return { status: r.status, body: await r.json() };
+    };
+    const plain = await post("/tokenize", { model: "tiny-r1", prompt: Q, return_token_strs: true });
+    expect(plain.status).toBe(200);
+    expect(plain.body).toEqual({ count: text.encode(Q).length, max_model_len: 2048, tokens: text.encode(Q), token_strs: text.tokenStrings(text.encode(Q)) });
+    expect(await post("/detokenize", { tokens: plain.body.tokens })).toEqual({ status: 200, body: { prompt: Q } });
+    // the completion's usage counts the same prompt
+    const done = await client().completions.create({ model: "tiny-r1", prompt: Q, max_tokens: 1 });
+    expect(done.usage!.prompt_tokens).toBe(plain.body.count);
+    // chat: the system prompt folded into the user turn, the generation prompt added (opening <think>)
+    const messages = [{ role: "system", content: "Be brief." }, { role: "user", content: Q }];
+    const chat = await post("/tokenize", { messages });
+    const folded = text.encode(text.applyChatTemplate([{ role: "user", content: `Be brief.\n\n${Q}` }], { addGenerationPrompt: true }));
+    expect(chat.body.tokens).toEqual(folded);
+    const answered = await client().chat.completions.create({ model: "tiny-r1", messages: messages as OpenAI.ChatCompletionMessageParam[], max_tokens: 1 });
+    expect(answered.usage!.prompt_tokens).toBe(chat.body.count);
+    const bare = await post("/tokenize", { messages, add_generation_prompt: false });
+    expect(bare.body.count).toBeLessThan(chat.body.count);
+    expect(folded.slice(0, bare.body.count)).toEqual(bare.body.tokens);
+    // errors name the field
+    expect((await post("/tokenize", {})).body.error.param).toBe("prompt");
+    expect((await post("/tokenize", { messages, continue_final_message: true })).body.error.param).toBe("continue_final_message");
+    expect((await post("/detokenize", { tokens: [1, 9_999_999] })).body.error).toMatchObject({ param: "tokens", message: expect.stringContaining("9999999 (tokens[1])") });
+    expect((await post("/tokenize", { model: "nope", prompt: "x" })).status).toBe(404);
   });
 
   it("context overflow is a 400 that names the numbers", async () => {

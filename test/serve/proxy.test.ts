@@ -119,6 +119,39 @@ describe("dsr serve --upstream (proxy mode)", () => {
     expect((await fetch(`${gw.url}/v1/models`)).status).toBe(401);
   });
 
+  it("/tokenize and /detokenize go to an instance with the upstream's model name, behind the API key; an upstream without them is a 404 naming it", async () => {
+    const post = (path: string, body: unknown, headers: Record<string, string> = { authorization: `Bearer ${KEY}` }) =>
+      fetch(`${gw.url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
+    expect((await post("/tokenize", { prompt: "hé" }, {})).status).toBe(401);
+    const t = await post("/tokenize", { model: "dsr-r1", prompt: "hé" });
+    expect(t.status).toBe(200);
+    expect(await t.json()).toEqual({ count: 3, max_model_len: 4096, tokens: [0x68, 0xc3, 0xa9], token_strs: null });
+    const d = await post("/detokenize", { model: "dsr-r1", tokens: [0x68, 0xc3, 0xa9] });
+    expect(await d.json()).toEqual({ prompt: "hé" });
+    const chat = await post("/tokenize", { messages: [{ role: "user", content: "ab" }] });
+    expect((await chat.json()).tokens).toEqual([0x61, 0x62]);
+    // the served name is mapped to the upstream's; a body without a model goes as it came (to either instance)
+    const seen = [...broken.tokenizerRequests, ...good.tokenizerRequests].map((r) => `${r.path} ${r.body.model}`).sort();
+    expect(seen).toEqual(["/detokenize r1-upstream", "/tokenize r1-upstream", "/tokenize undefined"]);
+    expect((await post("/tokenize", { model: "gpt-4", prompt: "x" })).status).toBe(404);
+    const bad = await post("/tokenize", { prompt: 5 });
+    expect(bad.status).toBe(400);
+    expect((await bad.json()).error.param).toBe("prompt");
+    expect((await post("/detokenize", { tokens: [-1] })).status).toBe(400);
+    expect((await fetch(`${gw.url}/tokenize`, { headers: { authorization: `Bearer ${KEY}` } })).status).toBe(405);
+
+    const bare = await startStandin({ noTokenizer: true, model: "r1-upstream" });
+    const g2 = await startServe(["--upstream", bare.url]);
+    try {
+      const r = await fetch(`${g2.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "x" }) });
+      expect(r.status).toBe(404);
+      expect((await r.json()).error.message).toMatch(/^upstream .* has no \/tokenize endpoint/);
+    } finally {
+      await g2.stop();
+      await bare.close();
+    }
+  });
+
   it("fuzzed request bodies never crash the gateway and always get a JSON error or an answer", async () => {
     const seeds = ['{"model":"dsr-r1","messages":[{"role":"user","content":"hi"}]}', '{"prompt":"x","max_tokens":2}'];
     let rnd = 12345;

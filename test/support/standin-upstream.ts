@@ -1,7 +1,7 @@
 /**
  * A real OpenAI-compatible server on loopback that stands in for vLLM: it streams `tokens` tokens at a
  * fixed pace (token k leaves at start + k × paceMs, so timers never drift), answers non-streaming
- * requests, /v1/models and /health, and can misbehave on demand (status codes, dying mid-stream,
+ * requests, /v1/models, /health, and /tokenize and /detokenize (one token per UTF-8 byte), and can misbehave on demand (status codes, dying mid-stream,
  * vLLM-style `reasoning` fields, the old flat error shape). Tests and bench/gateway.ts use it; run it
  * as a script (`tsx test/support/standin-upstream.ts --port 0 --tokens 64 --pace-ms 10
  * [--reasoning-tokens N --reasoning-field reasoning_content]`) to get a separate process that prints
@@ -23,6 +23,8 @@ export interface StandinOptions {
   dieAfterTokens?: number;
   /** Require this bearer key. */
   apiKey?: string;
+  /** No /tokenize or /detokenize: answer them as an unknown route (FastAPI's 404), as servers without them do. */
+  noTokenizer?: boolean;
   /** Keep each generation request in `requests` (tests look at them; a benchmark run would pile up millions). Default true. */
   record?: boolean;
 }
@@ -33,6 +35,8 @@ export interface Standin {
   server: Server;
   /** Generation requests received (by x-request-id when sent). */
   requests: { id: string | undefined; body: Record<string, unknown> }[];
+  /** /tokenize and /detokenize bodies received. */
+  tokenizerRequests: { path: string; body: Record<string, unknown> }[];
   /** Streams whose client went away before the end. */
   cancelled: number;
   options: StandinOptions;
@@ -41,7 +45,7 @@ export interface Standin {
 
 export async function startStandin(options: StandinOptions = {}, port = 0): Promise<Standin> {
   const o = options;
-  const state: Standin = { url: "", port: 0, server: undefined as unknown as Server, requests: [], cancelled: 0, options: o, close: async () => undefined };
+  const state: Standin = { url: "", port: 0, server: undefined as unknown as Server, requests: [], tokenizerRequests: [], cancelled: 0, options: o, close: async () => undefined };
   const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => void handle(req, res, state));
   server.maxConnections = 100_000;
   await new Promise<void>((r) => server.listen({ port, host: "127.0.0.1", backlog: 4096 }, r));
@@ -65,8 +69,11 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
     return json(res, 200, { object: "list", data: [{ id: model, object: "model", created: 0, owned_by: "vllm", root: model, max_model_len: 4096 }] });
   }
   const chat = url === "/v1/chat/completions";
-  if (req.method !== "POST" || (!chat && url !== "/v1/completions")) return json(res, 404, { error: { message: "not found", type: "NotFoundError", param: null, code: 404 } });
+  const tokenizer = !o.noTokenizer && (url === "/tokenize" || url === "/detokenize");
+  // an unknown route gets FastAPI's answer, as from vLLM
+  if (req.method !== "POST" || (!chat && !tokenizer && url !== "/v1/completions")) return json(res, 404, { detail: "Not Found" });
   if (o.apiKey && req.headers.authorization !== `Bearer ${o.apiKey}`) return json(res, 401, { error: "Unauthorized" });
+  if (tokenizer) return tokenizerAnswer(req, res, st, url, model);
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
   let body: Record<string, unknown>;
@@ -130,6 +137,19 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
   const so = body.stream_options as { include_usage?: boolean } | undefined;
   if (so?.include_usage) res.write(`data: ${head}],"usage":${JSON.stringify(usage)}}\n\n`);
   res.end("data: [DONE]\n\n");
+}
+
+/** vLLM's /tokenize and /detokenize shapes over a byte tokenizer: a prompt's (or the messages' joined contents') UTF-8 bytes are its tokens. */
+async function tokenizerAnswer(req: IncomingMessage, res: ServerResponse, st: Standin, url: string, model: string): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown>;
+  st.tokenizerRequests.push({ path: url, body });
+  if (body.model !== undefined && body.model !== model) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
+  if (url === "/detokenize") return json(res, 200, { prompt: Buffer.from(body.tokens as number[]).toString("utf8") });
+  const text = typeof body.prompt === "string" ? body.prompt : (body.messages as { content: string }[]).map((m) => m.content).join("\n");
+  const tokens = [...Buffer.from(text, "utf8")];
+  json(res, 200, { count: tokens.length, max_model_len: 4096, tokens, token_strs: null });
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {

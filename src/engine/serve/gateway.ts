@@ -17,6 +17,7 @@ import { H1Server, type H1Request, type H1Response } from "./h1-server.js";
 import { GatewayMetrics } from "./metrics.js";
 import type { RequestLog, RequestLogEntry } from "./request-log.js";
 import { parseRequest, type Endpoint } from "./schemas.js";
+import { parseTokensRequest, type TokensOp } from "./tokenize.js";
 import { ResponseSink } from "./sink.js";
 import type { Backend, GenerationRequest, RequestRecord } from "./types.js";
 
@@ -41,6 +42,8 @@ export interface GatewayOptions {
 }
 
 const ROUTES: Record<string, Endpoint> = { "/v1/chat/completions": "chat", "/v1/completions": "completions" };
+/** vLLM's tokenizer endpoints (outside /v1 there too). Guarded by the API key like /v1/*, unlike vLLM, which leaves them open. */
+const TOKENS_ROUTES: Record<string, TokensOp> = { "/tokenize": "tokenize", "/detokenize": "detokenize" };
 
 export class Gateway {
   readonly metrics: GatewayMetrics;
@@ -124,6 +127,14 @@ export class Gateway {
         void this.generate(endpoint, id, path, req, res, t0);
         return;
       }
+      const op = TOKENS_ROUTES[path];
+      if (op) {
+        if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
+        this.keys.check(req.headers);
+        if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
+        void this.tokens(op, id, path, req, res, t0);
+        return;
+      }
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
       if (path.startsWith("/v1/") || this.o.protectAll) this.keys.check(req.headers);
       this.serveInfo(path, res).catch((e: unknown) => this.fail(res, e));
@@ -185,20 +196,14 @@ export class Gateway {
     const sink = new ResponseSink(res, ac);
     try {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);
-      let body: unknown;
-      try {
-        body = JSON.parse(rawBody.toString("utf8"));
-      } catch (e) {
-        throw new HttpError(400, `invalid JSON in request body: ${(e as Error).message}`, { code: "invalid_json" });
-      }
-      const parsed = parseRequest(endpoint, body);
+      const parsed = parseRequest(endpoint, jsonOf(rawBody));
       const model = this.resolveModel(parsed.model);
       const stream = parsed.stream === true;
       entry.model = model;
       entry.stream = stream;
       if (this.o.logPrompts) entry.prompt = endpoint === "chat" ? (parsed as { messages: unknown }).messages : (parsed as { prompt: unknown }).prompt;
 
-      const key = this.o.cache ? cacheKey(endpoint, model, body as Record<string, unknown>) : undefined;
+      const key = this.o.cache ? cacheKey(endpoint, model, parsed as Record<string, unknown>) : undefined;
       if (key && this.o.cache) {
         const hit = await this.o.cache.get(key);
         this.metrics.cacheLookups.inc({ result: hit ? "hit" : "miss" });
@@ -245,6 +250,26 @@ export class Gateway {
       } catch (e) {
         this.fail(res, e);
       }
+    }
+  }
+
+  /** /tokenize and /detokenize: no admission control (no engine step), logged but not counted as generation requests. Never rejects. */
+  private async tokens(op: TokensOp, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
+    const entry: Partial<RequestLogEntry> = {};
+    let status = 500;
+    try {
+      const rawBody = bodyOf(req, this.o.maxBodyBytes);
+      const parsed = parseTokensRequest(op, jsonOf(rawBody));
+      entry.model = this.resolveModel(parsed.model);
+      const answer = await this.o.backend.tokens(op, parsed, rawBody, entry.model);
+      status = answer.status;
+      sendJson(res, status, answer.body);
+    } catch (e) {
+      status = e instanceof HttpError ? e.status : 500;
+      entry.error = e instanceof Error ? e.message : String(e);
+      this.fail(res, e);
+    } finally {
+      this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...entry, latency_ms: round(performance.now() - t0) });
     }
   }
 
@@ -308,6 +333,15 @@ function sendJson(res: H1Response, status: number, body: unknown, headers: Recor
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
+
+/** The body as JSON, or 400 invalid_json. */
+function jsonOf(raw: Buffer): unknown {
+  try {
+    return JSON.parse(raw.toString("utf8"));
+  } catch (e) {
+    throw new HttpError(400, `invalid JSON in request body: ${(e as Error).message}`, { code: "invalid_json" });
+  }
+}
 
 /** The request's body (the server read it already), or 413 when it was over the limit. */
 function bodyOf(req: H1Request, limit: number): Buffer {

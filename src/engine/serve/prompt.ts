@@ -14,10 +14,14 @@ export interface PromptOptions {
   r1Advice: boolean;
 }
 
-export function chatPromptIds(text: TextModel, req: ChatRequest, o: PromptOptions): number[] {
+/**
+ * A chat request's prompt ids. `add_special_tokens` defaults to false, as in vLLM: the template
+ * writes the BOS itself. /tokenize may leave the generation prompt out (`addGenerationPrompt`).
+ */
+export function chatPromptIds(text: TextModel, req: Pick<ChatRequest, "messages" | "add_special_tokens">, o: PromptOptions, addGenerationPrompt = true): number[] {
   let msgs: TemplateMessage[] = req.messages.map((m) => ({ role: m.role === "developer" ? "system" : m.role, content: messageText(m) }));
   if (o.r1Advice) msgs = foldSystem(msgs);
-  return text.encode(text.applyChatTemplate(msgs, { addGenerationPrompt: true }));
+  return text.encode(text.applyChatTemplate(msgs, { addGenerationPrompt }), { addSpecialTokens: req.add_special_tokens ?? false });
 }
 
 /** DeepSeek's R1 usage advice: "avoid adding a system prompt; all instructions should be contained within the user prompt". */
@@ -31,13 +35,17 @@ export function foldSystem(msgs: TemplateMessage[]): TemplateMessage[] {
   return rest.map((m, k) => (k === i ? { ...m, content: `${prefix}\n\n${m.content}` } : m));
 }
 
-/** Completions prompts: text, token ids, or a batch of either (each becomes its own choice). */
+/**
+ * Completions prompts: text, token ids, or a batch of either (each becomes its own choice). Text is
+ * encoded with the tokenizer's special tokens unless `add_special_tokens` is false, as vLLM does.
+ */
 export function completionPrompts(text: TextModel, req: CompletionRequest): { ids: number[]; text: string }[] {
   const p = req.prompt;
-  if (typeof p === "string") return [{ ids: text.encode(p), text: p }];
+  const opts = { addSpecialTokens: req.add_special_tokens ?? true };
+  if (typeof p === "string") return [{ ids: text.encode(p, opts), text: p }];
   if (p.length > 0 && typeof p[0] === "number") return [{ ids: p as number[], text: text.decode(p as number[]) }];
   if (p.length > 0 && Array.isArray(p[0])) return (p as number[][]).map((ids) => ({ ids, text: text.decode(ids) }));
-  return (p as string[]).map((s) => ({ ids: text.encode(s), text: s }));
+  return (p as string[]).map((s) => ({ ids: text.encode(s, opts), text: s }));
 }
 
 /** The generation budget, checked against the context window. */

@@ -19,6 +19,7 @@ import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
+import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
 import type { Backend, GenerationRequest, ModelCard } from "./types.js";
 
 export interface ProxyOptions {
@@ -113,6 +114,35 @@ export class ProxyBackend implements Backend {
       code: "no_healthy_instance",
       headers: { "retry-after": "1" },
     });
+  }
+
+  /**
+   * /tokenize and /detokenize, forwarded to one instance (the least busy healthy one) as they came,
+   * but for the model name when the upstream knows the model by another. The answer comes back as
+   * the upstream gave it; an upstream without the endpoint (Ollama, say) gets a 404 naming it.
+   */
+  async tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer): Promise<{ status: number; body: unknown }> {
+    const inst = this.router.pick(undefined, undefined);
+    if (!inst) throw new HttpError(503, "no healthy instance to serve the request", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
+    const want = this.o.upstreamModel;
+    const body = want && req.model !== undefined && req.model !== want ? JSON.stringify({ ...req, model: want }) : rawBody;
+    let status: number;
+    let text: string;
+    try {
+      const r = await inst.pool.request({ path: `/${op}`, method: "POST", headers: { "content-type": "application/json", ...inst.authHeaders() }, body, headersTimeout: 30_000, bodyTimeout: 30_000 });
+      status = r.statusCode;
+      text = await r.body.text();
+    } catch (e) {
+      throw new HttpError(502, `upstream ${inst.name} failed on /${op}: ${(e as Error).message}`, { code: "upstream_error" });
+    }
+    // a missing route (FastAPI's `{"detail":"Not Found"}`, Ollama's text), not an OpenAI error about the request
+    if ((status === 404 || status === 405) && !/"error"\s*:/.test(text)) throw new HttpError(404, `upstream ${inst.name} has no /${op} endpoint (vLLM, SGLang and dsr serve have it)`, { code: "not_found" });
+    if (status >= 400) return { status, body: normaliseErrorBody(status, text) };
+    try {
+      return { status, body: JSON.parse(text) as unknown };
+    } catch {
+      throw new HttpError(502, `upstream ${inst.name} answered /${op} with a body that is not JSON`, { code: "upstream_error" });
+    }
   }
 
   async close(): Promise<void> {

@@ -40,6 +40,8 @@ const common = {
   repetition_penalty: z.number().gt(0).max(10).nullish(),
   ignore_eos: z.boolean().nullish(),
   user: z.string().nullish(),
+  /** vLLM's: apply the tokenizer's post-processor (BOS) to the prompt; default true for completions, false for chat (the template has it). */
+  add_special_tokens: z.boolean().nullish(),
 };
 
 export const chatRequest = z.looseObject({
@@ -94,9 +96,14 @@ export function parseRequest(endpoint: Endpoint, body: unknown): ChatRequest | C
     }
     return r.data;
   }
-  const issue = r.error.issues[0];
+  throw invalid(r.error);
+}
+
+/** A zod failure as one OpenAI 400 naming the first field at fault. */
+export function invalid(error: z.ZodError): HttpError {
+  const issue = error.issues[0];
   const param = issue.path.map(String).join(".") || null;
-  throw new HttpError(400, `invalid request: ${param ? `\`${param}\`: ` : ""}${issue.message}`, {
+  return new HttpError(400, `invalid request: ${param ? `\`${param}\`: ` : ""}${issue.message}`, {
     param,
     code: "invalid_parameter",
   });
@@ -137,6 +144,7 @@ const COMMON: Record<string, Check> = {
   repetition_penalty: num(0, 10, { gtLo: true }),
   ignore_eos: bool,
   user: str,
+  add_special_tokens: bool,
 };
 const FAST: Record<Endpoint, { known: Set<string>; checks: Record<string, Check>; required: string }> = {
   chat: {

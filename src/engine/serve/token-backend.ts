@@ -15,6 +15,7 @@ import type { GatewayMetrics } from "./metrics.js";
 import { chatPromptIds, completionPrompts, samplingFor, tokenBudget } from "./prompt.js";
 import { ReasoningSplitter, setReasoning, type ReasoningField } from "./reasoning.js";
 import { stopList, type ChatRequest, type CompletionRequest } from "./schemas.js";
+import { tokensLocally, type DetokenizeRequest, type TokenizeRequest, type TokensOp } from "./tokenize.js";
 import type { Backend, GenerationRequest, ModelCard } from "./types.js";
 
 export interface TokenBackendOptions {
@@ -67,6 +68,15 @@ export class TokenBackend implements Backend {
     await this.o.engine.close();
   }
 
+  /** The longest prompt + completion: the model's context, or less where the engine was opened with less. */
+  private contextLimit(): number {
+    return Math.min(this.o.text.contextLength, this.o.engine.stats().maxContext || Infinity);
+  }
+
+  async tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest): Promise<{ status: number; body: unknown }> {
+    return { status: 200, body: tokensLocally(this.o.text, op, req, { r1Advice: this.o.r1Advice, maxModelLen: this.contextLimit() }) };
+  }
+
   async handle(g: GenerationRequest): Promise<void> {
     const chat = g.endpoint === "chat";
     const req = g.req;
@@ -75,7 +85,7 @@ export class TokenBackend implements Backend {
     const constraint = chat ? this.constraintFor(req as ChatRequest, split) : undefined;
     const prompts = chat ? [{ ids: chatPromptIds(text, req as ChatRequest, this.o), text: "" }] : completionPrompts(text, req as CompletionRequest);
     const n = req.n ?? 1;
-    const budgets = prompts.map((p) => tokenBudget(req, p.ids.length, Math.min(text.contextLength, this.o.engine.stats().maxContext || Infinity)));
+    const budgets = prompts.map((p) => tokenBudget(req, p.ids.length, this.contextLimit()));
     const logprobs = chat ? ((req as ChatRequest).logprobs ? (req as ChatRequest).top_logprobs ?? 0 : undefined) : ((req as CompletionRequest).logprobs ?? undefined);
     const stops = stopList(req.stop);
     const stopIds = req.ignore_eos ? [] : text.eosTokenIds;

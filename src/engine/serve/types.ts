@@ -2,6 +2,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { Cancel } from "./cancel.js";
 import type { ChatRequest, CompletionRequest, Endpoint } from "./schemas.js";
+import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
 
 export interface ModelCard {
   id: string;
@@ -74,5 +75,7 @@ export interface Backend {
   /** Details for /ready and the startup banner. */
   describe(): Record<string, unknown>;
   handle(g: GenerationRequest): Promise<void>;
+  /** /tokenize and /detokenize (tokenize.ts) for `model` (a served name): the answer's status and JSON body. */
+  tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer, model: string): Promise<{ status: number; body: unknown }>;
   close(): Promise<void>;
 }

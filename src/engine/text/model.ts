@@ -25,8 +25,12 @@ export interface GenerationDefaults {
 }
 
 export interface TextModel {
-  encode(text: string): number[];
-  decode(ids: number[]): string;
+  /** Token ids of `text`; `addSpecialTokens` applies the tokenizer's post-processor (BOS for Llama-style tokenizers), as transformers' default does. */
+  encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
+  /** Text of `ids`, BOS/EOS/pad left out unless `keepSpecialTokens`. */
+  decode(ids: number[], opts?: { keepSpecialTokens?: boolean }): string;
+  /** The vocabulary's spelling of each id (byte-level BPE: `Ġ` for a space…), undefined for an id it does not have. */
+  tokenStrings(ids: number[]): (string | undefined)[];
   createDecoder(): IncrementalDecoder;
   applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string;
   readonly promptOpensThink: boolean;
@@ -158,8 +162,9 @@ export async function loadTextModel(modelDir: string): Promise<TextModel> {
   };
   let table: { value: TokenByteTable | undefined } | undefined;
   return {
-    encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
-    decode: (xs) => decode(xs.filter((x) => !skip.has(x))),
+    encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
+    decode: (xs, opts) => decode(opts?.keepSpecialTokens ? xs : xs.filter((x) => !skip.has(x))),
+    tokenStrings: (xs) => xs.map((x) => tok.id_to_token(x)),
     createDecoder: () => createIncrementalDecoder(decode, skip),
     applyChatTemplate,
     promptOpensThink,
