@@ -124,7 +124,7 @@ export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, n
         if (++n === spec.workers) {
           cluster.off("listening", onListen);
           const host = !a.address || a.address === "::" ? "127.0.0.1" : a.address.includes(":") ? `[${a.address}]` : a.address;
-          resolve(`http://${host}:${a.port}`);
+          resolve(`${spec.https ? "https" : "http"}://${host}:${a.port}`);
         }
       };
       cluster.on("listening", onListen);

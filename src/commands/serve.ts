@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { availableParallelism } from "node:os";
+import { createSecureContext } from "node:tls";
 import { Command, Option } from "commander";
 import type { CommandContext } from "./context.js";
 import { usageError } from "../engine/errors.js";
@@ -49,6 +50,8 @@ interface Flags {
   threads?: string;
   apiKey?: string[];
   apiKeyFile?: string;
+  sslKeyfile?: string;
+  sslCertfile?: string;
   protectAll?: boolean;
   maxConcurrency: string;
   maxQueue: string;
@@ -69,6 +72,20 @@ interface Flags {
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/** The HTTPS key and certificate, read and checked to belong together before anything starts. */
+async function readTls(keyfile: string | undefined, certfile: string | undefined): Promise<{ key: Buffer; cert: Buffer } | undefined> {
+  if (!keyfile && !certfile) return undefined;
+  if (!keyfile || !certfile) throw usageError(`${keyfile ? "--ssl-keyfile" : "--ssl-certfile"} needs ${keyfile ? "--ssl-certfile" : "--ssl-keyfile"} too`, "give both: the PEM private key and its certificate chain");
+  const read = (flag: string, file: string) => readFile(file).catch((e: Error) => { throw usageError(`${flag} ${file}: ${e.message}`); });
+  const tls = { key: await read("--ssl-keyfile", keyfile), cert: await read("--ssl-certfile", certfile) };
+  try {
+    createSecureContext(tls);
+  } catch (e) {
+    throw usageError(`--ssl-keyfile ${keyfile} / --ssl-certfile ${certfile}: ${(e as Error).message}`, "both must be PEM, and the key must be the certificate's");
+  }
+  return tls;
+}
 
 export function register(program: Command, ctx: () => CommandContext): void {
   program
@@ -104,6 +121,8 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
     .option("--api-key-file <file>", "file of keys, one per line")
+    .option("--ssl-keyfile <file>", "serve HTTPS: the PEM private key (with --ssl-certfile)")
+    .option("--ssl-certfile <file>", "serve HTTPS: the PEM certificate chain (with --ssl-keyfile)")
     .option("--protect-all", "require a key on /health, /ready, /metrics and /version too")
     .option("--max-concurrency <n>", "requests generated at once; more wait in the queue", "256")
     .option("--max-queue <n>", "requests waiting beyond --max-concurrency before 429", "1024")
@@ -172,6 +191,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       requestTimeoutMs: seconds(f.requestTimeout, "--request-timeout") * 1000,
       maxBodyBytes: parseByteSize(f.maxBody, "--max-body"),
       logPrompts: !!f.logPrompts,
+      tls: await readTls(f.sslKeyfile, f.sslCertfile),
     },
   };
   if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");

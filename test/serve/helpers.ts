@@ -22,7 +22,7 @@ export async function startServe(args: string[], opts: { timeoutMs?: number; env
   const url = await new Promise<string>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`dsr serve did not start in time:\n${err}`)), opts.timeoutMs ?? 30_000);
     const check = () => {
-      const m = /^serving .* at (http:\/\/[^\s/]+)\/v1/m.exec(err); // not a child's "[i0] serving …" line
+      const m = /^serving .* at (https?:\/\/[^\s/]+)\/v1/m.exec(err); // not a child's "[i0] serving …" line
       if (m) {
         clearTimeout(t);
         resolve(m[1]);

@@ -37,6 +37,8 @@ export interface GatewayOptions {
   requestLog?: RequestLog;
   logPrompts?: boolean;
   metrics?: GatewayMetrics;
+  /** Serve HTTPS with this PEM key and certificate chain (`--ssl-keyfile`, `--ssl-certfile`). */
+  tls?: { key: Buffer; cert: Buffer };
   /** Overrides /metrics (a cluster worker returns the cluster-wide sum from the primary). */
   metricsSource?: () => Promise<{ contentType: string; body: string }>;
 }
@@ -59,7 +61,7 @@ export class Gateway {
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
-    this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000 }, (req, res) => this.dispatch(req, res));
+    this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, tls: o.tls }, (req, res) => this.dispatch(req, res));
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {

@@ -19,6 +19,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { beginChunk, chunkOf, chunkSize, ChunkedDecoder, endChunk, Ranges } from "./h1-chunked.js";
 import { HttpError } from "./http-error.js";
 
@@ -45,6 +46,8 @@ export interface H1ServerOptions {
   requestTimeoutMs?: number;
   maxHeaderBytes?: number;
   maxHeaders?: number;
+  /** Serve HTTPS with this PEM key and certificate chain (HTTP/1.1 over TLS, announced by ALPN). */
+  tls?: { key: Buffer; cert: Buffer };
 }
 
 export type H1Handler = (req: H1Request, res: H1Response) => void;
@@ -88,15 +91,21 @@ export class H1Server {
   private readonly conns = new Set<Conn>();
   private readonly sweeper: NodeJS.Timeout;
   closing = false;
-  readonly o: Required<H1ServerOptions>;
+  readonly o: Required<Omit<H1ServerOptions, "tls">>;
 
   constructor(o: H1ServerOptions, readonly handler: H1Handler) {
     this.o = { keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, requestTimeoutMs: 300_000, maxHeaderBytes: 16 * 1024, maxHeaders: 200, ...o };
-    this.server = createServer({ noDelay: true }, (socket) => {
+    const accept = (socket: Socket) => {
       const c = new Conn(this, socket);
       this.conns.add(c);
       socket.on("close", () => this.conns.delete(c));
-    });
+    };
+    if (o.tls) {
+      // a TLSSocket is a net.Socket: the connection code is the same once the handshake is done
+      const server = createTlsServer({ ...o.tls, ALPNProtocols: ["http/1.1"], handshakeTimeout: this.o.headersTimeoutMs }, (socket) => accept(socket.setNoDelay(true)));
+      server.on("tlsClientError", () => undefined); // a failed handshake only closes that socket
+      this.server = server;
+    } else this.server = createServer({ noDelay: true }, accept);
     // deadlines are checked by one timer per server, not one per connection
     this.sweeper = setInterval(() => this.sweep(performance.now()), 1000).unref();
   }

@@ -57,6 +57,8 @@ export interface ServeConfig {
     requestTimeoutMs: number;
     maxBodyBytes: number;
     logPrompts: boolean;
+    /** HTTPS (PEM key and certificate chain, already read and checked to match). */
+    tls?: { key: Buffer; cert: Buffer };
   };
 }
 
@@ -67,6 +69,8 @@ export interface WorkerSpec {
   instances: { name: string; url: string }[];
   servedNames: string[];
   upstreamModel?: string;
+  /** The workers serve HTTPS (each reads the key and certificate from the flags it re-runs with). */
+  https?: boolean;
 }
 
 /** Gateway workers (node:cluster) started by the command once the engines are ready. */
@@ -263,7 +267,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
       metrics.setModelName(servedNames[0]);
       if (deps.forkWorkers && cfg.workers > 1) {
-        const pool = await deps.forkWorkers({ workers: cfg.workers, instances: instances.map((i) => ({ name: i.name, url: i.origin })), servedNames, upstreamModel });
+        const pool = await deps.forkWorkers({ workers: cfg.workers, instances: instances.map((i) => ({ name: i.name, url: i.origin })), servedNames, upstreamModel, https: !!cfg.gateway.tls });
         await Promise.all(instances.map((i) => i.close()));
         return {
           url: pool.url,
@@ -305,7 +309,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   }
   const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
   return {
-    url: `http://${host}:${addr.port}`,
+    url: `${cfg.gateway.tls ? "https" : "http"}://${host}:${addr.port}`,
     inFlight: () => gateway.inFlight,
     plan,
     async shutdown(graceMs) {

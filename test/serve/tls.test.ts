@@ -1,0 +1,76 @@
+/**
+ * `dsr serve --ssl-keyfile --ssl-certfile`: HTTPS on the gateway's own server, with a certificate
+ * openssl makes for 127.0.0.1. The openai SDK talks to it trusting that certificate; a client that
+ * does not trust it, and a plain-HTTP client, get nowhere. Bad key/certificate flags are usage errors
+ * naming the files. --workers 2 serves HTTPS too (each worker reads the files).
+ */
+import { execFileSync } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { Agent, fetch as undiciFetch } from "undici";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runDsr } from "../support/cli.js";
+import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { tempDir } from "../support/tmp.js";
+import { startServe } from "./helpers.js";
+
+let dir: string;
+let up: Standin;
+let cert: Buffer;
+
+/** A self-signed EC certificate for 127.0.0.1 (and localhost), as `name`.key / `name`.crt. */
+function makeCert(name: string): { key: string; cert: string } {
+  const key = join(dir, `${name}.key`);
+  const crt = join(dir, `${name}.crt`);
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], { stdio: "ignore" });
+  return { key, cert: crt };
+}
+
+beforeAll(async () => {
+  dir = await tempDir();
+  up = await startStandin({ tokens: 6, paceMs: 1, model: "r1" });
+  cert = await readFile(makeCert("gw").cert);
+});
+afterAll(async () => up?.close());
+
+/** The SDK over undici with `ca` trusted (or nothing beyond the system's store). */
+const client = (url: string, ca?: Buffer) => {
+  const dispatcher = new Agent({ connect: ca ? { ca } : {} });
+  return new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0, fetch: ((u: string, init: object) => undiciFetch(u, { ...init, dispatcher })) as unknown as typeof fetch });
+};
+
+describe("dsr serve over HTTPS", () => {
+  for (const workers of [1, 2]) {
+    it(`--workers ${workers}: the SDK streams and answers over TLS; untrusting and plain-HTTP clients fail`, async () => {
+      const gw = await startServe(["--upstream", up.url, "--ssl-keyfile", join(dir, "gw.key"), "--ssl-certfile", join(dir, "gw.crt"), "--workers", String(workers)]);
+      try {
+        expect(gw.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+        const sdk = client(gw.url, cert);
+        const done = await sdk.completions.create({ model: "r1", prompt: "hi", max_tokens: 6 });
+        expect(done.choices[0]!.text).toBe(" t0 t1 t2 t3 t4 t5");
+        let text = "";
+        for await (const ch of await sdk.chat.completions.create({ model: "r1", messages: [{ role: "user", content: "hi" }], max_tokens: 6, stream: true })) text += ch.choices[0]?.delta.content ?? "";
+        expect(text).toBe(" t0 t1 t2 t3 t4 t5");
+        await expect(client(gw.url).models.list()).rejects.toThrow(); // self-signed: not trusted without `ca`
+        await expect(fetch(gw.url.replace("https:", "http:") + "/health")).rejects.toThrow();
+      } finally {
+        expect(await gw.stop()).toBe(0);
+      }
+    }, 60_000);
+  }
+
+  it("a lone key or certificate, a missing file and a key that is not the certificate's are usage errors naming them", async () => {
+    const other = makeCert("other");
+    const run = (args: string[]) => runDsr(["serve", "--upstream", up.url, "--port", "0", ...args]);
+    const lone = await run(["--ssl-keyfile", join(dir, "gw.key")]);
+    expect(lone.exitCode).toBe(2);
+    expect(lone.stderr).toContain("--ssl-keyfile needs --ssl-certfile too");
+    const missing = await run(["--ssl-keyfile", join(dir, "none.key"), "--ssl-certfile", join(dir, "gw.crt")]);
+    expect(missing.exitCode).toBe(2);
+    expect(missing.stderr).toContain(`--ssl-keyfile ${join(dir, "none.key")}: ENOENT`);
+    const mismatched = await run(["--ssl-keyfile", other.key, "--ssl-certfile", join(dir, "gw.crt")]);
+    expect(mismatched.exitCode).toBe(2);
+    expect(mismatched.stderr).toMatch(new RegExp(`--ssl-keyfile ${other.key} / --ssl-certfile ${join(dir, "gw.crt")}: .*key values mismatch`));
+  });
+});
