@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the device bundle for bench/gateway (run from the repository root, on the development
 # machine): the bench, the standalone CLI, the stand-in, bench/node-floor as single .mjs files with every JS
-# dependency inlined, plus this machine's nginx with Debian 12's loader and libraries, xz-packed.
+# dependency inlined, plus this machine's nginx with Debian 12's loader and libraries and a TLS
+# certificate for --tls, xz-packed.
 # BASELINE=DIR (a built checkout of another commit) adds that CLI as the bench's dsr_baseline.
 # Writes .carry/gateway/ (files.tar.xz + run.sh, a copy of bench/gateway-device-run.sh, and the
 # bench/loop-stats preload with its summariser); carry it with
@@ -26,6 +27,9 @@ bundle src/cli.ts "$STAGE/dsr.mjs"
 bundle test/support/standin-upstream.ts "$STAGE/standin.mjs"
 bundle bench/node-floor.ts "$STAGE/node-floor.mjs"
 if [ -n "${BASELINE:-}" ]; then bundle src/cli.ts "$STAGE/dsr-baseline.mjs" "$BASELINE"; fi
+# bench/gateway --tls: a certificate for 127.0.0.1 (the device may have no openssl)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$STAGE/tls.key" -out "$STAGE/tls.crt" \
+  -days 30 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null
 mkdir -p "$STAGE/lib"
 cp /usr/sbin/nginx "$STAGE/nginx.bin"
 for l in ld-linux-x86-64.so.2 libc.so.6 libcrypt.so.1 libpcre2-8.so.0 libssl.so.3 libcrypto.so.3 libz.so.1; do

@@ -31,6 +31,9 @@
  * calls per stream come from /proc/PID/io (how many events an upstream read carries). For a machine without
  * node_modules: `--dsr-cli`, `--standin` and `--nginx` name the bundled files (see docs/BENCHMARKS.md).
  * `--include-usage`: the clients ask for the usage chunk, as vLLM's benchmark_serving does (see INCLUDE_USAGE).
+ * `--tls`: the proxies terminate HTTPS (dsr `--ssl-keyfile/--ssl-certfile`, nginx `listen … ssl`, the floor
+ * on node:tls) with a P-256 certificate (tls.key/tls.crt beside the bench when carried, else made with
+ * openssl); the clients trust it; direct stays plain HTTP (see TLS).
  * `--reasoning-tokens N [--reasoning-field reasoning|reasoning_content]`: R1-shaped chat streams whose
  * first N tokens are reasoning deltas, which dsr renames (see REASONING_TOKENS).
  */
@@ -39,8 +42,9 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { isMainThread, parentPort, Worker } from "node:worker_threads";
-import { Pool } from "undici";
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+import { existsSync, readFileSync } from "node:fs";
+import { Agent, fetch as undiciFetch, Pool } from "undici";
 import { freePort } from "../src/engine/serve/free-ports.js";
 
 const ROOT = process.env.DSR_BENCH_ROOT ?? dirname(dirname(fileURLToPath(import.meta.url)));
@@ -99,6 +103,14 @@ const INCLUDE_USAGE = process.argv.includes("--include-usage");
 const REASONING_TOKENS = Number(arg("--reasoning-tokens", "0"));
 const REASONING_FIELD = arg("--reasoning-field", "reasoning");
 const CHAT = REASONING_TOKENS > 0;
+/**
+ * `--tls`: every proxy serves HTTPS to the load generator (each with the same key and certificate),
+ * while it reaches the stand-in over plain HTTP as before. The key and certificate are tls.key and
+ * tls.crt under the bench root when present (the device bundle carries them), else openssl makes them.
+ */
+const TLS = process.argv.includes("--tls");
+/** The certificate the load generator's threads trust (sent to them as workerData). */
+const TRUSTED: string | undefined = isMainThread ? undefined : (workerData as { ca?: string } | null)?.ca;
 /** A command pinned to `list` (taskset execs it, so the pid is the command's own). */
 const pinned = (list: string, cmd: string, args: string[]): [string, string[]] => (list ? ["taskset", ["-c", list, cmd, ...args]] : [cmd, args]);
 
@@ -137,6 +149,7 @@ interface Samples {
  * only what happens between measure() and stop() is recorded.
  */
 class Loader {
+  constructor(private readonly ca: string | undefined) {}
   private readonly pools = new Map<string, Pool>();
   private measuring = false;
   private stopped = false;
@@ -148,7 +161,8 @@ class Loader {
 
   run(url: string, conc: number, streamMs: number, offset: number, total: number): void {
     let pool = this.pools.get(url);
-    if (!pool) this.pools.set(url, (pool = new Pool(url, { connections: conc, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 })));
+    const connect = url.startsWith("https:") ? { ca: this.ca } : undefined;
+    if (!pool) this.pools.set(url, (pool = new Pool(url, { connections: conc, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0, connect })));
     Object.assign(this, { measuring: false, stopped: false, ttft: [], itl: [], streams: 0, errors: 0 });
     const p = pool;
     this.running = Array.from({ length: conc }, async (_, i) => {
@@ -226,9 +240,9 @@ class Loader {
 type LoaderMsg = { op: "run"; url: string; conc: number; streamMs: number; offset: number; total: number } | { op: "measure" } | { op: "stop" } | { op: "close" };
 
 /** The load generator: in this thread, or spread over `threads` worker threads (many-core machines). */
-function loadGenerator(threads: number) {
+function loadGenerator(threads: number, ca: string | undefined) {
   if (threads <= 1) {
-    const l = new Loader();
+    const l = new Loader(ca);
     return {
       run: (url: string, conc: number, streamMs: number) => l.run(url, conc, streamMs, 0, conc),
       measure: () => l.measure(),
@@ -239,7 +253,7 @@ function loadGenerator(threads: number) {
   // from the .ts source (development tree) a thread registers tsx before importing this file (tsx's
   // own hooks do not reach worker threads); the bundle is plain JS
   const src = import.meta.url.endsWith(".ts") ? `import("tsx/esm/api").then((t) => t.register()).then(() => import(${JSON.stringify(import.meta.url)}))` : new URL(import.meta.url);
-  const workers = Array.from({ length: threads }, () => new Worker(src, { eval: typeof src === "string", argv: process.argv.slice(2) }));
+  const workers = Array.from({ length: threads }, () => new Worker(src, { eval: typeof src === "string", argv: process.argv.slice(2), workerData: { ca } }));
   const send = (w: Worker, m: LoaderMsg) => w.postMessage(m);
   return {
     run(url: string, conc: number, streamMs: number) {
@@ -271,7 +285,7 @@ function loadGenerator(threads: number) {
 
 /** Worker-thread side of loadGenerator(). */
 function serveLoader(): void {
-  const l = new Loader();
+  const l = new Loader(TRUSTED);
   parentPort!.on("message", async (m: LoaderMsg) => {
     if (m.op === "run") l.run(m.url, m.conc, m.streamMs, m.offset, m.total);
     else if (m.op === "measure") l.measure();
@@ -393,7 +407,19 @@ function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string 
 }
 
 
-async function startNginx(upstreamPort: number, dir: string): Promise<{ proc: ChildProcess; port: number }> {
+/** The proxies' key and certificate for --tls: the carried pair under the bench root, else a fresh one from openssl. */
+function certificate(dir: string): { key: string; cert: string; ca: string } {
+  let key = join(ROOT, "tls.key");
+  let cert = join(ROOT, "tls.crt");
+  if (!existsSync(key) || !existsSync(cert)) {
+    [key, cert] = [join(dir, "tls.key"), join(dir, "tls.crt")];
+    const r = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`--tls: openssl could not make a certificate: ${r.error?.message ?? r.stderr}`);
+  }
+  return { key, cert, ca: readFileSync(cert, "utf8") };
+}
+
+async function startNginx(upstreamPort: number, dir: string, tls?: { key: string; cert: string; ca: string }): Promise<{ proc: ChildProcess; port: number }> {
   const port = await freePort();
   // As the seed guides configure it in front of vLLM: upstream keepalive, HTTP/1.1 to the upstream,
   // no buffering so SSE tokens pass at once, long read timeouts.
@@ -414,7 +440,9 @@ http {
   scgi_temp_path ${dir}/scgi;
   upstream llm { server 127.0.0.1:${upstreamPort}; keepalive 1024; }
   server {
-    listen 127.0.0.1:${port} backlog=4096;
+    listen 127.0.0.1:${port}${tls ? " ssl" : ""} backlog=4096;${tls ? `
+    ssl_certificate ${tls.cert};
+    ssl_certificate_key ${tls.key};` : ""}
     location / {
       proxy_pass http://llm;
       proxy_http_version 1.1;
@@ -432,7 +460,8 @@ http {
   const proc = spawn(...pinned(PROXY_CPUS, NGINX, ["-c", join(dir, "nginx.conf"), "-p", dir, "-e", join(dir, "error.log")]), { stdio: ["ignore", "pipe", "pipe"] });
   for (let i = 0; i < 100; i++) {
     await sleep(100);
-    const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false);
+    const dispatcher = tls ? new Agent({ connect: { ca: tls.ca } }) : undefined;
+    const ok = await undiciFetch(`${tls ? "https" : "http"}://127.0.0.1:${port}/health`, { dispatcher }).then((r) => r.ok, () => false);
     if (ok) return { proc, port };
   }
   throw new Error(`nginx did not start: ${await readFile(join(dir, "error.log"), "utf8").catch(() => "")}`);
@@ -453,14 +482,15 @@ async function main(): Promise<void> {
     const r = spawnSync("taskset", ["-a", "-p", "-c", LOADGEN_CPUS, String(process.pid)], { encoding: "utf8" });
     if (r.status !== 0) throw new Error(`taskset could not pin the load generator: ${r.error?.message ?? r.stderr}`);
   }
-  const gen = loadGenerator(LOADGEN_THREADS);
+  const tls = TLS ? certificate(dir) : undefined;
+  const gen = loadGenerator(LOADGEN_THREADS, tls?.ca);
   const results: Record<string, Record<string, RunResult>> = {};
   try {
     const runs = ([["latency", PACE, SECONDS], ["throughput", 1, Math.max(6, SECONDS / 2)]] as const).filter(([run]) => RUNS.includes(run));
     for (const [run, pace, secs] of runs) {
       const up = await startUpstream(pace);
-      const serveArgs = ["serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000"];
-      const serving = /^serving .* at (http:\/\/[^\s/]+)\/v1/m;
+      const serveArgs = ["serve", "--upstream", `http://127.0.0.1:${up.port}`, "--port", "0", "--max-concurrency", "100000", "--max-queue", "100000", ...(tls ? ["--ssl-keyfile", tls.key, "--ssl-certfile", tls.cert] : [])];
+      const serving = /^serving .* at (https?:\/\/[^\s/]+)\/v1/m;
       const gw = await start(...pinned(PROXY_CPUS, process.execPath, [...DSR_NODE_ARGS, DSR_CLI, ...serveArgs]), serving);
       procs.push(gw.proc);
       const gw2 = await start(...pinned(PROXY_CPUS, process.execPath, [...DSR_NODE_ARGS, DSR_CLI, ...serveArgs, "--workers", String(DSR_WORKERS)]), serving);
@@ -471,7 +501,7 @@ async function main(): Promise<void> {
       if (base2) procs.push(base2.proc);
       const floor = FLOOR ? await start(...pinned(PROXY_CPUS, process.execPath, [...scriptArgs(FLOOR), ...serveArgs, "--workers", String(DSR_WORKERS)]), serving) : undefined;
       if (floor) procs.push(floor.proc);
-      const ng = await startNginx(up.port, dir);
+      const ng = await startNginx(up.port, dir, tls);
       procs.push(ng.proc);
       const nginxWorkers = () => childrenOf(ng.proc.pid!);
       const targets: [string, string, () => Promise<number[]>][] = [
@@ -481,7 +511,7 @@ async function main(): Promise<void> {
         [`dsr_workers${DSR_WORKERS}`, gw2.match[1], async () => [gw2.proc.pid!, ...(await childrenOf(gw2.proc.pid!))]],
         ...(base2 ? [[`dsr_baseline_workers${COMPARE_WORKERS}`, base2.match[1], async () => [base2.proc.pid!, ...(await childrenOf(base2.proc.pid!))]] as [string, string, () => Promise<number[]>]] : []),
         ...(floor ? [[`node_floor_workers${DSR_WORKERS}`, floor.match[1], async () => [floor.proc.pid!, ...(await childrenOf(floor.proc.pid!))]] as [string, string, () => Promise<number[]>]] : []),
-        ["nginx", `http://127.0.0.1:${ng.port}`, nginxWorkers],
+        ["nginx", `${tls ? "https" : "http"}://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
       // Rounds interleave the targets, so load from other processes on the machine drifts over all
       // of them alike instead of favouring whichever ran first. Pools stay open (connections warm).
@@ -518,6 +548,7 @@ async function main(): Promise<void> {
       dsr_workers: DSR_WORKERS,
       concurrency: CONC,
       tokens_per_stream: TOKENS,
+      tls: TLS,
       latency_pace_ms: PACE,
       throughput_pace_ms: 1,
       seconds: SECONDS,

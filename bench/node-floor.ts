@@ -6,10 +6,13 @@
  * shows how much CPU per stream Node's own sockets cost, so dsr's overhead above that is visible.
  *
  * Speaks the command line bench/gateway gives dsr: `node-floor.ts serve --upstream URL --port 0
- * [--workers N]` (other flags ignored), prints `serving floor at http://HOST:PORT/v1`.
+ * [--workers N] [--ssl-keyfile K --ssl-certfile C]` (other flags ignored), prints `serving floor at
+ * http(s)://HOST:PORT/v1`.
  */
 import cluster from "node:cluster";
+import { readFileSync } from "node:fs";
 import net from "node:net";
+import tls from "node:tls";
 
 const arg = (name: string, d: string) => {
   const i = process.argv.indexOf(name);
@@ -18,6 +21,9 @@ const arg = (name: string, d: string) => {
 const upstream = new URL(arg("--upstream", "http://127.0.0.1:8000"));
 const workers = Number(arg("--workers", "1"));
 const CRLF2 = Buffer.from("\r\n\r\n");
+const keyfile = arg("--ssl-keyfile", "");
+const secure = keyfile ? { key: readFileSync(keyfile), cert: readFileSync(arg("--ssl-certfile", "")) } : undefined;
+const scheme = secure ? "https" : "http";
 
 /** An upstream connection reading into its own buffer; `onRead` belongs to the request it serves. */
 interface Upstream {
@@ -49,7 +55,7 @@ function serve(port: number): net.Server {
     for (let u = idle.pop(); u; u = idle.pop()) if (!u.socket.destroyed) return u;
     return connect();
   };
-  return net.createServer({ noDelay: true }, (client) => {
+  const accept = (client: net.Socket) => {
     let acc: Buffer | undefined;
     client.on("error", () => client.destroy());
     client.on("data", (d: Buffer) => {
@@ -74,7 +80,9 @@ function serve(port: number): net.Server {
       };
       up.socket.write(`POST ${path} HTTP/1.1\r\nhost: ${upstream.host}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body.toString("latin1")}`, "latin1");
     });
-  }).listen(port, "127.0.0.1");
+  };
+  const server = secure ? tls.createServer({ ...secure, ALPNProtocols: ["http/1.1"] }, (c) => accept(c.setNoDelay(true))) : net.createServer({ noDelay: true }, accept);
+  return server.listen(port, "127.0.0.1");
 }
 
 if (workers > 1 && cluster.isPrimary) {
@@ -86,7 +94,7 @@ if (workers > 1 && cluster.isPrimary) {
   let up = 0;
   for (let i = 0; i < workers; i++) {
     cluster.fork({ FLOOR_PORT: String(port) }).on("listening", () => {
-      if (++up === workers) console.log(`serving floor at http://127.0.0.1:${port}/v1`);
+      if (++up === workers) console.log(`serving floor at ${scheme}://127.0.0.1:${port}/v1`);
     });
   }
   process.on("SIGTERM", () => {
@@ -96,6 +104,6 @@ if (workers > 1 && cluster.isPrimary) {
 } else {
   const s = serve(Number(process.env.FLOOR_PORT ?? arg("--port", "0")));
   s.on("listening", () => {
-    if (cluster.isPrimary) console.log(`serving floor at http://127.0.0.1:${(s.address() as net.AddressInfo).port}/v1`);
+    if (cluster.isPrimary) console.log(`serving floor at ${scheme}://127.0.0.1:${(s.address() as net.AddressInfo).port}/v1`);
   });
 }

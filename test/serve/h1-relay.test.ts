@@ -6,10 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI from "openai";
+import { readFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import type { AddressInfo } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
-import { startServe, type ServeProc } from "./helpers.js";
+import { tempDir } from "../support/tmp.js";
+import { selfSignedCert, startServe, type ServeProc } from "./helpers.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const ev = (text: string, finish: string | null = null) =>
@@ -91,9 +94,9 @@ async function writeApart(s: Socket, parts: string[], gapMs = 15): Promise<void>
 }
 
 /** A raw client: sends one request, returns the response head and the body bytes exactly as received. */
-async function rawPost(url: string, body: unknown, opts: { abortAfterBytes?: number; stallMs?: number } = {}): Promise<{ head: string; body: Buffer }> {
+async function rawPost(url: string, body: unknown, opts: { abortAfterBytes?: number; stallMs?: number; ca?: Buffer } = {}): Promise<{ head: string; body: Buffer }> {
   const u = new URL(url);
-  const s = connect(Number(u.port), u.hostname);
+  const s = u.protocol === "https:" ? tlsConnect({ port: Number(u.port), host: u.hostname, ca: opts.ca }) : connect(Number(u.port), u.hostname);
   if (opts.stallMs) {
     // a slow client: nothing is read for a while, so the gateway must hold the upstream back
     s.pause();
@@ -340,6 +343,27 @@ describe("the raw relay against a scripted upstream", () => {
       s.write(chunk("data: [DONE]\n\n") + "0\r\n\r\n");
     });
     const r = await rawPost(gw.url, { model: "m", prompt: "x", stream: true }, { stallMs: 800 });
+    expect(dechunk(r.body)).toBe(events.join("") + "data: [DONE]\n\n");
+  });
+
+  it("over HTTPS too: a stalled client's queued bytes are never overwritten by the next read", async () => {
+    // a TLS socket counts a write as pending until a later turn, so the gateway copies what it
+    // forwards as received instead of giving up its read buffer on every read
+    const certs = selfSignedCert(await tempDir(), "relay");
+    // more than the kernel buffers to the stalled client hold, in small events: once TLS writes
+    // wait on the socket, many reads' worth queue below the high-water mark, where a write that is
+    // not copied would still point into the read buffer
+    const events = Array.from({ length: 2500 }, (_, k) => ev(`${k}:${String(k % 10).repeat(4000)}`));
+    const { gw } = await setup(async (s) => {
+      s.write(SSE_HEAD);
+      for (const e of events) {
+        if (!s.write(chunk(e))) await new Promise((r) => s.once("drain", r));
+        await sleep(1); // one read per event
+      }
+      s.write(chunk("data: [DONE]\n\n") + "0\r\n\r\n");
+    }, ["--ssl-keyfile", certs.key, "--ssl-certfile", certs.cert]);
+    expect(gw.url).toMatch(/^https:/);
+    const r = await rawPost(gw.url, { model: "m", prompt: "x", stream: true }, { stallMs: 2500, ca: await readFile(certs.cert) });
     expect(dechunk(r.body)).toBe(events.join("") + "data: [DONE]\n\n");
   });
 

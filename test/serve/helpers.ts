@@ -1,5 +1,6 @@
 /** Starts the built `dsr serve` as a real child process and waits for its "serving … at URL" line. */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { join } from "node:path";
 import { runDsr } from "../support/cli.js";
 import { freePort } from "../../src/engine/serve/free-ports.js";
 
@@ -86,4 +87,12 @@ export async function sseEvents(res: Response): Promise<string[]> {
     .map((e) => e.trim())
     .filter((e) => e.startsWith("data:"))
     .map((e) => e.slice(5).trim());
+}
+
+/** A self-signed P-256 certificate for 127.0.0.1 and localhost, made by openssl: `dir`/`name`.key and .crt. */
+export function selfSignedCert(dir: string, name: string): { key: string; cert: string } {
+  const key = join(dir, `${name}.key`);
+  const cert = join(dir, `${name}.crt`);
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], { stdio: "ignore" });
+  return { key, cert };
 }

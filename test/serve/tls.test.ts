@@ -4,7 +4,6 @@
  * does not trust it, and a plain-HTTP client, get nowhere. Bad key/certificate flags are usage errors
  * naming the files. --workers 2 serves HTTPS too (each worker reads the files).
  */
-import { execFileSync } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -13,19 +12,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runDsr } from "../support/cli.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { tempDir } from "../support/tmp.js";
-import { startServe } from "./helpers.js";
+import { selfSignedCert, startServe } from "./helpers.js";
 
 let dir: string;
 let up: Standin;
 let cert: Buffer;
 
-/** A self-signed EC certificate for 127.0.0.1 (and localhost), as `name`.key / `name`.crt. */
-function makeCert(name: string): { key: string; cert: string } {
-  const key = join(dir, `${name}.key`);
-  const crt = join(dir, `${name}.crt`);
-  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], { stdio: "ignore" });
-  return { key, cert: crt };
-}
+const makeCert = (name: string) => selfSignedCert(dir, name);
 
 beforeAll(async () => {
   dir = await tempDir();

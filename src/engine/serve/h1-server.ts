@@ -396,6 +396,12 @@ export class H1Response {
   private chunked = false;
   private stream = false;
   private readonly head: boolean;
+  /**
+   * HTTPS: bytes given as they are (writeFramed, an HTTP/1.0 body) are copied first. A TLS socket
+   * reports written bytes as pending until its write completes in a later turn, so `holdsBytes` would
+   * stay true and make the caller give up its read buffer on every read; a copy costs less.
+   */
+  private readonly copies: boolean;
 
   constructor(
     readonly socket: Socket,
@@ -407,6 +413,17 @@ export class H1Response {
     private readonly conn: { finished(res: H1Response): void },
   ) {
     this.head = req.method === "HEAD";
+    this.copies = (socket as { encrypted?: boolean }).encrypted === true;
+  }
+
+  /** True while bytes the caller passed to write() as they are may still be read by the socket (the caller must not reuse them). */
+  get holdsBytes(): boolean {
+    return !this.copies && this.socket.writableLength > 0;
+  }
+
+  /** `b` itself, or a copy when the socket could hold on to it (see `copies`). */
+  private own(b: Buffer): Buffer {
+    return this.copies ? Buffer.from(b) : b;
   }
 
   /** A header for whatever head this response sends (set before writeHead). */
@@ -428,7 +445,7 @@ export class H1Response {
     const body = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
     if (!this.headersSent) return this.socket.write(this.withHead(body, false));
     if (this.head || body.length === 0) return true;
-    return this.socket.write(this.chunked ? frame(body) : body);
+    return this.socket.write(this.chunked ? frame(body) : this.own(body));
   }
 
   /**
@@ -437,7 +454,7 @@ export class H1Response {
    */
   writeFramed(framed: Buffer): boolean {
     if (this.writableEnded || this.destroyed || this.head) return true;
-    return this.socket.write(framed);
+    return this.socket.write(this.own(framed));
   }
 
   get framedWrites(): boolean {
@@ -452,7 +469,7 @@ export class H1Response {
       if (!this.headersSent) {
         this.socket.write(this.withHead(body, true));
       } else if (this.chunked && !this.head) this.socket.write(body.length > 0 ? frame(body, true) : LAST_CHUNK);
-      else if (body.length > 0 && !this.head) this.socket.write(body); // an HTTP/1.0 stream, whose end is the close
+      else if (body.length > 0 && !this.head) this.socket.write(this.own(body)); // an HTTP/1.0 stream, whose end is the close
     }
     this.conn.finished(this);
   }

@@ -31,7 +31,7 @@ export class ResponseSink implements Sink {
   }
 
   get queued(): boolean {
-    return this.res.socket.writableLength > 0;
+    return this.res.holdsBytes;
   }
 
   capture(): void {
