@@ -142,6 +142,10 @@ export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, n
     return {
       url,
       inFlight: () => NaN,
+      reload() {
+        // each worker re-reads the key file and certificate it was started with (serve.ts)
+        for (const w of workers.values()) if (w.isConnected()) w.process.kill("SIGHUP");
+      },
       async stop(graceMs) {
         stopping = true;
         await Promise.all(

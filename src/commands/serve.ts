@@ -73,7 +73,15 @@ interface Flags {
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
-/** The HTTPS key and certificate, read and checked to belong together before anything starts. */
+/** The API keys: --api-key flags, DSR_API_KEY, and the --api-key-file (read again on SIGHUP). */
+async function readKeys(f: Flags, env: NodeJS.ProcessEnv): Promise<string[]> {
+  const keys = [...(f.apiKey ?? [])];
+  if (env.DSR_API_KEY) keys.push(env.DSR_API_KEY);
+  if (f.apiKeyFile) keys.push(...parseKeyFile(await readFile(f.apiKeyFile, "utf8").catch((e) => { throw usageError(`--api-key-file ${f.apiKeyFile}: ${(e as Error).message}`); })));
+  return keys;
+}
+
+/** The HTTPS key and certificate, read and checked to belong together before anything starts (and on SIGHUP). */
 async function readTls(keyfile: string | undefined, certfile: string | undefined): Promise<{ key: Buffer; cert: Buffer } | undefined> {
   if (!keyfile && !certfile) return undefined;
   if (!keyfile || !certfile) throw usageError(`${keyfile ? "--ssl-keyfile" : "--ssl-certfile"} needs ${keyfile ? "--ssl-certfile" : "--ssl-keyfile"} too`, "give both: the PEM private key and its certificate chain");
@@ -145,9 +153,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
 
 async function run(model: string | undefined, f: Flags, c: CommandContext): Promise<void> {
   const { out } = c;
-  const keys = [...(f.apiKey ?? [])];
-  if (c.env.DSR_API_KEY) keys.push(c.env.DSR_API_KEY);
-  if (f.apiKeyFile) keys.push(...parseKeyFile(await readFile(f.apiKeyFile, "utf8").catch((e) => { throw usageError(`--api-key-file ${f.apiKeyFile}: ${(e as Error).message}`); })));
+  const keys = await readKeys(f, c.env);
   // a local directory travels to child instances (and logs) as an absolute path
   const modelPath = model && !f.upstream?.length && existsSync(model) ? resolve(model) : model;
   const cfg: ServeConfig = {
@@ -270,7 +276,19 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   out.note(`serving ${names} at ${server.url}/v1 (${keys.length ? `${keys.length} API key(s)` : "no API key"}; metrics at /metrics)`);
   if (!worker) out.result({ url: server.url, engine: plan.engine, models: cfg.servedNames, instances: plan.children.length || plan.upstreams.length || 1 });
 
+  // SIGHUP re-reads the key file and the certificate, as nginx reloads on it: keys rotate and
+  // certificates renew without a restart. A file that fails to read keeps what is in use.
+  const reloadable = f.apiKeyFile !== undefined || cfg.gateway.tls !== undefined;
+  const onHup = () =>
+    void (async () => {
+      const secrets = { apiKeys: await readKeys(f, c.env), tls: await readTls(f.sslKeyfile, f.sslCertfile) };
+      server.reload(secrets);
+      out.note(`SIGHUP: reloaded ${secrets.apiKeys.length} API key(s)${secrets.tls ? " and the TLS certificate" : ""}`);
+    })().catch((e: Error) => out.note(`SIGHUP: kept the keys and certificate in use: ${e.message}`));
+  if (reloadable) process.on("SIGHUP", onHup);
+
   await shutdown;
+  process.off("SIGHUP", onHup);
   const grace = seconds(f.grace, "--grace") * 1000;
   const n = server.inFlight();
   out.note(`shutting down: finishing ${Number.isNaN(n) ? "the" : n} in-flight request(s) (up to ${grace / 1000} s)…`);

@@ -2,11 +2,14 @@
  * `dsr serve --ssl-keyfile --ssl-certfile`: HTTPS on the gateway's own server, with a certificate
  * openssl makes for 127.0.0.1. The openai SDK talks to it trusting that certificate; a client that
  * does not trust it, and a plain-HTTP client, get nowhere. Bad key/certificate flags are usage errors
- * naming the files. --workers 2 serves HTTPS too (each worker reads the files).
+ * naming the files. --workers 2 serves HTTPS too (each worker reads the files). SIGHUP re-reads the
+ * key file and the certificate; a bad new certificate keeps the one in use.
  */
-import { readFile } from "node:fs/promises";
+import { copyFile, readFile, writeFile } from "node:fs/promises";
+import { connect as tlsConnect } from "node:tls";
 import { join } from "node:path";
 import OpenAI from "openai";
+import { X509Certificate } from "node:crypto";
 import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runDsr } from "../support/cli.js";
@@ -47,6 +50,52 @@ describe("dsr serve over HTTPS", () => {
         expect(text).toBe(" t0 t1 t2 t3 t4 t5");
         await expect(client(gw.url).models.list()).rejects.toThrow(); // self-signed: not trusted without `ca`
         await expect(fetch(gw.url.replace("https:", "http:") + "/health")).rejects.toThrow();
+      } finally {
+        expect(await gw.stop()).toBe(0);
+      }
+    }, 60_000);
+  }
+
+  for (const workers of [1, 2]) {
+    it(`--workers ${workers}: SIGHUP reloads the API key file and the certificate; a bad new certificate keeps the one in use`, async () => {
+      const [a, b] = [makeCert(`a${workers}`), makeCert(`b${workers}`)];
+      const live = { key: join(dir, `live${workers}.key`), cert: join(dir, `live${workers}.crt`), keys: join(dir, `keys${workers}.txt`) };
+      const use = async (c: { key: string; cert: string }) => (await copyFile(c.key, live.key), await copyFile(c.cert, live.cert));
+      await use(a);
+      await writeFile(live.keys, "sk-old\n");
+      const gw = await startServe(["--upstream", up.url, "--ssl-keyfile", live.key, "--ssl-certfile", live.cert, "--api-key-file", live.keys, "--workers", String(workers)]);
+      /** The certificate a new connection is given (its fingerprint), trusting `ca`. */
+      const served = (ca: Buffer) =>
+        new Promise<string>((resolve, reject) => {
+          const s = tlsConnect({ host: "127.0.0.1", port: Number(new URL(gw.url).port), ca }, () => (resolve(s.getPeerCertificate().fingerprint256), s.end()));
+          s.on("error", reject);
+        });
+      const status = async (ca: Buffer, key: string) => (await undiciFetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` }, dispatcher: new Agent({ connect: { ca } }) })).status;
+      const [caA, caB] = [await readFile(a.cert), await readFile(b.cert)];
+      /** SIGHUP, then wait for `lines` more lines saying `done` (with workers the primary reads the files first, then each worker). */
+      const hup = async (done: RegExp, lines: number) => {
+        const count = () => (gw.log().match(new RegExp(done.source, "gm")) ?? []).length;
+        const want = count() + lines;
+        gw.proc.kill("SIGHUP");
+        for (let i = 0; i < 100 && count() < want; i++) await new Promise((r) => setTimeout(r, 50));
+        expect(count()).toBe(want);
+      };
+      try {
+        expect(await status(caA, "sk-old")).toBe(200);
+        expect(await status(caA, "sk-new")).toBe(401);
+        await use(b);
+        await writeFile(live.keys, "sk-new\n");
+        await hup(/reloaded 1 API key\(s\) and the TLS certificate/, workers === 1 ? 1 : 1 + workers);
+        for (let i = 0; i < 4; i++) {
+          // several connections: with two workers each must have reloaded
+          expect(await served(caB)).toBe(new X509Certificate(caB).fingerprint256);
+          expect(await status(caB, "sk-new")).toBe(200);
+          expect(await status(caB, "sk-old")).toBe(401);
+        }
+        await copyFile(a.key, live.key); // B's certificate with A's key: refused, B stays
+        await hup(/kept the keys and certificate in use: .*key values mismatch/, 1); // with workers, the primary's check stops it there
+        expect(await served(caB)).toBe(new X509Certificate(caB).fingerprint256);
+        expect(await status(caB, "sk-new")).toBe(200);
       } finally {
         expect(await gw.stop()).toBe(0);
       }

@@ -50,7 +50,7 @@ const TOKENS_ROUTES: Record<string, TokensOp> = { "/tokenize": "tokenize", "/det
 export class Gateway {
   readonly metrics: GatewayMetrics;
   private readonly server: H1Server;
-  private readonly keys: ApiKeys;
+  private keys: ApiKeys;
   private readonly limiter: Limiter;
   private draining = false;
   private readonly inflight = new Set<Cancel>();
@@ -62,6 +62,12 @@ export class Gateway {
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
     this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, tls: o.tls }, (req, res) => this.dispatch(req, res));
+  }
+
+  /** New API keys and certificate (SIGHUP): requests from now on are checked against these keys; new TLS connections get this certificate. */
+  reload(s: { apiKeys: readonly string[]; tls?: { key: Buffer; cert: Buffer } }): void {
+    this.keys = new ApiKeys(s.apiKeys);
+    if (s.tls) this.server.setTls(s.tls);
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {

@@ -19,7 +19,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { createServer as createTlsServer } from "node:tls";
+import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { beginChunk, chunkOf, chunkSize, ChunkedDecoder, endChunk, Ranges } from "./h1-chunked.js";
 import { HttpError } from "./http-error.js";
 
@@ -91,7 +91,7 @@ export class H1Server {
   private readonly conns = new Set<Conn>();
   private readonly sweeper: NodeJS.Timeout;
   closing = false;
-  readonly o: Required<Omit<H1ServerOptions, "tls">>;
+  readonly o: Required<Omit<H1ServerOptions, "tls">> & Pick<H1ServerOptions, "tls">;
 
   constructor(o: H1ServerOptions, readonly handler: H1Handler) {
     this.o = { keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, requestTimeoutMs: 300_000, maxHeaderBytes: 16 * 1024, maxHeaders: 200, ...o };
@@ -108,6 +108,12 @@ export class H1Server {
     } else this.server = createServer({ noDelay: true }, accept);
     // deadlines are checked by one timer per server, not one per connection
     this.sweeper = setInterval(() => this.sweep(performance.now()), 1000).unref();
+  }
+
+  /** A new key and certificate for connections accepted from now on (an HTTPS server only). */
+  setTls(tls: { key: Buffer; cert: Buffer }): void {
+    if (!this.o.tls) throw new Error("h1 server: setTls on a server started without TLS");
+    (this.server as TlsServer).setSecureContext(tls);
   }
 
   listen(port: number, host: string, backlog = 4096): Promise<AddressInfo> {

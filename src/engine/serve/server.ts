@@ -77,8 +77,16 @@ export interface WorkerSpec {
 export interface WorkerPool {
   url: string;
   inFlight(): number;
+  /** Tells every worker to reload its API keys and certificate (SIGHUP). */
+  reload(): void;
   /** Drains every worker (up to graceMs) and waits for them to exit; returns cancelled requests. */
   stop(graceMs: number): Promise<number>;
+}
+
+/** What SIGHUP reloads: the API keys (flags, key file, DSR_API_KEY) and the HTTPS key and certificate. */
+export interface GatewaySecrets {
+  apiKeys: string[];
+  tls?: { key: Buffer; cert: Buffer };
 }
 
 export interface ServeDeps {
@@ -196,6 +204,11 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
 export interface RunningServe {
   url: string;
   inFlight(): number;
+  /**
+   * Applies reloaded secrets to this process's gateway; with gateway workers, tells each to reload
+   * its own (they re-read the same files), and `secrets` is only a check that they read well.
+   */
+  reload(secrets: GatewaySecrets): void;
   plan: ServePlan;
   /** Drains the gateway (up to graceMs), stops children, closes everything. Returns cancelled requests. */
   shutdown(graceMs: number): Promise<number>;
@@ -272,6 +285,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         return {
           url: pool.url,
           inFlight: () => pool.inFlight(),
+          reload: () => pool.reload(),
           plan,
           async shutdown(graceMs) {
             for (const s of supervisors) s.holdRestarts();
@@ -311,6 +325,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   return {
     url: `${cfg.gateway.tls ? "https" : "http"}://${host}:${addr.port}`,
     inFlight: () => gateway.inFlight,
+    reload: (s) => gateway.reload(s),
     plan,
     async shutdown(graceMs) {
       for (const s of supervisors) s.holdRestarts();
