@@ -11,6 +11,7 @@ import { connect } from "node:net";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { runDsr } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { sseEvents, startServe, type ServeProc } from "./helpers.js";
 
@@ -149,6 +150,18 @@ describe("dsr serve --upstream (proxy mode)", () => {
     } finally {
       await g2.stop();
       await bare.close();
+    }
+  });
+
+  it("upstreams that serve different models are refused at start, naming what each serves", async () => {
+    const other = await startStandin({ model: "qwen-other" });
+    try {
+      const r = await runDsr(["serve", "--upstream", good.url, other.url, "--port", "0"]);
+      expect(r.exitCode).toBe(2);
+      expect(r.stderr).toContain(`the upstreams serve different models (${good.url} serves r1-upstream; ${other.url} serves qwen-other)`);
+      expect(r.stderr).toContain("list only the upstreams that serve r1-upstream, or run one dsr serve per model");
+    } finally {
+      await other.close();
     }
   });
 

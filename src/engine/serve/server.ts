@@ -337,19 +337,31 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   };
 }
 
+/**
+ * The model the upstreams serve: the first id of the first upstream that answers GET /v1/models,
+ * asked of all at once. Every upstream that answers must list it too: routing assumes that any
+ * instance can take any request, so upstreams serving different models are refused at start
+ * instead of failing requests at random later.
+ */
 async function discoverModel(instances: UpstreamInstance[], note: (l: string) => void): Promise<string | undefined> {
-  for (const i of instances) {
-    try {
-      const ids = await i.fetchModels();
-      if (ids.length) {
-        note(`upstream ${i.origin} serves ${ids.join(", ")}`);
-        return ids[0];
-      }
-    } catch (e) {
-      note(`upstream ${i.origin}: ${(e as Error).message}`);
-    }
+  const lists = await Promise.all(
+    instances.map((i) =>
+      i.fetchModels().then(
+        (ids) => (note(`upstream ${i.origin} serves ${ids.join(", ") || "no model"}`), ids),
+        (e: Error) => (note(`upstream ${i.origin}: ${e.message}`), undefined),
+      ),
+    ),
+  );
+  const model = lists.find((ids) => ids?.length)?.[0];
+  const others = instances.filter((_, k) => lists[k] !== undefined && model !== undefined && !lists[k]!.includes(model));
+  if (others.length) {
+    const served = instances.map((i, k) => (lists[k] ? `${i.origin} serves ${lists[k]!.join(", ") || "no model"}` : undefined)).filter(Boolean);
+    throw new DsrError("DSR_UPSTREAM_MODELS_DIFFER", `the upstreams serve different models (${served.join("; ")}); dsr serve fronts one model, and any instance may get any request`, {
+      exitCode: ExitCode.usage,
+      hint: `list only the upstreams that serve ${model}, or run one dsr serve per model`,
+    });
   }
-  return undefined;
+  return model;
 }
 
 
