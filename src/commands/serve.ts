@@ -13,6 +13,7 @@ import type { CommandContext } from "./context.js";
 import { usageError } from "../engine/errors.js";
 import { parseKeyFile } from "../engine/serve/auth.js";
 import { MemoryCache, RedisCache, type ResponseCache } from "../engine/serve/cache.js";
+import { parseCorsList, type CorsOptions } from "../engine/serve/cors.js";
 import { REASONING_FIELDS, type ReasoningField } from "../engine/serve/reasoning.js";
 import { RequestLog } from "../engine/serve/request-log.js";
 import { planServe, startServe, type EngineName, type ServeConfig, type ServePlan } from "../engine/serve/server.js";
@@ -51,6 +52,10 @@ interface Flags {
   apiKey?: string[];
   apiKeyFile?: string;
   sslKeyfile?: string;
+  allowedOrigins?: string[];
+  allowedMethods?: string[];
+  allowedHeaders?: string[];
+  allowCredentials?: boolean;
   sslCertfile?: string;
   protectAll?: boolean;
   maxConcurrency: string;
@@ -72,6 +77,23 @@ interface Flags {
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/** CORS from its flags; undefined (no CORS headers) without --allowed-origins. */
+function corsFlags(f: Flags): CorsOptions | undefined {
+  const list = (flag: string, v: string[] | undefined) => {
+    try {
+      return parseCorsList(flag, v ?? ["*"]);
+    } catch (e) {
+      throw usageError((e as Error).message, `e.g. ${flag} https://app.example,https://admin.example or ${flag} '["https://app.example"]'`);
+    }
+  };
+  if (!f.allowedOrigins?.length) {
+    const stray = f.allowedMethods ? "--allowed-methods" : f.allowedHeaders ? "--allowed-headers" : f.allowCredentials ? "--allow-credentials" : undefined;
+    if (stray) throw usageError(`${stray} needs --allowed-origins`, "name the origins browsers may call from, e.g. --allowed-origins https://app.example");
+    return undefined;
+  }
+  return { origins: list("--allowed-origins", f.allowedOrigins), methods: list("--allowed-methods", f.allowedMethods), headers: list("--allowed-headers", f.allowedHeaders), credentials: !!f.allowCredentials };
+}
 
 /** The API keys: --api-key flags, DSR_API_KEY, and the --api-key-file (read again on SIGHUP). */
 async function readKeys(f: Flags, env: NodeJS.ProcessEnv): Promise<string[]> {
@@ -129,6 +151,10 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
     .option("--api-key-file <file>", "file of keys, one per line")
+    .option("--allowed-origins <list>", "answer browsers (CORS) from these origins: comma-separated or a JSON list as vLLM takes it, * for any (default: none, unlike vLLM)", collect)
+    .option("--allowed-methods <list>", "CORS: methods allowed (default *)", collect)
+    .option("--allowed-headers <list>", "CORS: request headers allowed (default *)", collect)
+    .option("--allow-credentials", "CORS: allow credentials (the origin is echoed, never *)")
     .option("--ssl-keyfile <file>", "serve HTTPS: the PEM private key (with --ssl-certfile)")
     .option("--ssl-certfile <file>", "serve HTTPS: the PEM certificate chain (with --ssl-keyfile)")
     .option("--protect-all", "require a key on /health, /ready, /metrics and /version too")
@@ -198,6 +224,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       maxBodyBytes: parseByteSize(f.maxBody, "--max-body"),
       logPrompts: !!f.logPrompts,
       tls: await readTls(f.sslKeyfile, f.sslCertfile),
+      cors: corsFlags(f),
     },
   };
   if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");

@@ -11,6 +11,7 @@ import { randomUUID } from "node:crypto";
 import { ApiKeys } from "./auth.js";
 import { Cancel } from "./cancel.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
+import { Cors, type CorsOptions } from "./cors.js";
 import { HttpError } from "./http-error.js";
 import { Limiter, type Lease } from "./limiter.js";
 import { H1Server, type H1Request, type H1Response } from "./h1-server.js";
@@ -37,6 +38,8 @@ export interface GatewayOptions {
   requestLog?: RequestLog;
   logPrompts?: boolean;
   metrics?: GatewayMetrics;
+  /** Answer browsers from these origins (`--allowed-origins`); none when absent. */
+  cors?: CorsOptions;
   /** Serve HTTPS with this PEM key and certificate chain (`--ssl-keyfile`, `--ssl-certfile`). */
   tls?: { key: Buffer; cert: Buffer };
   /** Overrides /metrics (a cluster worker returns the cluster-wide sum from the primary). */
@@ -51,6 +54,7 @@ export class Gateway {
   readonly metrics: GatewayMetrics;
   private readonly server: H1Server;
   private keys: ApiKeys;
+  private readonly cors: Cors | undefined;
   private readonly limiter: Limiter;
   private draining = false;
   private readonly inflight = new Set<Cancel>();
@@ -60,6 +64,7 @@ export class Gateway {
     this.metrics = o.metrics ?? new GatewayMetrics(o.backend.models()[0]?.id ?? "unknown");
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
+    this.cors = o.cors && new Cors(o.cors);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
     this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, tls: o.tls }, (req, res) => this.dispatch(req, res));
   }
@@ -116,6 +121,7 @@ export class Gateway {
     const id = typeof idHeader === "string" && idHeader.length > 0 && idHeader.length <= 128 ? idHeader : randomUUID();
     res.setHeader("x-request-id", id);
     try {
+      if (this.cors?.handle(req, res)) return; // a preflight, answered
       if (req.method === "OPTIONS") {
         res.writeHead(204, { allow: "GET, POST, OPTIONS" }).end();
         return;

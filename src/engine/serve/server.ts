@@ -12,6 +12,7 @@ import type { TokenEngine } from "../runtime/types.js";
 import { UpstreamInstance } from "../runtime/upstream.js";
 import type { TextModel } from "../text/index.js";
 import type { ResponseCache } from "./cache.js";
+import type { CorsOptions } from "./cors.js";
 import { Gateway } from "./gateway.js";
 import { GatewayMetrics } from "./metrics.js";
 import { ProxyBackend } from "./proxy.js";
@@ -57,6 +58,8 @@ export interface ServeConfig {
     requestTimeoutMs: number;
     maxBodyBytes: number;
     logPrompts: boolean;
+    /** CORS for browser clients (`--allowed-origins` …); none when absent. */
+    cors?: CorsOptions;
     /** HTTPS (PEM key and certificate chain, already read and checked to match). */
     tls?: { key: Buffer; cert: Buffer };
   };
