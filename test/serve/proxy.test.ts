@@ -264,17 +264,22 @@ describe("dsr serve --upstream (proxy mode)", () => {
   });
 
   it("writes one JSON line per request to the log, never the API key", async () => {
+    const behind = await fetch(`${gw.url}/v1/models/dsr-r1`, { headers: { authorization: `Bearer ${KEY}` } }); // not a generation: not logged
+    expect(behind.status).toBe(200);
+    const viaProxy = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${KEY}`, "x-forwarded-for": "203.0.113.7", "x-request-id": "via-proxy" }, body: JSON.stringify({ model: "dsr-r1", prompt: "x" }) });
+    expect(viaProxy.status).toBe(200);
     await new Promise((r) => setTimeout(r, 400)); // the log is flushed every 200 ms
     const text = await readFile(join(dir, "req.log"), "utf8");
     expect(text).not.toContain(KEY);
     const lines = text.trim().split("\n").map((l) => JSON.parse(l));
     const ok = lines.find((l) => l.status === 200 && l.stream === true);
-    expect(ok).toMatchObject({ model: "dsr-r1", path: "/v1/chat/completions", instance: "u1" });
+    expect(ok).toMatchObject({ model: "dsr-r1", path: "/v1/chat/completions", instance: "u1", client: "127.0.0.1" });
     expect(ok.ttft_ms).toBeGreaterThan(0);
     const refused = lines.filter((l) => l.status === 401);
     expect(refused.length).toBeGreaterThanOrEqual(2); // refused requests are logged too…
     for (const l of refused) expect(l.error).toMatch(/API key/); // …with the reason, never the key
     expect(lines.some((l) => l.prompt !== undefined)).toBe(false);
+    expect(lines.find((l) => l.id === "via-proxy")).toMatchObject({ client: "127.0.0.1", forwarded_for: "203.0.113.7", status: 200 });
   });
 });
 

@@ -135,7 +135,7 @@ export class Gateway {
         } catch (e) {
           // refused before generation (method, auth, shutdown): logged and counted too, without the key
           const status = e instanceof HttpError ? e.status : 500;
-          this.finish(id, path, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
+          this.finish(id, path, req, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
           throw e;
         }
         void this.generate(endpoint, id, path, req, res, t0);
@@ -260,7 +260,7 @@ export class Gateway {
         res.closeListener = undefined;
         this.inflight.delete(ac);
         if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
-        this.finish(id, path, status, t0, queueMs, record, entry);
+        this.finish(id, path, req, status, t0, queueMs, record, entry);
       } catch (e) {
         this.fail(res, e);
       }
@@ -283,7 +283,7 @@ export class Gateway {
       entry.error = e instanceof Error ? e.message : String(e);
       this.fail(res, e);
     } finally {
-      this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...entry, latency_ms: round(performance.now() - t0) });
+      this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...clientOf(req), ...entry, latency_ms: round(performance.now() - t0) });
     }
   }
 
@@ -294,7 +294,7 @@ export class Gateway {
     throw modelNotFound(requested);
   }
 
-  private finish(id: string, path: string, status: number, t0: number, queueMs: number | undefined, r: RequestRecord, entry: Partial<RequestLogEntry>): void {
+  private finish(id: string, path: string, req: H1Request, status: number, t0: number, queueMs: number | undefined, r: RequestRecord, entry: Partial<RequestLogEntry>): void {
     const latency = performance.now() - t0;
     const m = this.metrics;
     if (status === 200) {
@@ -310,6 +310,7 @@ export class Gateway {
       method: "POST",
       path,
       status,
+      ...clientOf(req),
       ...entry,
       instance: r.instance,
       prompt_tokens: r.promptTokens,
@@ -347,6 +348,12 @@ function sendJson(res: H1Response, status: number, body: unknown, headers: Recor
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
+
+/** Who sent the request, for the request log. */
+function clientOf(req: H1Request): Pick<RequestLogEntry, "client" | "forwarded_for"> {
+  const xff = req.headers["x-forwarded-for"];
+  return { client: req.remoteAddress, forwarded_for: typeof xff === "string" && xff.length > 0 ? xff.slice(0, 256) : undefined };
+}
 
 /** The body as JSON, or 400 invalid_json. */
 function jsonOf(raw: Buffer): unknown {

@@ -35,6 +35,8 @@ export interface H1Request {
   body: Buffer;
   /** Set when the body exceeded the limit: its size as declared or as received so far. */
   bodyTooLarge?: number;
+  /** The client's address (the connection's peer). */
+  remoteAddress?: string;
 }
 
 export interface H1ServerOptions {
@@ -284,7 +286,7 @@ class Conn {
     }
     const httpVersion = m[4] === "1" ? "1.1" : "1.0";
     if (httpVersion === "1.1" && headers.host === undefined) throw new HttpError(400, "an HTTP/1.1 request without a Host header");
-    const req: H1Request = { method: m[1], url: m[2], httpVersion, headers, body: EMPTY };
+    const req: H1Request = { method: m[1], url: m[2], httpVersion, headers, body: EMPTY, remoteAddress: this.socket.remoteAddress };
     const te = headers["transfer-encoding"];
     const limit = this.server.o.maxBodyBytes;
     let left = 0;

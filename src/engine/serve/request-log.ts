@@ -1,5 +1,5 @@
 /**
- * Request log: one JSON line per request (id, model, status, tokens, TTFT, latency, instance — never
+ * Request log: one JSON line per request (id, client address, model, status, tokens, TTFT, latency, instance — never
  * the API key, and prompt text only when asked) appended to a file, rotated by size like logrotate's
  * `size` + `rotate N`: `log` → `log.1` → … → `log.N`, the oldest dropped. Lines are batched and written
  * by one async writer so a busy gateway never blocks on the disk per request.
@@ -12,6 +12,9 @@ export interface RequestLogEntry {
   method: string;
   path: string;
   status: number;
+  /** The client's address, and what an `x-forwarded-for` header says when a proxy in front sent one. */
+  client?: string;
+  forwarded_for?: string;
   model?: string;
   stream?: boolean;
   instance?: string;
