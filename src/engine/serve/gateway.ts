@@ -234,7 +234,7 @@ export class Gateway {
       const got = this.limiter.acquire(ac);
       lease = got instanceof Promise ? await got : got;
       queueMs = performance.now() - tq;
-      this.metrics.queueTime.observe(queueMs / 1000);
+      this.metrics.forModel(model).queueTime(queueMs / 1000);
 
       const g: GenerationRequest = { id, endpoint, req: parsed, rawBody, model, stream, headers: req.headers, cancel: ac, sink, record, t0 };
       await this.o.backend.handle(g);
@@ -298,11 +298,12 @@ export class Gateway {
     const latency = performance.now() - t0;
     const m = this.metrics;
     if (status === 200) {
-      m.succeeded(r.finishReason ?? "stop", r.promptTokens, r.completionTokens);
-      m.e2e.observe(latency / 1000);
-      if (r.completionTokens && r.ttftMs !== undefined && r.completionTokens > 1) m.tpot.observe((latency - r.ttftMs) / 1000 / (r.completionTokens - 1));
+      m.succeeded(entry.model, r.finishReason ?? "stop", r.promptTokens, r.completionTokens);
+      const series = m.forModel(entry.model);
+      series.e2e(latency / 1000);
+      if (r.completionTokens && r.ttftMs !== undefined && r.completionTokens > 1) series.tpot((latency - r.ttftMs) / 1000 / (r.completionTokens - 1));
     } else {
-      m.failures.inc({ status: String(status) });
+      m.failed(entry.model, status);
     }
     this.o.requestLog?.write({
       ts: new Date().toISOString(),

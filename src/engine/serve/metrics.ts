@@ -14,6 +14,13 @@ export type Instrument = {
   itl(seconds: number): void;
 };
 
+/** A request's own series (its model's), bound once per model. */
+export interface ModelSeries {
+  queueTime(seconds: number): void;
+  e2e(seconds: number): void;
+  tpot(seconds: number): void;
+}
+
 export class GatewayMetrics {
   readonly registry = new Registry();
   readonly running: Gauge;
@@ -34,16 +41,22 @@ export class GatewayMetrics {
   readonly cacheLookups: Counter;
   readonly kvUsage: Gauge;
   private readonly perInstance = new Map<string, Instrument>();
+  private readonly perModel = new Map<string, ModelSeries>();
   /**
    * Counts of finished requests not yet handed to prom-client: its inc() validates and hashes the
    * label set on every call, so the per-request path adds to plain numbers and each counter's
-   * collect() hook moves them over when the registry is read.
+   * collect() hook moves them over when the registry is read. Keyed by model, then reason.
    */
-  private readonly unflushed = { success: new Map<string, number>(), prompt: 0, generation: 0 };
+  private readonly unflushed = { success: new Map<string, Map<string, number>>(), prompt: new Map<string, number>(), generation: new Map<string, number>() };
+  /** The model_name of every series while one model is served (also the registry's default label). */
+  private modelName: string;
+  /** Several models behind the gateway: per-request series carry the request's model, the rest none. */
+  private multi = false;
   /** Set by the gateway: refreshes point-in-time gauges before any exposition or cluster collection. */
   beforeCollect?: () => void;
 
-  constructor(readonly modelName: string) {
+  constructor(modelName: string) {
+    this.modelName = modelName;
     const r = [this.registry];
     this.registry.setDefaultLabels({ model_name: modelName });
     this.running = new Gauge({ name: "dsr:num_requests_running", help: "Requests being generated.", registers: r });
@@ -52,31 +65,33 @@ export class GatewayMetrics {
     this.success = new Counter({
       name: "dsr:request_success_total",
       help: "Finished requests by finish reason.",
-      labelNames: ["finished_reason"],
+      labelNames: ["finished_reason", "model_name"],
       registers: r,
       collect() {
-        for (const [reason, n] of pending.success) this.inc({ finished_reason: reason }, n);
+        for (const [model, reasons] of pending.success) for (const [reason, n] of reasons) this.inc({ finished_reason: reason, model_name: model }, n);
         pending.success.clear();
       },
     });
-    this.failures = new Counter({ name: "dsr:request_failure_total", help: "Requests answered with an error, by HTTP status.", labelNames: ["status"], registers: r });
+    this.failures = new Counter({ name: "dsr:request_failure_total", help: "Requests answered with an error, by HTTP status.", labelNames: ["status", "model_name"], registers: r });
     const drained = (name: string, help: string, key: "prompt" | "generation") =>
       new Counter({
         name,
         help,
+        labelNames: ["model_name"],
         registers: r,
         collect() {
-          if (pending[key] > 0) this.inc(pending[key]);
-          pending[key] = 0;
+          for (const [model, n] of pending[key]) this.inc({ model_name: model }, n);
+          pending[key].clear();
         },
       });
     this.promptTokens = drained("dsr:prompt_tokens_total", "Prefill tokens processed.", "prompt");
     this.generationTokens = drained("dsr:generation_tokens_total", "Tokens generated.", "generation");
-    this.ttft = new FastHistogram(this.registry, "dsr:time_to_first_token_seconds", "Time to the first generated token.", TTFT_BUCKETS, "instance");
-    this.itl = new FastHistogram(this.registry, "dsr:inter_token_latency_seconds", "Gap between successive streamed chunks.", ITL_BUCKETS);
-    this.tpot = new FastHistogram(this.registry, "dsr:request_time_per_output_token_seconds", "Per request: (latency - TTFT) / (output tokens - 1).", ITL_BUCKETS);
-    this.e2e = new FastHistogram(this.registry, "dsr:e2e_request_latency_seconds", "End-to-end request latency.", E2E_BUCKETS);
-    this.queueTime = new FastHistogram(this.registry, "dsr:request_queue_time_seconds", "Time spent in the gateway queue.", E2E_BUCKETS);
+    const M = ["model_name"];
+    this.ttft = new FastHistogram(this.registry, "dsr:time_to_first_token_seconds", "Time to the first generated token.", TTFT_BUCKETS, ["model_name", "instance"]);
+    this.itl = new FastHistogram(this.registry, "dsr:inter_token_latency_seconds", "Gap between successive streamed chunks.", ITL_BUCKETS, M);
+    this.tpot = new FastHistogram(this.registry, "dsr:request_time_per_output_token_seconds", "Per request: (latency - TTFT) / (output tokens - 1).", ITL_BUCKETS, M);
+    this.e2e = new FastHistogram(this.registry, "dsr:e2e_request_latency_seconds", "End-to-end request latency.", E2E_BUCKETS, M);
+    this.queueTime = new FastHistogram(this.registry, "dsr:request_queue_time_seconds", "Time spent in the gateway queue.", E2E_BUCKETS, M);
     this.instanceHealthy = new Gauge({ name: "dsr:instance_healthy", help: "1 when the instance passes its readiness check.", labelNames: ["instance"], registers: r, aggregator: "min" });
     this.instanceOutstanding = new Gauge({ name: "dsr:instance_outstanding_requests", help: "Requests in flight per instance.", labelNames: ["instance"], registers: r });
     this.instanceRestarts = new Counter({ name: "dsr:instance_restarts_total", help: "Supervised instance restarts.", labelNames: ["instance"], registers: r });
@@ -85,27 +100,61 @@ export class GatewayMetrics {
     this.kvUsage = new Gauge({ name: "dsr:kv_cache_usage_perc", help: "KV cache usage, 0-1, where the engine reports it.", labelNames: ["instance"], registers: r, aggregator: "max" });
   }
 
-  /** The served name is known only after an upstream answered /v1/models. */
-  setModelName(name: string): void {
-    this.registry.setDefaultLabels({ model_name: name });
+  /**
+   * The served models, known once the upstreams answered /v1/models. One: every series is labelled
+   * with it (the registry's default label, as vLLM's `model_name`). Several (an `--upstream` gateway
+   * in front of servers of different models): per-request series carry the request's model, and
+   * series that belong to no one model (instances, queue, cache) carry none.
+   */
+  setModels(names: readonly string[]): void {
+    this.multi = names.length > 1;
+    this.modelName = names[0] ?? this.modelName;
+    this.registry.setDefaultLabels(this.multi ? {} : { model_name: this.modelName });
+  }
+
+  /** The model_name of a request's series. */
+  private label(model: string | undefined): string {
+    return this.multi && model ? model : this.modelName;
   }
 
   /** A request that finished with 200: its finish reason and token counts. */
-  succeeded(reason: string, promptTokens: number | undefined, completionTokens: number | undefined): void {
+  succeeded(model: string | undefined, reason: string, promptTokens: number | undefined, completionTokens: number | undefined): void {
     const p = this.unflushed;
-    p.success.set(reason, (p.success.get(reason) ?? 0) + 1);
-    if (promptTokens) p.prompt += promptTokens;
-    if (completionTokens) p.generation += completionTokens;
+    const m = this.label(model);
+    let reasons = p.success.get(m);
+    if (!reasons) p.success.set(m, (reasons = new Map()));
+    reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+    if (promptTokens) p.prompt.set(m, (p.prompt.get(m) ?? 0) + promptTokens);
+    if (completionTokens) p.generation.set(m, (p.generation.get(m) ?? 0) + completionTokens);
   }
 
-  /** Bound histogram series per instance: the per-read path does no label lookups. */
-  instrument(instance: string): Instrument {
-    let i = this.perInstance.get(instance);
+  /** A request answered with an error status (its model when known). */
+  failed(model: string | undefined, status: number): void {
+    this.failures.inc({ status: String(status), model_name: this.label(model) });
+  }
+
+  /** A model's bound request series: the per-request path does no label lookups. */
+  forModel(model: string | undefined): ModelSeries {
+    const m = this.label(model);
+    let x = this.perModel.get(m);
+    if (!x) {
+      const [q, e, t] = [this.queueTime.series(m), this.e2e.series(m), this.tpot.series(m)];
+      x = { queueTime: (s) => q.observe(s), e2e: (s) => e.observe(s), tpot: (s) => t.observe(s) };
+      this.perModel.set(m, x);
+    }
+    return x;
+  }
+
+  /** Bound histogram series per instance and model: the per-read path does no label lookups. */
+  instrument(instance: string, model?: string): Instrument {
+    const m = this.label(model);
+    const key = `${instance}\u0000${m}`;
+    let i = this.perInstance.get(key);
     if (!i) {
-      const t = this.ttft.series(instance);
-      const g = this.itl.series();
+      const t = this.ttft.series(m, instance);
+      const g = this.itl.series(m);
       i = { ttft: (s) => t.observe(s), itl: (s) => g.observe(s) };
-      this.perInstance.set(instance, i);
+      this.perInstance.set(key, i);
     }
     return i;
   }
@@ -155,22 +204,17 @@ export class FastHistogram {
   readonly type = "histogram";
   readonly aggregator = "sum";
   private readonly all = new Map<string, Series>();
-  private readonly unlabelled: Series | undefined;
 
-  constructor(registry: Registry, readonly name: string, readonly help: string, private readonly bounds: readonly number[], private readonly labelName?: string) {
-    if (!labelName) this.all.set("", (this.unlabelled = new Series(bounds, {})));
+  constructor(registry: Registry, readonly name: string, readonly help: string, private readonly bounds: readonly number[], private readonly labelNames: readonly string[] = []) {
     registry.registerMetric(this as unknown as Parameters<Registry["registerMetric"]>[0]);
   }
 
-  /** The series of one label value (the label-free series when the histogram has no label). */
-  series(value = ""): Series {
-    let s = this.all.get(value);
-    if (!s) this.all.set(value, (s = new Series(this.bounds, this.labelName ? { [this.labelName]: value } : {})));
+  /** The series of one set of label values, in `labelNames` order (bind it once: this is a lookup). */
+  series(...values: string[]): Series {
+    const key = values.join("\u0000");
+    let s = this.all.get(key);
+    if (!s) this.all.set(key, (s = new Series(this.bounds, Object.fromEntries(this.labelNames.map((n, i) => [n, values[i] ?? ""])))));
     return s;
-  }
-
-  observe(v: number): void {
-    (this.unlabelled ?? this.series()).observe(v);
   }
 
   /** The exposition's shape: `le` first, the series' own labels as prom-client's "shared" labels, so lines read as prom-client's do. */

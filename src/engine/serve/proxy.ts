@@ -260,7 +260,7 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     if (r.status >= 400) this.mode = Mode.Error;
     else if (this.g.stream && r.contentType.startsWith("text/event-stream")) {
       this.mode = Mode.Stream;
-      this.ins = this.o.metrics.instrument(this.inst.name);
+      this.ins = this.o.metrics.instrument(this.inst.name, this.g.model);
       this.relay = new SseRelay({ fields: this.o.reasoningFields, dropUsageChunk: this.injectedUsage, listener: this });
     }
   }

@@ -227,7 +227,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
     if (deps.worker) {
       const w = deps.worker;
       const instances = w.instances.map((i) => new UpstreamInstance(i.name, i.url, { apiKey: cfg.upstreamApiKey, probeIntervalMs: 1000 }));
-      metrics.setModelName(w.servedNames[0]);
+      metrics.setModels(w.servedNames.slice(0, 1));
       for (const i of instances) i.startProbing();
       backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
     } else if (isTokenEngine(plan.engine) && plan.children.length === 0) {
@@ -281,7 +281,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       }
       const servedNames = cfg.servedNames.length ? cfg.servedNames : [upstreamModel!];
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
-      metrics.setModelName(servedNames[0]);
+      metrics.setModels(servedNames.slice(0, 1));
       if (deps.forkWorkers && cfg.workers > 1) {
         const pool = await deps.forkWorkers({ workers: cfg.workers, instances: instances.map((i) => ({ name: i.name, url: i.origin })), servedNames, upstreamModel, https: !!cfg.gateway.tls });
         await Promise.all(instances.map((i) => i.close()));

@@ -91,7 +91,7 @@ export class TokenBackend implements Backend {
     const stopIds = req.ignore_eos ? [] : text.eosTokenIds;
     const id = `${chat ? "chatcmpl" : "cmpl"}-${g.id.replace(/[^A-Za-z0-9-]/g, "").slice(0, 40)}`;
     const created = Math.floor(Date.now() / 1000);
-    const ins = this.o.metrics.instrument(this.instance);
+    const ins = this.o.metrics.instrument(this.instance, g.model);
     g.record.instance = this.instance;
     g.record.promptTokens = prompts.reduce((a, p) => a + p.ids.length, 0);
 
