@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { runDsr } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
-import { sseEvents, startServe, type ServeProc } from "./helpers.js";
+import { freePort, sseEvents, startServe, type ServeProc } from "./helpers.js";
 
 let good: Standin;
 let broken: Standin;
@@ -153,17 +153,82 @@ describe("dsr serve --upstream (proxy mode)", () => {
     }
   });
 
-  it("upstreams that serve different models are refused at start, naming what each serves", async () => {
+  it("--served-model-name over upstreams that serve different models is refused at start, naming what each serves", async () => {
     const other = await startStandin({ model: "qwen-other" });
     try {
-      const r = await runDsr(["serve", "--upstream", good.url, other.url, "--port", "0"]);
+      const r = await runDsr(["serve", "--upstream", good.url, other.url, "--served-model-name", "r1", "--port", "0"]);
       expect(r.exitCode).toBe(2);
-      expect(r.stderr).toContain(`the upstreams serve different models (${good.url} serves r1-upstream; ${other.url} serves qwen-other)`);
-      expect(r.stderr).toContain("list only the upstreams that serve r1-upstream, or run one dsr serve per model");
+      expect(r.stderr).toContain(`--served-model-name names one model, but the upstreams serve different ones (${good.url} serves r1-upstream; ${other.url} serves qwen-other)`);
+      expect(r.stderr).toContain("leave --served-model-name out to serve each model under its own name");
     } finally {
       await other.close();
     }
   });
+
+  for (const workers of [1, 2]) {
+    it(`--workers ${workers}: upstreams of different models: each model under its own name, routed only to the upstreams that list it, with its own metrics`, async () => {
+      const a = await startStandin({ tokens: 3, paceMs: 1, model: "model-a" });
+      const b = await startStandin({ tokens: 5, paceMs: 1, model: "model-b" });
+      const g = await startServe(["--upstream", a.url, b.url, "--workers", String(workers)]);
+      try {
+        const sdk = new OpenAI({ baseURL: `${g.url}/v1`, apiKey: "none", maxRetries: 0 });
+        expect((await sdk.models.list()).data.map((m) => m.id)).toEqual(["model-a", "model-b"]);
+        for (let k = 0; k < 6; k++) {
+          const ra = await sdk.completions.create({ model: "model-a", prompt: "x" });
+          expect(ra.choices[0]!.text).toBe(" t0 t1 t2");
+          let text = "";
+          for await (const ch of await sdk.chat.completions.create({ model: "model-b", messages: [{ role: "user", content: "x" }], stream: true })) text += ch.choices[0]?.delta.content ?? "";
+          expect(text).toBe(" t0 t1 t2 t3 t4");
+        }
+        expect(a.requests.every((r) => r.body.model === "model-a")).toBe(true);
+        expect(b.requests.every((r) => r.body.model === "model-b")).toBe(true);
+        expect([a.requests.length, b.requests.length]).toEqual([6, 6]);
+        const t = await fetch(`${g.url}/tokenize`, { method: "POST", body: JSON.stringify({ model: "model-b", prompt: "hi" }) });
+        expect((await t.json()).tokens).toEqual([0x68, 0x69]);
+        expect(b.tokenizerRequests.map((r) => r.body.model)).toEqual(["model-b"]);
+        const unknown = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "model-c", prompt: "x" }) });
+        expect(unknown.status).toBe(404);
+        const m = await (await fetch(`${g.url}/metrics`)).text();
+        expect(m).toMatch(/dsr:request_success_total\{finished_reason="length",model_name="model-a"\} 6/);
+        expect(m).toMatch(/dsr:request_success_total\{finished_reason="length",model_name="model-b"\} 6/);
+        expect(m).toMatch(/dsr:generation_tokens_total\{model_name="model-b"\} 30/);
+        expect(m).toMatch(/dsr:time_to_first_token_seconds_count\{model_name="model-b",instance="u1"\} 6/); // streamed
+        expect(m).not.toMatch(/dsr:instance_healthy\{[^}]*model_name/); // instance series belong to no one model
+        const lint = spawnSync("promtool", ["check", "metrics"], { input: m, encoding: "utf8" });
+        for (const l of (lint.stdout + lint.stderr).split("\n").filter((x) => x.trim())) expect(l).toMatch(/^dsr:[a-z0-9_]+ metric names should not contain ':'$/);
+        // a model whose only upstream is down: 503, the other model unaffected
+        await b.close();
+        const down = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "model-b", prompt: "x" }) });
+        expect([502, 503]).toContain(down.status);
+        expect((await sdk.completions.create({ model: "model-a", prompt: "x" })).choices[0]!.text).toBe(" t0 t1 t2");
+      } finally {
+        await g.stop();
+        await a.close();
+        await b.close().catch(() => undefined);
+      }
+    }, 60_000);
+  }
+
+  it("several models: an upstream that was down at start has its models learnt once its health check passes", async () => {
+    const a = await startStandin({ tokens: 2, paceMs: 1, model: "model-a" });
+    const b = await startStandin({ tokens: 2, paceMs: 1, model: "model-b" });
+    const port = await freePort();
+    const g = await startServe(["--upstream", a.url, b.url, `http://127.0.0.1:${port}`]);
+    let late: Standin | undefined;
+    try {
+      const ids = async () => ((await (await fetch(`${g.url}/v1/models`)).json()) as { data: { id: string }[] }).data.map((m) => m.id);
+      expect(await ids()).toEqual(["model-a", "model-b"]);
+      late = await startStandin({ tokens: 2, paceMs: 1, model: "model-c" }, port);
+      for (let i = 0; i < 60 && !(await ids()).includes("model-c"); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(await ids()).toEqual(["model-a", "model-b", "model-c"]);
+      const r = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "model-c", prompt: "x" }) });
+      expect((await r.json()).choices[0].text).toBe(" t0 t1");
+      expect(late.requests).toHaveLength(1);
+    } finally {
+      await g.stop();
+      for (const s of [a, b, late]) await s?.close();
+    }
+  }, 30_000);
 
   it("fuzzed request bodies never crash the gateway and always get a JSON error or an answer", async () => {
     const seeds = ['{"model":"dsr-r1","messages":[{"role":"user","content":"hi"}]}', '{"prompt":"x","max_tokens":2}'];

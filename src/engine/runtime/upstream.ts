@@ -27,6 +27,10 @@ export class UpstreamInstance {
   probeOk = true;
   lastError?: string;
   modelIds: string[] = [];
+  /** GET /v1/models answered once (`modelIds` is what it listed). */
+  modelsKnown = false;
+  /** Ask /v1/models again after a successful probe while `modelsKnown` is false (a gateway over several models routes by them). */
+  learnModels = false;
   /** Load reported by a dsr instance's /ready (running, waiting, KV tokens). */
   engine?: EngineLoad;
   private healthPath: string;
@@ -69,6 +73,7 @@ export class UpstreamInstance {
       }
       this.probeOk = r.statusCode === 200;
       this.lastError = this.probeOk ? undefined : `${this.healthPath} answered HTTP ${r.statusCode}`;
+      if (this.probeOk && this.learnModels && !this.modelsKnown) await this.fetchModels().catch(() => undefined);
     } catch (e) {
       this.probeOk = false;
       this.lastError = (e as Error).message;
@@ -83,7 +88,13 @@ export class UpstreamInstance {
     if (r.statusCode !== 200) throw new Error(`GET ${this.origin}/v1/models answered HTTP ${r.statusCode}: ${text.slice(0, 200)}`);
     const j = JSON.parse(text) as { data?: { id?: unknown }[] };
     this.modelIds = (j.data ?? []).map((m) => m.id).filter((x): x is string => typeof x === "string");
+    this.modelsKnown = true;
     return this.modelIds;
+  }
+
+  /** Whether this upstream listed `model` in its /v1/models. */
+  serves(model: string): boolean {
+    return this.modelIds.includes(model);
   }
 
   startProbing(): void {

@@ -28,6 +28,11 @@ export interface ProxyOptions {
   servedNames: string[];
   /** The upstream's model id (when it differs from the served names, the body is rewritten). */
   upstreamModel?: string;
+  /**
+   * The upstreams serve different models: every model they list is served under its own name, and a
+   * request goes only to an instance that listed its model (`servedNames` is then only the start-up view).
+   */
+  multiModel?: boolean;
   reasoningFields: readonly ReasoningField[];
   affinity: boolean;
   /** Extra tries on other instances before the first byte (default: instances - 1, at least 1). */
@@ -58,6 +63,10 @@ export class ProxyBackend implements Backend {
   }
 
   models(): ModelCard[] {
+    if (this.o.multiModel) {
+      const ids = [...new Set(this.o.instances.flatMap((i) => i.modelIds))];
+      return ids.map((id) => ({ id, object: "model" as const, created: this.created, owned_by: this.o.ownedBy ?? "dsr", root: id, max_model_len: this.o.maxModelLen }));
+    }
     return this.o.servedNames.map((id) => ({
       id,
       object: "model" as const,
@@ -84,14 +93,20 @@ export class ProxyBackend implements Backend {
     return { instances, ...this.o.describeExtra?.() };
   }
 
+  /** Which instances may take a request for `model` (all but where the upstreams serve several models). */
+  private acceptFor(model: string): ((i: UpstreamInstance) => boolean) | undefined {
+    return this.o.multiModel ? (i) => i.serves(model) : undefined;
+  }
+
   async handle(g: GenerationRequest): Promise<void> {
     const body = this.upstreamBody(g);
+    const accept = this.acceptFor(g.model);
     let tried: Set<UpstreamInstance> | undefined; // made only when a retry needs it
     const maxTries = 1 + (this.o.maxRetries ?? Math.max(1, this.o.instances.length - 1));
     const key = this.o.affinity ? affinityKey(g) : undefined;
     let lastErr: unknown;
     for (let attempt = 0; attempt < maxTries; attempt++) {
-      const inst = this.router.pick(tried, key);
+      const inst = this.router.pick(tried, key, accept);
       if (!inst) break;
       (tried ??= new Set()).add(inst);
       if (attempt > 0) {
@@ -110,7 +125,7 @@ export class ProxyBackend implements Backend {
         inst.outstanding--;
       }
     }
-    throw new HttpError(503, lastErr ? `no instance could serve the request: ${(lastErr as Error).message}` : "no healthy instance to serve the request", {
+    throw new HttpError(503, lastErr ? `no instance could serve the request: ${(lastErr as Error).message}` : `no healthy instance to serve ${this.o.multiModel ? `model ${g.model}` : "the request"}`, {
       code: "no_healthy_instance",
       headers: { "retry-after": "1" },
     });
@@ -121,8 +136,8 @@ export class ProxyBackend implements Backend {
    * but for the model name when the upstream knows the model by another. The answer comes back as
    * the upstream gave it; an upstream without the endpoint (Ollama, say) gets a 404 naming it.
    */
-  async tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer): Promise<{ status: number; body: unknown }> {
-    const inst = this.router.pick(undefined, undefined);
+  async tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer, model: string): Promise<{ status: number; body: unknown }> {
+    const inst = this.router.pick(undefined, undefined, this.acceptFor(model));
     if (!inst) throw new HttpError(503, "no healthy instance to serve the request", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
     const want = this.o.upstreamModel;
     const body = want && req.model !== undefined && req.model !== want ? JSON.stringify({ ...req, model: want }) : rawBody;

@@ -35,10 +35,11 @@ export class Router<T extends RoutedInstance> {
     return this.instances.filter((i) => i.healthy);
   }
 
-  pick(exclude?: ReadonlySet<T>, affinityKey?: string): T | undefined {
+  /** An instance for the next request: healthy, not in `exclude`, and taking it when `accept` says which can. */
+  pick(exclude?: ReadonlySet<T>, affinityKey?: string, accept?: (i: T) => boolean): T | undefined {
     // the common case (a few instances, no affinity) scans them in place: no array per request
-    if (!this.o.affinity && this.instances.length <= (this.o.p2cThreshold ?? 4)) return this.leastLoadedOf(this.instances, exclude);
-    const cands = this.instances.filter((i) => i.healthy && !exclude?.has(i));
+    if (!this.o.affinity && this.instances.length <= (this.o.p2cThreshold ?? 4)) return this.leastLoadedOf(this.instances, exclude, accept);
+    const cands = this.instances.filter((i) => i.healthy && !exclude?.has(i) && (!accept || accept(i)));
     if (cands.length === 0) return undefined;
     const least = this.leastLoaded(cands);
     if (!this.o.affinity || affinityKey === undefined) return least;
@@ -61,14 +62,14 @@ export class Router<T extends RoutedInstance> {
     return this.leastLoadedOf(cands)!;
   }
 
-  /** The healthy, not excluded instance with the fewest outstanding requests. */
-  private leastLoadedOf(xs: readonly T[], exclude?: ReadonlySet<T>): T | undefined {
+  /** The healthy, not excluded (and accepted) instance with the fewest outstanding requests. */
+  private leastLoadedOf(xs: readonly T[], exclude?: ReadonlySet<T>, accept?: (i: T) => boolean): T | undefined {
     // start the scan at a random offset so ties spread instead of always landing on instance 0
     const off = xs.length > 1 ? Math.floor(this.rnd() * xs.length) : 0;
     let best: T | undefined;
     for (let k = 0; k < xs.length; k++) {
       const c = xs[(off + k) % xs.length];
-      if (c.healthy && !exclude?.has(c) && (!best || c.outstanding < best.outstanding)) best = c;
+      if (c.healthy && !exclude?.has(c) && (!best || c.outstanding < best.outstanding) && (!accept || accept(c))) best = c;
     }
     return best;
   }

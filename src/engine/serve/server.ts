@@ -69,9 +69,11 @@ export interface ServeConfig {
 export interface WorkerSpec {
   index: number;
   workers: number;
-  instances: { name: string; url: string }[];
+  /** With `multiModel`, what each listed in /v1/models (absent: not heard from yet). */
+  instances: { name: string; url: string; models?: string[] }[];
   servedNames: string[];
   upstreamModel?: string;
+  multiModel?: boolean;
   /** The workers serve HTTPS (each reads the key and certificate from the flags it re-runs with). */
   https?: boolean;
 }
@@ -227,9 +229,13 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
     if (deps.worker) {
       const w = deps.worker;
       const instances = w.instances.map((i) => new UpstreamInstance(i.name, i.url, { apiKey: cfg.upstreamApiKey, probeIntervalMs: 1000 }));
-      metrics.setModels(w.servedNames.slice(0, 1));
+      if (w.multiModel) {
+        // what the primary learnt; an upstream it has not heard from is asked once its probe passes
+        instances.forEach((inst, k) => Object.assign(inst, { learnModels: true, modelIds: w.instances[k].models ?? [], modelsKnown: w.instances[k].models !== undefined }));
+      }
+      metrics.setModels(w.multiModel ? w.servedNames : w.servedNames.slice(0, 1));
       for (const i of instances) i.startProbing();
-      backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
+      backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, multiModel: w.multiModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
     } else if (isTokenEngine(plan.engine) && plan.children.length === 0) {
       if (!deps.openTokenEngine) throw new DsrError("DSR_NOT_BUILT", `--engine ${plan.engine}: token engines are not available in this context`, { exitCode: ExitCode.usage, hint: "run it through the dsr command" });
       deps.note(`loading ${cfg.model} on the ${plan.engine} engine…`);
@@ -269,21 +275,26 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         await Promise.all(supervisors.map((s) => s.waitReady(cfg.readyTimeoutMs, deps.signal)));
       }
       let upstreamModel: string | undefined;
+      let multi: string[] | undefined;
       if (plan.engine === "upstream") {
-        upstreamModel = await discoverModel(instances, deps.note);
+        ({ upstreamModel, multi } = await discoverModels(instances, cfg.servedNames, deps.note));
+        // an upstream that did not answer yet is asked again once its probe passes
+        if (multi) for (const i of instances) i.learnModels = true;
       } else {
         upstreamModel = undefined; // children serve cfg.servedNames[0] themselves
       }
-      if (!cfg.servedNames.length && !upstreamModel) {
+      if (!cfg.servedNames.length && !upstreamModel && !multi) {
         throw new DsrError("DSR_UPSTREAM_UNREACHABLE", `no upstream answered GET /v1/models (${plan.upstreams.join(", ")}), so the model name is unknown`, {
           hint: "start the upstream first, or name the model with --served-model-name to start anyway (instances stay unready until their /health answers)",
         });
       }
-      const servedNames = cfg.servedNames.length ? cfg.servedNames : [upstreamModel!];
+      const servedNames = cfg.servedNames.length ? cfg.servedNames : multi ?? [upstreamModel!];
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
-      metrics.setModels(servedNames.slice(0, 1));
+      metrics.setModels(multi ?? servedNames.slice(0, 1));
+      if (multi) deps.note(`serving ${multi.length} models, each on the upstreams that list it`);
       if (deps.forkWorkers && cfg.workers > 1) {
-        const pool = await deps.forkWorkers({ workers: cfg.workers, instances: instances.map((i) => ({ name: i.name, url: i.origin })), servedNames, upstreamModel, https: !!cfg.gateway.tls });
+        const spec = instances.map((i) => ({ name: i.name, url: i.origin, models: multi && i.modelsKnown ? i.modelIds : undefined }));
+        const pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames, upstreamModel, multiModel: !!multi, https: !!cfg.gateway.tls });
         await Promise.all(instances.map((i) => i.close()));
         return {
           url: pool.url,
@@ -303,6 +314,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         instances,
         servedNames,
         upstreamModel,
+        multiModel: !!multi,
         reasoningFields: cfg.reasoningFields,
         affinity: cfg.affinity,
         metrics,
@@ -341,12 +353,12 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
 }
 
 /**
- * The model the upstreams serve: the first id of the first upstream that answers GET /v1/models,
- * asked of all at once. Every upstream that answers must list it too: routing assumes that any
- * instance can take any request, so upstreams serving different models are refused at start
- * instead of failing requests at random later.
+ * What the upstreams serve, from GET /v1/models asked of all at once. One model, when every upstream
+ * that answers lists the first one's first model: any instance takes any request, under the served
+ * names. Otherwise each listed model is served under its own name and goes only to the upstreams that
+ * list it (`multi`); with --served-model-name (names for one model) that is refused.
  */
-async function discoverModel(instances: UpstreamInstance[], note: (l: string) => void): Promise<string | undefined> {
+async function discoverModels(instances: UpstreamInstance[], servedNames: readonly string[], note: (l: string) => void): Promise<{ upstreamModel?: string; multi?: string[] }> {
   const lists = await Promise.all(
     instances.map((i) =>
       i.fetchModels().then(
@@ -356,16 +368,15 @@ async function discoverModel(instances: UpstreamInstance[], note: (l: string) =>
     ),
   );
   const model = lists.find((ids) => ids?.length)?.[0];
-  const others = instances.filter((_, k) => lists[k] !== undefined && model !== undefined && !lists[k]!.includes(model));
-  if (others.length) {
+  if (model === undefined || lists.every((ids) => ids === undefined || ids.includes(model))) return { upstreamModel: model };
+  if (servedNames.length) {
     const served = instances.map((i, k) => (lists[k] ? `${i.origin} serves ${lists[k]!.join(", ") || "no model"}` : undefined)).filter(Boolean);
-    throw new DsrError("DSR_UPSTREAM_MODELS_DIFFER", `the upstreams serve different models (${served.join("; ")}); dsr serve fronts one model, and any instance may get any request`, {
+    throw new DsrError("DSR_UPSTREAM_MODELS_DIFFER", `--served-model-name names one model, but the upstreams serve different ones (${served.join("; ")})`, {
       exitCode: ExitCode.usage,
-      hint: `list only the upstreams that serve ${model}, or run one dsr serve per model`,
+      hint: `leave --served-model-name out to serve each model under its own name, or list only the upstreams that serve ${model}`,
     });
   }
-  return model;
+  return { multi: [...new Set(lists.flatMap((ids) => ids ?? []))] };
 }
-
 
 const round2 = (x: number) => Math.floor(x * 100) / 100;
