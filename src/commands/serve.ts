@@ -11,7 +11,7 @@ import { createSecureContext } from "node:tls";
 import { Command, Option } from "commander";
 import type { CommandContext } from "./context.js";
 import { usageError } from "../engine/errors.js";
-import { parseKeyFile } from "../engine/serve/auth.js";
+import { apiKey, parseKeyFile, type ApiKey } from "../engine/serve/auth.js";
 import { MemoryCache, RedisCache, type ResponseCache } from "../engine/serve/cache.js";
 import { parseCorsList, type CorsOptions } from "../engine/serve/cors.js";
 import { REASONING_FIELDS, type ReasoningField } from "../engine/serve/reasoning.js";
@@ -96,9 +96,9 @@ function corsFlags(f: Flags): CorsOptions | undefined {
 }
 
 /** The API keys: --api-key flags, DSR_API_KEY, and the --api-key-file (read again on SIGHUP). */
-async function readKeys(f: Flags, env: NodeJS.ProcessEnv): Promise<string[]> {
-  const keys = [...(f.apiKey ?? [])];
-  if (env.DSR_API_KEY) keys.push(env.DSR_API_KEY);
+async function readKeys(f: Flags, env: NodeJS.ProcessEnv): Promise<ApiKey[]> {
+  const keys = (f.apiKey ?? []).map((k) => apiKey(k));
+  if (env.DSR_API_KEY) keys.push(apiKey(env.DSR_API_KEY));
   if (f.apiKeyFile) keys.push(...parseKeyFile(await readFile(f.apiKeyFile, "utf8").catch((e) => { throw usageError(`--api-key-file ${f.apiKeyFile}: ${(e as Error).message}`); })));
   return keys;
 }

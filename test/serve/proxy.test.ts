@@ -5,6 +5,7 @@
  * cancelling upstream, metrics checked by promtool, request log without keys.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createHash } from "node:crypto";
 import OpenAI from "openai";
 import { spawnSync } from "node:child_process";
 import { connect } from "node:net";
@@ -25,7 +26,7 @@ beforeAll(async () => {
   dir = await tempDir();
   good = await startStandin({ tokens: 12, paceMs: 2, reasoningTokens: 4, model: "r1-upstream" });
   broken = await startStandin({ tokens: 12, paceMs: 2, failStatus: 500, model: "r1-upstream" });
-  await writeFile(join(dir, "keys.txt"), `# team keys\n${KEY}\nsk-other\n`);
+  await writeFile(join(dir, "keys.txt"), `# team keys\n${KEY}   team-a\nsk-other\n`);
   gw = await startServe([
     "--upstream", broken.url, good.url,
     "--served-model-name", "dsr-r1",
@@ -344,7 +345,19 @@ describe("dsr serve --upstream (proxy mode)", () => {
     expect(refused.length).toBeGreaterThanOrEqual(2); // refused requests are logged too…
     for (const l of refused) expect(l.error).toMatch(/API key/); // …with the reason, never the key
     expect(lines.some((l) => l.prompt !== undefined)).toBe(false);
-    expect(lines.find((l) => l.id === "via-proxy")).toMatchObject({ client: "127.0.0.1", forwarded_for: "203.0.113.7", status: 200 });
+    expect(lines.find((l) => l.id === "via-proxy")).toMatchObject({ client: "127.0.0.1", forwarded_for: "203.0.113.7", status: 200, key: "team-a" });
+    // the other key has no name in the file: a hash prefix stands for it, never the key
+    const other = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { authorization: "Bearer sk-other", "x-request-id": "other-key" }, body: JSON.stringify({ model: "dsr-r1", prompt: "x" }) });
+    expect(other.status).toBe(200);
+    await new Promise((r) => setTimeout(r, 400));
+    const again = (await readFile(join(dir, "req.log"), "utf8")).trim().split("\n").map((l) => JSON.parse(l));
+    const hashed = `key-${createHash("sha256").update("sk-other").digest("hex").slice(0, 8)}`;
+    expect(again.find((l) => l.id === "other-key").key).toBe(hashed);
+    const m = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(Number(/dsr:api_key_requests_total\{key="team-a",model_name="dsr-r1"\} (\d+)/.exec(m)?.[1])).toBeGreaterThan(2);
+    expect(Number(/dsr:api_key_generation_tokens_total\{key="team-a",model_name="dsr-r1"\} (\d+)/.exec(m)?.[1])).toBeGreaterThan(12);
+    expect(m).toMatch(new RegExp(`dsr:api_key_prompt_tokens_total\\{key="${hashed}",model_name="dsr-r1"\\} 7`));
+    expect(m).not.toContain("sk-other");
   });
 });
 

@@ -8,7 +8,7 @@
  */
 import type { AddressInfo } from "node:net";
 import { randomUUID } from "node:crypto";
-import { ApiKeys } from "./auth.js";
+import { ApiKeys, type ApiKey } from "./auth.js";
 import { Cancel } from "./cancel.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { Cors, type CorsOptions } from "./cors.js";
@@ -25,7 +25,7 @@ import type { Backend, GenerationRequest, RequestRecord } from "./types.js";
 export interface GatewayOptions {
   backend: Backend;
   version: string;
-  apiKeys?: readonly string[];
+  apiKeys?: readonly ApiKey[];
   /** Guard /health, /ready, /metrics and /version too. */
   protectAll?: boolean;
   maxConcurrency: number;
@@ -70,7 +70,7 @@ export class Gateway {
   }
 
   /** New API keys and certificate (SIGHUP): requests from now on are checked against these keys; new TLS connections get this certificate. */
-  reload(s: { apiKeys: readonly string[]; tls?: { key: Buffer; cert: Buffer } }): void {
+  reload(s: { apiKeys: readonly ApiKey[]; tls?: { key: Buffer; cert: Buffer } }): void {
     this.keys = new ApiKeys(s.apiKeys);
     if (s.tls) this.server.setTls(s.tls);
   }
@@ -128,9 +128,10 @@ export class Gateway {
       }
       const endpoint = ROUTES[path];
       if (endpoint) {
+        let key: string | undefined; // the name of the request's API key, when keys are configured
         try {
           if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
-          this.keys.check(req.headers);
+          key = this.keys.check(req.headers);
           if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
         } catch (e) {
           // refused before generation (method, auth, shutdown): logged and counted too, without the key
@@ -138,15 +139,15 @@ export class Gateway {
           this.finish(id, path, req, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
           throw e;
         }
-        void this.generate(endpoint, id, path, req, res, t0);
+        void this.generate(endpoint, id, path, req, res, t0, key);
         return;
       }
       const op = TOKENS_ROUTES[path];
       if (op) {
         if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
-        this.keys.check(req.headers);
+        const key = this.keys.check(req.headers);
         if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
-        void this.tokens(op, id, path, req, res, t0);
+        void this.tokens(op, id, path, req, res, t0, key);
         return;
       }
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
@@ -194,11 +195,11 @@ export class Gateway {
   }
 
   /** Answers the request whatever happens: it never rejects (dispatch does not wait for it). */
-  private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
+  private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number, key: string | undefined): Promise<void> {
     const ac = new Cancel();
     this.inflight.add(ac);
     const record: RequestRecord = {};
-    const entry: Partial<RequestLogEntry> = {};
+    const entry: Partial<RequestLogEntry> = { key };
     let status = 500;
     let queueMs: number | undefined;
     let lease: Lease | undefined;
@@ -268,8 +269,8 @@ export class Gateway {
   }
 
   /** /tokenize and /detokenize: no admission control (no engine step), logged but not counted as generation requests. Never rejects. */
-  private async tokens(op: TokensOp, id: string, path: string, req: H1Request, res: H1Response, t0: number): Promise<void> {
-    const entry: Partial<RequestLogEntry> = {};
+  private async tokens(op: TokensOp, id: string, path: string, req: H1Request, res: H1Response, t0: number, key: string | undefined): Promise<void> {
+    const entry: Partial<RequestLogEntry> = { key };
     let status = 500;
     try {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);
@@ -297,6 +298,7 @@ export class Gateway {
   private finish(id: string, path: string, req: H1Request, status: number, t0: number, queueMs: number | undefined, r: RequestRecord, entry: Partial<RequestLogEntry>): void {
     const latency = performance.now() - t0;
     const m = this.metrics;
+    if (entry.key !== undefined) m.keyUsage(entry.key, r.promptTokens, r.completionTokens);
     if (status === 200) {
       m.succeeded(entry.model, r.finishReason ?? "stop", r.promptTokens, r.completionTokens);
       const series = m.forModel(entry.model);

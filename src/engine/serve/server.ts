@@ -11,6 +11,7 @@ import { Supervisor, type ChildState } from "../runtime/supervisor.js";
 import type { TokenEngine } from "../runtime/types.js";
 import { UpstreamInstance } from "../runtime/upstream.js";
 import type { TextModel } from "../text/index.js";
+import type { ApiKey } from "./auth.js";
 import type { ResponseCache } from "./cache.js";
 import type { CorsOptions } from "./cors.js";
 import { Gateway } from "./gateway.js";
@@ -50,7 +51,7 @@ export interface ServeConfig {
   device: string;
   readyTimeoutMs: number;
   gateway: {
-    apiKeys: string[];
+    apiKeys: ApiKey[];
     protectAll: boolean;
     maxConcurrency: number;
     maxQueue: number;
@@ -90,7 +91,7 @@ export interface WorkerPool {
 
 /** What SIGHUP reloads: the API keys (flags, key file, DSR_API_KEY) and the HTTPS key and certificate. */
 export interface GatewaySecrets {
-  apiKeys: string[];
+  apiKeys: ApiKey[];
   tls?: { key: Buffer; cert: Buffer };
 }
 
