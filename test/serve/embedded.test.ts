@@ -58,6 +58,11 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     expected = { reasoning: m.reasoning, content: m.content };
   });
 
+  it("/v1/models on the front carries the children's context length", async () => {
+    const models = await client().models.list();
+    expect(models.data.map((m) => [m.id, (m as unknown as { max_model_len: number }).max_model_len])).toEqual([["tiny-r1", 2048]]);
+  });
+
   it("the front reports each child's engine load and KV use (/ready and dsr:kv_cache_usage_perc)", async () => {
     await expect.poll(async () => (await ready()).instances.every((i) => (i as unknown as { engine?: { kv_capacity_tokens?: number } }).engine?.kv_capacity_tokens), { timeout: 5000 }).toBe(true);
     const m = await (await fetch(`${gw.url}/metrics`)).text();

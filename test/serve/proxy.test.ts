@@ -48,6 +48,7 @@ describe("dsr serve --upstream (proxy mode)", () => {
     const models = await client().models.list();
     expect(models.data.map((m) => m.id)).toEqual(["dsr-r1"]);
     expect((models.data[0] as unknown as { root: string }).root).toBe("r1-upstream");
+    expect((models.data[0] as unknown as { max_model_len: number }).max_model_len).toBe(4096); // the upstream's card says so
   });
 
   it("chat non-stream via the SDK: both reasoning fields, content, usage; the failing instance is retried around", async () => {

@@ -27,6 +27,8 @@ export class UpstreamInstance {
   probeOk = true;
   lastError?: string;
   modelIds: string[] = [];
+  /** The context length each listed model reports (`max_model_len` in vLLM's, SGLang's and dsr's cards). */
+  readonly maxModelLen = new Map<string, number>();
   /** GET /v1/models answered once (`modelIds` is what it listed). */
   modelsKnown = false;
   /** Ask /v1/models again after a successful probe while `modelsKnown` is false (a gateway over several models routes by them). */
@@ -86,8 +88,9 @@ export class UpstreamInstance {
     const r = await this.pool.request({ path: "/v1/models", method: "GET", headers: this.authHeaders(), headersTimeout: 10_000, bodyTimeout: 10_000 });
     const text = await r.body.text();
     if (r.statusCode !== 200) throw new Error(`GET ${this.origin}/v1/models answered HTTP ${r.statusCode}: ${text.slice(0, 200)}`);
-    const j = JSON.parse(text) as { data?: { id?: unknown }[] };
+    const j = JSON.parse(text) as { data?: { id?: unknown; max_model_len?: unknown }[] };
     this.modelIds = (j.data ?? []).map((m) => m.id).filter((x): x is string => typeof x === "string");
+    for (const m of j.data ?? []) if (typeof m.id === "string" && typeof m.max_model_len === "number") this.maxModelLen.set(m.id, m.max_model_len);
     this.modelsKnown = true;
     return this.modelIds;
   }

@@ -289,9 +289,12 @@ export class Gateway {
   }
 
   private resolveModel(requested: string | undefined): string {
-    const models = this.o.backend.models();
-    if (!requested) return models[0].id;
-    if (models.some((m) => m.id === requested)) return requested;
+    const ids = this.o.backend.modelIds();
+    if (!requested) {
+      if (ids.length === 0) throw new HttpError(503, "no model is known yet (no upstream has answered GET /v1/models)", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
+      return ids[0];
+    }
+    if (ids.includes(requested)) return requested;
     throw modelNotFound(requested);
   }
 

@@ -62,10 +62,23 @@ export class ProxyBackend implements Backend {
     this.h1 = new Map(o.instances.map((i) => [i, new H1Pool(i.origin)]));
   }
 
+  /** The context length: --max-model-len, else what an upstream's card says for `model`. */
+  private maxModelLen(model: string | undefined): number | undefined {
+    if (this.o.maxModelLen || model === undefined) return this.o.maxModelLen;
+    for (const i of this.o.instances) {
+      const n = i.maxModelLen.get(model);
+      if (n !== undefined) return n;
+    }
+    return undefined;
+  }
+
+  modelIds(): readonly string[] {
+    return this.o.multiModel ? [...new Set(this.o.instances.flatMap((i) => i.modelIds))] : this.o.servedNames;
+  }
+
   models(): ModelCard[] {
     if (this.o.multiModel) {
-      const ids = [...new Set(this.o.instances.flatMap((i) => i.modelIds))];
-      return ids.map((id) => ({ id, object: "model" as const, created: this.created, owned_by: this.o.ownedBy ?? "dsr", root: id, max_model_len: this.o.maxModelLen }));
+      return this.modelIds().map((id) => ({ id, object: "model" as const, created: this.created, owned_by: this.o.ownedBy ?? "dsr", root: id, max_model_len: this.maxModelLen(id) }));
     }
     return this.o.servedNames.map((id) => ({
       id,
@@ -73,7 +86,7 @@ export class ProxyBackend implements Backend {
       created: this.created,
       owned_by: this.o.ownedBy ?? "dsr",
       root: this.o.upstreamModel ?? id,
-      max_model_len: this.o.maxModelLen,
+      max_model_len: this.maxModelLen(this.o.upstreamModel ?? id),
     }));
   }
 

@@ -283,6 +283,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         if (multi) for (const i of instances) i.learnModels = true;
       } else {
         upstreamModel = undefined; // children serve cfg.servedNames[0] themselves
+        await Promise.all(instances.map((i) => i.fetchModels().catch(() => undefined))); // their cards' max_model_len, for /v1/models
       }
       if (!cfg.servedNames.length && !upstreamModel && !multi) {
         throw new DsrError("DSR_UPSTREAM_UNREACHABLE", `no upstream answered GET /v1/models (${plan.upstreams.join(", ")}), so the model name is unknown`, {

@@ -50,6 +50,10 @@ export class TokenBackend implements Backend {
     this.instance = o.instanceName ?? "embedded";
   }
 
+  modelIds(): readonly string[] {
+    return this.o.servedNames;
+  }
+
   models(): ModelCard[] {
     return this.o.servedNames.map((id) => ({ id, object: "model" as const, created: this.created, owned_by: "dsr", root: this.o.root, max_model_len: this.o.text.contextLength }));
   }

@@ -70,6 +70,8 @@ export interface GenerationRequest {
 export interface Backend {
   /** Served model names (the first is the default); /v1/models lists them. */
   models(): ModelCard[];
+  /** The same names alone, without building cards (checked on every request). */
+  modelIds(): readonly string[];
   /** True when a request could be served now (at least one healthy instance). */
   ready(): boolean;
   /** Details for /ready and the startup banner. */
