@@ -12,6 +12,7 @@ import { ApiKeys, type ApiKey } from "./auth.js";
 import { Cancel } from "./cancel.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { Cors, type CorsOptions } from "./cors.js";
+import { KeyLimits, type KeyLimitOptions } from "./key-limits.js";
 import { HttpError } from "./http-error.js";
 import { Limiter, type Lease } from "./limiter.js";
 import { H1Server, type H1Request, type H1Response } from "./h1-server.js";
@@ -38,6 +39,8 @@ export interface GatewayOptions {
   requestLog?: RequestLog;
   logPrompts?: boolean;
   metrics?: GatewayMetrics;
+  /** Limits per API key (`--key-rpm`, `--key-max-parallel`). */
+  keyLimits?: KeyLimitOptions;
   /** Answer browsers from these origins (`--allowed-origins`); none when absent. */
   cors?: CorsOptions;
   /** Serve HTTPS with this PEM key and certificate chain (`--ssl-keyfile`, `--ssl-certfile`). */
@@ -55,6 +58,7 @@ export class Gateway {
   private readonly server: H1Server;
   private keys: ApiKeys;
   private readonly cors: Cors | undefined;
+  private readonly keyLimits: KeyLimits | undefined;
   private readonly limiter: Limiter;
   private draining = false;
   private readonly inflight = new Set<Cancel>();
@@ -65,6 +69,7 @@ export class Gateway {
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.cors = o.cors && new Cors(o.cors);
+    this.keyLimits = o.keyLimits && (o.keyLimits.rpm > 0 || o.keyLimits.maxParallel > 0) ? new KeyLimits(o.keyLimits) : undefined;
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
     this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, tls: o.tls }, (req, res) => this.dispatch(req, res));
   }
@@ -195,14 +200,15 @@ export class Gateway {
   }
 
   /** Answers the request whatever happens: it never rejects (dispatch does not wait for it). */
-  private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number, key: string | undefined): Promise<void> {
+  private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number, keyName: string | undefined): Promise<void> {
     const ac = new Cancel();
     this.inflight.add(ac);
     const record: RequestRecord = {};
-    const entry: Partial<RequestLogEntry> = { key };
+    const entry: Partial<RequestLogEntry> = { key: keyName };
     let status = 500;
     let queueMs: number | undefined;
     let lease: Lease | undefined;
+    let keyDone: (() => void) | undefined;
     res.closeListener = ac;
     let timer: NodeJS.Timeout | undefined;
     if (this.o.requestTimeoutMs) {
@@ -231,6 +237,7 @@ export class Gateway {
         sink.capture();
       }
 
+      if (keyName !== undefined && this.keyLimits) keyDone = this.keyLimits.admit(keyName); // before it takes a gateway slot
       const tq = performance.now();
       const got = this.limiter.acquire(ac);
       lease = got instanceof Promise ? await got : got;
@@ -257,6 +264,7 @@ export class Gateway {
       try {
         sink.finish(); // a held answer goes out even when something above threw
         lease?.release();
+        keyDone?.();
         if (timer) clearTimeout(timer);
         res.closeListener = undefined;
         this.inflight.delete(ac);
@@ -269,8 +277,8 @@ export class Gateway {
   }
 
   /** /tokenize and /detokenize: no admission control (no engine step), logged but not counted as generation requests. Never rejects. */
-  private async tokens(op: TokensOp, id: string, path: string, req: H1Request, res: H1Response, t0: number, key: string | undefined): Promise<void> {
-    const entry: Partial<RequestLogEntry> = { key };
+  private async tokens(op: TokensOp, id: string, path: string, req: H1Request, res: H1Response, t0: number, keyName: string | undefined): Promise<void> {
+    const entry: Partial<RequestLogEntry> = { key: keyName };
     let status = 500;
     try {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);

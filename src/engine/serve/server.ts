@@ -14,6 +14,7 @@ import type { TextModel } from "../text/index.js";
 import type { ApiKey } from "./auth.js";
 import type { ResponseCache } from "./cache.js";
 import type { CorsOptions } from "./cors.js";
+import type { KeyLimitOptions } from "./key-limits.js";
 import { Gateway } from "./gateway.js";
 import { GatewayMetrics } from "./metrics.js";
 import { ProxyBackend } from "./proxy.js";
@@ -59,6 +60,8 @@ export interface ServeConfig {
     requestTimeoutMs: number;
     maxBodyBytes: number;
     logPrompts: boolean;
+    /** Limits per API key; none when absent. */
+    keyLimits?: KeyLimitOptions;
     /** CORS for browser clients (`--allowed-origins` …); none when absent. */
     cors?: CorsOptions;
     /** HTTPS (PEM key and certificate chain, already read and checked to match). */

@@ -1,0 +1,87 @@
+/**
+ * Per-key limits: the token bucket of --key-rpm on a fake clock (burst, refill, Retry-After) and the
+ * in-flight cap of --key-max-parallel; then both through `dsr serve` with real clients, where one
+ * key's excess is refused with 429 while another key goes on.
+ */
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KeyLimits } from "../../src/engine/serve/key-limits.js";
+import { runDsr } from "../support/cli.js";
+import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { tempDir } from "../support/tmp.js";
+import { startServe } from "./helpers.js";
+
+describe("KeyLimits", () => {
+  it("--key-rpm: a minute's allowance at once, then one request per 60/rpm s; Retry-After says when; keys apart", () => {
+    let t = 0;
+    const l = new KeyLimits({ rpm: 3, maxParallel: 0 }, () => t);
+    for (let i = 0; i < 3; i++) l.admit("a")();
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: { "retry-after": "20" } }));
+    l.admit("b")(); // another key has its own bucket
+    t = 19_000;
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: { "retry-after": "1" } }));
+    t = 20_001;
+    l.admit("a")();
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429 }));
+  });
+
+  it("--key-max-parallel: requests in flight per key; a finished one frees its place (once, however often it is told)", () => {
+    const l = new KeyLimits({ rpm: 0, maxParallel: 2 });
+    const first = l.admit("a");
+    l.admit("a");
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, message: expect.stringContaining("--key-max-parallel 2") }));
+    l.admit("b");
+    first();
+    first();
+    l.admit("a");
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429 }));
+  });
+});
+
+describe("dsr serve --key-rpm / --key-max-parallel", () => {
+  let up: Standin;
+  let keys: string;
+  beforeAll(async () => {
+    up = await startStandin({ tokens: 40, paceMs: 25, model: "r1" }); // a stream lasts ~1 s
+    keys = join(await tempDir(), "keys.txt");
+    await writeFile(keys, "sk-a team-a\nsk-b team-b\n");
+  });
+  afterAll(async () => up?.close());
+  const post = (url: string, key: string, stream = false) =>
+    fetch(`${url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${key}` }, body: JSON.stringify({ model: "r1", prompt: "x", max_tokens: stream ? 40 : 1, stream }) });
+
+  it("a key at its parallel limit gets 429 with Retry-After while its stream runs; another key is served; the limit frees when the stream ends", async () => {
+    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--key-max-parallel", "1"]);
+    try {
+      const running = await post(g.url, "sk-a", true);
+      expect(running.status).toBe(200);
+      const refused = await post(g.url, "sk-a");
+      expect(refused.status).toBe(429);
+      expect(refused.headers.get("retry-after")).toBe("1");
+      expect((await refused.json()).error).toMatchObject({ code: "rate_limit_exceeded", message: expect.stringContaining("API key team-a") });
+      expect((await post(g.url, "sk-b")).status).toBe(200);
+      await running.text(); // the stream ends
+      expect((await post(g.url, "sk-a")).status).toBe(200);
+    } finally {
+      await g.stop();
+    }
+  }, 30_000);
+
+  it("--key-rpm 2: the third request in a minute is refused with the wait; the other key is not; limits need keys", async () => {
+    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--key-rpm", "2"]);
+    try {
+      expect((await post(g.url, "sk-a")).status).toBe(200);
+      expect((await post(g.url, "sk-a")).status).toBe(200);
+      const third = await post(g.url, "sk-a");
+      expect(third.status).toBe(429);
+      expect(Number(third.headers.get("retry-after"))).toBeGreaterThanOrEqual(29);
+      expect((await post(g.url, "sk-b")).status).toBe(200);
+    } finally {
+      await g.stop();
+    }
+    const none = await runDsr(["serve", "--upstream", up.url, "--key-rpm", "5"]);
+    expect(none.exitCode).toBe(2);
+    expect(none.stderr).toContain("--key-rpm limits API keys, and none is configured");
+  }, 30_000);
+});
