@@ -124,6 +124,9 @@ export class GatewayMetrics {
     this.multi = names.length > 1;
     this.modelName = names[0] ?? this.modelName;
     this.registry.setDefaultLabels(this.multi ? {} : { model_name: this.modelName });
+    // bound series carry the model they were made for
+    this.perInstance.clear();
+    this.perModel.clear();
   }
 
   /** The model_name of a request's series. */
@@ -170,7 +173,7 @@ export class GatewayMetrics {
   /** Bound histogram series per instance and model: the per-read path does no label lookups. */
   instrument(instance: string, model?: string): Instrument {
     const m = this.label(model);
-    const key = `${instance}\u0000${m}`;
+    const key = this.multi ? `${instance}\u0000${m}` : instance; // one model: no string built per request
     let i = this.perInstance.get(key);
     if (!i) {
       const t = this.ttft.series(m, instance);
