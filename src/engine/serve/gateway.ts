@@ -133,10 +133,10 @@ export class Gateway {
       }
       const endpoint = ROUTES[path];
       if (endpoint) {
-        let key: string | undefined; // the name of the request's API key, when keys are configured
+        let keyName: string | undefined; // the name of the request's API key, when keys are configured
         try {
           if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
-          key = this.keys.check(req.headers);
+          keyName = this.keys.check(req.headers);
           if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
         } catch (e) {
           // refused before generation (method, auth, shutdown): logged and counted too, without the key
@@ -144,15 +144,15 @@ export class Gateway {
           this.finish(id, path, req, status, t0, undefined, {}, { error: e instanceof Error ? e.message : String(e) });
           throw e;
         }
-        void this.generate(endpoint, id, path, req, res, t0, key);
+        void this.generate(endpoint, id, path, req, res, t0, keyName);
         return;
       }
       const op = TOKENS_ROUTES[path];
       if (op) {
         if (req.method !== "POST") throw new HttpError(405, `${path} accepts POST only`, { code: "method_not_allowed" });
-        const key = this.keys.check(req.headers);
+        const keyName = this.keys.check(req.headers);
         if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
-        void this.tokens(op, id, path, req, res, t0, key);
+        void this.tokens(op, id, path, req, res, t0, keyName);
         return;
       }
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
@@ -224,9 +224,9 @@ export class Gateway {
       entry.stream = stream;
       if (this.o.logPrompts) entry.prompt = endpoint === "chat" ? (parsed as { messages: unknown }).messages : (parsed as { prompt: unknown }).prompt;
 
-      const key = this.o.cache ? cacheKey(endpoint, model, parsed as Record<string, unknown>) : undefined;
-      if (key && this.o.cache) {
-        const hit = await this.o.cache.get(key);
+      const cacheId = this.o.cache ? cacheKey(endpoint, model, parsed as Record<string, unknown>) : undefined;
+      if (cacheId && this.o.cache) {
+        const hit = await this.o.cache.get(cacheId);
         this.metrics.cacheLookups.inc({ result: hit ? "hit" : "miss" });
         entry.cache = hit ? "hit" : "miss";
         if (hit) {
@@ -247,10 +247,10 @@ export class Gateway {
       const g: GenerationRequest = { id, endpoint, req: parsed, rawBody, model, stream, headers: req.headers, cancel: ac, sink, record, t0 };
       await this.o.backend.handle(g);
       status = sink.status || 200;
-      if (key && this.o.cache && status === 200 && !ac.aborted && !sink.failedInBand) {
+      if (cacheId && this.o.cache && status === 200 && !ac.aborted && !sink.failedInBand) {
         const captured = sink.captured();
         // a failed cache write costs the next request a recomputation, not this answer
-        if (captured) await this.o.cache.set(key, captured).catch((e: Error) => (entry.error = `response cache write failed: ${e.message}`));
+        if (captured) await this.o.cache.set(cacheId, captured).catch((e: Error) => (entry.error = `response cache write failed: ${e.message}`));
       }
       sink.finish();
     } catch (e) {
