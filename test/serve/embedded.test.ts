@@ -113,6 +113,14 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     let streamed = "";
     for await (const ch of await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 6, temperature: 0, stream: true })) streamed += ch.choices[0]?.text ?? "";
     expect(streamed).toBe(c.choices[0].text);
+    // vLLM's continuous usage: every chunk carries the tokens so far, the last one the totals
+    const chunks = [];
+    for await (const ch of await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 6, temperature: 0, stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } } as OpenAI.CompletionCreateParamsStreaming)) chunks.push(ch);
+    const counts = chunks.filter((ch) => ch.choices.length).map((ch) => ch.usage!.completion_tokens);
+    expect(counts.length).toBeGreaterThan(1);
+    expect(counts).toEqual([...counts].sort((a, b) => a - b));
+    expect(chunks.at(-1)!.usage).toEqual({ prompt_tokens: c.usage!.prompt_tokens, completion_tokens: 6, total_tokens: c.usage!.prompt_tokens + 6 });
+    expect(chunks.every((ch) => ch.usage!.prompt_tokens === c.usage!.prompt_tokens)).toBe(true);
     const stopped = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 60, temperature: 0, stop: ["\n"] });
     expect(stopped.choices[0].finish_reason).toBe("stop");
     expect(stopped.choices[0].text).not.toContain("\n");

@@ -104,14 +104,18 @@ export class TokenBackend implements Backend {
       for (let k = 0; k < n; k++) choices.push({ index: pi * n + k, promptIds: p.ids, promptText: p.text, reasoning: "", content: "", tokens: 0, finish: null, logprobs: [], pendingLogprobs: [] });
     });
 
-    const head = (c: Record<string, unknown>) => `data: ${JSON.stringify({ id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: g.model, choices: [c] })}\n\n`;
+    // vLLM's continuous usage: every chunk carries the usage of its choice so far
+    const continuous = req.stream_options?.include_usage === true && req.stream_options.continuous_usage_stats === true;
+    const usageOf = (c: Choice) => ({ prompt_tokens: c.promptIds.length, completion_tokens: c.tokens, total_tokens: c.promptIds.length + c.tokens });
+    const head = (x: Choice, c: Record<string, unknown>) =>
+      `data: ${JSON.stringify({ id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: g.model, choices: [c], ...(continuous ? { usage: usageOf(x) } : {}) })}\n\n`;
     let lastEventAt = 0;
     const emit = async (c: Choice, reasoning: string, content: string, finish: string | null): Promise<void> => {
       if (!g.stream) return;
       if (!reasoning && !content && !finish && c.pendingLogprobs.length === 0) return;
       if (!g.sink.started) {
         g.sink.startStream();
-        if (chat) for (const x of choices) await g.sink.write(head({ index: x.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }));
+        if (chat) for (const x of choices) await g.sink.write(head(x, { index: x.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }));
       }
       const lp = c.pendingLogprobs.length ? this.formatLogprobs(chat, c.pendingLogprobs, logprobs!) : null;
       c.pendingLogprobs = [];
@@ -127,7 +131,7 @@ export class TokenBackend implements Backend {
       const now = performance.now();
       if (lastEventAt) ins.itl((now - lastEventAt) / 1000);
       lastEventAt = now;
-      const w = g.sink.write(head(ev));
+      const w = g.sink.write(head(c, ev));
       if (w) await w;
     };
 
