@@ -159,6 +159,25 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     expect((await post("/tokenize", { model: "nope", prompt: "x" })).status).toBe(404);
   });
 
+  it("stop_token_ids ends a choice like EOS; fields the token engines do not implement are a 400 naming them, never ignored", async () => {
+    const prompt = `<｜begin▁of▁sentence｜><｜User｜>${Q}<｜Assistant｜><think>\n`;
+    const first = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 1, temperature: 0 });
+    const tok = await (await fetch(`${gw.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: first.choices[0].text, add_special_tokens: false }) })).json();
+    expect(tok.count).toBe(1);
+    const stopped = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 6, temperature: 0, stop_token_ids: tok.tokens } as OpenAI.CompletionCreateParamsNonStreaming);
+    expect([stopped.choices[0].finish_reason, stopped.choices[0].text]).toEqual(["stop", ""]);
+    const refused = async (extra: Record<string, unknown>) => {
+      const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2, ...extra }) });
+      return { status: r.status, error: (await r.json()).error };
+    };
+    const tools = await refused({ tools: [{ type: "function", function: { name: "f", parameters: {} } }] });
+    expect(tools).toMatchObject({ status: 400, error: { param: "tools", code: "unsupported_parameter", message: expect.stringContaining("not supported by the embedded and torch engines") } });
+    expect((await refused({ logit_bias: { "5": 10 } })).error.param).toBe("logit_bias");
+    expect((await refused({ guided_json: { type: "object" } })).error.message).toContain("use response_format json_schema");
+    expect((await refused({ stop_token_ids: [99_999_999] })).error.param).toBe("stop_token_ids");
+    expect((await refused({ tool_choice: "none", logit_bias: {} })).status).toBe(200); // inactive values are fine
+  });
+
   it("context overflow is a 400 that names the numbers", async () => {
     const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], max_tokens: 5000 }) });
     expect(r.status).toBe(400);

@@ -42,6 +42,8 @@ const common = {
   user: z.string().nullish(),
   /** vLLM's: apply the tokenizer's post-processor (BOS) to the prompt; default true for completions, false for chat (the template has it). */
   add_special_tokens: z.boolean().nullish(),
+  /** vLLM's: token ids that end a choice like EOS (finish "stop"). */
+  stop_token_ids: z.array(nonNeg).max(64).nullish(),
 };
 
 export const chatRequest = z.looseObject({
@@ -145,6 +147,7 @@ const COMMON: Record<string, Check> = {
   ignore_eos: bool,
   user: str,
   add_special_tokens: bool,
+  stop_token_ids: (v) => nullish(v) || (Array.isArray(v) && v.length <= 64 && v.every((x) => Number.isSafeInteger(x) && (x as number) >= 0)),
 };
 const FAST: Record<Endpoint, { known: Set<string>; checks: Record<string, Check>; required: string }> = {
   chat: {

@@ -84,7 +84,10 @@ export class TokenBackend implements Backend {
   async handle(g: GenerationRequest): Promise<void> {
     const chat = g.endpoint === "chat";
     const req = g.req;
+    refuseUnsupported(req);
     const text = this.o.text;
+    const bad = (req.stop_token_ids ?? []).find((t) => text.tokenStrings([t])[0] === undefined);
+    if (bad !== undefined) throw new HttpError(400, `stop_token_ids: ${bad} is not in the model's vocabulary`, { param: "stop_token_ids", code: "invalid_parameter" });
     const split = chat && this.o.reasoningFields.length > 0 && text.promptOpensThink;
     const constraint = chat ? this.constraintFor(req as ChatRequest, split) : undefined;
     const prompts = chat ? [{ ids: chatPromptIds(text, req as ChatRequest, this.o), text: "" }] : completionPrompts(text, req as CompletionRequest);
@@ -92,7 +95,7 @@ export class TokenBackend implements Backend {
     const budgets = prompts.map((p) => tokenBudget(req, p.ids.length, this.contextLimit()));
     const logprobs = chat ? ((req as ChatRequest).logprobs ? (req as ChatRequest).top_logprobs ?? 0 : undefined) : ((req as CompletionRequest).logprobs ?? undefined);
     const stops = stopList(req.stop);
-    const stopIds = req.ignore_eos ? [] : text.eosTokenIds;
+    const stopIds = [...(req.ignore_eos ? [] : text.eosTokenIds), ...(req.stop_token_ids ?? [])];
     const id = `${chat ? "chatcmpl" : "cmpl"}-${g.id.replace(/[^A-Za-z0-9-]/g, "").slice(0, 40)}`;
     const created = Math.floor(Date.now() / 1000);
     const ins = this.o.metrics.instrument(this.instance, g.model);
@@ -308,5 +311,34 @@ export class TokenBackend implements Backend {
       top_logprobs: lps.map((l) => Object.fromEntries(l.top.slice(0, top).map((x) => [tok(x.id), x.logprob]))),
       text_offset: offsets,
     };
+  }
+}
+
+/**
+ * Request fields the token engines do not implement, refused with a 400 naming them rather than
+ * ignored: each would change what the client gets (a tool call, a bias, a grammar, a minimum length)
+ * and a silent answer without it looks like the model's fault. vLLM and SGLang upstreams take them
+ * as they are (the proxy forwards the body).
+ */
+const UNSUPPORTED: [field: string, active: (v: unknown) => boolean, instead: string][] = [
+  ["tools", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm and its tool parser, or --upstream"],
+  ["tool_choice", (v) => v != null && v !== "none", "serve with --engine vllm and its tool parser, or --upstream"],
+  ["functions", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm, or --upstream"],
+  ["logit_bias", (v) => v != null && typeof v === "object" && Object.keys(v).length > 0, "serve with --engine vllm, or --upstream"],
+  ["min_tokens", (v) => typeof v === "number" && v > 0, "serve with --engine vllm, or --upstream"],
+  ["best_of", (v) => typeof v === "number" && v > 1, "ask for n choices instead"],
+  ["prompt_logprobs", (v) => v != null, "serve with --engine vllm, or --upstream"],
+  ["include_stop_str_in_output", (v) => v === true, "serve with --engine vllm, or --upstream"],
+  ["guided_json", (v) => v != null, "use response_format json_schema"],
+  ["guided_regex", (v) => v != null, "serve with --engine vllm, or --upstream"],
+  ["guided_choice", (v) => v != null, "serve with --engine vllm, or --upstream"],
+  ["guided_grammar", (v) => v != null, "serve with --engine vllm, or --upstream"],
+  ["structured_outputs", (v) => v != null, "use response_format json_schema"],
+];
+
+function refuseUnsupported(req: ChatRequest | CompletionRequest): void {
+  const body = req as Record<string, unknown>;
+  for (const [field, active, instead] of UNSUPPORTED) {
+    if (active(body[field])) throw new HttpError(400, `\`${field}\` is not supported by the embedded and torch engines: ${instead}`, { param: field, code: "unsupported_parameter" });
   }
 }
