@@ -1,6 +1,6 @@
 """Token sampling for a batch of rows, on the device, with the gateway's semantics
 (src/engine/runtime/embedded/sampler.ts): repetition penalty over prompt + output, presence and
-frequency penalties over output; then greedy, or temperature → top-k → min-p → top-p, each cut on
+frequency penalties over output, then the logit bias; then greedy, or temperature → top-k → min-p → top-p, each cut on
 what the previous left; a seeded request draws from its own generator so its tokens do not depend
 on the rest of the batch. Logprobs are of the penalised distribution at temperature 1."""
 
@@ -33,6 +33,11 @@ class RowState:
             self.seen[torch.tensor(prompt, device=device)] = True
         if self.presence != 0 or self.frequency != 0:
             self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+        # OpenAI's logit_bias, [[id, bias], ...]: added after the penalties
+        self.bias = None
+        if p.get("logitBias"):
+            ids, vals = zip(*p["logitBias"])
+            self.bias = (torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(vals, dtype=torch.float32, device=device))
 
     def accept(self, token: int) -> None:
         if self.seen is not None:
@@ -45,6 +50,8 @@ class RowState:
             row.copy_(torch.where(self.seen, torch.where(row > 0, row / self.rep, row * self.rep), row))
         if self.counts is not None:
             row.sub_(self.presence * (self.counts > 0).float() + self.frequency * self.counts)
+        if self.bias is not None:
+            row.index_add_(0, self.bias[0], self.bias[1].to(row.dtype))
 
 
 def _cut(x: torch.Tensor, rows: list[RowState]) -> tuple[torch.Tensor, torch.Tensor]:

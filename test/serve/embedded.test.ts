@@ -159,7 +159,7 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     expect((await post("/tokenize", { model: "nope", prompt: "x" })).status).toBe(404);
   });
 
-  it("stop_token_ids ends a choice like EOS; fields the token engines do not implement are a 400 naming them, never ignored", async () => {
+  it("stop_token_ids ends a choice like EOS; logit_bias steers the draw; fields the token engines do not implement are a 400 naming them, never ignored", async () => {
     const prompt = `<｜begin▁of▁sentence｜><｜User｜>${Q}<｜Assistant｜><think>\n`;
     const first = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 1, temperature: 0 });
     const tok = await (await fetch(`${gw.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: first.choices[0].text, add_special_tokens: false }) })).json();
@@ -172,10 +172,17 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     };
     const tools = await refused({ tools: [{ type: "function", function: { name: "f", parameters: {} } }] });
     expect(tools).toMatchObject({ status: 400, error: { param: "tools", code: "unsupported_parameter", message: expect.stringContaining("not supported by the embedded and torch engines") } });
-    expect((await refused({ logit_bias: { "5": 10 } })).error.param).toBe("logit_bias");
+    // logit_bias is applied: +100 makes greedy pick `{`, -100 keeps greedy off its own first choice
+    const brace = await (await fetch(`${gw.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "{", add_special_tokens: false }) })).json();
+    const forced = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 1, temperature: 0, logit_bias: { [brace.tokens[0]]: 100 } });
+    expect(forced.choices[0].text).toBe("{");
+    const avoided = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 1, temperature: 0, logit_bias: { [tok.tokens[0]]: -100 } });
+    expect(avoided.choices[0].text).not.toBe(first.choices[0].text);
+    expect((await refused({ logit_bias: { nope: 1 } })).error).toMatchObject({ param: "logit_bias", message: expect.stringContaining('"nope" is not a token id') });
+    expect((await refused({ logit_bias: { "5": 101 } })).error.param).toMatch(/^logit_bias/);
     expect((await refused({ guided_json: { type: "object" } })).error.message).toContain("use response_format json_schema");
     expect((await refused({ stop_token_ids: [99_999_999] })).error.param).toBe("stop_token_ids");
-    expect((await refused({ tool_choice: "none", logit_bias: {} })).status).toBe(200); // inactive values are fine
+    expect((await refused({ tool_choice: "none" })).status).toBe(200); // inactive values are fine
   });
 
   it("context overflow is a 400 that names the numbers", async () => {

@@ -86,6 +86,22 @@ describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
     expect((await collect(engine, p, 30, [], hot)).ids).not.toEqual(greedy);
   }, 60_000);
 
+  it("logit_bias: +100 makes greedy pick the token, -100 keeps it off its first choice, as on the embedded engine", async () => {
+    const prompt = ref.cases[0]!.input_ids;
+    const free = await collect(engine, prompt, 1, []);
+    const brace = text.encode("{")[0]!;
+    const forced = await collect(engine, prompt, 2, [], { ...GREEDY, logitBias: [[brace, 100]] });
+    expect(forced.ids).toEqual([brace, brace]);
+    const avoided = await collect(engine, prompt, 1, [], { ...GREEDY, logitBias: [[free.ids[0]!, -100]] });
+    expect(avoided.ids[0]).not.toBe(free.ids[0]);
+    const embedded = await openEmbeddedEngine(await buildTiny("fp32"), { threads: 1, maxBatch: 1, maxContext: 256, worker: false });
+    try {
+      expect((await collect(embedded.engine, prompt, 1, [], { ...GREEDY, logitBias: [[free.ids[0]!, -100]] })).ids).toEqual(avoided.ids);
+    } finally {
+      await embedded.engine.close();
+    }
+  });
+
   it("a large presence penalty never repeats a token; frequency penalty changes greedy output", async () => {
     const p = text.encode(text.applyChatTemplate([{ role: "user", content: "What is 1111 + 2222?" }]));
     const r = await collect(engine, p, 60, [], { ...GREEDY, presencePenalty: 100 });

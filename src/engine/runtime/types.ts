@@ -14,6 +14,8 @@ export interface SamplingParams {
   presencePenalty: number;
   frequencyPenalty: number;
   repetitionPenalty: number;
+  /** OpenAI's logit_bias: [token id, bias] pairs added to the logits after the penalties. */
+  logitBias?: [number, number][];
   /** Number of top alternatives to return with each token (0 = none; undefined = no logprobs). */
   logprobs?: number;
 }

@@ -82,6 +82,18 @@ export function samplingFor(text: TextModel, req: ChatRequest | CompletionReques
     presencePenalty: req.presence_penalty ?? 0,
     frequencyPenalty: req.frequency_penalty ?? 0,
     repetitionPenalty: req.repetition_penalty ?? (o.r1Advice ? d.repetitionPenalty ?? 1 : 1),
+    logitBias: logitBias(text, req.logit_bias),
     logprobs,
   };
+}
+
+/** OpenAI's logit_bias (token id → bias in [-100, 100]) as [id, bias] pairs; a 400 naming a key that is not a token of the model. */
+function logitBias(text: TextModel, bias: Record<string, number> | null | undefined): [number, number][] | undefined {
+  if (!bias) return undefined;
+  const pairs = Object.entries(bias).map(([k, v]): [number, number] => {
+    const id = /^\d+$/.test(k) ? Number(k) : NaN;
+    if (!Number.isSafeInteger(id) || text.tokenStrings([id])[0] === undefined) throw new HttpError(400, `logit_bias: "${k.slice(0, 40)}" is not a token id of the model`, { param: "logit_bias", code: "invalid_parameter" });
+    return [id, v];
+  });
+  return pairs.length ? pairs : undefined;
 }

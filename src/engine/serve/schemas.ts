@@ -42,6 +42,8 @@ const common = {
   user: z.string().nullish(),
   /** vLLM's: apply the tokenizer's post-processor (BOS) to the prompt; default true for completions, false for chat (the template has it). */
   add_special_tokens: z.boolean().nullish(),
+  /** OpenAI's: token id (as a string) → bias added to its logit, -100 to 100. */
+  logit_bias: z.record(z.string(), z.number().min(-100).max(100)).refine((o) => Object.keys(o).length <= 1024, "at most 1024 entries").nullish(),
   /** vLLM's: token ids that end a choice like EOS (finish "stop"). */
   stop_token_ids: z.array(nonNeg).max(64).nullish(),
 };

@@ -316,7 +316,7 @@ export class TokenBackend implements Backend {
 
 /**
  * Request fields the token engines do not implement, refused with a 400 naming them rather than
- * ignored: each would change what the client gets (a tool call, a bias, a grammar, a minimum length)
+ * ignored: each would change what the client gets (a tool call, a grammar, a minimum length)
  * and a silent answer without it looks like the model's fault. vLLM and SGLang upstreams take them
  * as they are (the proxy forwards the body).
  */
@@ -324,7 +324,6 @@ const UNSUPPORTED: [field: string, active: (v: unknown) => boolean, instead: str
   ["tools", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm and its tool parser, or --upstream"],
   ["tool_choice", (v) => v != null && v !== "none", "serve with --engine vllm and its tool parser, or --upstream"],
   ["functions", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm, or --upstream"],
-  ["logit_bias", (v) => v != null && typeof v === "object" && Object.keys(v).length > 0, "serve with --engine vllm, or --upstream"],
   ["min_tokens", (v) => typeof v === "number" && v > 0, "serve with --engine vllm, or --upstream"],
   ["best_of", (v) => typeof v === "number" && v > 1, "ask for n choices instead"],
   ["prompt_logprobs", (v) => v != null, "serve with --engine vllm, or --upstream"],

@@ -65,13 +65,14 @@ export class Sampler {
   }
 
   sample(logits: Float32Array, filter?: TokenFilter): { id: number; logprob?: TokenLogprob } {
-    const { repetitionPenalty: rep, presencePenalty: pres, frequencyPenalty: freq } = this.p;
-    // Penalties edit a copy; without them the logits (a view of the step's output) are read as they are.
-    const penalised = rep !== 1 || pres !== 0 || freq !== 0;
+    const { repetitionPenalty: rep, presencePenalty: pres, frequencyPenalty: freq, logitBias: bias } = this.p;
+    // Penalties and the bias edit a copy; without them the logits (a view of the step's output) are read as they are.
+    const penalised = rep !== 1 || pres !== 0 || freq !== 0 || bias !== undefined;
     const x = penalised ? this.work : logits;
     if (penalised) x.set(logits);
     if (rep !== 1) for (const id of this.seen) x[id] = x[id]! > 0 ? x[id]! / rep : x[id]! * rep;
     if (pres !== 0 || freq !== 0) for (const [id, c] of this.counts) x[id] = x[id]! - pres - freq * c;
+    if (bias) for (const [id, b] of bias) x[id] = x[id]! + b;
     let max = -Infinity;
     let argmax = 0;
     for (let i = 0; i < x.length; i++) if (x[i]! > max) (max = x[i]!), (argmax = i);
