@@ -63,7 +63,8 @@ class Engine:
             self.wire.queue({"type": "chunk", "id": sid, "chunk": {"ids": [], "finish": "length"}})
             self.wire.queue({"type": "end", "id": sid})
             return
-        seq = Seq(sid, prompt, max_tokens, req.get("stopIds") or [], RowState(req.get("sampling") or {}, prompt, m.vocab, m.device), req.get("constraint"))
+        stops = req.get("stopIds") or []
+        seq = Seq(sid, prompt, max_tokens, stops, RowState(req.get("sampling") or {}, prompt, m.vocab, m.device, stops), req.get("constraint"))
         self.by_id[sid] = seq
         self.waiting.append(seq)
 

@@ -1,6 +1,6 @@
 """Token sampling for a batch of rows, on the device, with the gateway's semantics
 (src/engine/runtime/embedded/sampler.ts): repetition penalty over prompt + output, presence and
-frequency penalties over output, then the logit bias; then greedy, or temperature → top-k → min-p → top-p, each cut on
+frequency penalties over output, then the logit bias and min_tokens; then greedy, or temperature → top-k → min-p → top-p, each cut on
 what the previous left; a seeded request draws from its own generator so its tokens do not depend
 on the rest of the batch. Logprobs are of the penalised distribution at temperature 1."""
 
@@ -14,7 +14,7 @@ import torch
 class RowState:
     """What sampling remembers about one sequence."""
 
-    def __init__(self, p: dict, prompt: list[int], vocab: int, device: torch.device):
+    def __init__(self, p: dict, prompt: list[int], vocab: int, device: torch.device, stop_ids: list[int] | None = None):
         self.temperature = float(p.get("temperature", 1.0))
         self.top_p = float(p.get("topP", 1.0))
         self.top_k = int(p.get("topK", 0))
@@ -33,6 +33,11 @@ class RowState:
             self.seen[torch.tensor(prompt, device=device)] = True
         if self.presence != 0 or self.frequency != 0:
             self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+        # vLLM's min_tokens: the stop ids (EOS included) cannot be drawn before that many tokens
+        self.min_tokens = int(p.get("minTokens") or 0)
+        self.generated = 0
+        held = [t for t in stop_ids or [] if 0 <= t < vocab]
+        self.stops = torch.tensor(held, dtype=torch.long, device=device) if self.min_tokens and held else None
         # OpenAI's logit_bias, [[id, bias], ...]: added after the penalties
         self.bias = None
         if p.get("logitBias"):
@@ -40,6 +45,7 @@ class RowState:
             self.bias = (torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(vals, dtype=torch.float32, device=device))
 
     def accept(self, token: int) -> None:
+        self.generated += 1
         if self.seen is not None:
             self.seen[token] = True
         if self.counts is not None:
@@ -52,6 +58,8 @@ class RowState:
             row.sub_(self.presence * (self.counts > 0).float() + self.frequency * self.counts)
         if self.bias is not None:
             row.index_add_(0, self.bias[0], self.bias[1].to(row.dtype))
+        if self.stops is not None and self.generated < self.min_tokens:
+            row.index_fill_(0, self.stops, float("-inf"))
 
 
 def _cut(x: torch.Tensor, rows: list[RowState]) -> tuple[torch.Tensor, torch.Tensor]:

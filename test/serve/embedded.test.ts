@@ -185,6 +185,17 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     expect((await refused({ tool_choice: "none" })).status).toBe(200); // inactive values are fine
   });
 
+  it("min_tokens holds EOS back until that many tokens; more than max_tokens is a 400", async () => {
+    const messages = [{ role: "user" as const, content: Q }];
+    const free = await client().chat.completions.create({ model: "tiny-r1", messages, max_tokens: 600, temperature: 0 });
+    expect(free.choices[0].finish_reason).toBe("stop");
+    const n = free.usage!.completion_tokens;
+    const longer = await client().chat.completions.create({ model: "tiny-r1", messages, max_tokens: n + 3, temperature: 0, min_tokens: n + 3 } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    expect([longer.choices[0].finish_reason, longer.usage!.completion_tokens]).toEqual(["length", n + 3]);
+    const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages, max_tokens: 4, min_tokens: 5 }) });
+    expect([r.status, (await r.json()).error.param]).toEqual([400, "min_tokens"]);
+  });
+
   it("context overflow is a 400 that names the numbers", async () => {
     const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: Q }], max_tokens: 5000 }) });
     expect(r.status).toBe(400);

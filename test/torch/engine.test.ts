@@ -102,6 +102,22 @@ describe.skipIf(!TORCH_PYTHON)("torch worker engine (CPU, fp32)", () => {
     }
   });
 
+  it("minTokens holds the stop ids back until that many tokens, as on the embedded engine", async () => {
+    const prompt = text.encode(text.applyChatTemplate([{ role: "user", content: ADDITION_QUESTION }]));
+    const free = await collect(engine, prompt, 200, text.eosTokenIds);
+    expect(free.finish).toBe("stop");
+    const n = free.ids.length;
+    const held = await collect(engine, prompt, n + 3, text.eosTokenIds, { ...GREEDY, minTokens: n + 3 });
+    expect([held.finish, held.ids.length]).toEqual(["length", n + 3]);
+    expect(held.ids.slice(0, n)).toEqual(free.ids);
+    const embedded = await openEmbeddedEngine(await buildTiny("fp32"), { threads: 1, maxBatch: 1, maxContext: 256, worker: false });
+    try {
+      expect((await collect(embedded.engine, prompt, n + 3, text.eosTokenIds, { ...GREEDY, minTokens: n + 3 })).ids).toEqual(held.ids);
+    } finally {
+      await embedded.engine.close();
+    }
+  });
+
   it("a large presence penalty never repeats a token; frequency penalty changes greedy output", async () => {
     const p = text.encode(text.applyChatTemplate([{ role: "user", content: "What is 1111 + 2222?" }]));
     const r = await collect(engine, p, 60, [], { ...GREEDY, presencePenalty: 100 });

@@ -16,6 +16,8 @@ export interface SamplingParams {
   repetitionPenalty: number;
   /** OpenAI's logit_bias: [token id, bias] pairs added to the logits after the penalties. */
   logitBias?: [number, number][];
+  /** vLLM's min_tokens: the request's stop ids (EOS included) cannot be drawn before this many tokens. */
+  minTokens?: number;
   /** Number of top alternatives to return with each token (0 = none; undefined = no logprobs). */
   logprobs?: number;
 }

@@ -51,6 +51,9 @@ export function completionPrompts(text: TextModel, req: CompletionRequest): { id
 /** The generation budget, checked against the context window. */
 export function tokenBudget(req: ChatRequest | CompletionRequest, promptLen: number, contextLength: number): number {
   const asked = requestedMaxTokens(req);
+  if (req.min_tokens && asked !== undefined && req.min_tokens > asked) {
+    throw new HttpError(400, `min_tokens (${req.min_tokens}) is more than the ${asked} tokens asked for`, { param: "min_tokens", code: "invalid_parameter" });
+  }
   const field = (req as ChatRequest).max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   if (asked !== undefined && promptLen + asked > contextLength) {
     throw new HttpError(
@@ -83,6 +86,7 @@ export function samplingFor(text: TextModel, req: ChatRequest | CompletionReques
     frequencyPenalty: req.frequency_penalty ?? 0,
     repetitionPenalty: req.repetition_penalty ?? (o.r1Advice ? d.repetitionPenalty ?? 1 : 1),
     logitBias: logitBias(text, req.logit_bias),
+    minTokens: req.min_tokens ?? undefined,
     logprobs,
   };
 }

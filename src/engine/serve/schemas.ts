@@ -44,6 +44,8 @@ const common = {
   add_special_tokens: z.boolean().nullish(),
   /** OpenAI's: token id (as a string) → bias added to its logit, -100 to 100. */
   logit_bias: z.record(z.string(), z.number().min(-100).max(100)).refine((o) => Object.keys(o).length <= 1024, "at most 1024 entries").nullish(),
+  /** vLLM's: no stop (EOS, stop_token_ids, stop strings) before this many tokens. */
+  min_tokens: nonNeg.nullish(),
   /** vLLM's: token ids that end a choice like EOS (finish "stop"). */
   stop_token_ids: z.array(nonNeg).max(64).nullish(),
 };
@@ -149,6 +151,7 @@ const COMMON: Record<string, Check> = {
   ignore_eos: bool,
   user: str,
   add_special_tokens: bool,
+  min_tokens: num(0, Infinity, { int: true }),
   stop_token_ids: (v) => nullish(v) || (Array.isArray(v) && v.length <= 64 && v.every((x) => Number.isSafeInteger(x) && (x as number) >= 0)),
 };
 const FAST: Record<Endpoint, { known: Set<string>; checks: Record<string, Check>; required: string }> = {

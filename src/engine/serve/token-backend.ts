@@ -156,7 +156,8 @@ export class TokenBackend implements Backend {
       }
       const take = async (s: string, final: boolean) => {
         let out = s;
-        if (!stopped) {
+        // vLLM checks stop strings only from min_tokens on
+        if (!stopped && c.tokens >= (req.min_tokens ?? 0)) {
           const r = stop.push(s);
           out = r.emit;
           if (r.stopped) {
@@ -316,7 +317,7 @@ export class TokenBackend implements Backend {
 
 /**
  * Request fields the token engines do not implement, refused with a 400 naming them rather than
- * ignored: each would change what the client gets (a tool call, a grammar, a minimum length)
+ * ignored: each would change what the client gets (a tool call, a grammar, the stop text kept)
  * and a silent answer without it looks like the model's fault. vLLM and SGLang upstreams take them
  * as they are (the proxy forwards the body).
  */
@@ -324,7 +325,6 @@ const UNSUPPORTED: [field: string, active: (v: unknown) => boolean, instead: str
   ["tools", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm and its tool parser, or --upstream"],
   ["tool_choice", (v) => v != null && v !== "none", "serve with --engine vllm and its tool parser, or --upstream"],
   ["functions", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm, or --upstream"],
-  ["min_tokens", (v) => typeof v === "number" && v > 0, "serve with --engine vllm, or --upstream"],
   ["best_of", (v) => typeof v === "number" && v > 1, "ask for n choices instead"],
   ["prompt_logprobs", (v) => v != null, "serve with --engine vllm, or --upstream"],
   ["include_stop_str_in_output", (v) => v === true, "serve with --engine vllm, or --upstream"],

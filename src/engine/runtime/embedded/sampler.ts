@@ -48,7 +48,11 @@ export class Sampler {
   private readonly starts = new Int32Array(BINS);
   private readonly fillAt = new Int32Array(BINS);
 
-  constructor(private readonly p: SamplingParams, promptIds: readonly number[], vocab: number) {
+  /** Tokens accepted so far (for min_tokens). */
+  private generated = 0;
+
+  /** `stopIds`: what min_tokens holds back (the request's stop ids, EOS included). */
+  constructor(private readonly p: SamplingParams, promptIds: readonly number[], vocab: number, private readonly stopIds: readonly number[] = []) {
     this.rand = seededRandom(p.seed ?? Math.floor(Math.random() * 2 ** 32));
     this.seen = new Set(p.repetitionPenalty !== 1 ? promptIds : []);
     this.work = new Float32Array(vocab);
@@ -60,19 +64,22 @@ export class Sampler {
 
   /** Records a generated token (penalties see it from the next step on). */
   accept(id: number): void {
+    this.generated++;
     this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
     if (this.p.repetitionPenalty !== 1) this.seen.add(id);
   }
 
   sample(logits: Float32Array, filter?: TokenFilter): { id: number; logprob?: TokenLogprob } {
     const { repetitionPenalty: rep, presencePenalty: pres, frequencyPenalty: freq, logitBias: bias } = this.p;
-    // Penalties and the bias edit a copy; without them the logits (a view of the step's output) are read as they are.
-    const penalised = rep !== 1 || pres !== 0 || freq !== 0 || bias !== undefined;
+    const holdStops = this.generated < (this.p.minTokens ?? 0) && this.stopIds.length > 0;
+    // Penalties, the bias and min_tokens edit a copy; without them the logits (a view of the step's output) are read as they are.
+    const penalised = rep !== 1 || pres !== 0 || freq !== 0 || bias !== undefined || holdStops;
     const x = penalised ? this.work : logits;
     if (penalised) x.set(logits);
     if (rep !== 1) for (const id of this.seen) x[id] = x[id]! > 0 ? x[id]! / rep : x[id]! * rep;
     if (pres !== 0 || freq !== 0) for (const [id, c] of this.counts) x[id] = x[id]! - pres - freq * c;
     if (bias) for (const [id, b] of bias) x[id] = x[id]! + b;
+    if (holdStops) for (const id of this.stopIds) x[id] = -Infinity;
     let max = -Infinity;
     let argmax = 0;
     for (let i = 0; i < x.length; i++) if (x[i]! > max) (max = x[i]!), (argmax = i);

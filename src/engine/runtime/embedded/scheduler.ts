@@ -104,7 +104,7 @@ export class Scheduler implements TokenEngine {
       generated: 0,
       maxTokens: Math.max(0, Math.min(req.maxTokens, this.opts.maxContext - n)),
       stopIds: new Set(req.stopIds),
-      sampler: new Sampler(req.sampling, req.promptIds, vocab),
+      sampler: new Sampler(req.sampling, req.promptIds, vocab, req.stopIds),
       json: req.constraint ? new JsonConstraint(this.json!, req.constraint) : undefined,
       channel: new Channel<TokenChunk>(() => this.cancel(seq)),
       cancelled: false,
