@@ -152,7 +152,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--python <exe>", "python for sglang and the torch worker (needs PyTorch)", "python3")
     .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
-    .option("--api-key-file <file>", "file of keys, one per line")
+    .option("--api-key-file <file>", "file of keys, one per line, each optionally followed by a name (counted and logged by name; SIGHUP re-reads it)")
     .option("--key-rpm <n>", "requests per minute per API key (429 with Retry-After beyond; split among --workers)")
     .option("--key-max-parallel <n>", "generation requests in flight per API key (429 beyond; split among --workers)")
     .option("--allowed-origins <list>", "answer browsers (CORS) from these origins: comma-separated or a JSON list as vLLM takes it, * for any (default: none, unlike vLLM)", collect)
