@@ -124,6 +124,8 @@ describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
     const stopped = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 60, temperature: 0, stop: ["\n"] });
     expect(stopped.choices[0].finish_reason).toBe("stop");
     expect(stopped.choices[0].text).not.toContain("\n");
+    const kept = await client().completions.create({ model: "tiny-r1", prompt, max_tokens: 60, temperature: 0, stop: ["\n"], include_stop_str_in_output: true } as OpenAI.CompletionCreateParamsNonStreaming);
+    expect(kept.choices[0].text).toBe(`${stopped.choices[0].text}\n`);
     expect(expected.reasoning.startsWith(stopped.choices[0].text.trim())).toBe(true);
     const two = await client().chat.completions.create({ model: "tiny-r1", messages: [{ role: "user", content: Q }], n: 2, seed: 7, max_tokens: 8 });
     expect(two.choices.map((x) => x.index)).toEqual([0, 1]);

@@ -122,6 +122,22 @@ describe("stop strings", () => {
       }
     }
   });
+  it("includeStop (vLLM's include_stop_str_in_output) keeps the stop string that ended the text", () => {
+    const run = (stops: string[], chunks: string[]) => {
+      const m = createStopMatcher(stops, { includeStop: true });
+      let out = "";
+      for (const c of chunks) {
+        const r = m.push(c);
+        out += r.emit;
+        if (r.stopped) return out;
+      }
+      return out + m.flush();
+    };
+    expect(run(["\nUser:"], ["The answer is 42.\nUs", "er: next"])).toBe("The answer is 42.\nUser:");
+    expect(run(["END", "STOP"], ["early STOP and late END"])).toBe("early STOP");
+    expect(run(["ab", "abc"], ["xabcd"])).toBe("xabc"); // the longest at the earliest place
+    expect(run(["zzz"], ["no stop"])).toBe("no stop");
+  });
   it("hold back only what could start a stop string", () => {
     const m = createStopMatcher(["</answer>"]);
     expect(m.push("hello </ans").emit).toBe("hello ");

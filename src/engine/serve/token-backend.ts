@@ -147,7 +147,7 @@ export class TokenBackend implements Backend {
       const onSibling = () => ac.abort(all.signal.reason);
       all.signal.addEventListener("abort", onSibling, { once: true });
       const decoder = text.createDecoder(); // never emits BOS/EOS/pad
-      const stop = createStopMatcher(stops);
+      const stop = createStopMatcher(stops, { includeStop: (req as { include_stop_str_in_output?: unknown }).include_stop_str_in_output === true });
       const splitter = split ? new ReasoningSplitter() : undefined;
       let stopped = false;
       if (!chat && (req as CompletionRequest).echo) {
@@ -317,7 +317,7 @@ export class TokenBackend implements Backend {
 
 /**
  * Request fields the token engines do not implement, refused with a 400 naming them rather than
- * ignored: each would change what the client gets (a tool call, a grammar, the stop text kept)
+ * ignored: each would change what the client gets (a tool call, a grammar, logprobs of the prompt)
  * and a silent answer without it looks like the model's fault. vLLM and SGLang upstreams take them
  * as they are (the proxy forwards the body).
  */
@@ -327,7 +327,6 @@ const UNSUPPORTED: [field: string, active: (v: unknown) => boolean, instead: str
   ["functions", (v) => Array.isArray(v) && v.length > 0, "serve with --engine vllm, or --upstream"],
   ["best_of", (v) => typeof v === "number" && v > 1, "ask for n choices instead"],
   ["prompt_logprobs", (v) => v != null, "serve with --engine vllm, or --upstream"],
-  ["include_stop_str_in_output", (v) => v === true, "serve with --engine vllm, or --upstream"],
   ["guided_json", (v) => v != null, "use response_format json_schema"],
   ["guided_regex", (v) => v != null, "serve with --engine vllm, or --upstream"],
   ["guided_choice", (v) => v != null, "serve with --engine vllm, or --upstream"],

@@ -1,7 +1,8 @@
 /**
  * Stop strings over a streamed text. Text that could be the beginning of a stop string is held back
  * until the next chunk proves it is not; on a match, everything before the stop string is emitted
- * and the stream is over (the stop string itself is not emitted, as in the OpenAI API).
+ * and the stream is over (the stop string itself is not emitted, as in the OpenAI API, unless
+ * `includeStop`: vLLM's include_stop_str_in_output).
  */
 export interface StopMatcher {
   push(text: string): { emit: string; stopped: boolean };
@@ -9,7 +10,7 @@ export interface StopMatcher {
   flush(): string;
 }
 
-export function createStopMatcher(stops: string[]): StopMatcher {
+export function createStopMatcher(stops: string[], opts: { includeStop?: boolean } = {}): StopMatcher {
   const list = stops.filter((s) => s.length > 0);
   let held = "";
   let stopped = false;
@@ -19,13 +20,14 @@ export function createStopMatcher(stops: string[]): StopMatcher {
       if (list.length === 0) return { emit: text, stopped: false };
       held += text;
       let first = -1;
+      let len = 0; // of the stop string found at `first` (the longest there)
       for (const s of list) {
         const i = held.indexOf(s);
-        if (i >= 0 && (first < 0 || i < first)) first = i;
+        if (i >= 0 && (first < 0 || i < first || (i === first && s.length > len))) [first, len] = [i, s.length];
       }
       if (first >= 0) {
         stopped = true;
-        const emit = held.slice(0, first);
+        const emit = held.slice(0, first + (opts.includeStop ? len : 0));
         held = "";
         return { emit, stopped: true };
       }
