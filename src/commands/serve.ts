@@ -54,6 +54,7 @@ interface Flags {
   sslKeyfile?: string;
   allowedOrigins?: string[];
   keyRpm?: string;
+  keyTpm?: string;
   keyMaxParallel?: string;
   allowedMethods?: string[];
   allowedHeaders?: string[];
@@ -154,6 +155,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
     .option("--api-key-file <file>", "file of keys, one per line, each optionally followed by a name (counted and logged by name; SIGHUP re-reads it)")
     .option("--key-rpm <n>", "requests per minute per API key (429 with Retry-After beyond; split among --workers)")
+    .option("--key-tpm <n>", "tokens (prompt + completion) per minute per API key, taken when a request ends (429 with Retry-After beyond; split among --workers)")
     .option("--key-max-parallel <n>", "generation requests in flight per API key (429 beyond; split among --workers)")
     .option("--allowed-origins <list>", "answer browsers (CORS) from these origins: comma-separated or a JSON list as vLLM takes it, * for any (default: none, unlike vLLM)", collect)
     .option("--allowed-methods <list>", "CORS: methods allowed (default *)", collect)
@@ -229,10 +231,17 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       logPrompts: !!f.logPrompts,
       tls: await readTls(f.sslKeyfile, f.sslCertfile),
       cors: corsFlags(f),
-      keyLimits: f.keyRpm || f.keyMaxParallel ? { rpm: f.keyRpm ? int(f.keyRpm, "--key-rpm", 1, 1e9) : 0, maxParallel: f.keyMaxParallel ? int(f.keyMaxParallel, "--key-max-parallel", 1, 1e6) : 0 } : undefined,
+      keyLimits:
+        f.keyRpm || f.keyTpm || f.keyMaxParallel
+          ? {
+              rpm: f.keyRpm ? int(f.keyRpm, "--key-rpm", 1, 1e9) : 0,
+              tpm: f.keyTpm ? int(f.keyTpm, "--key-tpm", 1, 1e12) : 0,
+              maxParallel: f.keyMaxParallel ? int(f.keyMaxParallel, "--key-max-parallel", 1, 1e6) : 0,
+            }
+          : undefined,
     },
   };
-  if (cfg.gateway.keyLimits && keys.length === 0) throw usageError(`${f.keyRpm ? "--key-rpm" : "--key-max-parallel"} limits API keys, and none is configured`, "add --api-key-file (or --api-key)");
+  if (cfg.gateway.keyLimits && keys.length === 0) throw usageError(`${f.keyRpm ? "--key-rpm" : f.keyTpm ? "--key-tpm" : "--key-max-parallel"} limits API keys, and none is configured`, "add --api-key-file (or --api-key)");
   if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");
   const selfCommand = { command: process.execPath, args: [...process.execArgv, process.argv[1]] }; // how to run this dsr again for child instances
   const deps = { pathValue: c.env.PATH, env: c.env, selfCommand };
@@ -245,7 +254,8 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     cfg.gateway.maxConcurrency = Math.max(1, Math.ceil(cfg.gateway.maxConcurrency / worker.workers));
     const kl = cfg.gateway.keyLimits;
     // each worker keeps its own count: a share of the limit (a client's requests spread over the workers)
-    if (kl) cfg.gateway.keyLimits = { rpm: kl.rpm && Math.max(1, Math.ceil(kl.rpm / worker.workers)), maxParallel: kl.maxParallel && Math.max(1, Math.ceil(kl.maxParallel / worker.workers)) };
+    const share = (n: number | undefined) => (n ? Math.max(1, Math.ceil(n / worker.workers)) : 0);
+    if (kl) cfg.gateway.keyLimits = { rpm: share(kl.rpm), tpm: share(kl.tpm), maxParallel: share(kl.maxParallel) };
     cfg.gateway.maxQueue = Math.ceil(cfg.gateway.maxQueue / worker.workers);
     if (f.logFile) f.logFile = `${f.logFile}.w${w}`;
     cfg.servedNames = worker.servedNames;

@@ -1,6 +1,6 @@
 /**
- * Per-key limits: the token bucket of --key-rpm on a fake clock (burst, refill, Retry-After) and the
- * in-flight cap of --key-max-parallel; then both through `dsr serve` with real clients, where one
+ * Per-key limits: the buckets of --key-rpm and --key-tpm on a fake clock (burst, refill, Retry-After)
+ * and the in-flight cap of --key-max-parallel; then both through `dsr serve` with real clients, where one
  * key's excess is refused with 429 while another key goes on.
  */
 import { writeFile } from "node:fs/promises";
@@ -24,6 +24,20 @@ describe("KeyLimits", () => {
     t = 20_001;
     l.admit("a")();
     expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429 }));
+  });
+
+  it("--key-tpm: a request ends by taking its tokens; below zero the key waits until the minute refills it, Retry-After saying how long", () => {
+    let t = 0;
+    const l = new KeyLimits({ rpm: 0, tpm: 600, maxParallel: 0 }, () => t); // 10 tokens per second
+    l.admit("a")(500);
+    const second = l.admit("a"); // 100 left: admitted
+    l.admit("b")(600); // another key's bucket
+    second(250); // 100 - 250 = -150
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: { "retry-after": "16" }, message: expect.stringContaining("600 tokens per minute") }));
+    t = 15_000; // -150 + 150 = 0: still not above
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429 }));
+    t = 15_200;
+    l.admit("a")();
   });
 
   it("--key-max-parallel: requests in flight per key; a finished one frees its place (once, however often it is told)", () => {
@@ -63,6 +77,22 @@ describe("dsr serve --key-rpm / --key-max-parallel", () => {
       expect((await post(g.url, "sk-b")).status).toBe(200);
       await running.text(); // the stream ends
       expect((await post(g.url, "sk-a")).status).toBe(200);
+    } finally {
+      await g.stop();
+    }
+  }, 30_000);
+
+  it("--key-tpm: once a key's requests used the minute's tokens (prompt + completion), the next is refused; the other key is not", async () => {
+    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--key-tpm", "20"]);
+    try {
+      // the stand-in counts 7 prompt tokens, and this asks for 1 completion token: 8 a request
+      expect((await post(g.url, "sk-a")).status).toBe(200);
+      expect((await post(g.url, "sk-a")).status).toBe(200);
+      expect((await post(g.url, "sk-a")).status).toBe(200); // 4 left before it: admitted, then -4
+      const over = await post(g.url, "sk-a");
+      expect(over.status).toBe(429);
+      expect((await over.json()).error.message).toContain("20 tokens per minute");
+      expect((await post(g.url, "sk-b")).status).toBe(200);
     } finally {
       await g.stop();
     }

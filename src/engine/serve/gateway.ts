@@ -39,7 +39,7 @@ export interface GatewayOptions {
   requestLog?: RequestLog;
   logPrompts?: boolean;
   metrics?: GatewayMetrics;
-  /** Limits per API key (`--key-rpm`, `--key-max-parallel`). */
+  /** Limits per API key (`--key-rpm`, `--key-tpm`, `--key-max-parallel`). */
   keyLimits?: KeyLimitOptions;
   /** Answer browsers from these origins (`--allowed-origins`); none when absent. */
   cors?: CorsOptions;
@@ -69,7 +69,7 @@ export class Gateway {
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.cors = o.cors && new Cors(o.cors);
-    this.keyLimits = o.keyLimits && (o.keyLimits.rpm > 0 || o.keyLimits.maxParallel > 0) ? new KeyLimits(o.keyLimits) : undefined;
+    this.keyLimits = o.keyLimits && (o.keyLimits.rpm > 0 || (o.keyLimits.tpm ?? 0) > 0 || o.keyLimits.maxParallel > 0) ? new KeyLimits(o.keyLimits) : undefined;
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
     this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, tls: o.tls }, (req, res) => this.dispatch(req, res));
   }
@@ -208,7 +208,7 @@ export class Gateway {
     let status = 500;
     let queueMs: number | undefined;
     let lease: Lease | undefined;
-    let keyDone: (() => void) | undefined;
+    let keyDone: ((tokens: number) => void) | undefined;
     res.closeListener = ac;
     let timer: NodeJS.Timeout | undefined;
     if (this.o.requestTimeoutMs) {
@@ -264,7 +264,7 @@ export class Gateway {
       try {
         sink.finish(); // a held answer goes out even when something above threw
         lease?.release();
-        keyDone?.();
+        keyDone?.((record.promptTokens ?? 0) + (record.completionTokens ?? 0));
         if (timer) clearTimeout(timer);
         res.closeListener = undefined;
         this.inflight.delete(ac);

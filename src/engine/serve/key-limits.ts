@@ -1,22 +1,31 @@
 /**
- * Limits per API key (`--key-rpm`, `--key-max-parallel`), so that one client of a shared endpoint
- * cannot take every slot: requests per minute as a token bucket (burst up to the minute's allowance,
- * refilled continuously) and generation requests in flight. A request over either is refused at once
- * with 429 and Retry-After, before it takes a gateway slot; other keys are unaffected. Keys are the
- * configured ones, so the per-key state stays as small as the key file.
+ * Limits per API key (`--key-rpm`, `--key-tpm`, `--key-max-parallel`), so that one client of a
+ * shared endpoint cannot take every slot: requests per minute and tokens per minute as buckets (burst
+ * up to the minute's allowance, refilled continuously) and generation requests in flight. Tokens
+ * (prompt + completion, as OpenAI counts them) are known only when a request ends, so they are taken
+ * then, and the bucket may go below zero: the key's next request waits until it is back above. A
+ * request over a limit is refused at once with 429 and Retry-After, before it takes a gateway slot;
+ * other keys are unaffected. Keys are the configured ones, so the per-key state stays as small as the
+ * key file.
  */
 import { HttpError } from "./http-error.js";
 
 export interface KeyLimitOptions {
   /** Requests per minute per key (0: none). */
   rpm: number;
+  /** Tokens (prompt + completion) per minute per key (0: none). */
+  tpm?: number;
   /** Generation requests in flight per key (0: none). */
   maxParallel: number;
 }
 
 interface KeyState {
+  /** Requests left in the minute's bucket, and when it was last refilled. */
   tokens: number;
   at: number;
+  /** Tokens left in the tokens-per-minute bucket (may be below zero), and when it was last refilled. */
+  budget: number;
+  budgetAt: number;
   inFlight: number;
 }
 
@@ -25,13 +34,22 @@ export class KeyLimits {
 
   constructor(private readonly o: KeyLimitOptions, private readonly now: () => number = () => performance.now()) {}
 
-  /** Admits one request of `key` (throws a 429 when over a limit); call the returned function when it ends. */
-  admit(key: string): () => void {
+  /** Admits one request of `key` (throws a 429 when over a limit); call the returned function with its tokens when it ends. */
+  admit(key: string): (tokens?: number) => void {
     const t = this.now();
+    const tpm = this.o.tpm ?? 0;
     let s = this.keys.get(key);
-    if (!s) this.keys.set(key, (s = { tokens: this.o.rpm, at: t, inFlight: 0 }));
+    if (!s) this.keys.set(key, (s = { tokens: this.o.rpm, at: t, budget: tpm, budgetAt: t, inFlight: 0 }));
     if (this.o.maxParallel > 0 && s.inFlight >= this.o.maxParallel) {
       throw new HttpError(429, `API key ${key} has ${s.inFlight} requests in flight, its limit (--key-max-parallel ${this.o.maxParallel})`, { code: "rate_limit_exceeded", headers: { "retry-after": "1" } });
+    }
+    if (tpm > 0) {
+      s.budget = Math.min(tpm, s.budget + (t - s.budgetAt) * (tpm / 60_000));
+      s.budgetAt = t;
+      if (s.budget <= 0) {
+        const wait = Math.max(1, Math.ceil((-s.budget + 1) / (tpm / 60_000) / 1000));
+        throw new HttpError(429, `API key ${key} is over its ${tpm} tokens per minute (--key-tpm)`, { code: "rate_limit_exceeded", headers: { "retry-after": String(wait) } });
+      }
     }
     if (this.o.rpm > 0) {
       const perMs = this.o.rpm / 60_000;
@@ -45,10 +63,11 @@ export class KeyLimits {
     }
     s.inFlight++;
     let done = false;
-    return () => {
+    return (tokens = 0) => {
       if (done) return;
       done = true;
       s.inFlight--;
+      if (tpm > 0) s.budget -= tokens;
     };
   }
 }
