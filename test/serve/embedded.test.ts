@@ -9,7 +9,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI from "openai";
-import { TINY_R1 } from "../support/cli.js";
+import { runDsr, TINY_R1 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { loadTextModel } from "../../src/engine/text/index.js";
 import { sseEvents, startServe, type ServeProc } from "./helpers.js";
@@ -42,6 +42,42 @@ function checkAnswer(reasoning: string, content: string): number {
 async function ready(): Promise<{ children: { name: string; state: string; pid: number; restarts: number }[]; instances: { name: string; healthy: boolean; outstanding: number }[] }> {
   return (await fetch(`${gw.url}/ready`)).json();
 }
+
+describe("dsr serve with instances that are still loading", () => {
+  it("listens at once: /health 200, /ready 503 naming the children, a request 503 with Retry-After; then serves", async () => {
+    const cache = await tempDir(); // a fresh ONNX cache: the first child converts the checkpoint, which takes a while
+    const proc = runDsr(["serve", TINY_R1, "--instances", "2", "--port", "0"], { env: { ...process.env, XDG_CACHE_HOME: cache }, buffer: false, stdout: "pipe", stderr: "pipe" });
+    let err = "";
+    proc.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+    proc.stdout!.resume();
+    try {
+      const early = async (): Promise<string> => {
+        for (let i = 0; i < 600; i++) {
+          const m = /listening at (http:\/\/[^\s]+) while the instances start/.exec(err);
+          if (m) return m[1];
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        throw new Error(`no early listen line:\n${err}`);
+      };
+      const url = await early();
+      expect(err).not.toMatch(/^serving /m);
+      expect((await fetch(`${url}/health`)).status).toBe(200);
+      const ready = await fetch(`${url}/ready`);
+      expect(ready.status).toBe(503);
+      expect(((await ready.json()) as { children: { name: string }[] }).children.map((c) => c.name)).toEqual(["i0", "i1"]);
+      const busy = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
+      expect(busy.status).toBe(503);
+      expect(busy.headers.get("retry-after")).toBe("1");
+      for (let i = 0; i < 1200 && !/^serving /m.test(err); i++) await new Promise((r) => setTimeout(r, 50));
+      expect((await fetch(`${url}/ready`)).status).toBe(200);
+      const ok = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
+      expect(ok.status).toBe(200);
+    } finally {
+      proc.kill("SIGTERM");
+      await proc;
+    }
+  }, 120_000);
+});
 
 describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {
   let expected: { reasoning: string; content: string };

@@ -229,6 +229,22 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   let backend: Backend;
   const closers: (() => Promise<unknown>)[] = [];
   deps.onMetrics?.(metrics);
+  /** The gateway over `b`, listening (a busy port is a clear error, after what was started is stopped). */
+  const listen = async (b: Backend): Promise<{ gateway: Gateway; url: string }> => {
+    const gateway = new Gateway({ backend: b, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, metrics, metricsSource: deps.metricsSource });
+    try {
+      const addr = await gateway.listen(cfg.port, cfg.host);
+      const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
+      return { gateway, url: `${cfg.gateway.tls ? "https" : "http"}://${host}:${addr.port}` };
+    } catch (e) {
+      await b.close().catch(() => undefined);
+      for (const c of closers) await c().catch(() => undefined);
+      const err = e as NodeJS.ErrnoException;
+      throw new DsrError("DSR_LISTEN_FAILED", `cannot listen on ${cfg.host}:${cfg.port}: ${err.code ?? err.message}`, { hint: err.code === "EADDRINUSE" ? "another server uses that port: pick one with --port" : undefined });
+    }
+  };
+  /** Set when the gateway listened before its instances were ready. */
+  let early: { gateway: Gateway; url: string } | undefined;
   try {
     if (deps.worker) {
       const w = deps.worker;
@@ -267,6 +283,17 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
           })
         : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
       closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
+      const describeExtra = supervisors.length ? () => ({ children: supervisors.map((s) => ({ name: s.spec.name, state: s.state, pid: s.pid, restarts: s.restarts, last_exit: s.lastExit })) }) : undefined;
+      if (supervisors.length && !(deps.forkWorkers && cfg.workers > 1)) {
+        // Listen while the instances load (minutes for vLLM on a large model): /health answers, /ready
+        // and /metrics say how far they are, and a request gets 503 with Retry-After, not a refused
+        // connection. (Gateway workers are forked once the instances are ready.)
+        for (const i of instances) i.startProbing();
+        backend = new ProxyBackend({ instances, servedNames: cfg.servedNames, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra });
+        metrics.setModels(cfg.servedNames.slice(0, 1));
+        early = await listen(backend);
+        deps.note(`listening at ${early.url} while the instances start (/health 200; /ready 503 until one is ready)`);
+      }
       if (supervisors.length) {
         // The first instance starts alone where it may convert the checkpoint (embedded) or profile
         // GPU memory beside a sibling (vLLM counts its allocation wrongly when both start together on
@@ -288,6 +315,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         upstreamModel = undefined; // children serve cfg.servedNames[0] themselves
         await Promise.all(instances.map((i) => i.fetchModels().catch(() => undefined))); // their cards' max_model_len, for /v1/models
       }
+      if (early) return running(early, backend!);
       if (!cfg.servedNames.length && !upstreamModel && !multi) {
         throw new DsrError("DSR_UPSTREAM_UNREACHABLE", `no upstream answered GET /v1/models (${plan.upstreams.join(", ")}), so the model name is unknown`, {
           hint: "start the upstream first, or name the model with --served-model-name to start anyway (instances stay unready until their /health answers)",
@@ -324,37 +352,31 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         affinity: cfg.affinity,
         metrics,
         ownedBy: "dsr",
-        describeExtra: supervisors.length ? () => ({ children: supervisors.map((s) => ({ name: s.spec.name, state: s.state, pid: s.pid, restarts: s.restarts, last_exit: s.lastExit })) }) : undefined,
+        describeExtra,
       });
     }
   } catch (e) {
+    if (early) await early.gateway.drain(0).catch(() => undefined);
     for (const c of closers) await c().catch(() => undefined);
     throw e;
   }
-  const gateway = new Gateway({ backend, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, metrics, metricsSource: deps.metricsSource });
-  let addr;
-  try {
-    addr = await gateway.listen(cfg.port, cfg.host);
-  } catch (e) {
-    await backend.close().catch(() => undefined);
-    for (const c of closers) await c().catch(() => undefined);
-    const err = e as NodeJS.ErrnoException;
-    throw new DsrError("DSR_LISTEN_FAILED", `cannot listen on ${cfg.host}:${cfg.port}: ${err.code ?? err.message}`, { hint: err.code === "EADDRINUSE" ? "another server uses that port: pick one with --port" : undefined });
+  return running(await listen(backend), backend);
+
+  function running(g: { gateway: Gateway; url: string }, b: Backend): RunningServe {
+    return {
+      url: g.url,
+      inFlight: () => g.gateway.inFlight,
+      reload: (s) => g.gateway.reload(s),
+      plan,
+      async shutdown(graceMs) {
+        for (const s of supervisors) s.holdRestarts();
+        const cancelled = await g.gateway.drain(graceMs);
+        await b.close().catch(() => undefined);
+        for (const c of closers) await c().catch(() => undefined);
+        return cancelled;
+      },
+    };
   }
-  const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
-  return {
-    url: `${cfg.gateway.tls ? "https" : "http"}://${host}:${addr.port}`,
-    inFlight: () => gateway.inFlight,
-    reload: (s) => gateway.reload(s),
-    plan,
-    async shutdown(graceMs) {
-      for (const s of supervisors) s.holdRestarts();
-      const cancelled = await gateway.drain(graceMs);
-      await backend.close().catch(() => undefined);
-      for (const c of closers) await c().catch(() => undefined);
-      return cancelled;
-    },
-  };
 }
 
 /**
