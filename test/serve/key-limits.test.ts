@@ -64,52 +64,52 @@ describe("dsr serve --key-rpm / --key-max-parallel", () => {
   afterAll(async () => up?.close());
   const post = (url: string, key: string, stream = false) =>
     fetch(`${url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${key}` }, body: JSON.stringify({ model: "r1", prompt: "x", max_tokens: stream ? 40 : 1, stream }) });
+  /** `dsr serve` over the stand-in with the two keys and `limit`, stopped after `body`. */
+  const serving = async (limit: string[], body: (url: string) => Promise<void>) => {
+    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, ...limit]);
+    try {
+      await body(g.url);
+    } finally {
+      await g.stop();
+    }
+  };
 
   it("a key at its parallel limit gets 429 with Retry-After while its stream runs; another key is served; the limit frees when the stream ends", async () => {
-    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--key-max-parallel", "1"]);
-    try {
-      const running = await post(g.url, "sk-a", true);
+    await serving(["--key-max-parallel", "1"], async (url) => {
+      const running = await post(url, "sk-a", true);
       expect(running.status).toBe(200);
-      const refused = await post(g.url, "sk-a");
+      const refused = await post(url, "sk-a");
       expect(refused.status).toBe(429);
       expect(refused.headers.get("retry-after")).toBe("1");
       expect((await refused.json()).error).toMatchObject({ code: "rate_limit_exceeded", message: expect.stringContaining("API key team-a") });
-      expect((await post(g.url, "sk-b")).status).toBe(200);
+      expect((await post(url, "sk-b")).status).toBe(200);
       await running.text(); // the stream ends
-      expect((await post(g.url, "sk-a")).status).toBe(200);
-    } finally {
-      await g.stop();
-    }
+      expect((await post(url, "sk-a")).status).toBe(200);
+    });
   }, 30_000);
 
   it("--key-tpm: once a key's requests used the minute's tokens (prompt + completion), the next is refused; the other key is not", async () => {
-    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--key-tpm", "20"]);
-    try {
+    await serving(["--key-tpm", "20"], async (url) => {
       // the stand-in counts 7 prompt tokens, and this asks for 1 completion token: 8 a request
-      expect((await post(g.url, "sk-a")).status).toBe(200);
-      expect((await post(g.url, "sk-a")).status).toBe(200);
-      expect((await post(g.url, "sk-a")).status).toBe(200); // 4 left before it: admitted, then -4
-      const over = await post(g.url, "sk-a");
+      expect((await post(url, "sk-a")).status).toBe(200);
+      expect((await post(url, "sk-a")).status).toBe(200);
+      expect((await post(url, "sk-a")).status).toBe(200); // 4 left before it: admitted, then -4
+      const over = await post(url, "sk-a");
       expect(over.status).toBe(429);
       expect((await over.json()).error.message).toContain("20 tokens per minute");
-      expect((await post(g.url, "sk-b")).status).toBe(200);
-    } finally {
-      await g.stop();
-    }
+      expect((await post(url, "sk-b")).status).toBe(200);
+    });
   }, 30_000);
 
   it("--key-rpm 2: the third request in a minute is refused with the wait; the other key is not; limits need keys", async () => {
-    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--key-rpm", "2"]);
-    try {
-      expect((await post(g.url, "sk-a")).status).toBe(200);
-      expect((await post(g.url, "sk-a")).status).toBe(200);
-      const third = await post(g.url, "sk-a");
+    await serving(["--key-rpm", "2"], async (url) => {
+      expect((await post(url, "sk-a")).status).toBe(200);
+      expect((await post(url, "sk-a")).status).toBe(200);
+      const third = await post(url, "sk-a");
       expect(third.status).toBe(429);
       expect(Number(third.headers.get("retry-after"))).toBeGreaterThanOrEqual(29);
-      expect((await post(g.url, "sk-b")).status).toBe(200);
-    } finally {
-      await g.stop();
-    }
+      expect((await post(url, "sk-b")).status).toBe(200);
+    });
     const none = await runDsr(["serve", "--upstream", up.url, "--key-rpm", "5"]);
     expect(none.exitCode).toBe(2);
     expect(none.stderr).toContain("--key-rpm limits API keys, and none is configured");

@@ -106,6 +106,11 @@ export class ProxyBackend implements Backend {
     return { instances, ...this.o.describeExtra?.() };
   }
 
+  /** 503: nothing healthy can take a request for `model` now. */
+  private noInstance(model: string): HttpError {
+    return new HttpError(503, `no healthy instance to serve ${this.o.multiModel ? `model ${model}` : "the request"}`, { code: "no_healthy_instance", headers: { "retry-after": "1" } });
+  }
+
   /** Which instances may take a request for `model` (all but where the upstreams serve several models). */
   private acceptFor(model: string): ((i: UpstreamInstance) => boolean) | undefined {
     return this.o.multiModel ? (i) => i.serves(model) : undefined;
@@ -138,10 +143,7 @@ export class ProxyBackend implements Backend {
         inst.outstanding--;
       }
     }
-    throw new HttpError(503, lastErr ? `no instance could serve the request: ${(lastErr as Error).message}` : `no healthy instance to serve ${this.o.multiModel ? `model ${g.model}` : "the request"}`, {
-      code: "no_healthy_instance",
-      headers: { "retry-after": "1" },
-    });
+    throw lastErr ? new HttpError(503, `no instance could serve the request: ${(lastErr as Error).message}`, { code: "no_healthy_instance", headers: { "retry-after": "1" } }) : this.noInstance(g.model);
   }
 
   /**
@@ -151,7 +153,7 @@ export class ProxyBackend implements Backend {
    */
   async tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer, model: string): Promise<{ status: number; body: unknown }> {
     const inst = this.router.pick(undefined, undefined, this.acceptFor(model));
-    if (!inst) throw new HttpError(503, "no healthy instance to serve the request", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
+    if (!inst) throw this.noInstance(model);
     const want = this.o.upstreamModel;
     const body = want && req.model !== undefined && req.model !== want ? JSON.stringify({ ...req, model: want }) : rawBody;
     let status: number;
