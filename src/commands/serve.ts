@@ -8,6 +8,7 @@ import { existsSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { availableParallelism } from "node:os";
 import { createSecureContext } from "node:tls";
+import { X509Certificate } from "node:crypto";
 import { Command, Option } from "commander";
 import type { CommandContext } from "./context.js";
 import { usageError } from "../engine/errors.js";
@@ -18,6 +19,7 @@ import { REASONING_FIELDS, type ReasoningField } from "../engine/serve/reasoning
 import { RequestLog } from "../engine/serve/request-log.js";
 import { planServe, startServe, type EngineName, type ServeConfig, type ServePlan } from "../engine/serve/server.js";
 import type { GatewayMetrics } from "../engine/serve/metrics.js";
+import type { TlsOptions } from "../engine/serve/h1-server.js";
 import { workerChannel, workerForker, workerSpec } from "./serve-workers.js";
 import { VERSION } from "../version.js";
 import { parseByteSize, parseIntFlag } from "./flags.js";
@@ -60,6 +62,8 @@ interface Flags {
   allowedHeaders?: string[];
   allowCredentials?: boolean;
   sslCertfile?: string;
+  sslCaCerts?: string;
+  sslCertReqs?: string;
   protectAll?: boolean;
   maxConcurrency: string;
   maxQueue: string;
@@ -106,16 +110,62 @@ async function readKeys(f: Flags, env: NodeJS.ProcessEnv): Promise<ApiKey[]> {
   return keys;
 }
 
-/** The HTTPS key and certificate, read and checked to belong together before anything starts (and on SIGHUP). */
-async function readTls(keyfile: string | undefined, certfile: string | undefined): Promise<{ key: Buffer; cert: Buffer } | undefined> {
-  if (!keyfile && !certfile) return undefined;
+/** `--ssl-cert-reqs` as vLLM takes it (Python's ssl.CERT_NONE / CERT_OPTIONAL / CERT_REQUIRED), or by name. */
+function certReqs(v: string | undefined): TlsOptions["verifyClients"] {
+  switch (v) {
+    case undefined:
+    case "0":
+    case "none":
+      return undefined;
+    case "1":
+    case "optional":
+      return "optional";
+    case "2":
+    case "required":
+      return "required";
+    default:
+      throw usageError(`--ssl-cert-reqs ${v}: expected 0 (none), 1 (optional) or 2 (required)`, "as vLLM takes it: 2 makes every client present a certificate --ssl-ca-certs signed");
+  }
+}
+
+/** The CA certificates of `--ssl-ca-certs`: node:tls takes any bytes there silently, so each PEM block is parsed here. */
+function checkCaBundle(file: string, pem: Buffer): void {
+  const blocks = pem.toString("latin1").match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw usageError(`--ssl-ca-certs ${file}: no PEM certificate in it`, "give the PEM file of the CA(s) that sign client certificates");
+  blocks.forEach((b, i) => {
+    try {
+      new X509Certificate(b);
+    } catch (e) {
+      throw usageError(`--ssl-ca-certs ${file}: certificate ${i + 1} does not parse (${(e as Error).message})`);
+    }
+  });
+}
+
+/**
+ * HTTPS from its flags: the key and certificate, read and checked to belong together before anything
+ * starts (and on SIGHUP), and for mutual TLS the client CA bundle and whether certificates are required.
+ */
+async function readTls(f: Pick<Flags, "sslKeyfile" | "sslCertfile" | "sslCaCerts" | "sslCertReqs">): Promise<TlsOptions | undefined> {
+  const { sslKeyfile: keyfile, sslCertfile: certfile } = f;
+  const verifyClients = certReqs(f.sslCertReqs);
+  if (!keyfile && !certfile) {
+    const stray = f.sslCaCerts ? "--ssl-ca-certs" : f.sslCertReqs ? "--ssl-cert-reqs" : undefined;
+    if (stray) throw usageError(`${stray} needs --ssl-keyfile and --ssl-certfile`, "client certificates are checked on HTTPS only: give the server's key and certificate too");
+    return undefined;
+  }
   if (!keyfile || !certfile) throw usageError(`${keyfile ? "--ssl-keyfile" : "--ssl-certfile"} needs ${keyfile ? "--ssl-certfile" : "--ssl-keyfile"} too`, "give both: the PEM private key and its certificate chain");
+  if (verifyClients && !f.sslCaCerts) throw usageError(`--ssl-cert-reqs ${f.sslCertReqs} needs --ssl-ca-certs`, "name the PEM file of the CA(s) that sign client certificates");
   const read = (flag: string, file: string) => readFile(file).catch((e: Error) => { throw usageError(`${flag} ${file}: ${e.message}`); });
-  const tls = { key: await read("--ssl-keyfile", keyfile), cert: await read("--ssl-certfile", certfile) };
+  const tls: TlsOptions = { key: await read("--ssl-keyfile", keyfile), cert: await read("--ssl-certfile", certfile) };
   try {
     createSecureContext(tls);
   } catch (e) {
     throw usageError(`--ssl-keyfile ${keyfile} / --ssl-certfile ${certfile}: ${(e as Error).message}`, "both must be PEM, and the key must be the certificate's");
+  }
+  if (f.sslCaCerts && verifyClients) {
+    tls.ca = await read("--ssl-ca-certs", f.sslCaCerts);
+    checkCaBundle(f.sslCaCerts, tls.ca);
+    tls.verifyClients = verifyClients;
   }
   return tls;
 }
@@ -163,6 +213,8 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--allow-credentials", "CORS: allow credentials (the origin is echoed, never *)")
     .option("--ssl-keyfile <file>", "serve HTTPS: the PEM private key (with --ssl-certfile)")
     .option("--ssl-certfile <file>", "serve HTTPS: the PEM certificate chain (with --ssl-keyfile)")
+    .option("--ssl-ca-certs <file>", "HTTPS: PEM CA certificates that client certificates must chain to (mutual TLS, with --ssl-cert-reqs)")
+    .option("--ssl-cert-reqs <n>", "HTTPS client certificates: 0 not asked for, 1 optional (one sent must verify), 2 required (vLLM's values)")
     .option("--protect-all", "require a key on /health, /ready, /metrics and /version too")
     .option("--max-concurrency <n>", "requests generated at once; more wait in the queue", "256")
     .option("--max-queue <n>", "requests waiting beyond --max-concurrency before 429", "1024")
@@ -229,7 +281,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       requestTimeoutMs: seconds(f.requestTimeout, "--request-timeout") * 1000,
       maxBodyBytes: parseByteSize(f.maxBody, "--max-body"),
       logPrompts: !!f.logPrompts,
-      tls: await readTls(f.sslKeyfile, f.sslCertfile),
+      tls: await readTls(f),
       cors: corsFlags(f),
       keyLimits:
         f.keyRpm || f.keyTpm || f.keyMaxParallel
@@ -241,6 +293,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
           : undefined,
     },
   };
+  if (f.sslCaCerts && !cfg.gateway.tls?.verifyClients) out.note("--ssl-ca-certs without --ssl-cert-reqs 1 or 2: client certificates are not asked for (vLLM's default too)");
   if (cfg.gateway.keyLimits && keys.length === 0) throw usageError(`${f.keyRpm ? "--key-rpm" : f.keyTpm ? "--key-tpm" : "--key-max-parallel"} limits API keys, and none is configured`, "add --api-key-file (or --api-key)");
   if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");
   const selfCommand = { command: process.execPath, args: [...process.execArgv, process.argv[1]] }; // how to run this dsr again for child instances
@@ -327,7 +380,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   const reloadable = f.apiKeyFile !== undefined || cfg.gateway.tls !== undefined;
   const onHup = () =>
     void (async () => {
-      const secrets = { apiKeys: await readKeys(f, c.env), tls: await readTls(f.sslKeyfile, f.sslCertfile) };
+      const secrets = { apiKeys: await readKeys(f, c.env), tls: await readTls(f) };
       server.reload(secrets);
       out.note(`SIGHUP: reloaded ${secrets.apiKeys.length} API key(s)${secrets.tls ? " and the TLS certificate" : ""}`);
     })().catch((e: Error) => out.note(`SIGHUP: kept the keys and certificate in use: ${e.message}`));

@@ -96,3 +96,21 @@ export function selfSignedCert(dir: string, name: string): { key: string; cert: 
   execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], { stdio: "ignore" });
   return { key, cert };
 }
+
+/** A CA (its key and self-signed certificate) for client certificates. */
+export function makeCa(dir: string, name: string): { key: string; cert: string } {
+  const key = join(dir, `${name}.key`);
+  const cert = join(dir, `${name}.crt`);
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", `/CN=${name}`, "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"], { stdio: "ignore" });
+  return { key, cert };
+}
+
+/** A client certificate with subject CN `cn`, signed by `ca`. */
+export function clientCert(dir: string, cn: string, ca: { key: string; cert: string }): { key: string; cert: string } {
+  const key = join(dir, `${cn}.key`);
+  const csr = join(dir, `${cn}.csr`);
+  const cert = join(dir, `${cn}.crt`);
+  execFileSync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", csr, "-subj", `/CN=${cn}`], { stdio: "ignore" });
+  execFileSync("openssl", ["x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-CAcreateserial", "-out", cert, "-days", "2"], { stdio: "ignore" });
+  return { key, cert };
+}

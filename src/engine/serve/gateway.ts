@@ -15,7 +15,7 @@ import { Cors, type CorsOptions } from "./cors.js";
 import { KeyLimits, type KeyLimitOptions } from "./key-limits.js";
 import { HttpError } from "./http-error.js";
 import { Limiter, type Lease } from "./limiter.js";
-import { H1Server, type H1Request, type H1Response } from "./h1-server.js";
+import { H1Server, type H1Request, type H1Response, type TlsOptions } from "./h1-server.js";
 import { GatewayMetrics } from "./metrics.js";
 import type { RequestLog, RequestLogEntry } from "./request-log.js";
 import { parseRequest, type Endpoint } from "./schemas.js";
@@ -44,7 +44,7 @@ export interface GatewayOptions {
   /** Answer browsers from these origins (`--allowed-origins`); none when absent. */
   cors?: CorsOptions;
   /** Serve HTTPS with this PEM key and certificate chain (`--ssl-keyfile`, `--ssl-certfile`). */
-  tls?: { key: Buffer; cert: Buffer };
+  tls?: TlsOptions;
   /** Overrides /metrics (a cluster worker returns the cluster-wide sum from the primary). */
   metricsSource?: () => Promise<{ contentType: string; body: string }>;
 }
@@ -75,7 +75,7 @@ export class Gateway {
   }
 
   /** New API keys and certificate (SIGHUP): requests from now on are checked against these keys; new TLS connections get this certificate. */
-  reload(s: { apiKeys: readonly ApiKey[]; tls?: { key: Buffer; cert: Buffer } }): void {
+  reload(s: { apiKeys: readonly ApiKey[]; tls?: TlsOptions }): void {
     this.keys = new ApiKeys(s.apiKeys);
     if (s.tls) this.server.setTls(s.tls);
   }
@@ -364,9 +364,9 @@ function sendJson(res: H1Response, status: number, body: unknown, headers: Recor
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
 /** Who sent the request, for the request log. */
-function clientOf(req: H1Request): Pick<RequestLogEntry, "client" | "forwarded_for"> {
+function clientOf(req: H1Request): Pick<RequestLogEntry, "client" | "forwarded_for" | "client_cert"> {
   const xff = req.headers["x-forwarded-for"];
-  return { client: req.remoteAddress, forwarded_for: typeof xff === "string" && xff.length > 0 ? xff.slice(0, 256) : undefined };
+  return { client: req.remoteAddress, forwarded_for: typeof xff === "string" && xff.length > 0 ? xff.slice(0, 256) : undefined, client_cert: req.clientCert };
 }
 
 /** The body as JSON, or 400 invalid_json. */

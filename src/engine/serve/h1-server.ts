@@ -15,12 +15,12 @@
  * `Expect: 100-continue`, keep-alive and pipelining (one response at a time, in order), HTTP/1.0
  * clients (no chunked framing; a stream ends with the connection), HEAD, deadlines for a request's
  * head and for all of it (408) and for idle keep-alive connections, a graceful close, and HTTPS
- * (node:tls, the certificate replaceable while running). Its parser is fuzzed against llhttp in
+ * (node:tls, the certificate replaceable while running, client certificates optionally verified). Its parser is fuzzed against llhttp in
  * test/serve/h1-server.test.ts.
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
 import { beginChunk, chunkOf, chunkSize, ChunkedDecoder, endChunk, Ranges } from "./h1-chunked.js";
 import { HttpError } from "./http-error.js";
 
@@ -37,6 +37,18 @@ export interface H1Request {
   bodyTooLarge?: number;
   /** The client's address (the connection's peer). */
   remoteAddress?: string;
+  /** With client certificates (`verifyClients`): the verified certificate's subject CN (or whole subject). */
+  clientCert?: string;
+}
+
+/** HTTPS: PEM key and certificate chain, and optionally client certificates checked against `ca` (mutual TLS). */
+export interface TlsOptions {
+  key: Buffer;
+  cert: Buffer;
+  /** PEM CA certificates client certificates must chain to. */
+  ca?: Buffer;
+  /** "required": a client without a valid certificate fails the handshake; "optional": one without any is let in. */
+  verifyClients?: "optional" | "required";
 }
 
 export interface H1ServerOptions {
@@ -50,7 +62,7 @@ export interface H1ServerOptions {
   maxHeaderBytes?: number;
   maxHeaders?: number;
   /** Serve HTTPS with this PEM key and certificate chain (HTTP/1.1 over TLS, announced by ALPN). */
-  tls?: { key: Buffer; cert: Buffer };
+  tls?: TlsOptions;
 }
 
 export type H1Handler = (req: H1Request, res: H1Response) => void;
@@ -104,8 +116,15 @@ export class H1Server {
       socket.on("close", () => this.conns.delete(c));
     };
     if (o.tls) {
+      const { key, cert, ca, verifyClients } = o.tls;
+      // node:tls rejects a bad client certificate in the handshake only when all clients must send
+      // one; with "optional", one that was sent but does not verify is cut here instead
+      const mutual = verifyClients ? { ca, requestCert: true, rejectUnauthorized: verifyClients === "required" } : {};
       // a TLSSocket is a net.Socket: the connection code is the same once the handshake is done
-      const server = createTlsServer({ ...o.tls, ALPNProtocols: ["http/1.1"], handshakeTimeout: this.o.headersTimeoutMs }, (socket) => accept(socket.setNoDelay(true)));
+      const server = createTlsServer({ key, cert, ...mutual, ALPNProtocols: ["http/1.1"], handshakeTimeout: this.o.headersTimeoutMs }, (socket) => {
+        if (verifyClients === "optional" && !socket.authorized && hasPeerCert(socket)) return void socket.destroy();
+        accept(socket.setNoDelay(true));
+      });
       server.on("tlsClientError", () => undefined); // a failed handshake only closes that socket
       this.server = server;
     } else this.server = createServer({ noDelay: true }, accept);
@@ -113,10 +132,13 @@ export class H1Server {
     this.sweeper = setInterval(() => this.sweep(performance.now()), 1000).unref();
   }
 
-  /** A new key and certificate for connections accepted from now on (an HTTPS server only). */
-  setTls(tls: { key: Buffer; cert: Buffer }): void {
+  /**
+   * A new key, certificate and client CA for connections accepted from now on (an HTTPS server
+   * only). Whether client certificates are asked for is fixed at start.
+   */
+  setTls(tls: TlsOptions): void {
     if (!this.o.tls) throw new Error("h1 server: setTls on a server started without TLS");
-    (this.server as TlsServer).setSecureContext(tls);
+    (this.server as TlsServer).setSecureContext({ key: tls.key, cert: tls.cert, ca: tls.ca });
   }
 
   listen(port: number, host: string, backlog = 4096): Promise<AddressInfo> {
@@ -165,8 +187,11 @@ class Conn {
   /** Inside pump(): an answer ended synchronously by the handler lets that loop go on, instead of a nested one per request. */
   private pumping = false;
   private idleSince = performance.now();
+  /** The client certificate's name, when the server verifies client certificates and this one passed. */
+  private readonly clientCert: string | undefined;
 
   constructor(private readonly server: H1Server, readonly socket: Socket) {
+    if (server.o.tls?.verifyClients && (socket as TLSSocket).authorized) this.clientCert = certName(socket as TLSSocket);
     socket.on("data", (b: Buffer) => this.data(b));
     socket.on("error", () => socket.destroy());
     socket.on("close", () => this.active?.closed());
@@ -286,7 +311,7 @@ class Conn {
     }
     const httpVersion = m[4] === "1" ? "1.1" : "1.0";
     if (httpVersion === "1.1" && headers.host === undefined) throw new HttpError(400, "an HTTP/1.1 request without a Host header");
-    const req: H1Request = { method: m[1], url: m[2], httpVersion, headers, body: EMPTY, remoteAddress: this.socket.remoteAddress };
+    const req: H1Request = { method: m[1], url: m[2], httpVersion, headers, body: EMPTY, remoteAddress: this.socket.remoteAddress, clientCert: this.clientCert };
     const te = headers["transfer-encoding"];
     const limit = this.server.o.maxBodyBytes;
     let left = 0;
@@ -387,6 +412,22 @@ class Conn {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** Whether the client sent a certificate (node gives an empty object when it did not). */
+function hasPeerCert(socket: TLSSocket): boolean {
+  const c = socket.getPeerCertificate();
+  return c !== null && typeof c === "object" && Object.keys(c).length > 0;
+}
+
+/** A verified client certificate's subject CN, else its whole subject as one line. */
+function certName(socket: TLSSocket): string | undefined {
+  const subject = socket.getPeerCertificate()?.subject as Record<string, string | string[]> | undefined;
+  if (!subject) return undefined;
+  const cn = subject.CN;
+  if (cn !== undefined) return Array.isArray(cn) ? cn.join(",") : cn;
+  const all = Object.entries(subject).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : v}`);
+  return all.length ? all.join(", ") : undefined;
+}
 
 /**
  * One answer. Headers go out with the first write or with end(): one buffer per call. After the head,

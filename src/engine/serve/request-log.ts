@@ -15,6 +15,8 @@ export interface RequestLogEntry {
   /** The client's address, and what an `x-forwarded-for` header says when a proxy in front sent one. */
   client?: string;
   forwarded_for?: string;
+  /** With `--ssl-cert-reqs`: the verified client certificate's subject CN. */
+  client_cert?: string;
   /** The name of the API key the request carried (its name in the key file, or `key-` and a hash prefix), never the key. */
   key?: string;
   model?: string;

@@ -20,6 +20,7 @@ import { GatewayMetrics } from "./metrics.js";
 import { ProxyBackend } from "./proxy.js";
 import type { ReasoningField } from "./reasoning.js";
 import type { RequestLog } from "./request-log.js";
+import type { TlsOptions } from "./h1-server.js";
 import { TokenBackend } from "./token-backend.js";
 import type { Backend } from "./types.js";
 import { freePorts } from "./free-ports.js";
@@ -65,7 +66,7 @@ export interface ServeConfig {
     /** CORS for browser clients (`--allowed-origins` …); none when absent. */
     cors?: CorsOptions;
     /** HTTPS (PEM key and certificate chain, already read and checked to match). */
-    tls?: { key: Buffer; cert: Buffer };
+    tls?: TlsOptions;
   };
 }
 
@@ -95,7 +96,7 @@ export interface WorkerPool {
 /** What SIGHUP reloads: the API keys (flags, key file, DSR_API_KEY) and the HTTPS key and certificate. */
 export interface GatewaySecrets {
   apiKeys: ApiKey[];
-  tls?: { key: Buffer; cert: Buffer };
+  tls?: TlsOptions;
 }
 
 export interface ServeDeps {
