@@ -38,7 +38,7 @@ export async function main(argv: string[]): Promise<number> {
       "after",
       "\nExit codes: 0 ok, 1 failure, 2 usage, 3 integrity or validation failure, 130 interrupted.",
     );
-  await registerCommands(program, getCtx, selectedCommand(argv.slice(2)));
+  const parsedArgv = await registerCommands(program, getCtx, selectedCommand(argv.slice(2)), argv);
   for (const c of program.commands) c.exitOverride();
 
   let interrupts = 0;
@@ -51,7 +51,7 @@ export async function main(argv: string[]): Promise<number> {
   process.on("SIGTERM", onSignal);
 
   try {
-    await program.parseAsync(argv);
+    await program.parseAsync(parsedArgv());
     return process.exitCode === undefined ? ExitCode.ok : Number(process.exitCode);
   } catch (e) {
     if (e instanceof CommanderError) {

@@ -10,10 +10,17 @@ import { registerNotBuilt } from "./not-built.js";
 
 export type Register = (program: Command, ctx: () => CommandContext) => void;
 
+/** A subcommand module: registers itself, and may rewrite its command line before commander parses it. */
+export interface CommandModule {
+  register: Register;
+  /** `argv` as commander should see it (`cmd`: the registered subcommand). */
+  rewriteArgv?: (cmd: Command, argv: string[]) => string[];
+}
+
 export interface CommandEntry {
   name: string;
   summary: string;
-  load?: () => Promise<{ register: Register }>;
+  load?: () => Promise<CommandModule>;
 }
 
 export const COMMANDS: CommandEntry[] = [
@@ -28,14 +35,21 @@ export const COMMANDS: CommandEntry[] = [
 
 /**
  * Registers every command: the one named by `selected` in full (its module is loaded), the others
- * as name + summary only, which is all the top-level help shows.
+ * as name + summary only, which is all the top-level help shows. Returns `argv` as the selected
+ * command wants it parsed.
  */
-export async function registerCommands(program: Command, ctx: () => CommandContext, selected: string | undefined): Promise<void> {
+export async function registerCommands(program: Command, ctx: () => CommandContext, selected: string | undefined, argv: string[]): Promise<() => string[]> {
+  let rewrite = () => argv;
   for (const c of COMMANDS) {
     if (!c.load) registerNotBuilt(program, c.name, c.summary);
-    else if (c.name === selected) (await c.load()).register(program, ctx);
-    else program.command(c.name).description(c.summary).allowUnknownOption().allowExcessArguments();
+    else if (c.name === selected) {
+      const m = await c.load();
+      m.register(program, ctx);
+      const cmd = program.commands.find((x) => x.name() === c.name)!;
+      if (m.rewriteArgv) rewrite = () => m.rewriteArgv!(cmd, argv);
+    } else program.command(c.name).description(c.summary).allowUnknownOption().allowExcessArguments();
   }
+  return rewrite;
 }
 
 /** The subcommand argv names: the first argument that is not a (boolean) global flag; `help X` names X. */

@@ -4,12 +4,13 @@
  * for up to --grace seconds, stops the children and exits 0.
  */
 import { readFile } from "node:fs/promises";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { availableParallelism } from "node:os";
 import { createSecureContext } from "node:tls";
 import { X509Certificate } from "node:crypto";
 import { Command, Option } from "commander";
+import { Template } from "@huggingface/jinja";
 import type { CommandContext } from "./context.js";
 import { usageError } from "../engine/errors.js";
 import { apiKey, parseKeyFile, type ApiKey } from "../engine/serve/auth.js";
@@ -21,6 +22,7 @@ import { planServe, startServe, type EngineName, type ServeConfig, type ServePla
 import type { GatewayMetrics } from "../engine/serve/metrics.js";
 import type { TlsOptions } from "../engine/serve/h1-server.js";
 import { workerChannel, workerForker, workerSpec } from "./serve-workers.js";
+import { rewriteServeArgs, VLLM_ARG } from "./serve-compat.js";
 import { VERSION } from "../version.js";
 import { parseByteSize, parseIntFlag } from "./flags.js";
 
@@ -48,6 +50,9 @@ interface Flags {
   downloadDir?: string;
   enforceEager?: boolean;
   engineArg?: string[];
+  vllmArg?: string[];
+  reasoningParser?: string;
+  chatTemplate?: string;
   python: string;
   device: string;
   threads?: string;
@@ -170,6 +175,40 @@ async function readTls(f: Pick<Flags, "sslKeyfile" | "sslCertfile" | "sslCaCerts
   return tls;
 }
 
+/** What rewriting the command line noted (serve-compat.ts), printed once the command runs. */
+let compatNotes: string[] = [];
+
+/** `dsr serve` takes vllm serve's and SGLang's spellings and vLLM's --config (serve-compat.ts). */
+export function rewriteArgv(cmd: Command, argv: string[]): string[] {
+  const at = argv.indexOf("serve", 2);
+  if (at < 0) return argv;
+  const r = rewriteServeArgs(cmd, argv.slice(at + 1));
+  compatNotes = r.notes;
+  return [...argv.slice(0, at + 1), ...r.args];
+}
+
+/** A `<think>`-splitting parser name: what the token engines do themselves. */
+const THINK_PARSERS = new Set(["deepseek_r1", "deepseek-r1", "qwen3"]);
+
+/**
+ * `--chat-template`: the file's text, or the template given inline (vLLM takes both). `parse`: the
+ * gateway renders it itself (token engines), so it must parse with @huggingface/jinja.
+ */
+function chatTemplateText(v: string, parse: boolean): { text: string; source: string } {
+  let t: { text: string; source: string };
+  if (existsSync(v)) t = { text: readFileSync(v, "utf8"), source: resolve(v) };
+  else if (/\{[{%]/.test(v)) t = { text: v, source: "--chat-template" };
+  else throw usageError(`--chat-template ${v.slice(0, 80)}: no such file, and not a Jinja template`, "name a .jinja file, or give the template itself");
+  if (parse) {
+    try {
+      new Template(t.text);
+    } catch (e) {
+      throw usageError(`--chat-template ${t.source}: the template does not parse (${(e as Error).message})`);
+    }
+  }
+  return t;
+}
+
 export function register(program: Command, ctx: () => CommandContext): void {
   program
     .command("serve")
@@ -199,6 +238,9 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--download-dir <dir>", "weights download directory (vllm/sglang)")
     .option("--enforce-eager", "no CUDA graphs (vllm, torch)")
     .option("--engine-arg <arg>", "extra argument for the engine command line, verbatim (repeatable)", collect)
+    .option("--reasoning-parser <name>", "the engine's reasoning parser (vllm/sglang; default deepseek_r1); token engines split <think> blocks (deepseek_r1, qwen3)")
+    .option("--chat-template <file>", "chat template to use instead of the model's: a Jinja file, or the template itself (as vLLM takes it)")
+    .addOption(new Option(`${VLLM_ARG} <arg>`, "a vllm serve engine flag for vLLM children (set by rewriting a vllm serve command line)").hideHelp().argParser(collect))
     .option("--threads <n>", "CPU threads per embedded instance (default: cores / instances)")
     .option("--python <exe>", "python for sglang and the torch worker (needs PyTorch)", "python3")
     .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
@@ -267,6 +309,10 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
       downloadDir: f.downloadDir,
       enforceEager: f.enforceEager,
       extra: f.engineArg,
+      vllmExtra: f.vllmArg,
+      reasoningParser: f.reasoningParser,
+      // a file travels to children as an absolute path; a template given inline as it is
+      chatTemplate: f.chatTemplate && existsSync(f.chatTemplate) ? resolve(f.chatTemplate) : f.chatTemplate,
     },
     python: f.python,
     device: f.device,
@@ -314,7 +360,13 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     cfg.servedNames = worker.servedNames;
   }
   const plan: ServePlan = worker ? { engine: "upstream", reason: `gateway worker ${worker.index}`, children: [], upstreams: worker.instances.map((i) => i.url) } : await planServe(cfg, deps);
-  if (!worker) out.note(`engine: ${plan.engine} (${plan.reason})`);
+  if (!worker) {
+    for (const n of compatNotes) out.note(n);
+    out.note(`engine: ${plan.engine} (${plan.reason})`);
+    checkEngineSpecific(f, plan.engine);
+  }
+  // checked before an engine loads: a token engine's template must also parse with @huggingface/jinja
+  const template = f.chatTemplate === undefined || plan.engine === "upstream" ? undefined : chatTemplateText(f.chatTemplate, plan.engine === "embedded" || plan.engine === "torch");
 
   if (f.dryRun) {
     for (const ch of plan.children) out.line(ch.line);
@@ -340,6 +392,20 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     else c.signal.addEventListener("abort", () => r(), { once: true });
   });
   const channel = worker ? workerChannel(() => metrics, () => shutdownRequested()) : undefined;
+  /** The in-process token engine (loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways). */
+  const openTokenEngine = async (engine: "embedded" | "torch", path: string) => {
+    if (engine === "torch") {
+      const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
+      const f2 = cfg.engineFlags;
+      const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, prefillChunk: f2.maxNumBatchedTokens, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, cudaGraphs: !f2.enforceEager, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
+      out.note(`torch worker: ${r.info.device}, ${r.info.dtype}${r.info.cudaGraphs ? ", CUDA graphs" : ""}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}, ${r.info.prefillChunk} prompt tokens per step (torch ${r.info.torch})`);
+      return r;
+    }
+    const { openEmbeddedEngine, defaultOnnxCacheDir } = await import("../engine/runtime/embedded/index.js");
+    const r = await openEmbeddedEngine(path, { threads: cfg.threads, maxBatch: cfg.engineFlags.maxNumSeqs, prefillChunk: cfg.engineFlags.maxNumBatchedTokens, maxContext: cfg.engineFlags.maxModelLen, cacheDir: defaultOnnxCacheDir(c.env.XDG_CACHE_HOME), signal: c.signal });
+    out.note(`embedded engine: ${r.info.weights} weights, ${r.info.threads} thread(s), batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}${r.info.converted ? ` (converted to ${r.info.onnxDir})` : ""}`);
+    return r;
+  };
   const server = await startServe(cfg, plan, {
     ...deps,
     worker,
@@ -348,18 +414,10 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     onMetrics: (m) => (metrics = m),
     version: VERSION,
     openTokenEngine: async (engine, path) => {
-      if (engine === "torch") {
-        const { openTorchEngine } = await import("../engine/runtime/torch/index.js");
-        const f2 = cfg.engineFlags;
-        const r = await openTorchEngine(path, { python: cfg.python, env: c.env, device: cfg.device, dtype: f2.dtype, maxBatch: f2.maxNumSeqs, prefillChunk: f2.maxNumBatchedTokens, maxContext: f2.maxModelLen, memoryFraction: f2.gpuMemoryUtilization, cudaGraphs: !f2.enforceEager, threads: cfg.threads, onLog: (l) => out.note(`[torch] ${l}`) });
-        out.note(`torch worker: ${r.info.device}, ${r.info.dtype}${r.info.cudaGraphs ? ", CUDA graphs" : ""}, ${(r.info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights in ${(r.info.loadMs / 1000).toFixed(1)} s, batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}, ${r.info.prefillChunk} prompt tokens per step (torch ${r.info.torch})`);
-        return r;
-      }
-      // loaded on demand: onnxruntime stays out of `dsr --help` and of proxy-only gateways
-      const { openEmbeddedEngine, defaultOnnxCacheDir } = await import("../engine/runtime/embedded/index.js");
-      const r = await openEmbeddedEngine(path, { threads: cfg.threads, maxBatch: cfg.engineFlags.maxNumSeqs, prefillChunk: cfg.engineFlags.maxNumBatchedTokens, maxContext: cfg.engineFlags.maxModelLen, cacheDir: defaultOnnxCacheDir(c.env.XDG_CACHE_HOME), signal: c.signal });
-      out.note(`embedded engine: ${r.info.weights} weights, ${r.info.threads} thread(s), batch ≤ ${r.info.maxBatch}, context ${r.info.maxContext}${r.info.converted ? ` (converted to ${r.info.onnxDir})` : ""}`);
-      return r;
+      const r = await openTokenEngine(engine, path);
+      if (!template) return r;
+      out.note(`chat template: ${template.source}`);
+      return { engine: r.engine, text: r.text.withChatTemplate(template.text, template.source) };
     },
     cache,
     requestLog,
@@ -397,6 +455,22 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   out.note(cancelled ? `stopped; ${cancelled} request(s) cancelled after the grace period` : "stopped cleanly");
   process.exitCode = 0; // a drained shutdown is a success, not an interruption
   if (worker) process.disconnect?.(); // the cluster IPC channel would keep a worker alive
+}
+
+/** Flags that mean something to some engines only: refused where they would be silently lost. */
+function checkEngineSpecific(f: Flags, engine: ServePlan["engine"]): void {
+  if (f.vllmArg?.length && engine !== "vllm") {
+    const flag = f.vllmArg.find((a) => a.startsWith("-"))!.split("=")[0];
+    throw usageError(`${flag} is a vllm serve engine flag, passed to vLLM children only, and this serve runs the ${engine === "upstream" ? "--upstream gateway" : `${engine} engine`}`, "add --engine vllm, or leave the flag out");
+  }
+  if (f.reasoningParser !== undefined) {
+    if (f.reasoningField === "none") throw usageError(`--reasoning-parser ${f.reasoningParser} with --reasoning-field none`, "leave one out: none turns the reasoning split off");
+    if (engine === "upstream") throw usageError("--reasoning-parser: an --upstream server parses reasoning itself", "give the flag to the upstream server");
+    if ((engine === "embedded" || engine === "torch") && !THINK_PARSERS.has(f.reasoningParser)) {
+      throw usageError(`--reasoning-parser ${f.reasoningParser}: the ${engine} engine splits <think> blocks (deepseek_r1, qwen3) and has no other parser`, "leave it out for R1 models, or serve with --engine vllm");
+    }
+  }
+  if (f.chatTemplate !== undefined && engine === "upstream") throw usageError("--chat-template: an --upstream server renders its own chat template", "give the flag to the upstream server");
 }
 
 function reasoningFields(v: string): ReasoningField[] {

@@ -24,11 +24,17 @@ export interface EngineFlags {
   maxNumBatchedTokens?: number;
   servedModelName?: string;
   reasoning: boolean;
+  /** The engine's reasoning parser (`--reasoning-parser`; default DeepSeek-R1's). */
+  reasoningParser?: string;
+  /** `--chat-template`: a file (absolute path) or the template itself, as vLLM and SGLang take it. */
+  chatTemplate?: string;
   trustRemoteCode?: boolean;
   downloadDir?: string;
   enforceEager?: boolean;
   /** Passed through verbatim after the translated flags (`--engine-arg`). */
   extra?: string[];
+  /** vLLM engine flags from a vllm serve command line (serve-compat.ts): for vLLM children only. */
+  vllmExtra?: string[];
 }
 
 export interface ChildCommand {
@@ -54,11 +60,12 @@ export function vllmCommand(f: EngineFlags, host: string, port: number, vllmBin 
   opt(a, "--max-num-seqs", f.maxNumSeqs);
   opt(a, "--max-num-batched-tokens", f.maxNumBatchedTokens);
   opt(a, "--served-model-name", f.servedModelName);
-  if (f.reasoning) a.push("--reasoning-parser", "deepseek_r1");
+  if (f.reasoning) a.push("--reasoning-parser", (f.reasoningParser ?? "deepseek_r1").replace(/^deepseek-r1$/, "deepseek_r1"));
+  opt(a, "--chat-template", f.chatTemplate);
   if (f.trustRemoteCode) a.push("--trust-remote-code");
   opt(a, "--download-dir", f.downloadDir);
   if (f.enforceEager) a.push("--enforce-eager");
-  a.push(...(f.extra ?? []));
+  a.push(...(f.vllmExtra ?? []), ...(f.extra ?? []));
   return { command: vllmBin, args: a, readyPath: "/health" };
 }
 
@@ -74,7 +81,8 @@ export function sglangCommand(f: EngineFlags, host: string, port: number, python
   opt(a, "--max-running-requests", f.maxNumSeqs);
   opt(a, "--chunked-prefill-size", f.maxNumBatchedTokens);
   opt(a, "--served-model-name", f.servedModelName);
-  if (f.reasoning) a.push("--reasoning-parser", "deepseek-r1");
+  if (f.reasoning) a.push("--reasoning-parser", (f.reasoningParser ?? "deepseek-r1").replace(/^deepseek_r1$/, "deepseek-r1"));
+  opt(a, "--chat-template", f.chatTemplate);
   if (f.trustRemoteCode) a.push("--trust-remote-code");
   opt(a, "--download-dir", f.downloadDir);
   a.push("--enable-metrics");

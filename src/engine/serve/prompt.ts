@@ -16,12 +16,13 @@ export interface PromptOptions {
 
 /**
  * A chat request's prompt ids. `add_special_tokens` defaults to false, as in vLLM: the template
- * writes the BOS itself. /tokenize may leave the generation prompt out (`addGenerationPrompt`).
+ * writes the BOS itself. `chat_template_kwargs` become template variables (Qwen3's `enable_thinking`…). /tokenize may leave the generation prompt out (`addGenerationPrompt`).
  */
-export function chatPromptIds(text: TextModel, req: Pick<ChatRequest, "messages" | "add_special_tokens">, o: PromptOptions, addGenerationPrompt = true): number[] {
+export function chatPromptIds(text: TextModel, req: Pick<ChatRequest, "messages" | "add_special_tokens" | "chat_template_kwargs">, o: PromptOptions, addGenerationPrompt = true): number[] {
   let msgs: TemplateMessage[] = req.messages.map((m) => ({ role: m.role === "developer" ? "system" : m.role, content: messageText(m) }));
   if (o.r1Advice) msgs = foldSystem(msgs);
-  return text.encode(text.applyChatTemplate(msgs, { addGenerationPrompt }), { addSpecialTokens: req.add_special_tokens ?? false });
+  const kwargs = req.chat_template_kwargs ?? undefined;
+  return text.encode(text.applyChatTemplate(msgs, { addGenerationPrompt, kwargs }), { addSpecialTokens: req.add_special_tokens ?? false });
 }
 
 /** DeepSeek's R1 usage advice: "avoid adding a system prompt; all instructions should be contained within the user prompt". */

@@ -54,6 +54,8 @@ export const chatRequest = z.looseObject({
   ...common,
   messages: z.array(chatMessage).min(1),
   max_completion_tokens: nonNeg.min(1).nullish(),
+  /** vLLM's: extra variables for the chat template (token engines render it; upstreams get the body as sent). */
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   // OpenAI's shapes (vLLM's too): json_schema needs `json_schema.name`; `schema` is optional.

@@ -193,6 +193,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       a.push("--max-concurrency", String(cfg.gateway.maxConcurrency), "--max-queue", String(cfg.gateway.maxQueue), "--grace", "5");
       if (cfg.threads) a.push("--threads", String(cfg.threads));
       if (cfg.engineFlags.maxModelLen) a.push("--max-model-len", String(cfg.engineFlags.maxModelLen));
+      if (cfg.engineFlags.chatTemplate) a.push("--chat-template", cfg.engineFlags.chatTemplate);
       if (cfg.engineFlags.maxNumSeqs) a.push("--max-num-seqs", String(cfg.engineFlags.maxNumSeqs));
       if (cfg.engineFlags.maxNumBatchedTokens) a.push("--max-num-batched-tokens", String(cfg.engineFlags.maxNumBatchedTokens));
       if (engine === "torch") {

@@ -332,6 +332,8 @@ const UNSUPPORTED: [field: string, active: (v: unknown) => boolean, instead: str
   ["guided_choice", (v) => v != null, "serve with --engine vllm, or --upstream"],
   ["guided_grammar", (v) => v != null, "serve with --engine vllm, or --upstream"],
   ["structured_outputs", (v) => v != null, "use response_format json_schema"],
+  ["add_generation_prompt", (v) => v === false, "send the turn to continue as a completions prompt"],
+  ["continue_final_message", (v) => v === true, "send the text to continue as a completions prompt"],
 ];
 
 function refuseUnsupported(req: ChatRequest | CompletionRequest): void {

@@ -21,6 +21,7 @@ const chatForm = z.looseObject({
   messages: z.array(chatMessage).min(1),
   add_generation_prompt: z.boolean().nullish(),
   continue_final_message: z.boolean().nullish(),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
 });
 export const detokenizeRequest = z.looseObject({ model, tokens: z.array(z.number().int().nonnegative()) });
 

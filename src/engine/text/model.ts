@@ -32,8 +32,11 @@ export interface TextModel {
   /** The vocabulary's spelling of each id (byte-level BPE: `Ġ` for a space…), undefined for an id it does not have. */
   tokenStrings(ids: number[]): (string | undefined)[];
   createDecoder(): IncrementalDecoder;
-  applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string;
+  /** The prompt for `messages`; `kwargs` are extra template variables (a request's `chat_template_kwargs`). */
+  applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean; kwargs?: Record<string, unknown> }): string;
   readonly promptOpensThink: boolean;
+  /** The same model with another chat template (`--chat-template`): `source` names it in errors. */
+  withChatTemplate(template: string, source: string): TextModel;
   /** The id of `</think>` when it is one token (constrained decoding starts after it). */
   readonly thinkEndId?: number;
   /** Token id → bytes, for engines that constrain output (undefined unless the tokenizer is byte-level BPE); built on first call. */
@@ -127,29 +130,8 @@ export async function loadTextModel(modelDir: string): Promise<TextModel> {
 
   // (the tokenizer rejects an empty id list)
   const decode = (xs: number[]): string => (xs.length ? tok.decode(xs, { skip_special_tokens: false, clean_up_tokenization_spaces: false }) : "");
-  const template = templateText ? new Template(templateText) : undefined;
-  const applyChatTemplate = (messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string => {
-    if (!template) {
-      throw new DsrError("DSR_NO_CHAT_TEMPLATE", `${modelDir}: the model has no chat template`, {
-        hint: "add chat_template to tokenizer_config.json (or a chat_template.jinja file), or send a raw prompt",
-      });
-    }
-    try {
-      return template.render({
-        messages,
-        add_generation_prompt: opts.addGenerationPrompt ?? true,
-        bos_token: bosText ?? "",
-        eos_token: eosText ?? "",
-        pad_token: padText ?? "",
-      });
-    } catch (e) {
-      throw new DsrError("DSR_CHAT_TEMPLATE_FAILED", `${modelDir}: chat template failed to render (${(e as Error).message})`, {
-        hint: "check the messages (roles user/assistant/system) or the template in tokenizer_config.json",
-      });
-    }
-  };
-  const promptOpensThink = template ? /<think>\s*$/.test(applyChatTemplate([{ role: "user", content: "x" }], { addGenerationPrompt: true })) : false;
-
+  const specials = { bos_token: bosText ?? "", eos_token: eosText ?? "", pad_token: padText ?? "" };
+  const templating = (templateText: string | undefined, source: string) => chatTemplating(templateText, source, modelDir, specials);
   const maxPos = num(cfg.max_position_embeddings) ?? num((cfg.text_config as Json | undefined)?.max_position_embeddings);
   const tokMax = num(tc.model_max_length);
   const contextLength = maxPos ?? (tokMax !== undefined && tokMax < 1e7 ? tokMax : 4096);
@@ -161,18 +143,48 @@ export async function loadTextModel(modelDir: string): Promise<TextModel> {
     maxNewTokens: num(gen.max_new_tokens),
   };
   let table: { value: TokenByteTable | undefined } | undefined;
-  return {
+  const model = (t: ReturnType<typeof templating>): TextModel => ({
     encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
     decode: (xs, opts) => decode(opts?.keepSpecialTokens ? xs : xs.filter((x) => !skip.has(x))),
     tokenStrings: (xs) => xs.map((x) => tok.id_to_token(x)),
     createDecoder: () => createIncrementalDecoder(decode, skip),
-    applyChatTemplate,
-    promptOpensThink,
+    ...t,
+    withChatTemplate: (text, source) => model(templating(text, source)),
     thinkEndId: tok.token_to_id("</think>"),
     tokenBytes: () => (table ??= { value: tokenByteTable(tj!) }).value,
     eosTokenIds,
     bosTokenId,
     generationDefaults,
     contextLength,
+  });
+  return model(templating(templateText, modelDir));
+}
+
+/**
+ * A chat template's render function, and whether the prompt it makes ends inside `<think>` (R1's
+ * templates open the block themselves). `source` names the template in errors.
+ */
+function chatTemplating(templateText: string | undefined, source: string, modelDir: string, specials: Record<string, string>): Pick<TextModel, "applyChatTemplate" | "promptOpensThink"> {
+  let template: Template | undefined;
+  try {
+    template = templateText ? new Template(templateText) : undefined;
+  } catch (e) {
+    throw new DsrError("DSR_CHAT_TEMPLATE_INVALID", `${source}: the chat template does not parse (${(e as Error).message})`, { hint: "fix the Jinja template, or leave --chat-template out to use the model's own" });
+  }
+  const applyChatTemplate: TextModel["applyChatTemplate"] = (messages, opts = {}) => {
+    if (!template) {
+      throw new DsrError("DSR_NO_CHAT_TEMPLATE", `${modelDir}: the model has no chat template`, {
+        hint: "add chat_template to tokenizer_config.json (or a chat_template.jinja file), give one with --chat-template, or send a raw prompt",
+      });
+    }
+    try {
+      // the request's variables first: they may not replace the messages or the special tokens
+      return template.render({ ...opts.kwargs, messages, add_generation_prompt: opts.addGenerationPrompt ?? true, ...specials });
+    } catch (e) {
+      throw new DsrError("DSR_CHAT_TEMPLATE_FAILED", `${source}: chat template failed to render (${(e as Error).message})`, {
+        hint: "check the messages (roles user/assistant/system) or the template",
+      });
+    }
   };
+  return { applyChatTemplate, promptOpensThink: template ? /<think>\s*$/.test(applyChatTemplate([{ role: "user", content: "x" }], { addGenerationPrompt: true })) : false };
 }
