@@ -4,13 +4,17 @@
  * runs the engines and supervisors; each worker re-runs `dsr serve` with the same flags plus a
  * WorkerSpec in its environment and fronts the instances the primary started. /metrics on any worker
  * returns the sum over the primary and all workers (prom-client's AggregatorRegistry), collected
- * over the cluster IPC channel. Workers that die are restarted; on shutdown each worker drains.
+ * over the cluster IPC channel, and per-key limits are kept by the primary, which the workers ask for
+ * each request of a limited key (a key's limits hold across workers, whichever a connection lands
+ * on). Workers that die are restarted, their admitted requests released; on shutdown each drains.
  */
 import cluster, { type Worker } from "node:cluster";
 import { AggregatorRegistry } from "prom-client";
 
 type metric = object; // one metric family as prom-client's getMetricsAsJSON() returns it
 import type { GatewayMetrics } from "../engine/serve/metrics.js";
+import { HttpError } from "../engine/serve/http-error.js";
+import { KeyLimits, type KeyGate, type KeyLimitOptions, type KeyRelease } from "../engine/serve/key-limits.js";
 import type { WorkerPool, WorkerSpec } from "../engine/serve/server.js";
 
 const SPEC_ENV = "DSR_SERVE_WORKER_SPEC";
@@ -22,7 +26,13 @@ type Msg =
   | { type: "dsr:metrics"; id: number; body: string; contentType: string }
   | { type: "dsr:collect"; id: number }
   | { type: "dsr:collected"; id: number; json: metric[] }
-  | { type: "dsr:shutdown" };
+  | { type: "dsr:shutdown" }
+  | { type: "dsr:key-admit"; id: number; key: string }
+  | { type: "dsr:key-admitted"; id: number; refused?: { status: number; code: string | null; message: string; retryAfter?: string } }
+  | { type: "dsr:key-done"; id: number; tokens: number };
+
+/** How long a worker waits for the primary's answer on a key before giving up with a 503. */
+const KEY_ADMIT_TIMEOUT_MS = 5000;
 
 export function workerSpec(env: NodeJS.ProcessEnv): WorkerSpec | undefined {
   return cluster.isWorker && env[SPEC_ENV] ? (JSON.parse(env[SPEC_ENV]) as WorkerSpec) : undefined;
@@ -32,7 +42,13 @@ export function workerSpec(env: NodeJS.ProcessEnv): WorkerSpec | undefined {
 export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutdown: () => void) {
   let next = 0;
   const pending = new Map<number, (v: { contentType: string; body: string }) => void>();
+  const admitting = new Map<number, (m: Extract<Msg, { type: "dsr:key-admitted" }>) => void>();
   process.on("message", (m: Msg) => {
+    if (m?.type === "dsr:key-admitted") {
+      admitting.get(m.id)?.(m);
+      admitting.delete(m.id);
+      return;
+    }
     if (m?.type === "dsr:collect") {
       void (async () => process.send!({ type: "dsr:collected", id: m.id, json: ((await metrics()?.json()) ?? []) as metric[] } satisfies Msg))();
     } else if (m?.type === "dsr:metrics") {
@@ -42,7 +58,30 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
       onShutdown();
     }
   });
+  const keyGate: KeyGate = {
+    admit: (key) =>
+      new Promise<KeyRelease>((resolve, reject) => {
+        const id = ++next;
+        const t = setTimeout(() => {
+          admitting.delete(id);
+          reject(new HttpError(503, "the gateway's per-key limits did not answer in time", { code: "unavailable", headers: { "retry-after": "1" } }));
+        }, KEY_ADMIT_TIMEOUT_MS);
+        admitting.set(id, (m) => {
+          clearTimeout(t);
+          const r = m.refused;
+          if (r) return reject(new HttpError(r.status, r.message, { code: r.code, headers: r.retryAfter ? { "retry-after": r.retryAfter } : {} }));
+          let done = false;
+          resolve((tokens = 0) => {
+            if (done || !process.connected) return;
+            done = true;
+            process.send!({ type: "dsr:key-done", id, tokens } satisfies Msg);
+          });
+        });
+        process.send!({ type: "dsr:key-admit", id, key } satisfies Msg);
+      }),
+  };
   return {
+    keyGate,
     metricsSource: () =>
       new Promise<{ contentType: string; body: string }>((resolve) => {
         const id = ++next;
@@ -74,17 +113,38 @@ export function workerExecArgv(execArgv: readonly string[], env: NodeJS.ProcessE
   return [...execArgv, ...threads, ...semi];
 }
 
-/** Primary side: forks the workers and serves their metrics requests. */
-export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, note: (l: string) => void) {
+/** Primary side: forks the workers, serves their metrics requests and keeps the per-key limits for all of them. */
+export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, note: (l: string) => void, keyLimits?: KeyLimitOptions) {
   return async (spec: Omit<WorkerSpec, "index">): Promise<WorkerPool> => {
     const workers = new Map<number, Worker>();
+    const limits = keyLimits && new KeyLimits(keyLimits);
+    /** Per worker: its admitted requests' releases, by the worker's id (released all at once if it dies). */
+    const leases = new Map<Worker, Map<number, KeyRelease>>();
     cluster.setupPrimary({ execArgv: workerExecArgv(process.execArgv, process.env) });
     let stopping = false;
     let collectId = 0;
     const collecting = new Map<number, { left: number; parts: metric[][]; done: () => void }>();
 
     const onMessage = (w: Worker) => async (m: Msg) => {
-      if (m?.type === "dsr:collected") {
+      if (m?.type === "dsr:key-admit") {
+        let answer: Msg;
+        try {
+          if (!limits) throw new HttpError(500, "no per-key limits are configured");
+          const release = limits.admit(m.key);
+          let mine = leases.get(w);
+          if (!mine) leases.set(w, (mine = new Map()));
+          mine.set(m.id, release);
+          answer = { type: "dsr:key-admitted", id: m.id };
+        } catch (e) {
+          const err = e instanceof HttpError ? e : new HttpError(500, String(e));
+          answer = { type: "dsr:key-admitted", id: m.id, refused: { status: err.status, code: err.code, message: err.message, retryAfter: err.headers["retry-after"] } };
+        }
+        if (w.isConnected()) w.send(answer);
+      } else if (m?.type === "dsr:key-done") {
+        const mine = leases.get(w);
+        mine?.get(m.id)?.(m.tokens);
+        mine?.delete(m.id);
+      } else if (m?.type === "dsr:collected") {
         const c = collecting.get(m.id);
         if (!c) return;
         c.parts.push(m.json);
@@ -111,6 +171,9 @@ export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, n
       workers.set(index, w);
       w.on("message", onMessage(w));
       w.on("exit", (code, sig) => {
+        // what it had admitted is over: its places in flight are free again
+        for (const release of leases.get(w)?.values() ?? []) release();
+        leases.delete(w);
         if (stopping || workers.get(index) !== w) return;
         note(`gateway worker w${index} ${sig ? `killed by ${sig}` : `exited with code ${code}`}; restarting`);
         setTimeout(() => !stopping && fork(index), 500);

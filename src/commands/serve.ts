@@ -246,9 +246,9 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--device <dev>", "torch worker device: auto, cuda, cuda:N, cpu", "auto")
     .option("--api-key <key>", "require this bearer key on /v1/* (repeatable; also DSR_API_KEY)", collect)
     .option("--api-key-file <file>", "file of keys, one per line, each optionally followed by a name (counted and logged by name; SIGHUP re-reads it)")
-    .option("--key-rpm <n>", "requests per minute per API key (429 with Retry-After beyond; split among --workers)")
-    .option("--key-tpm <n>", "tokens (prompt + completion) per minute per API key, taken when a request ends (429 with Retry-After beyond; split among --workers)")
-    .option("--key-max-parallel <n>", "generation requests in flight per API key (429 beyond; split among --workers)")
+    .option("--key-rpm <n>", "requests per minute per API key (429 with Retry-After beyond; one count across --workers)")
+    .option("--key-tpm <n>", "tokens (prompt + completion) per minute per API key, taken when a request ends (429 with Retry-After beyond; one count across --workers)")
+    .option("--key-max-parallel <n>", "generation requests in flight per API key (429 beyond; one count across --workers)")
     .option("--allowed-origins <list>", "answer browsers (CORS) from these origins: comma-separated or a JSON list as vLLM takes it, * for any (default: none, unlike vLLM)", collect)
     .option("--allowed-methods <list>", "CORS: methods allowed (default *)", collect)
     .option("--allowed-headers <list>", "CORS: request headers allowed (default *)", collect)
@@ -351,10 +351,6 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     const note = out.note.bind(out);
     out.note = (l: string) => note(`[w${w}] ${l}`);
     cfg.gateway.maxConcurrency = Math.max(1, Math.ceil(cfg.gateway.maxConcurrency / worker.workers));
-    const kl = cfg.gateway.keyLimits;
-    // each worker keeps its own count: a share of the limit (a client's requests spread over the workers)
-    const share = (n: number | undefined) => (n ? Math.max(1, Math.ceil(n / worker.workers)) : 0);
-    if (kl) cfg.gateway.keyLimits = { rpm: share(kl.rpm), tpm: share(kl.tpm), maxParallel: share(kl.maxParallel) };
     cfg.gateway.maxQueue = Math.ceil(cfg.gateway.maxQueue / worker.workers);
     if (f.logFile) f.logFile = `${f.logFile}.w${w}`;
     cfg.servedNames = worker.servedNames;
@@ -409,7 +405,9 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   const server = await startServe(cfg, plan, {
     ...deps,
     worker,
-    forkWorkers: cfg.workers > 1 && !worker ? workerForker(() => metrics, (l) => out.note(l)) : undefined,
+    forkWorkers: cfg.workers > 1 && !worker ? workerForker(() => metrics, (l) => out.note(l), cfg.gateway.keyLimits) : undefined,
+    // per-key limits are the primary's, for all workers at once
+    keyGate: channel && cfg.gateway.keyLimits ? channel.keyGate : undefined,
     metricsSource: channel?.metricsSource,
     onMetrics: (m) => (metrics = m),
     version: VERSION,

@@ -115,3 +115,32 @@ describe("dsr serve --key-rpm / --key-max-parallel", () => {
     expect(none.stderr).toContain("--key-rpm limits API keys, and none is configured");
   }, 30_000);
 });
+
+describe("dsr serve --workers 2 with per-key limits", () => {
+  let up: Standin;
+  let keys: string;
+  beforeAll(async () => {
+    up = await startStandin({ tokens: 40, paceMs: 25, model: "r1" }); // a stream lasts ~1 s
+    keys = join(await tempDir(), "keys.txt");
+    await writeFile(keys, "sk-a team-a\nsk-b team-b\n");
+  });
+  afterAll(async () => up?.close());
+  /** A request on a connection of its own (the cluster hands connections to the workers in turn). */
+  const post = (url: string, key: string, stream = false) =>
+    fetch(`${url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${key}`, connection: "close" }, body: JSON.stringify({ model: "r1", prompt: "x", max_tokens: stream ? 40 : 1, stream }) });
+
+  it("one count per key across the workers: --key-max-parallel 1 admits one of four streams, --key-rpm 3 three of six requests", async () => {
+    const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--workers", "2", "--key-max-parallel", "1", "--key-rpm", "3"]);
+    try {
+      const streams = await Promise.all([0, 1, 2, 3].map(() => post(g.url, "sk-a", true)));
+      expect(streams.map((r) => r.status).sort()).toEqual([200, 429, 429, 429]);
+      await Promise.all(streams.map((r) => r.text())); // the admitted stream ends: its place is free
+      const more: number[] = [];
+      for (let i = 0; i < 5; i++) more.push((await post(g.url, "sk-a")).status);
+      expect(more).toEqual([200, 200, 429, 429, 429]); // the first stream took one of the minute's 3
+      expect((await post(g.url, "sk-b")).status).toBe(200); // another key's count
+    } finally {
+      expect(await g.stop()).toBe(0);
+    }
+  }, 60_000);
+});

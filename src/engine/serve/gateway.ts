@@ -12,7 +12,7 @@ import { ApiKeys, type ApiKey } from "./auth.js";
 import { Cancel } from "./cancel.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { Cors, type CorsOptions } from "./cors.js";
-import { KeyLimits, type KeyLimitOptions } from "./key-limits.js";
+import { hasKeyLimits, KeyLimits, type KeyGate, type KeyLimitOptions, type KeyRelease } from "./key-limits.js";
 import { HttpError } from "./http-error.js";
 import { Limiter, type Lease } from "./limiter.js";
 import { H1Server, type H1Request, type H1Response, type TlsOptions } from "./h1-server.js";
@@ -41,6 +41,8 @@ export interface GatewayOptions {
   metrics?: GatewayMetrics;
   /** Limits per API key (`--key-rpm`, `--key-tpm`, `--key-max-parallel`). */
   keyLimits?: KeyLimitOptions;
+  /** Where keys are admitted instead of a KeyLimits of this process (a gateway worker asks the primary). */
+  keyGate?: KeyGate;
   /** Answer browsers from these origins (`--allowed-origins`); none when absent. */
   cors?: CorsOptions;
   /** Serve HTTPS with this PEM key and certificate chain (`--ssl-keyfile`, `--ssl-certfile`). */
@@ -58,7 +60,7 @@ export class Gateway {
   private readonly server: H1Server;
   private keys: ApiKeys;
   private readonly cors: Cors | undefined;
-  private readonly keyLimits: KeyLimits | undefined;
+  private readonly keyLimits: KeyGate | undefined;
   private readonly limiter: Limiter;
   private draining = false;
   private readonly inflight = new Set<Cancel>();
@@ -69,7 +71,7 @@ export class Gateway {
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
     this.cors = o.cors && new Cors(o.cors);
-    this.keyLimits = o.keyLimits && (o.keyLimits.rpm > 0 || (o.keyLimits.tpm ?? 0) > 0 || o.keyLimits.maxParallel > 0) ? new KeyLimits(o.keyLimits) : undefined;
+    this.keyLimits = o.keyGate ?? (o.keyLimits && hasKeyLimits(o.keyLimits) ? new KeyLimits(o.keyLimits) : undefined);
     this.limiter = new Limiter({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue, queueTimeoutMs: o.queueTimeoutMs ?? 0 });
     this.server = new H1Server({ maxBodyBytes: o.maxBodyBytes, keepAliveTimeoutMs: 65_000, headersTimeoutMs: 30_000, tls: o.tls }, (req, res) => this.dispatch(req, res));
   }
@@ -208,7 +210,7 @@ export class Gateway {
     let status = 500;
     let queueMs: number | undefined;
     let lease: Lease | undefined;
-    let keyDone: ((tokens: number) => void) | undefined;
+    let keyDone: KeyRelease | undefined;
     res.closeListener = ac;
     let timer: NodeJS.Timeout | undefined;
     if (this.o.requestTimeoutMs) {
@@ -237,7 +239,10 @@ export class Gateway {
         sink.capture();
       }
 
-      if (keyName !== undefined && this.keyLimits) keyDone = this.keyLimits.admit(keyName); // before it takes a gateway slot
+      if (keyName !== undefined && this.keyLimits) {
+        const admitted = this.keyLimits.admit(keyName); // before it takes a gateway slot
+        keyDone = admitted instanceof Promise ? await admitted : admitted;
+      }
       const tq = performance.now();
       const got = this.limiter.acquire(ac);
       lease = got instanceof Promise ? await got : got;

@@ -6,7 +6,8 @@
  * then, and the bucket may go below zero: the key's next request waits until it is back above. A
  * request over a limit is refused at once with 429 and Retry-After, before it takes a gateway slot;
  * other keys are unaffected. Keys are the configured ones, so the per-key state stays as small as the
- * key file.
+ * key file. With gateway workers the primary keeps the one KeyLimits and the workers ask it
+ * (serve-workers.ts), so a key's limits hold across them.
  */
 import { HttpError } from "./http-error.js";
 
@@ -19,6 +20,15 @@ export interface KeyLimitOptions {
   maxParallel: number;
 }
 
+/** Called once when an admitted request ends, with its tokens (prompt + completion). */
+export type KeyRelease = (tokens?: number) => void;
+
+/** Admits requests per key: at once in this process (KeyLimits), or by asking the process that holds the limits. */
+export interface KeyGate {
+  /** Admits one request of `key`, or throws (rejects) with a 429 HttpError. */
+  admit(key: string): KeyRelease | Promise<KeyRelease>;
+}
+
 interface KeyState {
   /** Requests left in the minute's bucket, and when it was last refilled. */
   tokens: number;
@@ -29,13 +39,13 @@ interface KeyState {
   inFlight: number;
 }
 
-export class KeyLimits {
+export class KeyLimits implements KeyGate {
   private readonly keys = new Map<string, KeyState>();
 
   constructor(private readonly o: KeyLimitOptions, private readonly now: () => number = () => performance.now()) {}
 
   /** Admits one request of `key` (throws a 429 when over a limit); call the returned function with its tokens when it ends. */
-  admit(key: string): (tokens?: number) => void {
+  admit(key: string): KeyRelease {
     const t = this.now();
     const tpm = this.o.tpm ?? 0;
     let s = this.keys.get(key);
@@ -71,3 +81,6 @@ export class KeyLimits {
     };
   }
 }
+
+/** Whether any of the limits is set. */
+export const hasKeyLimits = (o: KeyLimitOptions) => o.rpm > 0 || (o.tpm ?? 0) > 0 || o.maxParallel > 0;

@@ -14,7 +14,7 @@ import type { TextModel } from "../text/index.js";
 import type { ApiKey } from "./auth.js";
 import type { ResponseCache } from "./cache.js";
 import type { CorsOptions } from "./cors.js";
-import type { KeyLimitOptions } from "./key-limits.js";
+import type { KeyGate, KeyLimitOptions } from "./key-limits.js";
 import { Gateway } from "./gateway.js";
 import { GatewayMetrics } from "./metrics.js";
 import { ProxyBackend } from "./proxy.js";
@@ -110,6 +110,8 @@ export interface ServeDeps {
   openTokenEngine?: (engine: TokenEngineName, modelPath: string) => Promise<{ engine: TokenEngine; text: TextModel }>;
   cache?: ResponseCache;
   requestLog?: RequestLog;
+  /** Admits API keys against limits another process keeps (a gateway worker asks the primary). */
+  keyGate?: KeyGate;
   note: (line: string) => void;
   childLog: (name: string, line: string) => void;
   signal: AbortSignal;
@@ -233,7 +235,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   deps.onMetrics?.(metrics);
   /** The gateway over `b`, listening (a busy port is a clear error, after what was started is stopped). */
   const listen = async (b: Backend): Promise<{ gateway: Gateway; url: string }> => {
-    const gateway = new Gateway({ backend: b, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, metrics, metricsSource: deps.metricsSource });
+    const gateway = new Gateway({ backend: b, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, keyGate: deps.keyGate, metrics, metricsSource: deps.metricsSource });
     try {
       const addr = await gateway.listen(cfg.port, cfg.host);
       const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
