@@ -5,7 +5,7 @@
 # certificate for --tls, xz-packed.
 # BASELINE=DIR (a built checkout of another commit) adds that CLI as the bench's dsr_baseline.
 # Writes .carry/gateway/ (files.tar.xz + run.sh, a copy of bench/gateway-device-run.sh, and the
-# bench/loop-stats preload with its summariser); carry it with
+# bench/loop-stats preload with its summariser; key-limits.mjs is bench/key-limits.ts); carry it with
 # .carry/node.xz and run `sh .carry/gateway/run.sh --seconds 12 --rounds 3` there.
 set -eu
 OUT=.carry/gateway
@@ -26,6 +26,7 @@ bundle bench/gateway.ts "$STAGE/gateway.mjs"
 bundle src/cli.ts "$STAGE/dsr.mjs"
 bundle test/support/standin-upstream.ts "$STAGE/standin.mjs"
 bundle bench/node-floor.ts "$STAGE/node-floor.mjs"
+bundle bench/key-limits.ts "$STAGE/key-limits.mjs"
 if [ -n "${BASELINE:-}" ]; then bundle src/cli.ts "$STAGE/dsr-baseline.mjs" "$BASELINE"; fi
 # bench/gateway --tls: a certificate for 127.0.0.1 (the device may have no openssl)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$STAGE/tls.key" -out "$STAGE/tls.crt" \

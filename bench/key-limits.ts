@@ -7,6 +7,9 @@
  *
  *   npx tsx bench/key-limits.ts [--workers 2] [--concurrency 32] [--seconds 6] [--rounds 2]
  *
+ * On a machine without node_modules, `--dsr-cli` and `--standin` name the bundled CLI and stand-in
+ * (bench/gateway-device-build.sh makes them, and this bench as key-limits.mjs).
+ *
  * Prints one JSON document: per target, requests/s and latency p50/p99 (ms), and the difference.
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -18,14 +21,23 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Agent, request } from "undici";
 
-const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
-const { values: a } = parseArgs({ options: { workers: { type: "string", default: "2" }, concurrency: { type: "string", default: "32" }, seconds: { type: "string", default: "6" }, rounds: { type: "string", default: "2" } } });
+const ROOT = process.env.DSR_BENCH_ROOT ?? dirname(dirname(fileURLToPath(import.meta.url)));
+const { values: a } = parseArgs({
+  options: {
+    workers: { type: "string", default: "2" },
+    concurrency: { type: "string", default: "32" },
+    seconds: { type: "string", default: "6" },
+    rounds: { type: "string", default: "2" },
+    "dsr-cli": { type: "string", default: join(ROOT, "bin/dsr") },
+    standin: { type: "string" },
+  },
+});
 const [W, C, S, ROUNDS] = [a.workers, a.concurrency, a.seconds, a.rounds].map(Number);
 
 /** Starts a process and resolves with the first match of `re` in its output. */
 function start(args: string[], re: RegExp): Promise<{ proc: ChildProcess; m: RegExpMatchArray }> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+    const proc = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     const on = (b: Buffer) => {
       out += b;
@@ -66,10 +78,11 @@ async function load(url: string): Promise<{ rps: number; p50: number; p99: numbe
 const dir = mkdtempSync(join(tmpdir(), "dsr-keybench-"));
 const keys = join(dir, "keys.txt");
 await writeFile(keys, "sk-bench bench\n");
-const up = await start(["--import", "tsx", "test/support/standin-upstream.ts", "--port", "0", "--tokens", "1", "--pace-ms", "1"], /"port":(\d+)/);
+const standin = a.standin ? [a.standin] : ["--import", "tsx", join(ROOT, "test/support/standin-upstream.ts")];
+const up = await start([...standin, "--port", "0", "--tokens", "1", "--pace-ms", "1"], /"port":(\d+)/);
 const upstream = `http://127.0.0.1:${up.m[1]}`;
 const serving = /^serving .* at (http:\/\/[^\s/]+)\/v1/m;
-const common = ["bin/dsr", "serve", "--upstream", upstream, "--port", "0", "--workers", String(W), "--api-key-file", keys, "--max-concurrency", "100000"];
+const common = [a["dsr-cli"]!, "serve", "--upstream", upstream, "--port", "0", "--workers", String(W), "--api-key-file", keys, "--max-concurrency", "100000"];
 const targets = {
   no_limits: await start(common, serving),
   limits_ipc: await start([...common, "--key-rpm", "1000000000", "--key-max-parallel", "1000000"], serving),
