@@ -43,40 +43,49 @@ async function ready(): Promise<{ children: { name: string; state: string; pid: 
   return (await fetch(`${gw.url}/ready`)).json();
 }
 
-describe("dsr serve with instances that are still loading", () => {
-  it("listens at once: /health 200, /ready 503 naming the children, a request 503 with Retry-After; then serves", async () => {
-    const cache = await tempDir(); // a fresh ONNX cache: the first child converts the checkpoint, which takes a while
-    const proc = runDsr(["serve", TINY_R1, "--instances", "2", "--port", "0"], { env: { ...process.env, XDG_CACHE_HOME: cache }, buffer: false, stdout: "pipe", stderr: "pipe" });
-    let err = "";
-    proc.stderr!.on("data", (d: Buffer) => (err += d.toString()));
-    proc.stdout!.resume();
-    try {
-      const early = async (): Promise<string> => {
-        for (let i = 0; i < 600; i++) {
-          const m = /listening at (http:\/\/[^\s]+) while the instances start/.exec(err);
-          if (m) return m[1];
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        throw new Error(`no early listen line:\n${err}`);
-      };
-      const url = await early();
-      expect(err).not.toMatch(/^serving /m);
-      expect((await fetch(`${url}/health`)).status).toBe(200);
-      const ready = await fetch(`${url}/ready`);
-      expect(ready.status).toBe(503);
-      expect(((await ready.json()) as { children: { name: string }[] }).children.map((c) => c.name)).toEqual(["i0", "i1"]);
-      const busy = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
-      expect(busy.status).toBe(503);
-      expect(busy.headers.get("retry-after")).toBe("1");
-      for (let i = 0; i < 1200 && !/^serving /m.test(err); i++) await new Promise((r) => setTimeout(r, 50));
-      expect((await fetch(`${url}/ready`)).status).toBe(200);
-      const ok = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
-      expect(ok.status).toBe(200);
-    } finally {
-      proc.kill("SIGTERM");
-      await proc;
-    }
-  }, 120_000);
+describe("dsr serve while its engine is still loading", () => {
+  // a fresh ONNX cache each time: the engine (or the first child) converts the checkpoint first, which takes a while
+  const cases: { name: string; args: string[]; ready: (body: Record<string, unknown>) => void; retryAfter: string }[] = [
+    { name: "--instances 2 (supervised children)", args: ["--instances", "2"], ready: (b) => expect((b.children as { name: string }[]).map((c) => c.name)).toEqual(["i0", "i1"]), retryAfter: "1" },
+    { name: "--instances 2 --workers 2 (gateway workers probe the children)", args: ["--instances", "2", "--workers", "2"], ready: (b) => expect((b.instances as { name: string }[]).map((i) => i.name)).toEqual(["i0", "i1"]), retryAfter: "1" },
+    { name: "one engine in process", args: [], ready: (b) => expect(b.loading).toMatchObject({ engine: "embedded", model: TINY_R1 }), retryAfter: "5" },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: listens at once: /health 200, /ready 503 saying what loads, /v1/models, a request 503 with Retry-After; then serves`, async () => {
+      const cache = await tempDir();
+      const proc = runDsr(["serve", TINY_R1, ...c.args, "--port", "0"], { env: { ...process.env, XDG_CACHE_HOME: cache }, buffer: false, stdout: "pipe", stderr: "pipe" });
+      let err = "";
+      proc.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+      proc.stdout!.resume();
+      try {
+        const early = async (): Promise<string> => {
+          for (let i = 0; i < 600; i++) {
+            const m = /^listening at (http:\/\/[^\s]+) while /m.exec(err);
+            if (m) return m[1];
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          throw new Error(`no early listen line:\n${err}`);
+        };
+        const url = await early();
+        expect(err).not.toMatch(/^serving /m);
+        expect((await fetch(`${url}/health`)).status).toBe(200);
+        const ready = await fetch(`${url}/ready`);
+        expect(ready.status).toBe(503);
+        c.ready((await ready.json()) as Record<string, unknown>);
+        expect(((await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] }).data.map((m) => m.id)).toEqual(["tiny-r1"]);
+        const busy = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
+        expect(busy.status).toBe(503);
+        expect(busy.headers.get("retry-after")).toBe(c.retryAfter);
+        for (let i = 0; i < 1200 && !/^serving /m.test(err); i++) await new Promise((r) => setTimeout(r, 50));
+        expect((await fetch(`${url}/ready`)).status).toBe(200);
+        const ok = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
+        expect(ok.status).toBe(200);
+      } finally {
+        proc.kill("SIGTERM");
+        await proc;
+      }
+    }, 120_000);
+  }
 });
 
 describe("dsr serve tiny-r1 --instances 2 (embedded engine)", () => {

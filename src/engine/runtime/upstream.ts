@@ -35,7 +35,8 @@ export class UpstreamInstance {
   learnModels = false;
   /** Load reported by a dsr instance's /ready (running, waiting, KV tokens). */
   engine?: EngineLoad;
-  private healthPath: string;
+  /** Where the probe asks (it falls back to /v1/models on a server without /health). */
+  healthPath: string;
   private timer?: NodeJS.Timeout;
 
   constructor(readonly name: string, url: string, readonly o: UpstreamOptions = {}) {

@@ -22,6 +22,7 @@ import type { ReasoningField } from "./reasoning.js";
 import type { RequestLog } from "./request-log.js";
 import type { TlsOptions } from "./h1-server.js";
 import { TokenBackend } from "./token-backend.js";
+import { LoadingBackend } from "./loading-backend.js";
 import type { Backend } from "./types.js";
 import { freePorts } from "./free-ports.js";
 
@@ -74,8 +75,11 @@ export interface ServeConfig {
 export interface WorkerSpec {
   index: number;
   workers: number;
-  /** With `multiModel`, what each listed in /v1/models (absent: not heard from yet). */
-  instances: { name: string; url: string; models?: string[] }[];
+  /**
+   * With `multiModel`, what each listed in /v1/models (absent: not heard from yet); `healthPath`:
+   * where it says it is servable; `starting`: not ready yet (unhealthy until a probe passes).
+   */
+  instances: { name: string; url: string; models?: string[]; healthPath?: string; starting?: boolean }[];
   servedNames: string[];
   upstreamModel?: string;
   multiModel?: boolean;
@@ -249,10 +253,12 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   };
   /** Set when the gateway listened before its instances were ready. */
   let early: { gateway: Gateway; url: string } | undefined;
+  /** Gateway workers (--workers N), once forked. */
+  let pool: WorkerPool | undefined;
   try {
     if (deps.worker) {
       const w = deps.worker;
-      const instances = w.instances.map((i) => new UpstreamInstance(i.name, i.url, { apiKey: cfg.upstreamApiKey, probeIntervalMs: 1000 }));
+      const instances = w.instances.map((i) => Object.assign(new UpstreamInstance(i.name, i.url, { apiKey: cfg.upstreamApiKey, probeIntervalMs: 1000, healthPath: i.healthPath }), { probeOk: !i.starting }));
       if (w.multiModel) {
         // what the primary learnt; an upstream it has not heard from is asked once its probe passes
         instances.forEach((inst, k) => Object.assign(inst, { learnModels: true, modelIds: w.instances[k].models ?? [], modelsKnown: w.instances[k].models !== undefined }));
@@ -262,9 +268,14 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, multiModel: w.multiModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
     } else if (isTokenEngine(plan.engine) && plan.children.length === 0) {
       if (!deps.openTokenEngine) throw new DsrError("DSR_NOT_BUILT", `--engine ${plan.engine}: token engines are not available in this context`, { exitCode: ExitCode.usage, hint: "run it through the dsr command" });
-      deps.note(`loading ${cfg.model} on the ${plan.engine} engine…`);
+      // Listen while the model loads (minutes for a large one on the torch worker): /health answers,
+      // /ready says what loads, requests get 503 with Retry-After (loading-backend.ts)
+      early = await listen(new LoadingBackend({ servedNames: cfg.servedNames, root: cfg.model!, engine: plan.engine }));
+      deps.note(`listening at ${early.url} while ${cfg.model} loads on the ${plan.engine} engine (/health 200; /ready 503 until it is loaded)`);
       const { engine, text } = await deps.openTokenEngine(plan.engine, cfg.model!);
       backend = new TokenBackend({ engine, text, servedNames: cfg.servedNames, root: cfg.model!, reasoningFields: cfg.reasoningFields, r1Advice: cfg.r1Advice, metrics, instanceName: plan.engine });
+      early.gateway.setBackend(backend);
+      return running(early, backend);
     } else {
       if (plan.engine === "vllm" && !(await which("vllm", deps.pathValue))) throw missingEngine("vllm", cfg.python);
       if (plan.engine === "sglang" && !(await pythonHas(cfg.python, "sglang", deps.env))) throw missingEngine("sglang", cfg.python);
@@ -288,10 +299,17 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
       closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
       const describeExtra = supervisors.length ? () => ({ children: supervisors.map((s) => ({ name: s.spec.name, state: s.state, pid: s.pid, restarts: s.restarts, last_exit: s.lastExit })) }) : undefined;
-      if (supervisors.length && !(deps.forkWorkers && cfg.workers > 1)) {
+      if (supervisors.length && deps.forkWorkers && cfg.workers > 1) {
+        // Gateway workers listen while the instances load too: each probes the children itself, on
+        // the path that says "servable" (a dsr child's /ready, vLLM's /health)
+        metrics.setModels(cfg.servedNames.slice(0, 1));
+        const spec = instances.map((i) => ({ name: i.name, url: i.origin, healthPath: i.healthPath, starting: true }));
+        pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames: cfg.servedNames, multiModel: false, https: !!cfg.gateway.tls });
+        deps.note(`listening at ${pool.url} while the instances start (/health 200; /ready 503 until one is ready)`);
+      } else if (supervisors.length) {
         // Listen while the instances load (minutes for vLLM on a large model): /health answers, /ready
         // and /metrics say how far they are, and a request gets 503 with Retry-After, not a refused
-        // connection. (Gateway workers are forked once the instances are ready.)
+        // connection.
         for (const i of instances) i.startProbing();
         backend = new ProxyBackend({ instances, servedNames: cfg.servedNames, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra });
         metrics.setModels(cfg.servedNames.slice(0, 1));
@@ -319,6 +337,10 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         upstreamModel = undefined; // children serve cfg.servedNames[0] themselves
         await Promise.all(instances.map((i) => i.fetchModels().catch(() => undefined))); // their cards' max_model_len, for /v1/models
       }
+      if (pool) {
+        await Promise.all(instances.map((i) => i.close())); // the workers have their own
+        return pooled(pool);
+      }
       if (early) return running(early, backend!);
       if (!cfg.servedNames.length && !upstreamModel && !multi) {
         throw new DsrError("DSR_UPSTREAM_UNREACHABLE", `no upstream answered GET /v1/models (${plan.upstreams.join(", ")}), so the model name is unknown`, {
@@ -331,20 +353,9 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       if (multi) deps.note(`serving ${multi.length} models, each on the upstreams that list it`);
       if (deps.forkWorkers && cfg.workers > 1) {
         const spec = instances.map((i) => ({ name: i.name, url: i.origin, models: multi && i.modelsKnown ? i.modelIds : undefined }));
-        const pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames, upstreamModel, multiModel: !!multi, https: !!cfg.gateway.tls });
+        pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames, upstreamModel, multiModel: !!multi, https: !!cfg.gateway.tls });
         await Promise.all(instances.map((i) => i.close()));
-        return {
-          url: pool.url,
-          inFlight: () => pool.inFlight(),
-          reload: () => pool.reload(),
-          plan,
-          async shutdown(graceMs) {
-            for (const s of supervisors) s.holdRestarts();
-            const cancelled = await pool.stop(graceMs);
-            for (const c of closers) await c().catch(() => undefined);
-            return cancelled;
-          },
-        };
+        return pooled(pool);
       }
       for (const i of instances) i.startProbing();
       backend = new ProxyBackend({
@@ -361,10 +372,26 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
     }
   } catch (e) {
     if (early) await early.gateway.drain(0).catch(() => undefined);
+    if (pool) await pool.stop(0).catch(() => undefined);
     for (const c of closers) await c().catch(() => undefined);
     throw e;
   }
   return running(await listen(backend), backend);
+
+  function pooled(p: WorkerPool): RunningServe {
+    return {
+      url: p.url,
+      inFlight: () => p.inFlight(),
+      reload: () => p.reload(),
+      plan,
+      async shutdown(graceMs) {
+        for (const s of supervisors) s.holdRestarts();
+        const cancelled = await p.stop(graceMs);
+        for (const c of closers) await c().catch(() => undefined);
+        return cancelled;
+      },
+    };
+  }
 
   function running(g: { gateway: Gateway; url: string }, b: Backend): RunningServe {
     return {
