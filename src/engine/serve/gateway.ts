@@ -57,6 +57,8 @@ const TOKENS_ROUTES: Record<string, TokensOp> = { "/tokenize": "tokenize", "/det
 
 export class Gateway {
   readonly metrics: GatewayMetrics;
+  /** Replaced once (setBackend) when the gateway listened before its engine loaded. */
+  private backend: Backend;
   private readonly server: H1Server;
   private keys: ApiKeys;
   private readonly cors: Cors | undefined;
@@ -67,6 +69,7 @@ export class Gateway {
   private idleWaiters: (() => void)[] = [];
 
   constructor(private readonly o: GatewayOptions) {
+    this.backend = o.backend;
     this.metrics = o.metrics ?? new GatewayMetrics(o.backend.models()[0]?.id ?? "unknown");
     this.metrics.beforeCollect = () => this.refreshGauges();
     this.keys = new ApiKeys(o.apiKeys ?? []);
@@ -80,6 +83,11 @@ export class Gateway {
   reload(s: { apiKeys: readonly ApiKey[]; tls?: TlsOptions }): void {
     this.keys = new ApiKeys(s.apiKeys);
     if (s.tls) this.server.setTls(s.tls);
+  }
+
+  /** The engine loaded: requests from now on go to `b` (see loading-backend.ts). */
+  setBackend(b: Backend): void {
+    this.backend = b;
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {
@@ -133,7 +141,8 @@ export class Gateway {
         res.writeHead(204, { allow: "GET, POST, OPTIONS" }).end();
         return;
       }
-      const endpoint = ROUTES[path];
+      // SageMaker's route is told apart by its body, read only once the key passed
+      const endpoint = path === "/invocations" ? (this.keys.check(req.headers), invocationEndpoint(req)) : ROUTES[path];
       if (endpoint) {
         let keyName: string | undefined; // the name of the request's API key, when keys are configured
         try {
@@ -157,7 +166,7 @@ export class Gateway {
         void this.tokens(op, id, path, req, res, t0, keyName);
         return;
       }
-      if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
+      if (req.method !== "GET" && req.method !== "HEAD" && !(path === "/ping" && req.method === "POST")) throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
       if (path.startsWith("/v1/") || this.o.protectAll) this.keys.check(req.headers);
       this.serveInfo(path, res).catch((e: unknown) => this.fail(res, e));
     } catch (e) {
@@ -169,7 +178,7 @@ export class Gateway {
   refreshGauges(): void {
     this.metrics.running.set(this.limiter.running);
     this.metrics.waiting.set(this.limiter.waiting);
-    this.o.backend.describe(); // per-instance health / outstanding / KV gauges
+    this.backend.describe(); // per-instance health / outstanding / KV gauges
   }
 
   private async serveInfo(path: string, res: H1Response): Promise<void> {
@@ -177,10 +186,13 @@ export class Gateway {
       case "/":
         return void res.writeHead(200, { "content-type": "text/plain" }).end("dsr serve is running\n");
       case "/health":
+      case "/ping": // SageMaker's liveness (vLLM serves it too)
         return sendJson(res, this.draining ? 503 : 200, { status: this.draining ? "draining" : "ok" });
+      case "/load": // vLLM's: requests in flight, for a balancer in front
+        return sendJson(res, 200, { server_load: this.inflight.size });
       case "/ready": {
-        const ready = !this.draining && this.o.backend.ready();
-        return sendJson(res, ready ? 200 : 503, { ready, draining: this.draining, ...this.o.backend.describe() });
+        const ready = !this.draining && this.backend.ready();
+        return sendJson(res, ready ? 200 : 503, { ready, draining: this.draining, ...this.backend.describe() });
       }
       case "/version":
         return sendJson(res, 200, { version: this.o.version });
@@ -189,11 +201,11 @@ export class Gateway {
         return void res.writeHead(200, { "content-type": m.contentType }).end(m.body);
       }
       case "/v1/models":
-        return sendJson(res, 200, { object: "list", data: this.o.backend.models() });
+        return sendJson(res, 200, { object: "list", data: this.backend.models() });
       default:
         if (path.startsWith("/v1/models/")) {
           const name = decodeURIComponent(path.slice("/v1/models/".length));
-          const card = this.o.backend.models().find((m) => m.id === name);
+          const card = this.backend.models().find((m) => m.id === name);
           if (card) return sendJson(res, 200, card);
           throw modelNotFound(name);
         }
@@ -250,7 +262,7 @@ export class Gateway {
       this.metrics.forModel(model).queueTime(queueMs / 1000);
 
       const g: GenerationRequest = { id, endpoint, req: parsed, rawBody, model, stream, headers: req.headers, cancel: ac, sink, record, t0 };
-      await this.o.backend.handle(g);
+      await this.backend.handle(g);
       status = sink.status || 200;
       if (cacheId && this.o.cache && status === 200 && !ac.aborted && !sink.failedInBand) {
         const captured = sink.captured();
@@ -289,7 +301,7 @@ export class Gateway {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);
       const parsed = parseTokensRequest(op, jsonOf(rawBody));
       entry.model = this.resolveModel(parsed.model);
-      const answer = await this.o.backend.tokens(op, parsed, rawBody, entry.model);
+      const answer = await this.backend.tokens(op, parsed, rawBody, entry.model);
       status = answer.status;
       sendJson(res, status, answer.body);
     } catch (e) {
@@ -302,7 +314,7 @@ export class Gateway {
   }
 
   private resolveModel(requested: string | undefined): string {
-    const ids = this.o.backend.modelIds();
+    const ids = this.backend.modelIds();
     if (!requested) {
       if (ids.length === 0) throw new HttpError(503, "no model is known yet (no upstream has answered GET /v1/models)", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
       return ids[0];
@@ -372,6 +384,20 @@ const round = (ms: number) => Math.round(ms * 100) / 100;
 function clientOf(req: H1Request): Pick<RequestLogEntry, "client" | "forwarded_for" | "client_cert"> {
   const xff = req.headers["x-forwarded-for"];
   return { client: req.remoteAddress, forwarded_for: typeof xff === "string" && xff.length > 0 ? xff.slice(0, 256) : undefined, client_cert: req.clientCert };
+}
+
+/**
+ * SageMaker's `POST /invocations` (vLLM serves it too): a chat request when the body has `messages`,
+ * a completions request when it has `prompt`. Only this route reads the body to be routed; the
+ * request is then parsed and validated as the endpoint's own.
+ */
+function invocationEndpoint(req: H1Request): Endpoint {
+  if (req.method !== "POST") throw new HttpError(405, "/invocations accepts POST only", { code: "method_not_allowed" });
+  const body = req.bodyTooLarge === undefined ? (jsonOf(req.body) as Record<string, unknown> | null) : {};
+  if (body !== null && typeof body === "object" && "messages" in body) return "chat";
+  if (body !== null && typeof body === "object" && "prompt" in body) return "completions";
+  if (req.bodyTooLarge !== undefined) return "completions"; // answered 413 by generate()
+  throw new HttpError(400, "/invocations: give `messages` (chat) or `prompt` (completions)", { param: "messages", code: "invalid_parameter" });
 }
 
 /** The body as JSON, or 400 invalid_json. */
