@@ -303,6 +303,21 @@ describe("dsr serve --upstream (proxy mode)", () => {
     }
   });
 
+  it("forwards the client's W3C trace context and request id to the upstream, stream and non-stream", async () => {
+    const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (const stream of [false, true]) {
+      const rid = `trace-${stream}`;
+      const r = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${KEY}`, "x-request-id": rid, traceparent, tracestate: "dsr=1" }, body: JSON.stringify({ model: "dsr-r1", prompt: "x", max_tokens: 2, stream }) });
+      await r.text();
+      const seen = good.requests.find((q) => q.id === rid)!;
+      expect(seen.headers.traceparent).toBe(traceparent);
+      expect(seen.headers.tracestate).toBe("dsr=1");
+    }
+    const plain = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${KEY}`, "x-request-id": "no-trace" }, body: JSON.stringify({ model: "dsr-r1", prompt: "x", max_tokens: 2 }) });
+    await plain.text();
+    expect(good.requests.find((q) => q.id === "no-trace")!.headers.traceparent).toBeUndefined();
+  });
+
   it("normalises vLLM's flat error shape from an upstream 4xx", async () => {
     const r = await fetch(`${gw.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${KEY}` }, body: JSON.stringify({ model: "dsr-r1", prompt: "x", max_tokens: 2, extra: 1 }) });
     expect(r.status).toBe(200);

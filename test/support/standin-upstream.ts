@@ -34,7 +34,7 @@ export interface Standin {
   port: number;
   server: Server;
   /** Generation requests received (by x-request-id when sent). */
-  requests: { id: string | undefined; body: Record<string, unknown> }[];
+  requests: { id: string | undefined; body: Record<string, unknown>; headers: Record<string, string | string[] | undefined> }[];
   /** /tokenize and /detokenize bodies received. */
   tokenizerRequests: { path: string; body: Record<string, unknown> }[];
   /** Streams whose client went away before the end. */
@@ -83,7 +83,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
     return json(res, 400, { object: "error", message: "bad json", type: "BadRequestError", param: null, code: 400 });
   }
   const rid = req.headers["x-request-id"];
-  if (o.record !== false) st.requests.push({ id: typeof rid === "string" ? rid : undefined, body });
+  if (o.record !== false) st.requests.push({ id: typeof rid === "string" ? rid : undefined, body, headers: req.headers });
   if (o.failStatus) return json(res, o.failStatus, { object: "error", message: `stand-in failure ${o.failStatus}`, type: "InternalServerError", param: null, code: o.failStatus });
   if (body.model !== model) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
 

@@ -207,7 +207,7 @@ export class ProxyBackend implements Backend {
 
   /**
    * The upstream request's header lines: the same for every request of one kind to one instance but
-   * for its id, so they are rendered once. Latin1 throughout: the id's bytes go out as the client
+   * for its id (and the client's trace context), so they are rendered once. Latin1 throughout: the id's bytes go out as the client
    * sent them; the API key's UTF-8 bytes are spelled as latin1 characters here for the same reason.
    */
   private headerLines(g: GenerationRequest, inst: UpstreamInstance): string {
@@ -220,7 +220,13 @@ export class ProxyBackend implements Backend {
       lines = ["application/json", "text/event-stream"].map((accept) => `content-type: application/json\r\naccept: ${accept}\r\n${auth}`);
       this.fixedLines.set(inst, lines);
     }
-    return `${lines[k]}x-request-id: ${g.id}\r\n`;
+    const h = `${lines[k]}x-request-id: ${g.id}\r\n`;
+    // W3C trace context goes on, so an upstream that traces (vLLM with --otlp-traces-endpoint) joins
+    // the client's trace; the server refused any control character in these values
+    const tp = g.headers.traceparent;
+    if (tp === undefined) return h;
+    const ts = g.headers.tracestate;
+    return ts === undefined ? `${h}traceparent: ${tp}\r\n` : `${h}traceparent: ${tp}\r\ntracestate: ${ts}\r\n`;
   }
 }
 
