@@ -28,7 +28,7 @@ type Msg =
   | { type: "dsr:collected"; id: number; json: metric[] }
   | { type: "dsr:shutdown" }
   | { type: "dsr:key-admit"; id: number; key: string }
-  | { type: "dsr:key-admitted"; id: number; refused?: { status: number; code: string | null; message: string; retryAfter?: string } }
+  | { type: "dsr:key-admitted"; id: number; headers?: Record<string, string>; refused?: { status: number; code: string | null; message: string } }
   | { type: "dsr:key-done"; id: number; tokens: number };
 
 /** How long a worker waits for the primary's answer on a key before giving up with a 503. */
@@ -69,13 +69,15 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
         admitting.set(id, (m) => {
           clearTimeout(t);
           const r = m.refused;
-          if (r) return reject(new HttpError(r.status, r.message, { code: r.code, headers: r.retryAfter ? { "retry-after": r.retryAfter } : {} }));
+          if (r) return reject(new HttpError(r.status, r.message, { code: r.code, headers: m.headers }));
           let done = false;
-          resolve((tokens = 0) => {
+          const release: KeyRelease = (tokens = 0) => {
             if (done || !process.connected) return;
             done = true;
             process.send!({ type: "dsr:key-done", id, tokens } satisfies Msg);
-          });
+          };
+          release.headers = m.headers;
+          resolve(release);
         });
         process.send!({ type: "dsr:key-admit", id, key } satisfies Msg);
       }),
@@ -134,10 +136,10 @@ export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, n
           let mine = leases.get(w);
           if (!mine) leases.set(w, (mine = new Map()));
           mine.set(m.id, release);
-          answer = { type: "dsr:key-admitted", id: m.id };
+          answer = { type: "dsr:key-admitted", id: m.id, headers: release.headers };
         } catch (e) {
           const err = e instanceof HttpError ? e : new HttpError(500, String(e));
-          answer = { type: "dsr:key-admitted", id: m.id, refused: { status: err.status, code: err.code, message: err.message, retryAfter: err.headers["retry-after"] } };
+          answer = { type: "dsr:key-admitted", id: m.id, headers: err.headers, refused: { status: err.status, code: err.code, message: err.message } };
         }
         if (w.isConnected()) w.send(answer);
       } else if (m?.type === "dsr:key-done") {

@@ -6,7 +6,7 @@
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KeyLimits } from "../../src/engine/serve/key-limits.js";
+import { duration, KeyLimits } from "../../src/engine/serve/key-limits.js";
 import { runDsr } from "../support/cli.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { tempDir } from "../support/tmp.js";
@@ -17,10 +17,10 @@ describe("KeyLimits", () => {
     let t = 0;
     const l = new KeyLimits({ rpm: 3, maxParallel: 0 }, () => t);
     for (let i = 0; i < 3; i++) l.admit("a")();
-    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: { "retry-after": "20" } }));
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: expect.objectContaining({ "retry-after": "20" }) }));
     l.admit("b")(); // another key has its own bucket
     t = 19_000;
-    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: { "retry-after": "1" } }));
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: expect.objectContaining({ "retry-after": "1" }) }));
     t = 20_001;
     l.admit("a")();
     expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429 }));
@@ -33,11 +33,35 @@ describe("KeyLimits", () => {
     const second = l.admit("a"); // 100 left: admitted
     l.admit("b")(600); // another key's bucket
     second(250); // 100 - 250 = -150
-    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: { "retry-after": "16" }, message: expect.stringContaining("600 tokens per minute") }));
+    expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429, headers: expect.objectContaining({ "retry-after": "16" }), message: expect.stringContaining("600 tokens per minute") }));
     t = 15_000; // -150 + 150 = 0: still not above
     expect(() => l.admit("a")).toThrow(expect.objectContaining({ status: 429 }));
     t = 15_200;
     l.admit("a")();
+  });
+
+  it("OpenAI's x-ratelimit-* headers: each limit, what is left and when it is whole again, on admission and on refusal", () => {
+    let t = 0;
+    const l = new KeyLimits({ rpm: 3, tpm: 600, maxParallel: 0 }, () => t);
+    expect(l.admit("a").headers).toEqual({
+      "x-ratelimit-limit-requests": "3",
+      "x-ratelimit-remaining-requests": "2",
+      "x-ratelimit-reset-requests": "20s",
+      "x-ratelimit-limit-tokens": "600",
+      "x-ratelimit-remaining-tokens": "600",
+      "x-ratelimit-reset-tokens": "0ms",
+    });
+    l.admit("a")(450); // its tokens are taken when it ends
+    t = 1000; // 1/20 of a request and 10 tokens back
+    expect(l.admit("a").headers).toMatchObject({ "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "59s", "x-ratelimit-remaining-tokens": "160", "x-ratelimit-reset-tokens": "44s" });
+    try {
+      l.admit("a");
+      expect.unreachable();
+    } catch (e) {
+      expect((e as { headers: Record<string, string> }).headers).toMatchObject({ "retry-after": "19", "x-ratelimit-remaining-requests": "0" });
+    }
+    expect(new KeyLimits({ rpm: 0, maxParallel: 2 }).admit("a").headers).toBeUndefined(); // OpenAI has no header for requests in flight
+    expect([duration(20), duration(999.2), duration(1500), duration(360_000), duration(61_500)]).toEqual(["20ms", "1000ms", "1.5s", "6m0s", "1m1.5s"]);
   });
 
   it("--key-max-parallel: requests in flight per key; a finished one frees its place (once, however often it is told)", () => {
@@ -103,10 +127,13 @@ describe("dsr serve --key-rpm / --key-max-parallel", () => {
 
   it("--key-rpm 2: the third request in a minute is refused with the wait; the other key is not; limits need keys", async () => {
     await serving(["--key-rpm", "2"], async (url) => {
-      expect((await post(url, "sk-a")).status).toBe(200);
-      expect((await post(url, "sk-a")).status).toBe(200);
+      const first = await post(url, "sk-a");
+      expect(first.status).toBe(200);
+      expect([first.headers.get("x-ratelimit-limit-requests"), first.headers.get("x-ratelimit-remaining-requests"), first.headers.get("x-ratelimit-reset-requests")]).toEqual(["2", "1", "30s"]);
+      expect((await post(url, "sk-a")).headers.get("x-ratelimit-remaining-requests")).toBe("0");
       const third = await post(url, "sk-a");
       expect(third.status).toBe(429);
+      expect(third.headers.get("x-ratelimit-remaining-requests")).toBe("0");
       expect(Number(third.headers.get("retry-after"))).toBeGreaterThanOrEqual(29);
       expect((await post(url, "sk-b")).status).toBe(200);
     });
@@ -136,8 +163,14 @@ describe("dsr serve --workers 2 with per-key limits", () => {
       expect(streams.map((r) => r.status).sort()).toEqual([200, 429, 429, 429]);
       await Promise.all(streams.map((r) => r.text())); // the admitted stream ends: its place is free
       const more: number[] = [];
-      for (let i = 0; i < 5; i++) more.push((await post(g.url, "sk-a")).status);
+      const left: (string | null)[] = [];
+      for (let i = 0; i < 5; i++) {
+        const r = await post(g.url, "sk-a");
+        more.push(r.status);
+        left.push(r.headers.get("x-ratelimit-remaining-requests"));
+      }
       expect(more).toEqual([200, 200, 429, 429, 429]); // the first stream took one of the minute's 3
+      expect(left).toEqual(["1", "0", "0", "0", "0"]); // the primary's count, whichever worker answered
       expect((await post(g.url, "sk-b")).status).toBe(200); // another key's count
     } finally {
       expect(await g.stop()).toBe(0);

@@ -254,6 +254,7 @@ export class Gateway {
       if (keyName !== undefined && this.keyLimits) {
         const admitted = this.keyLimits.admit(keyName); // before it takes a gateway slot
         keyDone = admitted instanceof Promise ? await admitted : admitted;
+        if (keyDone.headers) for (const k in keyDone.headers) res.setHeader(k, keyDone.headers[k]);
       }
       const tq = performance.now();
       const got = this.limiter.acquire(ac);

@@ -20,8 +20,11 @@ export interface KeyLimitOptions {
   maxParallel: number;
 }
 
-/** Called once when an admitted request ends, with its tokens (prompt + completion). */
-export type KeyRelease = (tokens?: number) => void;
+/**
+ * Called once when an admitted request ends, with its tokens (prompt + completion). `headers`:
+ * OpenAI's `x-ratelimit-*` headers for the answer, where a request or token rate is limited.
+ */
+export type KeyRelease = ((tokens?: number) => void) & { headers?: Record<string, string> };
 
 /** Admits requests per key: at once in this process (KeyLimits), or by asking the process that holds the limits. */
 export interface KeyGate {
@@ -50,15 +53,17 @@ export class KeyLimits implements KeyGate {
     const tpm = this.o.tpm ?? 0;
     let s = this.keys.get(key);
     if (!s) this.keys.set(key, (s = { tokens: this.o.rpm, at: t, budget: tpm, budgetAt: t, inFlight: 0 }));
+    const state = s;
+    const refuse = (message: string, retryAfter: string) => new HttpError(429, message, { code: "rate_limit_exceeded", headers: { "retry-after": retryAfter, ...this.rateHeaders(state, t) } });
     if (this.o.maxParallel > 0 && s.inFlight >= this.o.maxParallel) {
-      throw new HttpError(429, `API key ${key} has ${s.inFlight} requests in flight, its limit (--key-max-parallel ${this.o.maxParallel})`, { code: "rate_limit_exceeded", headers: { "retry-after": "1" } });
+      throw refuse(`API key ${key} has ${s.inFlight} requests in flight, its limit (--key-max-parallel ${this.o.maxParallel})`, "1");
     }
     if (tpm > 0) {
       s.budget = Math.min(tpm, s.budget + (t - s.budgetAt) * (tpm / 60_000));
       s.budgetAt = t;
       if (s.budget <= 0) {
         const wait = Math.max(1, Math.ceil((-s.budget + 1) / (tpm / 60_000) / 1000));
-        throw new HttpError(429, `API key ${key} is over its ${tpm} tokens per minute (--key-tpm)`, { code: "rate_limit_exceeded", headers: { "retry-after": String(wait) } });
+        throw refuse(`API key ${key} is over its ${tpm} tokens per minute (--key-tpm)`, String(wait));
       }
     }
     if (this.o.rpm > 0) {
@@ -67,20 +72,56 @@ export class KeyLimits implements KeyGate {
       s.at = t;
       if (s.tokens < 1) {
         const wait = Math.ceil((1 - s.tokens) / perMs / 1000);
-        throw new HttpError(429, `API key ${key} is over its ${this.o.rpm} requests per minute (--key-rpm)`, { code: "rate_limit_exceeded", headers: { "retry-after": String(wait) } });
+        throw refuse(`API key ${key} is over its ${this.o.rpm} requests per minute (--key-rpm)`, String(wait));
       }
       s.tokens -= 1;
     }
     s.inFlight++;
     let done = false;
-    return (tokens = 0) => {
+    const release: KeyRelease = (tokens = 0) => {
       if (done) return;
       done = true;
       s.inFlight--;
       if (tpm > 0) s.budget -= tokens;
     };
+    release.headers = this.rateHeaders(s, t);
+    return release;
+  }
+
+  /**
+   * OpenAI's rate-limit headers for a key's state (buckets refilled up to `t`): each limit, what is
+   * left of it, and how long until it is whole again. None for --key-max-parallel, which OpenAI has
+   * no header for.
+   */
+  private rateHeaders(s: KeyState, t: number): Record<string, string> | undefined {
+    const tpm = this.o.tpm ?? 0;
+    if (this.o.rpm === 0 && tpm === 0) return undefined;
+    const h: Record<string, string> = {};
+    if (this.o.rpm > 0) {
+      const left = Math.min(this.o.rpm, s.tokens + (t - s.at) * (this.o.rpm / 60_000));
+      h["x-ratelimit-limit-requests"] = String(this.o.rpm);
+      h["x-ratelimit-remaining-requests"] = String(Math.max(0, Math.floor(left)));
+      h["x-ratelimit-reset-requests"] = duration((this.o.rpm - left) / (this.o.rpm / 60_000));
+    }
+    if (tpm > 0) {
+      const left = Math.min(tpm, s.budget + (t - s.budgetAt) * (tpm / 60_000));
+      h["x-ratelimit-limit-tokens"] = String(tpm);
+      h["x-ratelimit-remaining-tokens"] = String(Math.max(0, Math.floor(left)));
+      h["x-ratelimit-reset-tokens"] = duration((tpm - left) / (tpm / 60_000));
+    }
+    return h;
   }
 }
 
 /** Whether any of the limits is set. */
 export const hasKeyLimits = (o: KeyLimitOptions) => o.rpm > 0 || (o.tpm ?? 0) > 0 || o.maxParallel > 0;
+
+/** A wait as OpenAI writes it in `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`. */
+export function duration(ms: number): string {
+  ms = Math.round(ms * 1000) / 1000; // a bucket's arithmetic leaves float dust: 30000.000000004 is 30s
+  if (ms < 1000) return `${Math.ceil(ms)}ms`;
+  const secs = Math.ceil(ms) / 1000;
+  const m = Math.floor(secs / 60);
+  const rest = +(secs - m * 60).toFixed(3);
+  return m > 0 ? `${m}m${rest}s` : `${rest}s`;
+}
