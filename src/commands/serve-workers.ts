@@ -29,7 +29,9 @@ type Msg =
   | { type: "dsr:shutdown" }
   | { type: "dsr:key-admit"; id: number; key: string }
   | { type: "dsr:key-admitted"; id: number; headers?: Record<string, string>; refused?: { status: number; code: string | null; message: string } }
-  | { type: "dsr:key-done"; id: number; tokens: number };
+  | { type: "dsr:key-done"; id: number; tokens: number }
+  | { type: "dsr:probe"; id: number }
+  | { type: "dsr:probed"; id: number };
 
 /** How long a worker waits for the primary's answer on a key before giving up with a 503. */
 const KEY_ADMIT_TIMEOUT_MS = 5000;
@@ -43,7 +45,12 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
   let next = 0;
   const pending = new Map<number, (v: { contentType: string; body: string }) => void>();
   const admitting = new Map<number, (m: Extract<Msg, { type: "dsr:key-admitted" }>) => void>();
+  let probe: (() => Promise<void>) | undefined;
   process.on("message", (m: Msg) => {
+    if (m?.type === "dsr:probe") {
+      void (probe?.() ?? Promise.resolve()).finally(() => process.send!({ type: "dsr:probed", id: m.id } satisfies Msg));
+      return;
+    }
     if (m?.type === "dsr:key-admitted") {
       admitting.get(m.id)?.(m);
       admitting.delete(m.id);
@@ -84,6 +91,8 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
   };
   return {
     keyGate,
+    /** What the primary's "probe now" runs: this worker's health probes of the instances. */
+    setProbe: (fn: () => Promise<void>) => void (probe = fn),
     metricsSource: () =>
       new Promise<{ contentType: string; body: string }>((resolve) => {
         const id = ++next;
@@ -127,8 +136,11 @@ export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, n
     let collectId = 0;
     const collecting = new Map<number, { left: number; parts: metric[][]; done: () => void }>();
 
+    const probing = new Map<number, () => void>();
     const onMessage = (w: Worker) => async (m: Msg) => {
-      if (m?.type === "dsr:key-admit") {
+      if (m?.type === "dsr:probed") {
+        probing.get(m.id)?.();
+      } else if (m?.type === "dsr:key-admit") {
         let answer: Msg;
         try {
           if (!limits) throw new HttpError(500, "no per-key limits are configured");
@@ -207,6 +219,21 @@ export function workerForker(primaryMetrics: () => GatewayMetrics | undefined, n
     return {
       url,
       inFlight: () => NaN,
+      async probe() {
+        // every live worker probes its instances now; a stuck one does not hold this up for long
+        const live = [...workers.values()].filter((x) => x.isConnected());
+        await Promise.all(
+          live.map(
+            (w) =>
+              new Promise<void>((resolve) => {
+                const id = ++collectId;
+                const t = setTimeout(() => (probing.delete(id), resolve()), 5000);
+                probing.set(id, () => (clearTimeout(t), probing.delete(id), resolve()));
+                w.send({ type: "dsr:probe", id } satisfies Msg);
+              }),
+          ),
+        );
+      },
       reload() {
         // each worker re-reads the key file and certificate it was started with (serve.ts)
         for (const w of workers.values()) if (w.isConnected()) w.process.kill("SIGHUP");

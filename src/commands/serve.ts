@@ -214,7 +214,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .command("serve")
     .summary("OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang")
     .description("Serve MODEL behind an OpenAI-compatible gateway (chat, completions, models, health, ready, metrics), or front existing servers with --upstream.")
-    .argument("[model]", "local model directory or hub id (not needed with --upstream)")
+    .argument("[model...]", "local model directory or hub id (not needed with --upstream); several are each served under their own name")
     .addOption(new Option("--engine <name>", "engine to run").choices(["auto", "embedded", "torch", "vllm", "sglang"]).default("auto"))
     .option("--upstream <url...>", "front existing OpenAI-compatible servers instead of starting an engine")
     .option("--upstream-api-key <key>", "bearer key the upstreams expect")
@@ -274,16 +274,29 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--grace <s>", "on SIGINT/SIGTERM, let in-flight requests finish this long", "30")
     .option("--ready-timeout <s>", "wait this long for engine instances to become ready", "1800")
     .option("--dry-run", "print the engine choice and exact child commands, start nothing")
-    .action(async (model: string | undefined, f: Flags) => run(model, f, ctx()));
+    .action(async (models: string[], f: Flags) => run(models, f, ctx()));
 }
 
-async function run(model: string | undefined, f: Flags, c: CommandContext): Promise<void> {
+/**
+ * The names clients use: `--served-model-name` (aliases of one model), else each model's directory
+ * name. Several models need names of their own, so --served-model-name is refused with them.
+ */
+function servedNamesFor(models: string[], f: Flags): string[] {
+  if (f.upstream?.length) return f.servedModelName ?? [];
+  if (models.length > 1 && f.servedModelName?.length) throw usageError("--served-model-name names one model, and several are given", "each model is served under its directory name; for other names, rename the directories or run one dsr serve per model behind an --upstream gateway");
+  if (f.servedModelName?.length) return f.servedModelName;
+  const names = models.map((m) => basename(m.replace(/\/+$/, "")));
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw usageError(`two models would both be served as ${twice}`, "give each model a directory of its own name");
+  return names;
+}
+
+async function run(models: string[], f: Flags, c: CommandContext): Promise<void> {
   const { out } = c;
   const keys = await readKeys(f, c.env);
-  // a local directory travels to child instances (and logs) as an absolute path
-  const modelPath = model && !f.upstream?.length && existsSync(model) ? resolve(model) : model;
   const cfg: ServeConfig = {
-    model: modelPath,
+    // a local directory travels to child instances (and logs) as an absolute path
+    models: f.upstream?.length ? [] : models.map((m) => (existsSync(m) ? resolve(m) : m)),
     engine: f.engine,
     upstreams: (f.upstream ?? []).map(checkUrl),
     upstreamApiKey: f.upstreamApiKey,
@@ -291,7 +304,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     port: int(f.port, "--port", 0, 65535),
     instances: instancesFlag(f.instances),
     workers: f.workers === "auto" ? availableParallelism() : int(f.workers, "--workers", 1, 256),
-    servedNames: f.servedModelName?.length ? f.servedModelName : model && !f.upstream?.length ? [basename(model.replace(/\/+$/, ""))] : [],
+    servedNames: servedNamesFor(models, f),
     reasoningFields: reasoningFields(f.reasoningField),
     r1Advice: f.r1Advice,
     affinity: !!f.affinity,
@@ -341,7 +354,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
   };
   if (f.sslCaCerts && !cfg.gateway.tls?.verifyClients) out.note("--ssl-ca-certs without --ssl-cert-reqs 1 or 2: client certificates are not asked for (vLLM's default too)");
   if (cfg.gateway.keyLimits && keys.length === 0) throw usageError(`${f.keyRpm ? "--key-rpm" : f.keyTpm ? "--key-tpm" : "--key-max-parallel"} limits API keys, and none is configured`, "add --api-key-file (or --api-key)");
-  if (cfg.upstreams.length && model) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");
+  if (cfg.upstreams.length && models.length) throw usageError("give either MODEL or --upstream, not both", "with --upstream, name the model clients use with --served-model-name");
   const selfCommand = { command: process.execPath, args: [...process.execArgv, process.argv[1]] }; // how to run this dsr again for child instances
   const deps = { pathValue: c.env.PATH, env: c.env, selfCommand };
   const worker = workerSpec(c.env);
@@ -408,6 +421,7 @@ async function run(model: string | undefined, f: Flags, c: CommandContext): Prom
     forkWorkers: cfg.workers > 1 && !worker ? workerForker(() => metrics, (l) => out.note(l), cfg.gateway.keyLimits) : undefined,
     // per-key limits are the primary's, for all workers at once
     keyGate: channel && cfg.gateway.keyLimits ? channel.keyGate : undefined,
+    setInstanceProbe: channel?.setProbe,
     metricsSource: channel?.metricsSource,
     onMetrics: (m) => (metrics = m),
     version: VERSION,

@@ -174,6 +174,44 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     }
   }, 60_000);
 
+  for (const workers of [1, 2]) {
+    it(`several models, --workers ${workers}: a vLLM child per model on GPUs of its own, each served under its name and routed by the request's model`, async () => {
+      const { dir, argsFile } = await fakeGpuBin(2);
+      const g = await startServe(["org/R1-Distill-Qwen-7B", "org/R1-Distill-Qwen-1.5B", "--engine", "vllm", "--workers", String(workers), "--log-file", join(dir, "req.log")], { env: { PATH: `${dir}:${process.env.PATH}` }, timeoutMs: 45_000 });
+      try {
+        const lines = (await readFile(argsFile, "utf8")).trim().split("\n").sort();
+        expect(lines[0]).toMatch(/^serve org\/R1-Distill-Qwen-1\.5B .*--served-model-name R1-Distill-Qwen-1\.5B /);
+        expect(lines[1]).toMatch(/^serve org\/R1-Distill-Qwen-7B .*--served-model-name R1-Distill-Qwen-7B /);
+        for (const l of lines) expect(l).not.toContain("--gpu-memory-utilization"); // a GPU each: vLLM's default
+        expect((await readFile(`${argsFile}.env`, "utf8")).trim().split("\n").sort()).toEqual(["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]);
+        const models = (await (await fetch(`${g.url}/v1/models`)).json()) as { data: { id: string }[] };
+        expect(models.data.map((m) => m.id).sort()).toEqual(["R1-Distill-Qwen-1.5B", "R1-Distill-Qwen-7B"]);
+        // each stand-in answers only the name it was started with: a wrong route would be a 404
+        for (const model of ["R1-Distill-Qwen-7B", "R1-Distill-Qwen-1.5B", "R1-Distill-Qwen-7B"]) {
+          const r = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model, prompt: "x" }) });
+          expect(r.status).toBe(200);
+          expect(((await r.json()) as { model: string }).model).toBe(model);
+        }
+        const none = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "x" }) });
+        expect(none.status).toBe(200); // no model: the first one
+        expect((await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "R1-Distill-Llama-8B", prompt: "x" }) })).status).toBe(404);
+        const metrics = await (await fetch(`${g.url}/metrics`)).text();
+        expect(metrics).toMatch(/dsr:request_success_total\{[^}]*model_name="R1-Distill-Qwen-7B"[^}]*\} 3/); // with the request that named no model
+      } finally {
+        expect(await g.stop()).toBe(0);
+      }
+    }, 60_000);
+  }
+
+  it("several models: --served-model-name and two models of one name are usage errors", async () => {
+    const two = await runDsr(["serve", "a/x", "b/y", "--served-model-name", "r1", "--dry-run"]);
+    expect(two.exitCode).toBe(2);
+    expect(two.stderr).toContain("--served-model-name names one model, and several are given");
+    const same = await runDsr(["serve", "a/x", "b/x", "--dry-run"]);
+    expect(same.exitCode).toBe(2);
+    expect(same.stderr).toContain("two models would both be served as x");
+  });
+
   it("two GPUs: each vllm child gets its own (CUDA_VISIBLE_DEVICES) and the whole fraction, and both start at once", async () => {
     const { dir, argsFile } = await fakeGpuBin(2);
     const g = await startServe(["org/DeepSeek-R1-Distill-Qwen-1.5B", "--engine", "vllm", "--instances", "2"], { env: { PATH: `${dir}:${process.env.PATH}` }, timeoutMs: 45_000 });

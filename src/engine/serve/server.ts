@@ -32,7 +32,12 @@ export type TokenEngineName = "embedded" | "torch";
 const isTokenEngine = (e: string): e is TokenEngineName => e === "embedded" || e === "torch";
 
 export interface ServeConfig {
-  model?: string;
+  /**
+   * The models to serve (local directories or hub ids); none with --upstream. With several, each gets
+   * its own instances and is served under its own name (`servedNames[i]`, one per model), routed by
+   * the request's `model`; with one, `servedNames` are its names (aliases).
+   */
+  models: string[];
   engine: EngineName;
   upstreams: string[];
   upstreamApiKey?: string;
@@ -93,6 +98,8 @@ export interface WorkerPool {
   inFlight(): number;
   /** Tells every worker to reload its API keys and certificate (SIGHUP). */
   reload(): void;
+  /** Has every worker probe its instances now (their health known before "serving" is said). */
+  probe(): Promise<void>;
   /** Drains every worker (up to graceMs) and waits for them to exit; returns cancelled requests. */
   stop(graceMs: number): Promise<number>;
 }
@@ -114,6 +121,8 @@ export interface ServeDeps {
   openTokenEngine?: (engine: TokenEngineName, modelPath: string) => Promise<{ engine: TokenEngine; text: TextModel }>;
   cache?: ResponseCache;
   requestLog?: RequestLog;
+  /** In a gateway worker: how the primary's "probe now" reaches this worker's instances. */
+  setInstanceProbe?: (probe: () => Promise<void>) => void;
   /** Admits API keys against limits another process keeps (a gateway worker asks the primary). */
   keyGate?: KeyGate;
   note: (line: string) => void;
@@ -130,6 +139,8 @@ export interface ServeDeps {
 
 export interface PlannedChild {
   name: string;
+  /** The name the child serves its model under (its first, with one model). */
+  servedName: string;
   command: string;
   args: string[];
   env: Record<string, string>;
@@ -171,29 +182,35 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       hint: "use --engine vllm --tp N (or sglang), or --instances N for one torch worker per GPU (data parallel)",
     });
   }
-  if (!cfg.model) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
+  if (!cfg.models.length) throw new DsrError("DSR_USAGE", "dsr serve needs a MODEL (a local directory or hub id) unless --upstream is given", { exitCode: ExitCode.usage, hint: "dsr serve ./models/tiny-r1, or dsr serve --upstream http://127.0.0.1:8000" });
   // GPU engines: instances get GPUs of their own while there are enough, else share them and split
   // the memory fraction among themselves, as the seed guides do by hand (0.4 + 0.4). A torch worker
   // told a device (cuda:N, cpu) goes where it is told.
   const placeable = engine !== "embedded" && !(engine === "torch" && cfg.device !== "auto" && cfg.device !== "cuda");
   const perInstance = engine === "torch" ? 1 : (cfg.engineFlags.tp ?? 1) * (cfg.engineFlags.pp ?? 1);
   const gpus = placeable ? await listGpus() : [];
-  const n = cfg.instances || Math.max(1, Math.floor(gpus.length / perInstance));
-  const why = cfg.instances ? reason : `${reason}; --instances auto: ${n} (${placeable ? `${gpus.length} GPU(s), ${perInstance} per instance` : "one for this engine"})`;
-  // --workers > 1 runs the gateway in several processes, so even one token engine becomes a child
-  if (isTokenEngine(engine) && n === 1 && cfg.workers <= 1) return { engine, reason: why, children: [], upstreams: [] };
-  const ports = await freePorts(n);
-  const name = cfg.servedNames[0];
-  const places = placeInstances(n, gpus, perInstance);
+  const models = cfg.models.length;
+  // --instances is per model; auto shares the GPU groups among the models
+  const n = cfg.instances || Math.max(1, Math.floor(gpus.length / perInstance / models));
+  const why = cfg.instances ? reason : `${reason}; --instances auto: ${n}${models > 1 ? " per model" : ""} (${placeable ? `${gpus.length} GPU(s), ${perInstance} per instance` : "one for this engine"})`;
+  // --workers > 1 runs the gateway in several processes, and several models need a child each, so
+  // only one token engine alone runs in this process
+  if (isTokenEngine(engine) && n === 1 && cfg.workers <= 1 && models === 1) return { engine, reason: why, children: [], upstreams: [] };
+  const ports = await freePorts(n * models);
+  // model by model, each model's instances together: GPU groups go to them in that order
+  const places = placeInstances(n * models, gpus, perInstance);
   const children = ports.map((port, i): PlannedChild => {
+    const model = cfg.models[Math.floor(i / n)];
+    const names = models > 1 ? [cfg.servedNames[Math.floor(i / n)]] : cfg.servedNames;
+    const name = names[0];
     let cmd: { command: string; args: string[]; readyPath: string };
     const { devices, sharing } = places[i]!;
     const env: Record<string, string> = devices === undefined ? {} : { CUDA_VISIBLE_DEVICES: devices };
     const util = cfg.engineFlags.gpuMemoryUtilization ?? 0.9;
     const share = sharing > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / sharing) : undefined;
     if (isTokenEngine(engine)) {
-      const a = [...deps.selfCommand.args, "serve", cfg.model!, "--engine", engine, "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
-      for (const s of cfg.servedNames) a.push("--served-model-name", s);
+      const a = [...deps.selfCommand.args, "serve", model, "--engine", engine, "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
+      for (const s of names) a.push("--served-model-name", s);
       a.push("--reasoning-field", cfg.reasoningFields.length === 2 ? "both" : cfg.reasoningFields[0] ?? "none");
       if (!cfg.r1Advice) a.push("--no-r1-advice");
       a.push("--max-concurrency", String(cfg.gateway.maxConcurrency), "--max-queue", String(cfg.gateway.maxQueue), "--grace", "5");
@@ -210,10 +227,10 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       }
       cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };
     } else {
-      const flags: EngineFlags = { ...cfg.engineFlags, model: cfg.model!, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: share };
+      const flags: EngineFlags = { ...cfg.engineFlags, model, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: share };
       cmd = engine === "vllm" ? vllmCommand(flags, "127.0.0.1", port) : sglangCommand(flags, "127.0.0.1", port, cfg.python);
     }
-    return { name: `i${i}`, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args), ownGpus: devices !== undefined && sharing === 1 };
+    return { name: `i${i}`, servedName: name, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args), ownGpus: devices !== undefined && sharing === 1 };
   });
   return { engine, reason: why, children, upstreams: [] };
 }
@@ -234,6 +251,8 @@ export interface RunningServe {
 export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeDeps): Promise<RunningServe> {
   const metrics = new GatewayMetrics(cfg.servedNames[0] ?? "unknown");
   const supervisors: Supervisor[] = [];
+  /** Several models of our own: each child serves one, and requests are routed by model. */
+  const several = cfg.models.length > 1;
   let backend: Backend;
   const closers: (() => Promise<unknown>)[] = [];
   deps.onMetrics?.(metrics);
@@ -265,15 +284,17 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       }
       metrics.setModels(w.multiModel ? w.servedNames : w.servedNames.slice(0, 1));
       for (const i of instances) i.startProbing();
+      deps.setInstanceProbe?.(async () => void (await Promise.all(instances.map((i) => i.probe()))));
       backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, multiModel: w.multiModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
     } else if (isTokenEngine(plan.engine) && plan.children.length === 0) {
       if (!deps.openTokenEngine) throw new DsrError("DSR_NOT_BUILT", `--engine ${plan.engine}: token engines are not available in this context`, { exitCode: ExitCode.usage, hint: "run it through the dsr command" });
       // Listen while the model loads (minutes for a large one on the torch worker): /health answers,
       // /ready says what loads, requests get 503 with Retry-After (loading-backend.ts)
-      early = await listen(new LoadingBackend({ servedNames: cfg.servedNames, root: cfg.model!, engine: plan.engine }));
-      deps.note(`listening at ${early.url} while ${cfg.model} loads on the ${plan.engine} engine (/health 200; /ready 503 until it is loaded)`);
-      const { engine, text } = await deps.openTokenEngine(plan.engine, cfg.model!);
-      backend = new TokenBackend({ engine, text, servedNames: cfg.servedNames, root: cfg.model!, reasoningFields: cfg.reasoningFields, r1Advice: cfg.r1Advice, metrics, instanceName: plan.engine });
+      const model = cfg.models[0];
+      early = await listen(new LoadingBackend({ servedNames: cfg.servedNames, root: model, engine: plan.engine }));
+      deps.note(`listening at ${early.url} while ${model} loads on the ${plan.engine} engine (/health 200; /ready 503 until it is loaded)`);
+      const { engine, text } = await deps.openTokenEngine(plan.engine, model);
+      backend = new TokenBackend({ engine, text, servedNames: cfg.servedNames, root: model, reasoningFields: cfg.reasoningFields, r1Advice: cfg.r1Advice, metrics, instanceName: plan.engine });
       early.gateway.setBackend(backend);
       return running(early, backend);
     } else {
@@ -294,7 +315,9 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
             );
             supervisors.push(sup);
             // dsr children are probed on /ready, which also reports their engine's load and KV use
-            return new UpstreamInstance(c.name, `http://127.0.0.1:${c.port}`, { gate: () => sup.ready, probeIntervalMs: 1000, healthPath: c.readyPath === "/ready" ? "/ready" : "/health" });
+            const inst = new UpstreamInstance(c.name, `http://127.0.0.1:${c.port}`, { gate: () => sup.ready, probeIntervalMs: 1000, healthPath: c.readyPath === "/ready" ? "/ready" : "/health" });
+            // several models: the router sends a request only to the children of its model
+            return several ? Object.assign(inst, { modelIds: [c.servedName], modelsKnown: true }) : inst;
           })
         : plan.upstreams.map((u, i) => new UpstreamInstance(plan.upstreams.length > 1 ? `u${i}` : "u0", u, { apiKey: cfg.upstreamApiKey }));
       closers.push(() => Promise.all(supervisors.map((s) => s.stop(10_000))));
@@ -303,16 +326,17 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         // Gateway workers listen while the instances load too: each probes the children itself, on
         // the path that says "servable" (a dsr child's /ready, vLLM's /health)
         metrics.setModels(cfg.servedNames.slice(0, 1));
-        const spec = instances.map((i) => ({ name: i.name, url: i.origin, healthPath: i.healthPath, starting: true }));
-        pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames: cfg.servedNames, multiModel: false, https: !!cfg.gateway.tls });
+        metrics.setModels(several ? cfg.servedNames : cfg.servedNames.slice(0, 1));
+        const spec = instances.map((i) => ({ name: i.name, url: i.origin, healthPath: i.healthPath, starting: true, models: several ? i.modelIds : undefined }));
+        pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames: cfg.servedNames, multiModel: several, https: !!cfg.gateway.tls });
         deps.note(`listening at ${pool.url} while the instances start (/health 200; /ready 503 until one is ready)`);
       } else if (supervisors.length) {
         // Listen while the instances load (minutes for vLLM on a large model): /health answers, /ready
         // and /metrics say how far they are, and a request gets 503 with Retry-After, not a refused
         // connection.
         for (const i of instances) i.startProbing();
-        backend = new ProxyBackend({ instances, servedNames: cfg.servedNames, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra });
-        metrics.setModels(cfg.servedNames.slice(0, 1));
+        backend = new ProxyBackend({ instances, servedNames: cfg.servedNames, multiModel: several, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra });
+        metrics.setModels(several ? cfg.servedNames : cfg.servedNames.slice(0, 1));
         early = await listen(backend);
         deps.note(`listening at ${early.url} while the instances start (/health 200; /ready 503 until one is ready)`);
       }
@@ -334,10 +358,12 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         // an upstream that did not answer yet is asked again once its probe passes
         if (multi) for (const i of instances) i.learnModels = true;
       } else {
-        upstreamModel = undefined; // children serve cfg.servedNames[0] themselves
+        upstreamModel = undefined; // children serve their names themselves
+        if (several) multi = cfg.servedNames;
         await Promise.all(instances.map((i) => i.fetchModels().catch(() => undefined))); // their cards' max_model_len, for /v1/models
       }
       if (pool) {
+        await pool.probe(); // the workers see the instances ready before "serving" is said
         await Promise.all(instances.map((i) => i.close())); // the workers have their own
         return pooled(pool);
       }
@@ -350,7 +376,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       const servedNames = cfg.servedNames.length ? cfg.servedNames : multi ?? [upstreamModel!];
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
       metrics.setModels(multi ?? servedNames.slice(0, 1));
-      if (multi) deps.note(`serving ${multi.length} models, each on the upstreams that list it`);
+      if (multi) deps.note(`serving ${multi.length} models, each on ${plan.engine === "upstream" ? "the upstreams that list it" : "its own instances"}`);
       if (deps.forkWorkers && cfg.workers > 1) {
         const spec = instances.map((i) => ({ name: i.name, url: i.origin, models: multi && i.modelsKnown ? i.modelIds : undefined }));
         pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames, upstreamModel, multiModel: !!multi, https: !!cfg.gateway.tls });
