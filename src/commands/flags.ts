@@ -44,3 +44,17 @@ export function parseIntFlag(text: string, flag: string, min: number, max = Numb
   }
   return n;
 }
+
+/** vLLM's spelling of token counts: k, m, g are powers of 1000 (decimals allowed), K, M, G powers of 1024. */
+const COUNT_UNITS: Record<string, number> = { "": 1, k: 1e3, m: 1e6, g: 1e9, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 };
+
+/**
+ * A token count as vLLM reads `--max-model-len` and `--max-num-batched-tokens`: `32768`, `32k`
+ * (32,000), `32K` (32,768), `25.6k`. The result must be a whole number ≥ 1.
+ */
+export function parseTokenCount(text: string, flag: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)([kmgKMG]?)\s*$/.exec(text);
+  const n = m ? Number(m[1]) * COUNT_UNITS[m[2]] : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw usageError(`${flag} ${text}: expected a token count such as 32768, 32k (32,000) or 32K (32,768)`);
+  return n;
+}

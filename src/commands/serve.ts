@@ -20,7 +20,7 @@ import { workerChannel, workerForker, workerSpec } from "./serve-workers.js";
 import { readKeys, readTls } from "./serve-secrets.js";
 import { rewriteServeArgs, VLLM_ARG } from "./serve-compat.js";
 import { VERSION } from "../version.js";
-import { parseByteSize, parseIntFlag } from "./flags.js";
+import { parseByteSize, parseIntFlag, parseTokenCount } from "./flags.js";
 
 interface Flags {
   engine: EngineName;
@@ -151,7 +151,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--instances <n>", "engine instances behind the router: a GPU group each while there are enough, else sharing GPUs and the memory fraction; auto = one per GPU group", "1")
     .option("--tp <n>", "tensor parallel size (vllm/sglang)")
     .option("--pp <n>", "pipeline parallel size (vllm/sglang)")
-    .option("--max-model-len <n>", "context length")
+    .option("--max-model-len <n>", "context length: tokens, or 32k (32,000) / 32K (32,768) as vLLM reads it")
     .option("--gpu-memory-utilization <f>", "GPU memory fraction (split among instances that share GPUs)")
     .option("--quantization <method>", "quantization method (vllm/sglang)")
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32 (vllm/sglang/torch)")
@@ -247,13 +247,13 @@ async function run(models: string[], f: Flags, c: CommandContext): Promise<void>
     engineFlags: {
       tp: optInt(f.tp, "--tp"),
       pp: optInt(f.pp, "--pp"),
-      maxModelLen: optInt(f.maxModelLen, "--max-model-len"),
+      maxModelLen: f.maxModelLen === undefined ? undefined : parseTokenCount(f.maxModelLen, "--max-model-len"),
       gpuMemoryUtilization: f.gpuMemoryUtilization === undefined ? undefined : fraction(f.gpuMemoryUtilization),
       quantization: f.quantization,
       dtype: f.dtype,
       kvCacheDtype: f.kvCacheDtype,
       maxNumSeqs: optInt(f.maxNumSeqs, "--max-num-seqs"),
-      maxNumBatchedTokens: optInt(f.maxNumBatchedTokens, "--max-num-batched-tokens"),
+      maxNumBatchedTokens: f.maxNumBatchedTokens === undefined ? undefined : parseTokenCount(f.maxNumBatchedTokens, "--max-num-batched-tokens"),
       trustRemoteCode: f.trustRemoteCode,
       downloadDir: f.downloadDir,
       enforceEager: f.enforceEager,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseByteSize, parseIntFlag } from "../../src/commands/flags.js";
+import { parseByteSize, parseIntFlag, parseTokenCount } from "../../src/commands/flags.js";
 
 describe("shared numeric flag parsers", () => {
   it("reads sizes the same way for every subcommand", () => {
@@ -15,5 +15,10 @@ describe("shared numeric flag parsers", () => {
     expect(() => parseIntFlag("0", "--connections", 1, 256)).toThrowError("--connections 0: expected an integer from 1 to 256");
     expect(() => parseIntFlag("1.5", "--gpus", 1)).toThrowError("--gpus 1.5: expected an integer ≥ 1");
     expect(() => parseIntFlag("", "--gpus", 1)).toThrowError(expect.objectContaining({ exitCode: 2 }));
+  });
+
+  it("token counts as vLLM reads them: k, m, g decimal (fractions allowed), K, M, G binary", () => {
+    expect(["32768", "32k", "32K", "25.6k", "1m", "1M", " 4k "].map((v) => parseTokenCount(v, "--max-model-len"))).toEqual([32768, 32000, 32768, 25600, 1_000_000, 1_048_576, 4000]);
+    for (const bad of ["", "0", "1.5", "32kb", "-1", "k", "0.0001k"]) expect(() => parseTokenCount(bad, "--max-model-len"), bad).toThrowError(expect.objectContaining({ exitCode: 2, message: expect.stringContaining(`--max-model-len ${bad}: expected a token count`) }));
   });
 });
