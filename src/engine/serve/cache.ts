@@ -4,7 +4,7 @@
  * answers are stored — the JSON body, or the whole SSE text for streams (replayed at once on a hit).
  */
 import { createHash } from "node:crypto";
-import { createClient } from "redis";
+import type { createClient } from "redis";
 
 export interface CachedResponse {
   contentType: string;
@@ -75,6 +75,8 @@ export class RedisCache implements ResponseCache {
   private constructor(private readonly client: ReturnType<typeof createClient>, private readonly ttlMs: number) {}
 
   static async connect(url: string, ttlMs: number): Promise<RedisCache> {
+    // loaded only here: the client and its dependencies cost every other gateway ~100 ms of start-up
+    const { createClient } = await import("redis");
     const client = createClient({ url, socket: { connectTimeout: 3000, reconnectStrategy: (n) => Math.min(100 * 2 ** n, 3000) } });
     client.on("error", () => undefined); // reconnects on its own; a failed get/set is a cache miss
     await client.connect();
