@@ -253,8 +253,11 @@ export class Gateway {
 
       if (keyName !== undefined && this.keyLimits) {
         const admitted = this.keyLimits.admit(keyName); // before it takes a gateway slot
-        keyDone = admitted instanceof Promise ? await admitted : admitted;
-        if (keyDone.headers) for (const k in keyDone.headers) res.setHeader(k, keyDone.headers[k]);
+        const release = (keyDone = admitted instanceof Promise ? await admitted : admitted);
+        if (release.headers) for (const k in release.headers) res.setHeader(k, release.headers[k]);
+        // given back as the answer's last bytes go out, not after: with --workers the primary holds the
+        // count, and the client's next request (on another worker) must not find the slot still taken
+        sink.beforeEnd = () => release((record.promptTokens ?? 0) + (record.completionTokens ?? 0));
       }
       const tq = performance.now();
       const got = this.limiter.acquire(ac);

@@ -393,11 +393,12 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       if (!rest) throw new RetryableError(`${this.inst.name} closed the stream without sending anything`);
       g.sink.startStream();
     }
-    g.sink.end(rest);
+    // the counts first: what ends the answer may report them (a key's tokens per minute)
     const s = relay.stats;
     g.record.promptTokens = s.promptTokens;
     g.record.completionTokens = s.completionTokens ?? s.events;
     g.record.finishReason = s.error ? "error" : s.finishReason ?? null;
+    g.sink.end(rest);
   }
 
   private relayWhole(text: string): void {

@@ -23,6 +23,11 @@ export class ResponseSink implements Sink {
   /** What capture mode copied; undefined when not capturing (most requests). */
   private parts: (string | Buffer)[] | undefined;
   private contentType = "";
+  /**
+   * Run once just before the answer's last bytes are written: what the request held (a per-key slot
+   * kept by another process) is given back before the client can send its next request.
+   */
+  beforeEnd: (() => void) | undefined;
 
   constructor(private readonly res: H1Response, private readonly cancel: Cancel) {}
 
@@ -52,6 +57,7 @@ export class ResponseSink implements Sink {
     this.status = status;
     this.contentType = contentType;
     const send = () => {
+      this.ending();
       if (!this.res.headersSent) this.res.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body), ...headers }).end(body);
     };
     if (this.parts && status === 200) {
@@ -86,13 +92,21 @@ export class ResponseSink implements Sink {
   /** Ends the response; `last` bytes go out with the final chunk in one write. */
   end(last?: Buffer): void {
     if (!this.parts) {
+      this.ending();
       if (!this.res.writableEnded) this.res.end(last);
       return;
     }
     if (last) this.parts.push(Buffer.from(last));
     this.held = () => {
+      this.ending();
       if (!this.res.writableEnded) this.res.end(last);
     };
+  }
+
+  private ending(): void {
+    const f = this.beforeEnd;
+    this.beforeEnd = undefined;
+    f?.();
   }
 
   /**
@@ -109,6 +123,7 @@ export class ResponseSink implements Sink {
   inBandError(e: unknown): void {
     this.failedInBand = true;
     if (this.res.writableEnded || this.res.destroyed) return;
+    this.ending();
     const err = e instanceof HttpError ? e : new HttpError(500, e instanceof Error ? e.message : String(e), { code: "internal_error" });
     if (this.cancel.aborted && err.status === 499) {
       this.res.destroy();
