@@ -62,20 +62,20 @@ describe("dsr serve while its engine is still loading", () => {
           for (let i = 0; i < 600; i++) {
             const m = /^listening at (http:\/\/[^\s]+) while /m.exec(err);
             if (m) return m[1];
-            await new Promise((r) => setTimeout(r, 50));
+            await new Promise((r) => setTimeout(r, 10));
           }
           throw new Error(`no early listen line:\n${err}`);
         };
         const url = await early();
         expect(err).not.toMatch(/^serving /m);
-        expect((await fetch(`${url}/health`)).status).toBe(200);
-        const ready = await fetch(`${url}/ready`);
+        // the two answers that hold only while it loads (~300 ms for the in-process engine here) first
+        const [ready, busy] = await Promise.all([fetch(`${url}/ready`), fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) })]);
         expect(ready.status).toBe(503);
         c.ready((await ready.json()) as Record<string, unknown>);
-        expect(((await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] }).data.map((m) => m.id)).toEqual(["tiny-r1"]);
-        const busy = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
         expect(busy.status).toBe(503);
         expect(busy.headers.get("retry-after")).toBe(c.retryAfter);
+        expect((await fetch(`${url}/health`)).status).toBe(200);
+        expect(((await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] }).data.map((m) => m.id)).toEqual(["tiny-r1"]);
         for (let i = 0; i < 1200 && !/^serving /m.test(err); i++) await new Promise((r) => setTimeout(r, 50));
         expect((await fetch(`${url}/ready`)).status).toBe(200);
         const ok = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", messages: [{ role: "user", content: "hi" }], max_tokens: 2 }) });
