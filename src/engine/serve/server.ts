@@ -350,6 +350,8 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         if (!together) await supervisors[0].waitReady(cfg.readyTimeoutMs, deps.signal);
         for (const s of supervisors.slice(1)) s.start();
         await Promise.all(supervisors.map((s) => s.waitReady(cfg.readyTimeoutMs, deps.signal)));
+        // probed again now, not at the next tick: "serving" is said once a request would be served
+        await Promise.all(instances.map((i) => i.probe()));
       }
       let upstreamModel: string | undefined;
       let multi: string[] | undefined;
