@@ -203,6 +203,22 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     }, 60_000);
   }
 
+  it("--served-model-name aliases over a vLLM child: the child knows one name, the gateway maps the others to it", async () => {
+    const { dir } = await fakeGpuBin(1);
+    const g = await startServe(["org/R1-Distill-Qwen-7B", "--engine", "vllm", "--served-model-name", "r1", "--served-model-name", "r1-alias"], { env: { PATH: `${dir}:${process.env.PATH}` }, timeoutMs: 45_000 });
+    try {
+      for (const model of ["r1", "r1-alias"]) {
+        for (const stream of [false, true]) {
+          const r = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model, prompt: "x", stream }) });
+          expect(r.status, `${model} stream=${stream}`).toBe(200);
+          expect(await r.text()).toContain(" t4");
+        }
+      }
+    } finally {
+      expect(await g.stop()).toBe(0);
+    }
+  }, 60_000);
+
   it("several models: --served-model-name and two models of one name are usage errors", async () => {
     const two = await runDsr(["serve", "a/x", "b/y", "--served-model-name", "r1", "--dry-run"]);
     expect(two.exitCode).toBe(2);

@@ -253,6 +253,11 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   const supervisors: Supervisor[] = [];
   /** Several models of our own: each child serves one, and requests are routed by model. */
   const several = cfg.models.length > 1;
+  /**
+   * One model's children answer to its first name (a vLLM or SGLang child knows only that one): the
+   * gateway maps the other --served-model-name aliases to it.
+   */
+  const childModel = several ? undefined : cfg.servedNames[0];
   let backend: Backend;
   const closers: (() => Promise<unknown>)[] = [];
   deps.onMetrics?.(metrics);
@@ -328,14 +333,14 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         metrics.setModels(cfg.servedNames.slice(0, 1));
         metrics.setModels(several ? cfg.servedNames : cfg.servedNames.slice(0, 1));
         const spec = instances.map((i) => ({ name: i.name, url: i.origin, healthPath: i.healthPath, starting: true, models: several ? i.modelIds : undefined }));
-        pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames: cfg.servedNames, multiModel: several, https: !!cfg.gateway.tls });
+        pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames: cfg.servedNames, upstreamModel: childModel, multiModel: several, https: !!cfg.gateway.tls });
         deps.note(`listening at ${pool.url} while the instances start (/health 200; /ready 503 until one is ready)`);
       } else if (supervisors.length) {
         // Listen while the instances load (minutes for vLLM on a large model): /health answers, /ready
         // and /metrics say how far they are, and a request gets 503 with Retry-After, not a refused
         // connection.
         for (const i of instances) i.startProbing();
-        backend = new ProxyBackend({ instances, servedNames: cfg.servedNames, multiModel: several, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra });
+        backend = new ProxyBackend({ instances, servedNames: cfg.servedNames, upstreamModel: childModel, multiModel: several, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra });
         metrics.setModels(several ? cfg.servedNames : cfg.servedNames.slice(0, 1));
         early = await listen(backend);
         deps.note(`listening at ${early.url} while the instances start (/health 200; /ready 503 until one is ready)`);
@@ -360,7 +365,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         // an upstream that did not answer yet is asked again once its probe passes
         if (multi) for (const i of instances) i.learnModels = true;
       } else {
-        upstreamModel = undefined; // children serve their names themselves
+        upstreamModel = childModel;
         if (several) multi = cfg.servedNames;
         await Promise.all(instances.map((i) => i.fetchModels().catch(() => undefined))); // their cards' max_model_len, for /v1/models
       }
