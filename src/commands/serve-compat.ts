@@ -59,7 +59,10 @@ const VLLM_VALUES = new Set([
   "--structured-outputs-config", "--max-parallel-loading-workers", "--num-gpu-blocks-override",
   "--long-prefill-token-threshold", "--scheduling-policy", "--runner", "--hf-config-path", "--mm-processor-kwargs",
   "--additional-config", "--kv-transfer-config", "--max-num-partial-prefills", "--quantization-param-path",
+  "--lora-modules", "--max-lora-rank", "--max-loras", "--max-cpu-loras",
 ]);
+/** …of those, the ones vLLM takes several values after (nargs=+). */
+const VLLM_LISTS = new Set(["--lora-modules"]);
 /** …and those that are switches. */
 const VLLM_SWITCHES = new Set([
   "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill", "--no-enable-chunked-prefill",
@@ -143,6 +146,8 @@ function translate(args: string[], takesValue: Set<string>, notes: string[], out
       notes.push(`ignored ${name}${v === undefined ? "" : ` ${v}`}: ${d.why}`);
     } else if (VLLM_VALUES.has(name)) {
       out.push(`${VLLM_ARG}=${name}`, `${VLLM_ARG}=${value()}`);
+      // more values follow as in vLLM, but only once MODEL was seen (as for --served-model-name)
+      if (VLLM_LISTS.has(name)) while (model && eq < 0 && i + 1 < args.length && !args[i + 1].startsWith("-")) out.push(`${VLLM_ARG}=${args[++i]}`);
     } else if (VLLM_SWITCHES.has(name)) {
       out.push(`${VLLM_ARG}=${a}`);
     } else if (name === "--served-model-name") {

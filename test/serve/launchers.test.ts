@@ -25,9 +25,9 @@ async function fakeGpuBin(gpus = 1): Promise<{ dir: string; argsFile: string }> 
     `#!/bin/bash
 echo "$@" >> ${argsFile}
 echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" >> ${argsFile}.env
-port=""; name=""
-while [ $# -gt 0 ]; do case "$1" in --port) port=$2; shift;; --served-model-name) name=$2; shift;; esac; shift; done
-cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstream.ts --port "$port" --model "$name" --tokens 5 --pace-ms 1
+port=""; name=""; adapters=()
+while [ $# -gt 0 ]; do case "$1" in --port) port=$2; shift;; --served-model-name) name=$2; shift;; --lora-modules) adapters+=(--adapter "\${2%%=*}"); shift;; esac; shift; done
+cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstream.ts --port "$port" --model "$name" --tokens 5 --pace-ms 1 "\${adapters[@]}"
 `,
   );
   await chmod(join(dir, "nvidia-smi"), 0o755);
@@ -213,6 +213,24 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
           expect(r.status, `${model} stream=${stream}`).toBe(200);
           expect(await r.text()).toContain(" t4");
         }
+      }
+    } finally {
+      expect(await g.stop()).toBe(0);
+    }
+  }, 60_000);
+
+  it("a vllm serve line with LoRA adapters: the child gets them, and the gateway serves each adapter's id as it is", async () => {
+    const { dir, argsFile } = await fakeGpuBin(1);
+    const g = await startServe(["org/R1-Distill-Qwen-7B", "--engine", "vllm", "--enable-lora", "--lora-modules", "sql=/loras/sql", "--served-model-name", "r1", "--workers", "2"], { env: { PATH: `${dir}:${process.env.PATH}` }, timeoutMs: 45_000 });
+    try {
+      expect(await readFile(argsFile, "utf8")).toMatch(/--enable-lora --lora-modules sql=\/loras\/sql/);
+      const models = (await (await fetch(`${g.url}/v1/models`)).json()) as { data: { id: string }[] };
+      expect(models.data.map((m) => m.id)).toEqual(["r1", "sql"]);
+      for (let i = 0; i < 4; i++) {
+        // both workers: each learnt the adapter
+        const r = await fetch(`${g.url}/v1/completions`, { method: "POST", headers: { connection: "close" }, body: JSON.stringify({ model: i % 2 ? "sql" : "r1", prompt: "x" }) });
+        expect(r.status).toBe(200);
+        expect(((await r.json()) as { model: string }).model).toBe(i % 2 ? "sql" : "r1");
       }
     } finally {
       expect(await g.stop()).toBe(0);

@@ -37,6 +37,10 @@ describe("rewriting a vllm serve / sglang command line", () => {
     expect(rewrite(["--model-path", "m/R1", "--tp-size", "4", "--context-length", "4096", "--mem-fraction-static", "0.8", "--max-running-requests", "32", "--chunked-prefill-size", "2048"]).args).toEqual(["m/R1", "--tp", "4", "--max-model-len", "4096", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "32", "--max-num-batched-tokens", "2048"]);
   });
 
+  it("--lora-modules takes several adapters after MODEL, as vLLM does; all go to a vLLM child", () => {
+    expect(rewrite(["m", "--enable-lora", "--lora-modules", "a=/p/a", "b=/p/b", "--port", "1"]).args).toEqual(["m", "--vllm-arg=--enable-lora", "--vllm-arg=--lora-modules", "--vllm-arg=a=/p/a", "--vllm-arg=b=/p/b", "--port", "1"]);
+  });
+
   it("drops the other front's logging flags with a note each, values included; leaves dsr's own order and `--` alone", () => {
     const r = rewrite(["m", "--disable-log-requests", "--uvicorn-log-level", "warning", "--enable-reasoning", "--swap-space=4", "--grace", "5", "--", "-tp"]);
     expect(r.args).toEqual(["m", "--grace", "5", "--", "-tp"]);

@@ -25,6 +25,8 @@ export interface StandinOptions {
   apiKey?: string;
   /** No /tokenize or /detokenize: answer them as an unknown route (FastAPI's 404), as servers without them do. */
   noTokenizer?: boolean;
+  /** LoRA adapter names served beside the model (vLLM's `--lora-modules NAME=PATH`): listed in /v1/models, accepted as `model`. */
+  adapters?: string[];
   /** Keep each generation request in `requests` (tests look at them; a benchmark run would pile up millions). Default true. */
   record?: boolean;
 }
@@ -66,7 +68,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
   const url = req.url ?? "/";
   if (req.method === "GET" && url === "/health") return void res.writeHead(200).end();
   if (req.method === "GET" && url === "/v1/models") {
-    return json(res, 200, { object: "list", data: [{ id: model, object: "model", created: 0, owned_by: "vllm", root: model, max_model_len: 4096 }] });
+    const adapters = (o.adapters ?? []).map((id) => ({ id, object: "model", created: 0, owned_by: "vllm", root: `/loras/${id}`, parent: model, max_model_len: 4096 }));
+    return json(res, 200, { object: "list", data: [{ id: model, object: "model", created: 0, owned_by: "vllm", root: model, max_model_len: 4096 }, ...adapters] });
   }
   const chat = url === "/v1/chat/completions";
   const tokenizer = !o.noTokenizer && (url === "/tokenize" || url === "/detokenize");
@@ -85,7 +88,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
   const rid = req.headers["x-request-id"];
   if (o.record !== false) st.requests.push({ id: typeof rid === "string" ? rid : undefined, body, headers: req.headers });
   if (o.failStatus) return json(res, o.failStatus, { object: "error", message: `stand-in failure ${o.failStatus}`, type: "InternalServerError", param: null, code: o.failStatus });
-  if (body.model !== model) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
+  if (body.model !== model && !o.adapters?.includes(String(body.model))) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
+  const answering = String(body.model); // the model or the adapter asked for, as vLLM answers
 
   const n = typeof body.max_tokens === "number" ? Math.min(body.max_tokens, o.tokens ?? 64) : o.tokens ?? 64;
   const pace = o.paceMs ?? 10;
@@ -112,11 +116,11 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
     const choice = chat
       ? { index: 0, message: { role: "assistant", content, ...(rTok ? { [rField]: reasoning } : {}) }, finish_reason: "length", logprobs: null }
       : { index: 0, text: content, finish_reason: "length", logprobs: null };
-    return json(res, 200, { id, object: chat ? "chat.completion" : "text_completion", created, model, choices: [choice], usage });
+    return json(res, 200, { id, object: chat ? "chat.completion" : "text_completion", created, model: answering, choices: [choice], usage });
   }
 
   res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
-  const head = `{"id":"${id}","object":"${chat ? "chat.completion.chunk" : "text_completion"}","created":${created},"model":"${model}","choices":[`;
+  const head = `{"id":"${id}","object":"${chat ? "chat.completion.chunk" : "text_completion"}","created":${created},"model":"${answering}","choices":[`;
   const event = (k: number, finish: string | null) => {
     const piece = JSON.stringify(tok(k));
     const fin = finish ? `"${finish}"` : "null";
@@ -183,7 +187,8 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
   } else {
     const fi = process.argv.indexOf("--reasoning-field");
     const reasoningField = fi >= 0 ? (process.argv[fi + 1] as StandinOptions["reasoningField"]) : undefined;
-    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, reasoningTokens: arg("--reasoning-tokens", 0), reasoningField, record: false }, arg("--port", 0));
+    const adapters = process.argv.flatMap((a, i) => (a === "--adapter" ? [process.argv[i + 1]] : []));
+    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, adapters, reasoningTokens: arg("--reasoning-tokens", 0), reasoningField, record: false }, arg("--port", 0));
     if (cluster.isPrimary) process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
   }
 }

@@ -31,6 +31,8 @@ export class UpstreamInstance {
   readonly maxModelLen = new Map<string, number>();
   /** GET /v1/models answered once (`modelIds` is what it listed). */
   modelsKnown = false;
+  /** Counts the answers to GET /v1/models (a backend that derives names from `modelIds` rereads them when it moves). */
+  modelsVersion = 0;
   /** Ask /v1/models again after a successful probe while `modelsKnown` is false (a gateway over several models routes by them). */
   learnModels = false;
   /** Load reported by a dsr instance's /ready (running, waiting, KV tokens). */
@@ -93,6 +95,7 @@ export class UpstreamInstance {
     this.modelIds = (j.data ?? []).map((m) => m.id).filter((x): x is string => typeof x === "string");
     for (const m of j.data ?? []) if (typeof m.id === "string" && typeof m.max_model_len === "number") this.maxModelLen.set(m.id, m.max_model_len);
     this.modelsKnown = true;
+    this.modelsVersion++;
     return this.modelIds;
   }
 

@@ -56,6 +56,10 @@ export class ProxyBackend implements Backend {
   private readonly h1: Map<UpstreamInstance, H1Pool>;
   /** Per instance: the upstream request's fixed header lines, for non-stream and stream requests (headerLines()). */
   private readonly fixedLines = new Map<UpstreamInstance, string[]>();
+  /** One model: the ids the upstreams list besides it (adapters), and the names that makes (withAdapters()). */
+  private adapters: string[] = [];
+  private ids: readonly string[] = [];
+  private adaptersAt = -1;
 
   constructor(private readonly o: ProxyOptions) {
     this.router = new Router(o.instances, { affinity: o.affinity });
@@ -73,21 +77,34 @@ export class ProxyBackend implements Backend {
   }
 
   modelIds(): readonly string[] {
-    return this.o.multiModel ? [...new Set(this.o.instances.flatMap((i) => i.modelIds))] : this.o.servedNames;
+    if (this.o.multiModel) return [...new Set(this.o.instances.flatMap((i) => i.modelIds))];
+    return this.o.servedNames.length ? this.withAdapters() : this.o.servedNames;
+  }
+
+  /**
+   * One model: its served names, and any other id the upstreams list beside the model (vLLM's LoRA
+   * adapters, `--lora-modules NAME=PATH`), which is passed on as it is. Kept until an upstream
+   * answers /v1/models again (checked on every request: a sum over the instances).
+   */
+  private withAdapters(): readonly string[] {
+    let v = 0;
+    for (const i of this.o.instances) v += i.modelsVersion;
+    if (v !== this.adaptersAt) {
+      this.adaptersAt = v;
+      const base = new Set([...this.o.servedNames, this.o.upstreamModel]);
+      this.adapters = [...new Set(this.o.instances.flatMap((i) => i.modelIds))].filter((id) => !base.has(id));
+      this.ids = this.adapters.length ? [...this.o.servedNames, ...this.adapters] : this.o.servedNames;
+    }
+    return this.ids;
   }
 
   models(): ModelCard[] {
     if (this.o.multiModel) {
       return this.modelIds().map((id) => ({ id, object: "model" as const, created: this.created, owned_by: this.o.ownedBy ?? "dsr", root: id, max_model_len: this.maxModelLen(id) }));
     }
-    return this.o.servedNames.map((id) => ({
-      id,
-      object: "model" as const,
-      created: this.created,
-      owned_by: this.o.ownedBy ?? "dsr",
-      root: this.o.upstreamModel ?? id,
-      max_model_len: this.maxModelLen(this.o.upstreamModel ?? id),
-    }));
+    const card = (id: string, root: string): ModelCard => ({ id, object: "model" as const, created: this.created, owned_by: this.o.ownedBy ?? "dsr", root, max_model_len: this.maxModelLen(root) });
+    this.withAdapters();
+    return [...this.o.servedNames.map((id) => card(id, this.o.upstreamModel ?? id)), ...this.adapters.map((id) => card(id, id))];
   }
 
   ready(): boolean {
@@ -182,7 +199,8 @@ export class ProxyBackend implements Backend {
 
   /** The body to forward: unchanged unless the model name must be mapped or usage must be asked for. */
   private upstreamBody(g: GenerationRequest): { bytes: Buffer | string | Buffer[]; injectedUsage: boolean } {
-    const wantModel = this.o.upstreamModel && g.model !== this.o.upstreamModel ? this.o.upstreamModel : undefined;
+    // a served name is the upstream's model under another name; an adapter's id goes as it is
+    const wantModel = this.o.upstreamModel && g.model !== this.o.upstreamModel && !this.adapters.includes(g.model) ? this.o.upstreamModel : undefined;
     const injectUsage = g.stream && g.req.stream_options?.include_usage !== true;
     if (!wantModel && !injectUsage && g.req.model) return { bytes: g.rawBody, injectedUsage: false };
     if (!wantModel && g.req.model && !Object.hasOwn(g.req, "stream_options")) {

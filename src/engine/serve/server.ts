@@ -283,10 +283,12 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
     if (deps.worker) {
       const w = deps.worker;
       const instances = w.instances.map((i) => Object.assign(new UpstreamInstance(i.name, i.url, { apiKey: cfg.upstreamApiKey, probeIntervalMs: 1000, healthPath: i.healthPath }), { probeOk: !i.starting }));
-      if (w.multiModel) {
-        // what the primary learnt; an upstream it has not heard from is asked once its probe passes
-        instances.forEach((inst, k) => Object.assign(inst, { learnModels: true, modelIds: w.instances[k].models ?? [], modelsKnown: w.instances[k].models !== undefined }));
-      }
+      // what the primary learnt (the model, or the models, and any adapters); an instance it had not
+      // heard from (a child still loading, an upstream that was down) is asked once its probe passes
+      instances.forEach((inst, k) => {
+        const models = w.instances[k].models;
+        Object.assign(inst, { learnModels: true, modelIds: models ?? [], modelsKnown: models !== undefined, modelsVersion: models ? 1 : 0 });
+      });
       metrics.setModels(w.multiModel ? w.servedNames : w.servedNames.slice(0, 1));
       for (const i of instances) i.startProbing();
       deps.setInstanceProbe?.(async () => void (await Promise.all(instances.map((i) => i.probe()))));
@@ -385,7 +387,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       metrics.setModels(multi ?? servedNames.slice(0, 1));
       if (multi) deps.note(`serving ${multi.length} models, each on ${plan.engine === "upstream" ? "the upstreams that list it" : "its own instances"}`);
       if (deps.forkWorkers && cfg.workers > 1) {
-        const spec = instances.map((i) => ({ name: i.name, url: i.origin, models: multi && i.modelsKnown ? i.modelIds : undefined }));
+        const spec = instances.map((i) => ({ name: i.name, url: i.origin, healthPath: i.healthPath, models: i.modelsKnown ? i.modelIds : undefined }));
         pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames, upstreamModel, multiModel: !!multi, https: !!cfg.gateway.tls });
         await Promise.all(instances.map((i) => i.close()));
         return pooled(pool);
