@@ -166,6 +166,12 @@ describe("--chat-template and chat_template_kwargs on the embedded engine", () =
     expect(withKw.usage!.prompt_tokens).toBeGreaterThan(plain.usage!.prompt_tokens);
   });
 
+  it("other /v1 routes are a 404 on a token engine, saying what it serves", async () => {
+    const r = await fetch(`${gw.url}/v1/embeddings`, { method: "POST", body: JSON.stringify({ model: "tiny-r1", input: "x" }) });
+    expect(r.status).toBe(404);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toContain("this engine serves /v1/chat/completions and /v1/completions");
+  });
+
   it("add_generation_prompt false and continue_final_message are refused on generation, naming the field", async () => {
     const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages: [{ role: "user", content: "x" }], add_generation_prompt: false }) });
     expect(r.status).toBe(400);

@@ -71,6 +71,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
     const adapters = (o.adapters ?? []).map((id) => ({ id, object: "model", created: 0, owned_by: "vllm", root: `/loras/${id}`, parent: model, max_model_len: 4096 }));
     return json(res, 200, { object: "list", data: [{ id: model, object: "model", created: 0, owned_by: "vllm", root: model, max_model_len: 4096 }, ...adapters] });
   }
+  if (req.method === "POST" && (url === "/v1/embeddings" || url === "/v1/responses")) return otherRoute(req, res, st, url, model);
   const chat = url === "/v1/chat/completions";
   const tokenizer = !o.noTokenizer && (url === "/tokenize" || url === "/detokenize");
   // an unknown route gets FastAPI's answer, as from vLLM
@@ -144,6 +145,31 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
 }
 
 /** vLLM's /tokenize and /detokenize shapes over a byte tokenizer: a prompt's (or the messages' joined contents') UTF-8 bytes are its tokens. */
+/**
+ * Two of vLLM's other routes, for the gateway's pass-through: `/v1/embeddings` (a fixed vector per
+ * input) and `/v1/responses` (OpenAI's Responses API: JSON, or its typed SSE events with `stream`).
+ */
+async function otherRoute(req: IncomingMessage, res: ServerResponse, st: Standin, url: string, model: string): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown>;
+  const rid = req.headers["x-request-id"];
+  if (st.options.record !== false) st.requests.push({ id: typeof rid === "string" ? rid : undefined, body, headers: req.headers });
+  if (body.model !== model && !st.options.adapters?.includes(String(body.model))) return json(res, 404, { error: { message: `The model \`${String(body.model)}\` does not exist.`, type: "NotFoundError", param: "model", code: 404 } });
+  if (url === "/v1/embeddings") {
+    return json(res, 200, { object: "list", model: body.model, data: [{ object: "embedding", index: 0, embedding: [0.25, -0.5, 1] }], usage: { prompt_tokens: 3, total_tokens: 3 } });
+  }
+  const text = ["Hello", ",", " world"];
+  const done = { id: "resp-1", object: "response", model: body.model, status: "completed", output: [{ type: "message", role: "assistant", content: [{ type: "output_text", text: text.join("") }] }] };
+  if (!body.stream) return json(res, 200, done);
+  res.writeHead(200, { "content-type": "text/event-stream", "x-standin": "responses" });
+  for (const delta of text) {
+    res.write(`event: response.output_text.delta\ndata: ${JSON.stringify({ type: "response.output_text.delta", delta })}\n\n`);
+    await sleep(st.options.paceMs ?? 10);
+  }
+  res.end(`event: response.completed\ndata: ${JSON.stringify({ type: "response.completed", response: done })}\n\n`);
+}
+
 async function tokenizerAnswer(req: IncomingMessage, res: ServerResponse, st: Standin, url: string, model: string): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);

@@ -166,6 +166,13 @@ export class Gateway {
         void this.tokens(op, id, path, req, res, t0, keyName);
         return;
       }
+      if (req.method === "POST" && path.startsWith("/v1/")) {
+        const keyName = this.keys.check(req.headers);
+        if (!this.backend.forward) throw new HttpError(404, `no route ${path}: this engine serves /v1/chat/completions and /v1/completions (other /v1 routes are passed to --upstream servers)`, { code: "not_found" });
+        if (this.draining) throw new HttpError(503, "server shutting down", { code: "shutting_down", headers: { connection: "close" } });
+        void this.passthrough(id, path, req, res, t0, keyName);
+        return;
+      }
       if (req.method !== "GET" && req.method !== "HEAD" && !(path === "/ping" && req.method === "POST")) throw new HttpError(405, `${path} accepts GET only`, { code: "method_not_allowed" });
       if (path.startsWith("/v1/") || this.o.protectAll) this.keys.check(req.headers);
       this.serveInfo(path, res).catch((e: unknown) => this.fail(res, e));
@@ -215,19 +222,13 @@ export class Gateway {
 
   /** Answers the request whatever happens: it never rejects (dispatch does not wait for it). */
   private async generate(endpoint: Endpoint, id: string, path: string, req: H1Request, res: H1Response, t0: number, keyName: string | undefined): Promise<void> {
-    const ac = new Cancel();
-    this.inflight.add(ac);
+    const { ac, timer } = this.track(res);
     const record: RequestRecord = {};
     const entry: Partial<RequestLogEntry> = { key: keyName };
     let status = 500;
     let queueMs: number | undefined;
     let lease: Lease | undefined;
     let keyDone: KeyRelease | undefined;
-    res.closeListener = ac;
-    let timer: NodeJS.Timeout | undefined;
-    if (this.o.requestTimeoutMs) {
-      timer = setTimeout(() => ac.abort(new HttpError(504, `request exceeded the ${this.o.requestTimeoutMs} ms timeout`, { code: "timeout" })), this.o.requestTimeoutMs);
-    }
     const sink = new ResponseSink(res, ac);
     try {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);
@@ -251,14 +252,10 @@ export class Gateway {
         sink.capture();
       }
 
-      if (keyName !== undefined && this.keyLimits) {
-        const admitted = this.keyLimits.admit(keyName); // before it takes a gateway slot
-        const release = (keyDone = admitted instanceof Promise ? await admitted : admitted);
-        if (release.headers) for (const k in release.headers) res.setHeader(k, release.headers[k]);
-        // given back as the answer's last bytes go out, not after: with --workers the primary holds the
-        // count, and the client's next request (on another worker) must not find the slot still taken
-        sink.beforeEnd = () => release((record.promptTokens ?? 0) + (record.completionTokens ?? 0));
-      }
+      const release = (keyDone = await this.admitKey(keyName, res)); // before it takes a gateway slot
+      // given back as the answer's last bytes go out, not after: with --workers the primary holds the
+      // count, and the client's next request (on another worker) must not find the slot still taken
+      if (release) sink.beforeEnd = () => release((record.promptTokens ?? 0) + (record.completionTokens ?? 0));
       const tq = performance.now();
       const got = this.limiter.acquire(ac);
       lease = got instanceof Promise ? await got : got;
@@ -286,11 +283,74 @@ export class Gateway {
         sink.finish(); // a held answer goes out even when something above threw
         lease?.release();
         keyDone?.((record.promptTokens ?? 0) + (record.completionTokens ?? 0));
-        if (timer) clearTimeout(timer);
-        res.closeListener = undefined;
-        this.inflight.delete(ac);
-        if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
+        this.untrack(ac, res, timer);
         this.finish(id, path, req, status, t0, queueMs, record, entry);
+      } catch (e) {
+        this.fail(res, e);
+      }
+    }
+  }
+
+  /** A request that holds a slot: cancelled by the client's close, the timeout or a drain; counted in flight. */
+  private track(res: H1Response): { ac: Cancel; timer: NodeJS.Timeout | undefined } {
+    const ac = new Cancel();
+    this.inflight.add(ac);
+    res.closeListener = ac;
+    const ms = this.o.requestTimeoutMs;
+    const timer = ms ? setTimeout(() => ac.abort(new HttpError(504, `request exceeded the ${ms} ms timeout`, { code: "timeout" })), ms) : undefined;
+    return { ac, timer };
+  }
+
+  private untrack(ac: Cancel, res: H1Response, timer: NodeJS.Timeout | undefined): void {
+    if (timer) clearTimeout(timer);
+    res.closeListener = undefined;
+    this.inflight.delete(ac);
+    if (this.inflight.size === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Per-key admission (a 429 when over a limit), with OpenAI's rate-limit headers on the answer; undefined without limits. */
+  private async admitKey(keyName: string | undefined, res: H1Response): Promise<KeyRelease | undefined> {
+    if (keyName === undefined || !this.keyLimits) return undefined;
+    const admitted = this.keyLimits.admit(keyName);
+    const release = admitted instanceof Promise ? await admitted : admitted;
+    if (release.headers) for (const k in release.headers) res.setHeader(k, release.headers[k]);
+    return release;
+  }
+
+  /**
+   * Another `/v1` POST (`/v1/responses`, `/v1/embeddings`, `/v1/messages`, audio…) passed to the
+   * backend's forward() as it came: admitted like a generation (per-key, gateway slot), logged, not
+   * in the generation metrics. Never rejects.
+   */
+  private async passthrough(id: string, path: string, req: H1Request, res: H1Response, t0: number, keyName: string | undefined): Promise<void> {
+    const { ac, timer } = this.track(res);
+    const record: RequestRecord = {};
+    const entry: Partial<RequestLogEntry> = { key: keyName };
+    let status = 500;
+    let lease: Lease | undefined;
+    let keyDone: KeyRelease | undefined;
+    try {
+      const body = bodyOf(req, this.o.maxBodyBytes);
+      // a JSON body names its model (routed and mapped as for generations); multipart audio does not
+      const parsed = /json/i.test(req.headers["content-type"] ?? "") ? jsonOf(body) : undefined;
+      const json = parsed !== null && typeof parsed === "object" && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
+      const model = typeof json?.model === "string" ? this.resolveModel(json.model) : undefined;
+      entry.model = model;
+      keyDone = await this.admitKey(keyName, res);
+      const got = this.limiter.acquire(ac);
+      lease = got instanceof Promise ? await got : got;
+      status = await this.backend.forward!({ id, url: req.url, method: req.method, headers: req.headers, body, json, model, res, cancel: ac, record });
+    } catch (e) {
+      const err = ac.aborted && ac.reason instanceof HttpError ? ac.reason : e;
+      status = err instanceof HttpError ? err.status : 500;
+      entry.error = err instanceof Error ? err.message : String(err);
+      this.fail(res, err); // after the first byte: the connection is cut
+    } finally {
+      try {
+        lease?.release();
+        keyDone?.();
+        this.untrack(ac, res, timer);
+        this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...clientOf(req), ...entry, instance: record.instance, retries: record.retries || undefined, latency_ms: round(performance.now() - t0) });
       } catch (e) {
         this.fail(res, e);
       }

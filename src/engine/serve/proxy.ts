@@ -20,7 +20,7 @@ import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
 import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
-import type { Backend, GenerationRequest, ModelCard } from "./types.js";
+import type { Backend, ForwardRequest, GenerationRequest, ModelCard } from "./types.js";
 
 export interface ProxyOptions {
   instances: UpstreamInstance[];
@@ -45,6 +45,10 @@ export interface ProxyOptions {
 }
 
 const INCLUDE_USAGE = Buffer.from('"stream_options":{"include_usage":true},');
+/** Request headers forward() does not pass on: hop-by-hop ones, what undici sets itself, and the client's key. */
+const NOT_FORWARDED = new Set(["host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization", "proxy-connection", "content-length", "expect", "authorization", "x-request-id"]);
+/** Answer headers it does not pass back: hop-by-hop ones and those the gateway's server writes itself. */
+const NOT_RETURNED = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "x-request-id"]);
 
 /** Raised inside one attempt when it may be retried elsewhere. */
 class RetryableError extends Error {}
@@ -190,6 +194,51 @@ export class ProxyBackend implements Backend {
     } catch {
       throw new HttpError(502, `upstream ${inst.name} answered /${op} with a body that is not JSON`, { code: "upstream_error" });
     }
+  }
+
+  /**
+   * Any other `/v1` POST (`/v1/responses`, `/v1/embeddings`, `/v1/messages`, audio…), as nginx would
+   * pass it: to an instance that serves the body's model, with the client's headers but its key (the
+   * upstream's key goes instead) and hop-by-hop ones, the model name mapped as for generations, and
+   * the answer streamed back as it comes. Tried on another instance only when no answer came at all.
+   */
+  async forward(f: ForwardRequest): Promise<number> {
+    const accept = f.model !== undefined ? this.acceptFor(f.model) : undefined;
+    const mapped = f.json && f.model !== undefined && this.o.upstreamModel && f.model !== this.o.upstreamModel && !this.adapters.includes(f.model);
+    const body = mapped ? JSON.stringify({ ...f.json, model: this.o.upstreamModel }) : f.body;
+    const headers: Record<string, string> = { "x-request-id": f.id };
+    for (const [k, v] of Object.entries(f.headers)) if (typeof v === "string" && !NOT_FORWARDED.has(k)) headers[k] = v;
+    let tried: Set<UpstreamInstance> | undefined;
+    const maxTries = 1 + (this.o.maxRetries ?? Math.max(1, this.o.instances.length - 1));
+    let lastErr: Error | undefined;
+    for (let attempt = 0; attempt < maxTries; attempt++) {
+      const inst = this.router.pick(tried, undefined, accept);
+      if (!inst) break;
+      (tried ??= new Set()).add(inst);
+      f.record.instance = inst.name;
+      if (attempt > 0) f.record.retries = attempt;
+      inst.outstanding++;
+      try {
+        let r: Awaited<ReturnType<typeof inst.pool.request>>;
+        try {
+          r = await inst.pool.request({ path: f.url, method: f.method, headers: { ...headers, ...inst.authHeaders() }, body, signal: f.cancel.signal, headersTimeout: 0, bodyTimeout: 0 });
+        } catch (e) {
+          if (f.cancel.aborted) throw e;
+          inst.markFailed((e as Error).message);
+          lastErr = e as Error;
+          continue;
+        }
+        const out: Record<string, string> = {};
+        for (const [k, v] of Object.entries(r.headers)) if (typeof v === "string" && !NOT_RETURNED.has(k)) out[k] = v;
+        f.res.writeHead(r.statusCode, out, true);
+        for await (const chunk of r.body) if (!f.res.write(chunk as Buffer)) await f.res.waitDrain();
+        f.res.end();
+        return r.statusCode;
+      } finally {
+        inst.outstanding--;
+      }
+    }
+    throw lastErr ? new HttpError(502, `no instance answered ${f.url}: ${lastErr.message}`, { code: "upstream_error" }) : this.noInstance(f.model ?? "the request");
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,7 @@
 /** What the HTTP gateway hands to a backend (an upstream router or a token engine) for one request. */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Cancel } from "./cancel.js";
+import type { H1Response } from "./h1-server.js";
 import type { ChatRequest, CompletionRequest, Endpoint } from "./schemas.js";
 import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
 
@@ -67,6 +68,26 @@ export interface GenerationRequest {
   t0: number;
 }
 
+/**
+ * A request for another `/v1` route than chat and completions (`/v1/responses`, `/v1/embeddings`,
+ * `/v1/messages`, audio…), which only an upstream can answer: it is passed on as it came (forward()).
+ */
+export interface ForwardRequest {
+  id: string;
+  /** The target as the client sent it (path and query). */
+  url: string;
+  method: string;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+  /** The body as JSON when it is a JSON object, for its `model`. */
+  json: Record<string, unknown> | undefined;
+  /** The body's model, checked against the served names; undefined when the body names none. */
+  model: string | undefined;
+  res: H1Response;
+  cancel: Cancel;
+  record: RequestRecord;
+}
+
 export interface Backend {
   /** Served model names (the first is the default); /v1/models lists them. */
   models(): ModelCard[];
@@ -80,4 +101,6 @@ export interface Backend {
   /** /tokenize and /detokenize (tokenize.ts) for `model` (a served name): the answer's status and JSON body. */
   tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer, model: string): Promise<{ status: number; body: unknown }>;
   close(): Promise<void>;
+  /** Passes any other `/v1` POST to an instance and its answer back as it comes; returns the status. Absent on token engines. */
+  forward?(f: ForwardRequest): Promise<number>;
 }

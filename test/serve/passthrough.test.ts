@@ -1,0 +1,75 @@
+/**
+ * Other `/v1` routes through `dsr serve --upstream`, as nginx would pass them: `/v1/responses`
+ * (OpenAI's Responses API, the official SDK as client, streamed and not) and `/v1/embeddings`, with
+ * the served name mapped to the upstream's model, the API key checked (and not passed on), the
+ * client's other headers passed on, unknown models refused. A token engine has no such routes: 404.
+ */
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { tempDir } from "../support/tmp.js";
+import { startServe, type ServeProc } from "./helpers.js";
+
+let up: Standin;
+let gw: ServeProc;
+let log: string;
+const KEY = "sk-pass";
+
+beforeAll(async () => {
+  up = await startStandin({ tokens: 3, paceMs: 5, model: "r1-upstream" });
+  const dir = await tempDir();
+  await writeFile(join(dir, "keys.txt"), `${KEY} team-p\n`);
+  log = join(dir, "req.log");
+  gw = await startServe(["--upstream", up.url, "--served-model-name", "dsr-r1", "--api-key-file", join(dir, "keys.txt"), "--log-file", log]);
+});
+afterAll(async () => {
+  await gw?.stop();
+  await up?.close();
+});
+
+const sdk = () => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: KEY, maxRetries: 0 });
+
+describe("other /v1 routes are passed to the upstream", () => {
+  it("/v1/responses via the SDK, non-stream and stream: the upstream's answer and typed events, the model mapped", async () => {
+    const r = await sdk().responses.create({ model: "dsr-r1", input: "hi" });
+    expect(r.output_text).toBe("Hello, world");
+    const deltas: string[] = [];
+    let completed = false;
+    for await (const ev of await sdk().responses.create({ model: "dsr-r1", input: "hi", stream: true })) {
+      if (ev.type === "response.output_text.delta") deltas.push(ev.delta);
+      if (ev.type === "response.completed") completed = true;
+    }
+    expect(deltas.join("")).toBe("Hello, world");
+    expect(completed).toBe(true);
+    const seen = up.requests.filter((q) => q.body.input === "hi");
+    expect(seen.map((q) => q.body.model)).toEqual(["r1-upstream", "r1-upstream"]);
+  });
+
+  it("/v1/embeddings via the SDK; the client's headers go on, its key does not; logged with the route", async () => {
+    const e = await sdk().embeddings.create({ model: "dsr-r1", input: "hello", encoding_format: "float" }, { headers: { "x-team": "blue", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" } });
+    expect(e.data[0]!.embedding).toEqual([0.25, -0.5, 1]);
+    const seen = up.requests.find((q) => q.body.input === "hello")!;
+    expect(seen.body.model).toBe("r1-upstream");
+    expect(seen.headers["x-team"]).toBe("blue");
+    expect(seen.headers.traceparent).toBe("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(seen.headers["x-request-id"]).toBeTruthy();
+    await new Promise((r) => setTimeout(r, 400)); // the log is written in batches
+    const { readFile } = await import("node:fs/promises");
+    const lines = (await readFile(log, "utf8")).trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.find((l) => l.path === "/v1/embeddings")).toMatchObject({ status: 200, model: "dsr-r1", key: "team-p", instance: "u0" });
+  });
+
+  it("the key is checked first, an unknown model is a 404 naming it, and the upstream's own answer to a route it lacks comes back", async () => {
+    const post = (path: string, body: object, key: string | null = KEY) => fetch(`${gw.url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) }, body: JSON.stringify(body) });
+    expect((await post("/v1/embeddings", { model: "dsr-r1", input: "x" }, null)).status).toBe(401);
+    const unknown = await post("/v1/embeddings", { model: "nope", input: "x" });
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as { error: { message: string } }).error.message).toContain("nope");
+    const missing = await post("/v1/audio/speech", { model: "dsr-r1", input: "x" });
+    expect(missing.status).toBe(404);
+    expect(await missing.json()).toEqual({ detail: "Not Found" }); // FastAPI's, from the upstream
+  });
+});
