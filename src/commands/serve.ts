@@ -143,7 +143,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .summary("OpenAI-compatible gateway over the embedded engine, a torch worker, vLLM or SGLang")
     .description("Serve MODEL behind an OpenAI-compatible gateway (chat, completions, models, health, ready, metrics), or front existing servers with --upstream.")
     .addHelpText("after", "\nA `vllm serve` or `python -m sglang.launch_server` command line is taken as it is (-tp, --tensor-parallel-size,\n--model-path, vLLM-only engine flags for --engine vllm…), and so is vLLM's --config FILE (YAML of flag: value).\nSee docs/serve.md.")
-    .argument("[model...]", "local model directory or hub id (not needed with --upstream); several are each served under their own name")
+    .argument("[model...]", "local model directory or hub id, PATH=NAME to name it (not needed with --upstream); several are each served under their own name")
     .optionsGroup("Engine and instances:")
     .addOption(new Option("--engine <name>", "engine to run").choices(["auto", "embedded", "torch", "vllm", "sglang"]).default("auto"))
     .option("--upstream <url...>", "front existing OpenAI-compatible servers instead of starting an engine")
@@ -214,25 +214,40 @@ export function register(program: Command, ctx: () => CommandContext): void {
 }
 
 /**
- * The names clients use: `--served-model-name` (aliases of one model), else each model's directory
- * name. Several models need names of their own, so --served-model-name is refused with them.
+ * MODEL arguments as paths and names: `PATH=NAME` names a model (a hub id has no `=`; an existing
+ * path is taken whole); otherwise the directory name is its name.
  */
-function servedNamesFor(models: string[], f: Flags): string[] {
+function modelArgs(args: string[]): { path: string; name?: string }[] {
+  return args.map((a) => {
+    const eq = a.lastIndexOf("=");
+    if (eq <= 0 || eq === a.length - 1 || existsSync(a)) return { path: a };
+    return { path: a.slice(0, eq), name: a.slice(eq + 1) };
+  });
+}
+
+/**
+ * The names clients use: `--served-model-name` (aliases of one model), else each model's `=NAME` or
+ * its directory name. Several models need a name each, so --served-model-name is refused with them.
+ */
+function servedNamesFor(models: { path: string; name?: string }[], f: Flags): string[] {
   if (f.upstream?.length) return f.servedModelName ?? [];
-  if (models.length > 1 && f.servedModelName?.length) throw usageError("--served-model-name names one model, and several are given", "each model is served under its directory name; for other names, rename the directories or run one dsr serve per model behind an --upstream gateway");
+  const named = models.find((m) => m.name !== undefined);
+  if (named && f.servedModelName?.length) throw usageError(`${named.path}=${named.name} and --served-model-name both name the model`, "keep one of them");
+  if (models.length > 1 && f.servedModelName?.length) throw usageError("--served-model-name names one model, and several are given", "name each model as PATH=NAME, e.g. m/R1-Distill-Qwen-7B=r1-7b");
   if (f.servedModelName?.length) return f.servedModelName;
-  const names = models.map((m) => basename(m.replace(/\/+$/, "")));
+  const names = models.map((m) => m.name ?? basename(m.path.replace(/\/+$/, "")));
   const twice = names.find((n, i) => names.indexOf(n) !== i);
-  if (twice !== undefined) throw usageError(`two models would both be served as ${twice}`, "give each model a directory of its own name");
+  if (twice !== undefined) throw usageError(`two models would both be served as ${twice}`, "name them apart as PATH=NAME");
   return names;
 }
 
-async function run(models: string[], f: Flags, c: CommandContext): Promise<void> {
+async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
   const { out } = c;
+  const models = modelArgs(args);
   const keys = await readKeys(f, c.env);
   const cfg: ServeConfig = {
     // a local directory travels to child instances (and logs) as an absolute path
-    models: f.upstream?.length ? [] : models.map((m) => (existsSync(m) ? resolve(m) : m)),
+    models: f.upstream?.length ? [] : models.map((m) => (existsSync(m.path) ? resolve(m.path) : m.path)),
     engine: f.engine,
     upstreams: (f.upstream ?? []).map(checkUrl),
     upstreamApiKey: f.upstreamApiKey,

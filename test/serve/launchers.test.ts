@@ -237,13 +237,19 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     }
   }, 60_000);
 
-  it("several models: --served-model-name and two models of one name are usage errors", async () => {
+  it("several models: --served-model-name and two models of one name are usage errors; PATH=NAME names them", async () => {
     const two = await runDsr(["serve", "a/x", "b/y", "--served-model-name", "r1", "--dry-run"]);
     expect(two.exitCode).toBe(2);
     expect(two.stderr).toContain("--served-model-name names one model, and several are given");
     const same = await runDsr(["serve", "a/x", "b/x", "--dry-run"]);
     expect(same.exitCode).toBe(2);
     expect(same.stderr).toContain("two models would both be served as x");
+    // PATH=NAME names them apart
+    const named = JSON.parse(String((await runDsr(["--json", "serve", "a/x=r1-a", "b/x=r1-b", "--engine", "vllm", "--dry-run"])).stdout));
+    expect(named.children.map((c: { args: string[] }) => [c.args[1], c.args[c.args.indexOf("--served-model-name") + 1]])).toEqual([["a/x", "r1-a"], ["b/x", "r1-b"]]);
+    const both = await runDsr(["serve", "a/x=r1", "--served-model-name", "z", "--dry-run"]);
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr).toContain("a/x=r1 and --served-model-name both name the model");
   });
 
   it("two GPUs: each vllm child gets its own (CUDA_VISIBLE_DEVICES) and the whole fraction, and both start at once", async () => {
