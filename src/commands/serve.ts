@@ -323,6 +323,7 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
   if (!worker) {
     for (const n of compatNotes) out.note(n);
     out.note(`engine: ${plan.engine} (${plan.reason})`);
+    for (const n of plan.notes ?? []) out.note(n);
     checkEngineSpecific(f, plan.engine);
   }
   // checked before an engine loads: a token engine's template must also parse with @huggingface/jinja

@@ -5,10 +5,10 @@
  * server on the port it is given (there is no GPU here), behind a stand-in `nvidia-smi`.
  */
 import { describe, expect, it } from "vitest";
-import { chmod, readFile, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { placeInstances } from "../../src/engine/runtime/launchers.js";
-import { ROOT, runDsr } from "../support/cli.js";
+import { ROOT, runDsr, TINY_R1 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { startServe } from "./helpers.js";
 import { TORCH_PYTHON } from "../torch/python.js";
@@ -235,6 +235,44 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     } finally {
       expect(await g.stop()).toBe(0);
     }
+  }, 60_000);
+
+  it("vLLM children of a local checkpoint: a context that would not fit the GPU's KV cache is cut to what does, and said; one given is kept, with a warning", async () => {
+    const dir = await tempDir();
+    // nvidia-smi for one GPU of `mib` MiB (its -L list and its --query-gpu CSV)
+    const smi = async (name: string, mib: number) => {
+      await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\ncase "$1" in -L) echo "GPU 0: ${name} (UUID: GPU-a)";; *) echo "0, GPU-a, ${name}, ${mib}";; esac\n`);
+      await chmod(join(dir, "nvidia-smi"), 0o755);
+    };
+    // tiny-r1 with a 32k context, so that a small GPU's KV cache holds less than the whole of it
+    const model = join(dir, "tiny-r1-32k");
+    await mkdir(model);
+    for (const f of await readdir(TINY_R1)) await copyFile(join(TINY_R1, f), join(model, f));
+    const cfg = JSON.parse(await readFile(join(model, "config.json"), "utf8"));
+    await writeFile(join(model, "config.json"), JSON.stringify({ ...cfg, max_position_embeddings: 32768 }));
+    const env = { PATH: `${dir}:${BARE_PATH}` };
+    const plan = async (...extra: string[]) => {
+      const r = await runDsr(["serve", model, "--engine", "vllm", "--dry-run", ...extra], { env });
+      expect(r.exitCode, String(r.stderr)).toBe(0);
+      const len = /--max-model-len (\d+)/.exec(String(r.stdout));
+      return { len: len ? Number(len[1]) : undefined, notes: String(r.stderr) };
+    };
+    await smi("NVIDIA Test GPU", 1050);
+    const cut = await plan();
+    expect(cut.len).toBeGreaterThanOrEqual(2048);
+    expect(cut.len).toBeLessThan(32768);
+    expect(cut.len! % 1024).toBe(0);
+    expect(cut.notes).toContain(`--max-model-len ${cut.len}: dsr's memory plan puts the KV cache at about`);
+    // two instances on the one GPU: half the memory each, so a shorter context
+    const shared = await plan("--instances", "2");
+    expect(shared.len ?? 0).toBeLessThan(cut.len!);
+    const given = await plan("--max-model-len", "32K");
+    expect(given.len).toBe(32768);
+    expect(given.notes).toMatch(/fewer than --max-model-len 32768: vLLM will likely refuse to start; \d+ would fit/);
+    await smi("NVIDIA H100 80GB HBM3", 81559); // all of it fits: nothing added, nothing said
+    const roomy = await plan();
+    expect(roomy.len).toBeUndefined();
+    expect(roomy.notes).not.toContain("memory plan");
   }, 60_000);
 
   it("several models: --served-model-name and two models of one name are usage errors; PATH=NAME names them", async () => {

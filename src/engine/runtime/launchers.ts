@@ -136,6 +136,27 @@ export async function visibleGpus(pathValue: string | undefined, env: NodeJS.Pro
   return r.ok ? [...r.stdout.matchAll(/^GPU (\d+):/gm)].map((m) => m[1]!) : [];
 }
 
+/** One GPU as nvidia-smi reports it: its index and UUID (what CUDA_VISIBLE_DEVICES may name), name and total memory. */
+export interface GpuMemory {
+  index: string;
+  uuid: string;
+  name: string;
+  memoryMiB: number;
+}
+
+/** Every GPU nvidia-smi lists, with its memory (none without nvidia-smi, or when it fails). */
+export async function gpuMemories(pathValue: string | undefined): Promise<GpuMemory[]> {
+  const smi = await which("nvidia-smi", pathValue);
+  if (!smi) return [];
+  const r = await run(smi, ["--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"], 10_000);
+  if (!r.ok) return [];
+  return r.stdout
+    .split("\n")
+    .map((l) => l.split(",").map((x) => x.trim()))
+    .filter((f) => f.length === 4 && /^\d+$/.test(f[0]!) && Number(f[3]) > 0)
+    .map(([index, uuid, name, mib]) => ({ index: index!, uuid: uuid!, name: name!, memoryMiB: Number(mib) }));
+}
+
 export interface Placement {
   /** CUDA_VISIBLE_DEVICES for the instance (undefined: no placement, it sees what dsr sees). */
   devices?: string;

@@ -6,7 +6,11 @@
  * router. A single token engine (embedded, torch) runs in process (no extra hop).
  */
 import { DsrError, ExitCode } from "../errors.js";
-import { missingEngine, placeInstances, visibleGpus, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags } from "../runtime/launchers.js";
+import { gpuMemories, missingEngine, placeInstances, visibleGpus, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags, type Placement } from "../runtime/launchers.js";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import type { PlanModel } from "../plan/index.js";
+import { fitAdvice, gpuProfileFor, planModel, type FitAdvice } from "./fit.js";
 import { Supervisor, type ChildState } from "../runtime/supervisor.js";
 import type { TokenEngine } from "../runtime/types.js";
 import { UpstreamInstance } from "../runtime/upstream.js";
@@ -154,6 +158,8 @@ export interface PlannedChild {
 export interface ServePlan {
   engine: Exclude<EngineName, "auto"> | "upstream";
   reason: string;
+  /** What planning found worth saying (fit.ts: a --max-model-len chosen to fit, or a likely refusal). */
+  notes?: string[];
   children: PlannedChild[];
   upstreams: string[];
 }
@@ -199,6 +205,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
   const ports = await freePorts(n * models);
   // model by model, each model's instances together: GPU groups go to them in that order
   const places = placeInstances(n * models, gpus, perInstance);
+  const fits = engine === "vllm" ? await vllmFits(cfg, places, gpus, deps.pathValue, n) : [];
   const children = ports.map((port, i): PlannedChild => {
     const model = cfg.models[Math.floor(i / n)];
     const names = models > 1 ? [cfg.servedNames[Math.floor(i / n)]] : cfg.servedNames;
@@ -227,12 +234,37 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
       }
       cmd = { command: deps.selfCommand.command, args: a, readyPath: "/ready" };
     } else {
-      const flags: EngineFlags = { ...cfg.engineFlags, model, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: share };
+      const flags: EngineFlags = { ...cfg.engineFlags, model, servedModelName: name, reasoning: cfg.reasoningFields.length > 0, gpuMemoryUtilization: share, maxModelLen: fits[i]?.maxModelLen ?? cfg.engineFlags.maxModelLen };
       cmd = engine === "vllm" ? vllmCommand(flags, "127.0.0.1", port) : sglangCommand(flags, "127.0.0.1", port, cfg.python);
     }
     return { name: `i${i}`, servedName: name, ...cmd, env, port, line: shellLine(env, cmd.command, cmd.args), ownGpus: devices !== undefined && sharing === 1 };
   });
-  return { engine, reason: why, children, upstreams: [] };
+  const notes = [...new Set(fits.map((f) => f.note).filter((x): x is string => x !== undefined))];
+  return { engine, reason: why, children, upstreams: [], notes };
+}
+
+/**
+ * For each vLLM child of a local checkpoint: the memory plan for the GPUs it gets (fit.ts). Nothing
+ * without nvidia-smi's memory figures or a readable local checkpoint.
+ */
+async function vllmFits(cfg: ServeConfig, places: Placement[], visible: readonly string[], pathValue: string | undefined, perModel: number): Promise<FitAdvice[]> {
+  if (visible.length === 0) return [];
+  const memories = await gpuMemories(pathValue);
+  if (memories.length === 0) return [];
+  const on = (ids: readonly string[]) => memories.filter((m) => ids.includes(m.index) || ids.includes(m.uuid));
+  const models = new Map<string, Promise<PlanModel | undefined>>();
+  return Promise.all(
+    places.map(async ({ devices, sharing }, i) => {
+      const path = cfg.models[Math.floor(i / perModel)];
+      if (!existsSync(join(path, "config.json"))) return {};
+      if (!models.has(path)) models.set(path, planModel(path));
+      const model = await models.get(path);
+      const gpu = gpuProfileFor(on(devices?.split(",") ?? visible));
+      if (!model || !gpu) return {};
+      const util = round2((cfg.engineFlags.gpuMemoryUtilization ?? 0.9) / sharing);
+      return fitAdvice(model, gpu, { tp: cfg.engineFlags.tp, pp: cfg.engineFlags.pp, util, kvCacheDtype: cfg.engineFlags.kvCacheDtype, maxModelLen: cfg.engineFlags.maxModelLen });
+    }),
+  );
 }
 
 export interface RunningServe {
