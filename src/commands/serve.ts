@@ -332,7 +332,7 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
   if (f.dryRun) {
     for (const ch of plan.children) out.line(ch.line);
     if (plan.children.length === 0) out.line(plan.engine === "upstream" ? `# gateway in front of ${plan.upstreams.join(" ")}` : `# ${plan.engine} engine in process: no child command`);
-    out.result({ engine: plan.engine, reason: plan.reason, children: plan.children.map(({ name, command, args, env, port, readyPath }) => ({ name, command, args, env, port, ready_path: readyPath })), upstreams: plan.upstreams, listen: `${cfg.host}:${cfg.port}` });
+    out.result({ engine: plan.engine, reason: plan.reason, notes: plan.notes ?? [], children: plan.children.map(({ name, command, args, env, port, readyPath }) => ({ name, command, args, env, port, ready_path: readyPath })), upstreams: plan.upstreams, listen: `${cfg.host}:${cfg.port}` });
     return;
   }
 
