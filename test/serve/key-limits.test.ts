@@ -77,7 +77,7 @@ describe("KeyLimits", () => {
   });
 });
 
-describe("dsr serve --key-rpm / --key-max-parallel", () => {
+describe("dsr serve --key-rpm / --key-tpm / --key-max-parallel, in one process and across --workers", () => {
   let up: Standin;
   let keys: string;
   beforeAll(async () => {
@@ -86,8 +86,9 @@ describe("dsr serve --key-rpm / --key-max-parallel", () => {
     await writeFile(keys, "sk-a team-a\nsk-b team-b\n");
   });
   afterAll(async () => up?.close());
-  const post = (url: string, key: string, stream = false) =>
-    fetch(`${url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${key}` }, body: JSON.stringify({ model: "r1", prompt: "x", max_tokens: stream ? 40 : 1, stream }) });
+  /** `ownConnection`: on a connection of its own (the cluster hands connections to the workers in turn). */
+  const post = (url: string, key: string, stream = false, ownConnection = false) =>
+    fetch(`${url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${key}`, ...(ownConnection ? { connection: "close" } : {}) }, body: JSON.stringify({ model: "r1", prompt: "x", max_tokens: stream ? 40 : 1, stream }) });
   /** `dsr serve` over the stand-in with the two keys and `limit`, stopped after `body`. */
   const serving = async (limit: string[], body: (url: string) => Promise<void>) => {
     const g = await startServe(["--upstream", up.url, "--api-key-file", keys, ...limit]);
@@ -141,25 +142,11 @@ describe("dsr serve --key-rpm / --key-max-parallel", () => {
     expect(none.exitCode).toBe(2);
     expect(none.stderr).toContain("--key-rpm limits API keys, and none is configured");
   }, 30_000);
-});
-
-describe("dsr serve --workers 2 with per-key limits", () => {
-  let up: Standin;
-  let keys: string;
-  beforeAll(async () => {
-    up = await startStandin({ tokens: 40, paceMs: 25, model: "r1" }); // a stream lasts ~1 s
-    keys = join(await tempDir(), "keys.txt");
-    await writeFile(keys, "sk-a team-a\nsk-b team-b\n");
-  });
-  afterAll(async () => up?.close());
-  /** A request on a connection of its own (the cluster hands connections to the workers in turn). */
-  const post = (url: string, key: string, stream = false) =>
-    fetch(`${url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${key}`, connection: "close" }, body: JSON.stringify({ model: "r1", prompt: "x", max_tokens: stream ? 40 : 1, stream }) });
 
   it("one count per key across the workers: --key-max-parallel 1 admits one of four streams, --key-rpm 3 three of six requests", async () => {
     const g = await startServe(["--upstream", up.url, "--api-key-file", keys, "--workers", "2", "--key-max-parallel", "1", "--key-rpm", "3"]);
     try {
-      const streams = await Promise.all([0, 1, 2, 3].map(() => post(g.url, "sk-a", true)));
+      const streams = await Promise.all([0, 1, 2, 3].map(() => post(g.url, "sk-a", true, true)));
       expect(streams.map((r) => r.status).sort()).toEqual([200, 429, 429, 429]);
       await Promise.all(streams.map((r) => r.text())); // the admitted stream ends: its place is free (below, after a moment)
       const more: number[] = [];
@@ -169,13 +156,13 @@ describe("dsr serve --workers 2 with per-key limits", () => {
         // in on another worker and pipe, and a primary descheduled under a loaded CI could read that
         // one first: a moment between requests keeps the test about counts, not pipe order
         await new Promise((r) => setTimeout(r, 25));
-        const r = await post(g.url, "sk-a");
+        const r = await post(g.url, "sk-a", false, true);
         more.push(r.status);
         left.push(r.headers.get("x-ratelimit-remaining-requests"));
       }
       expect(more).toEqual([200, 200, 429, 429, 429]); // the first stream took one of the minute's 3
       expect(left).toEqual(["1", "0", "0", "0", "0"]); // the primary's count, whichever worker answered
-      expect((await post(g.url, "sk-b")).status).toBe(200); // another key's count
+      expect((await post(g.url, "sk-b", false, true)).status).toBe(200); // another key's count
     } finally {
       expect(await g.stop()).toBe(0);
     }
