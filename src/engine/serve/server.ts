@@ -213,8 +213,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
     let cmd: { command: string; args: string[]; readyPath: string };
     const { devices, sharing } = places[i]!;
     const env: Record<string, string> = devices === undefined ? {} : { CUDA_VISIBLE_DEVICES: devices };
-    const util = cfg.engineFlags.gpuMemoryUtilization ?? 0.9;
-    const share = sharing > 1 || cfg.engineFlags.gpuMemoryUtilization !== undefined ? round2(util / sharing) : undefined;
+    const share = memoryShare(cfg, sharing);
     if (isTokenEngine(engine)) {
       const a = [...deps.selfCommand.args, "serve", model, "--engine", engine, "--host", "127.0.0.1", "--port", String(port), "--instances", "1"];
       for (const s of names) a.push("--served-model-name", s);
@@ -261,7 +260,7 @@ async function vllmFits(cfg: ServeConfig, places: Placement[], visible: readonly
       const model = await models.get(path);
       const gpu = gpuProfileFor(on(devices?.split(",") ?? visible));
       if (!model || !gpu) return {};
-      const util = round2((cfg.engineFlags.gpuMemoryUtilization ?? 0.9) / sharing);
+      const util = memoryShare(cfg, sharing) ?? 0.9; // vLLM's default where dsr passes none
       return fitAdvice(model, gpu, { tp: cfg.engineFlags.tp, pp: cfg.engineFlags.pp, util, kvCacheDtype: cfg.engineFlags.kvCacheDtype, maxModelLen: cfg.engineFlags.maxModelLen });
     }),
   );
@@ -505,3 +504,9 @@ async function discoverModels(instances: UpstreamInstance[], servedNames: readon
 }
 
 const round2 = (x: number) => Math.floor(x * 100) / 100;
+
+/** The --gpu-memory-utilization an instance gets: its share of the fraction (0.9 by default) where GPUs are shared or a fraction was given, else none (the engine's default). */
+function memoryShare(cfg: ServeConfig, sharing: number): number | undefined {
+  const util = cfg.engineFlags.gpuMemoryUtilization;
+  return sharing > 1 || util !== undefined ? round2((util ?? 0.9) / sharing) : undefined;
+}
