@@ -15,8 +15,8 @@
  * `Expect: 100-continue`, keep-alive and pipelining (one response at a time, in order), HTTP/1.0
  * clients (no chunked framing; a stream ends with the connection), HEAD, deadlines for a request's
  * head and for all of it (408) and for idle keep-alive connections, a graceful close, and HTTPS
- * (node:tls, the certificate replaceable while running, client certificates optionally verified). Its parser is fuzzed against llhttp in
- * test/serve/h1-server.test.ts.
+ * (node:tls, the certificate replaceable while running, client certificates optionally verified).
+ * Its parser is fuzzed against llhttp in test/serve/h1-server.test.ts.
  */
 import { STATUS_CODES } from "node:http";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
