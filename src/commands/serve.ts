@@ -394,7 +394,7 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
     throw e;
   });
   const names = cfg.servedNames.join(", ");
-  out.note(`serving ${names} at ${server.url}/v1 (${keys.length ? `${keys.length} API key(s)` : "no API key"}; metrics at /metrics)`);
+  out.note(`serving ${names || "the upstreams' models as they answer"} at ${server.url}/v1 (${keys.length ? `${keys.length} API key(s)` : "no API key"}; metrics at /metrics)`);
   if (!worker) out.result({ url: server.url, engine: plan.engine, models: cfg.servedNames, instances: plan.children.length || plan.upstreams.length || 1 });
 
   // SIGHUP re-reads the key file and the certificate, as nginx reloads on it: keys rotate and

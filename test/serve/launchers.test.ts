@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { placeInstances } from "../../src/engine/runtime/launchers.js";
 import { ROOT, runDsr, TINY_R1 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
-import { startServe } from "./helpers.js";
+import { freePort, startServe } from "./helpers.js";
+import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { TORCH_PYTHON } from "../torch/python.js";
 
 const BARE_PATH = "/usr/local/bin:/usr/bin:/bin";
@@ -304,11 +305,35 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
 });
 
 describe("upstream discovery", () => {
-  it("an unreachable upstream without --served-model-name is a clear error; with a name the gateway starts unready", async () => {
-    const r = await runDsr(["serve", "--upstream", "http://127.0.0.1:9", "--port", "0"]);
-    expect(r.exitCode).toBe(1);
-    expect(String(r.stderr)).toMatch(/no upstream answered GET \/v1\/models \(http:\/\/127\.0\.0\.1:9\)/);
-    expect(String(r.stderr)).toContain("--served-model-name");
+  for (const workers of [1, 2]) {
+    it(`--workers ${workers}: an upstream that is not up yet: the gateway starts, answers 503 until it is, then serves the model it lists`, async () => {
+      const port = await freePort();
+      const g = await startServe(["--upstream", `http://127.0.0.1:${port}`, "--workers", String(workers)]);
+      let up: Standin | undefined;
+      try {
+        expect(g.log()).toContain(`no upstream answered GET /v1/models yet (http://127.0.0.1:${port})`);
+        expect(g.log()).toMatch(/^serving the upstreams' models as they answer at /m);
+        expect((await fetch(`${g.url}/ready`)).status).toBe(503);
+        expect(((await (await fetch(`${g.url}/v1/models`)).json()) as { data: unknown[] }).data).toEqual([]);
+        const early = await fetch(`${g.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "late-r1", prompt: "x" }) });
+        expect(early.status).toBe(503);
+        expect(early.headers.get("retry-after")).toBe("1");
+        up = await startStandin({ tokens: 3, paceMs: 1, model: "late-r1" }, port);
+        // each worker's probe passes within a second, and it asks the upstream for its models then
+        await expect.poll(async () => (await fetch(`${g.url}/v1/completions`, { method: "POST", headers: { connection: "close" }, body: JSON.stringify({ model: "late-r1", prompt: "x" }) })).status, { timeout: 10_000 }).toBe(200);
+        for (let i = 0; i < 4; i++) {
+          const r = await fetch(`${g.url}/v1/completions`, { method: "POST", headers: { connection: "close" }, body: JSON.stringify({ model: "late-r1", prompt: "x" }) });
+          expect(r.status).toBe(200);
+        }
+        expect(await (await fetch(`${g.url}/metrics`)).text()).toMatch(/dsr:request_success_total\{[^}]*model_name="late-r1"/);
+      } finally {
+        await g.stop();
+        await up?.close();
+      }
+    }, 30_000);
+  }
+
+  it("with --served-model-name the gateway starts unready over an unreachable upstream", async () => {
     const g = await startServe(["--upstream", "http://127.0.0.1:9", "--served-model-name", "later"]);
     try {
       await expect.poll(async () => (await fetch(`${g.url}/ready`)).status, { timeout: 10_000 }).toBe(503);

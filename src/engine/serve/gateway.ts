@@ -379,10 +379,9 @@ export class Gateway {
 
   private resolveModel(requested: string | undefined): string {
     const ids = this.backend.modelIds();
-    if (!requested) {
-      if (ids.length === 0) throw new HttpError(503, "no model is known yet (no upstream has answered GET /v1/models)", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
-      return ids[0];
-    }
+    // none known yet: whatever was asked for may be served once an upstream answers
+    if (ids.length === 0) throw new HttpError(503, "no model is known yet (no upstream has answered GET /v1/models)", { code: "no_healthy_instance", headers: { "retry-after": "1" } });
+    if (!requested) return ids[0];
     if (ids.includes(requested)) return requested;
     throw modelNotFound(requested);
   }

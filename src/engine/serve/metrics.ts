@@ -118,10 +118,11 @@ export class GatewayMetrics {
    * The served models, known once the upstreams answered /v1/models. One: every series is labelled
    * with it (the registry's default label, as vLLM's `model_name`). Several (an `--upstream` gateway
    * in front of servers of different models): per-request series carry the request's model, and
-   * series that belong to no one model (instances, queue, cache) carry none.
+   * series that belong to no one model (instances, queue, cache) carry none. `perRequest` forces the
+   * latter (a gateway that learns its models from upstreams that have not answered yet).
    */
-  setModels(names: readonly string[]): void {
-    this.multi = names.length > 1;
+  setModels(names: readonly string[], perRequest = names.length > 1): void {
+    this.multi = perRequest;
     this.modelName = names[0] ?? this.modelName;
     this.registry.setDefaultLabels(this.multi ? {} : { model_name: this.modelName });
     // bound series carry the model they were made for

@@ -112,7 +112,8 @@ export class ProxyBackend implements Backend {
   }
 
   ready(): boolean {
-    return this.router.healthy().length > 0;
+    // with several models, also a model to serve (none until an upstream has answered /v1/models)
+    return this.router.healthy().length > 0 && (!this.o.multiModel || this.o.instances.some((i) => i.modelsKnown && i.modelIds.length > 0));
   }
 
   describe(): Record<string, unknown> {

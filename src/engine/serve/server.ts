@@ -320,7 +320,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
         const models = w.instances[k].models;
         Object.assign(inst, { learnModels: true, modelIds: models ?? [], modelsKnown: models !== undefined, modelsVersion: models ? 1 : 0 });
       });
-      metrics.setModels(w.multiModel ? w.servedNames : w.servedNames.slice(0, 1));
+      metrics.setModels(w.multiModel ? w.servedNames : w.servedNames.slice(0, 1), !!w.multiModel);
       for (const i of instances) i.startProbing();
       deps.setInstanceProbe?.(async () => void (await Promise.all(instances.map((i) => i.probe()))));
       backend = new ProxyBackend({ instances, servedNames: w.servedNames, upstreamModel: w.upstreamModel, multiModel: w.multiModel, reasoningFields: cfg.reasoningFields, affinity: cfg.affinity, metrics, ownedBy: "dsr", describeExtra: () => ({ worker: w.index }) });
@@ -409,14 +409,17 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
       }
       if (early) return running(early, backend!);
       if (!cfg.servedNames.length && !upstreamModel && !multi) {
-        throw new DsrError("DSR_UPSTREAM_UNREACHABLE", `no upstream answered GET /v1/models (${plan.upstreams.join(", ")}), so the model name is unknown`, {
-          hint: "start the upstream first, or name the model with --served-model-name to start anyway (instances stay unready until their /health answers)",
-        });
+        // Nothing answered yet (an upstream started after the gateway, as containers may be): serve
+        // whatever the upstreams list once their probes pass, each model under its own name; until
+        // then a request gets 503 "no model is known yet" with Retry-After.
+        multi = [];
+        for (const i of instances) i.learnModels = true;
+        deps.note(`no upstream answered GET /v1/models yet (${plan.upstreams.join(", ")}): their models are served as they answer (--served-model-name names one in advance)`);
       }
       const servedNames = cfg.servedNames.length ? cfg.servedNames : multi ?? [upstreamModel!];
       if (!cfg.servedNames.length) cfg.servedNames.push(...servedNames);
-      metrics.setModels(multi ?? servedNames.slice(0, 1));
-      if (multi) deps.note(`serving ${multi.length} models, each on ${plan.engine === "upstream" ? "the upstreams that list it" : "its own instances"}`);
+      metrics.setModels(multi ?? servedNames.slice(0, 1), !!multi);
+      if (multi?.length) deps.note(`serving ${multi.length} models, each on ${plan.engine === "upstream" ? "the upstreams that list it" : "its own instances"}`);
       if (deps.forkWorkers && cfg.workers > 1) {
         const spec = instances.map((i) => ({ name: i.name, url: i.origin, healthPath: i.healthPath, models: i.modelsKnown ? i.modelIds : undefined }));
         pool = await deps.forkWorkers({ workers: cfg.workers, instances: spec, servedNames, upstreamModel, multiModel: !!multi, https: !!cfg.gateway.tls });
@@ -487,7 +490,7 @@ async function discoverModels(instances: UpstreamInstance[], servedNames: readon
     instances.map((i) =>
       i.fetchModels().then(
         (ids) => (note(`upstream ${i.origin} serves ${ids.join(", ") || "no model"}`), ids),
-        (e: Error) => (note(`upstream ${i.origin}: ${e.message}`), undefined),
+        (e: Error) => (note(`upstream ${i.origin}: ${e.message}`), i.markFailed(e.message), undefined),
       ),
     ),
   );
