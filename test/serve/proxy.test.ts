@@ -232,26 +232,26 @@ describe("dsr serve --upstream (proxy mode)", () => {
     }
   }, 30_000);
 
-  it("fuzzed request bodies never crash the gateway and always get a JSON error or an answer", async () => {
-    const seeds = ['{"model":"dsr-r1","messages":[{"role":"user","content":"hi"}]}', '{"prompt":"x","max_tokens":2}', '{"model":"dsr-r1","prompt":"hé"}', '{"tokens":[104,195,169]}'];
-    const paths = ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"];
+  it("fuzzed request bodies never crash the gateway and always get a JSON error or an answer (SageMaker's and passed-through routes too)", async () => {
+    const seeds = ['{"model":"dsr-r1","messages":[{"role":"user","content":"hi"}]}', '{"prompt":"x","max_tokens":2}', '{"model":"dsr-r1","prompt":"hé"}', '{"tokens":[104,195,169]}', '{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}', '{"model":"dsr-r1","input":"hé"}'];
+    const paths = ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/invocations", "/v1/embeddings"];
     let rnd = 12345;
     const next = () => ((rnd = (rnd * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
     const mutations = ["", "{", "}", "[", "]", '"', ",", ":", "null", "-1", "1e999", "\u0000", "\\", "true", "💥", "[[[[[[", '"messages":'];
     const reqs: Promise<void>[] = [];
-    for (let i = 0; i < 400; i++) {
-      const base = seeds[i % 4];
+    for (let i = 0; i < 600; i++) {
+      const base = seeds[i % seeds.length];
       const chars = [...base];
       for (let m = 0; m < 1 + Math.floor(next() * 4); m++) {
         const at = Math.floor(next() * chars.length);
         if (next() < 0.5) chars.splice(at, 1);
         else chars.splice(at, 0, mutations[Math.floor(next() * mutations.length)]);
       }
-      const path = paths[i % 4];
+      const path = paths[i % paths.length];
       reqs.push(
         fetch(gw.url + path, { method: "POST", headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" }, body: chars.join("") }).then(async (r) => {
           const body = await r.json();
-          if (r.status === 200) expect(body.choices ?? body.tokens ?? body.prompt).toBeDefined();
+          if (r.status === 200) expect(body.choices ?? body.tokens ?? body.prompt ?? body.data).toBeDefined();
           else {
             expect([400, 404, 413]).toContain(r.status);
             expect(typeof body.error.message).toBe("string");
