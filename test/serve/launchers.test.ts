@@ -12,6 +12,7 @@ import { ROOT, runDsr, TINY_R1 } from "../support/cli.js";
 import { tempDir } from "../support/tmp.js";
 import { freePort, startServe } from "./helpers.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { servedRepoFromDir, startHubServer } from "../support/hub-server.js";
 import { TORCH_PYTHON } from "../torch/python.js";
 
 const BARE_PATH = "/usr/local/bin:/usr/bin:/bin";
@@ -275,6 +276,36 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
     expect(roomy.len).toBeUndefined();
     expect(roomy.notes).not.toContain("memory plan");
   }, 60_000);
+
+  it("a hub id not yet downloaded: the same plan from its safetensors headers over HTTP (a loopback hub); an unreachable hub only skips it", async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\ncase "$1" in -L) echo "GPU 0: NVIDIA Test GPU (UUID: GPU-a)";; *) echo "0, GPU-a, NVIDIA Test GPU, 1050";; esac\n`);
+    await chmod(join(dir, "nvidia-smi"), 0o755);
+    const model = join(dir, "tiny-r1-32k");
+    await mkdir(model);
+    for (const f of await readdir(TINY_R1)) await copyFile(join(TINY_R1, f), join(model, f));
+    const cfg = JSON.parse(await readFile(join(model, "config.json"), "utf8"));
+    await writeFile(join(model, "config.json"), JSON.stringify({ ...cfg, max_position_embeddings: 32768 }));
+    const hub = await startHubServer({ repos: [await servedRepoFromDir("org/tiny-r1-32k", model)] });
+    try {
+      const env = { PATH: `${dir}:${BARE_PATH}`, HF_ENDPOINT: hub.hfEndpoint, HF_HOME: join(dir, "hf"), HF_TOKEN: "" };
+      const local = await runDsr(["serve", model, "--engine", "vllm", "--dry-run"], { env });
+      const remote = await runDsr(["serve", "org/tiny-r1-32k", "--engine", "vllm", "--dry-run"], { env });
+      expect(remote.exitCode, String(remote.stderr)).toBe(0);
+      const len = (out: unknown) => /--max-model-len (\d+)/.exec(String(out))?.[1];
+      expect(len(remote.stdout)).toBeDefined();
+      expect(len(remote.stdout)).toBe(len(local.stdout)); // the same plan as from the files
+      expect(hub.stats.rangeRequests).toBeGreaterThan(0); // headers, not the weights, were read
+      const offline = await runDsr(["serve", "org/tiny-r1-32k", "--engine", "vllm", "--dry-run"], { env: { ...env, HF_HUB_OFFLINE: "1" } });
+      expect(len(offline.stdout)).toBeUndefined();
+      expect(offline.stderr).toContain("fit check skipped: HF_HUB_OFFLINE is set");
+      const down = await runDsr(["serve", "org/tiny-r1-32k", "--engine", "vllm", "--dry-run"], { env: { ...env, HF_ENDPOINT: "http://127.0.0.1:9" } });
+      expect(down.exitCode).toBe(0);
+      expect(down.stderr).toContain("fit check skipped: org/tiny-r1-32k:");
+    } finally {
+      await hub.close();
+    }
+  }, 90_000);
 
   it("several models: --served-model-name and two models of one name are usage errors; PATH=NAME names them", async () => {
     const two = await runDsr(["serve", "a/x", "b/y", "--served-model-name", "r1", "--dry-run"]);

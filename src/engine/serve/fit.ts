@@ -2,12 +2,14 @@
  * Will a vLLM child start? vLLM refuses to start when one request of the model's whole context does
  * not fit its KV cache ("max seq len … is larger than the maximum number of tokens that can be stored
  * in KV cache"), one of its most-reported errors (facts §5.3), and says so only after loading the
- * weights. Before starting vLLM children on a local checkpoint, dsr runs its memory planner (the one
- * behind `dsr inspect --plan`) for the GPUs each child gets, and when --max-model-len was not given
- * and the model's context does not fit, passes the largest context that does.
+ * weights. Before starting vLLM children, dsr runs its memory planner (the one behind `dsr inspect
+ * --plan`) for the GPUs each child gets, on the local checkpoint or, for a hub id, on its safetensors
+ * headers read over HTTP as `dsr inspect` reads them; when --max-model-len was not given and the
+ * model's context does not fit, it passes the largest context that does.
  */
 import { resolveArch } from "../arch/registry.js";
-import { detectQuantization, openCheckpoint, openLocalSource } from "../checkpoint/index.js";
+import { detectQuantization, openCheckpoint, openLocalSource, openRemoteSource, type CheckpointSource } from "../checkpoint/index.js";
+import { hubOptionsFromEnv, parseRepoSpec } from "../hub/index.js";
 import { GPU_PROFILES, planMemory, type GpuProfile, type PlanModel } from "../plan/index.js";
 import type { GpuMemory } from "../runtime/launchers.js";
 
@@ -31,14 +33,27 @@ export function gpuProfileFor(gpus: readonly GpuMemory[]): GpuProfile | undefine
   return { id: "detected", name: small.name, memoryGiB: (small.memoryMiB / 1024) * 0.99, computeCapability: "0", fp8: false, bf16: true, vendor: "nvidia" };
 }
 
-/** The checkpoint as the planner needs it; undefined when it cannot be read that way (the fit check is then skipped). */
-export async function planModel(dir: string): Promise<PlanModel | undefined> {
+/**
+ * How long reading a hub checkpoint's headers may delay the start, and how hard it tries: the check
+ * is advice, so an unreachable hub costs a second, not `dsr pull`'s patient retries.
+ */
+const REMOTE_TIMEOUT_MS = 15_000;
+const REMOTE_RETRY = { attempts: 2, baseDelayMs: 250, maxDelayMs: 1000 };
+
+/**
+ * The checkpoint as the planner needs it: a local directory, or a hub id's headers over HTTP (not
+ * with HF_HUB_OFFLINE). `skipped` says why there is none (the fit check is then skipped).
+ */
+export async function planModel(model: string, o: { local: boolean; env: NodeJS.ProcessEnv }): Promise<{ model?: PlanModel; skipped?: string }> {
+  if (!o.local && (o.env.HF_HUB_OFFLINE === "1" || o.env.HF_HUB_OFFLINE === "true")) return { skipped: "HF_HUB_OFFLINE is set" };
+  const signal = AbortSignal.timeout(REMOTE_TIMEOUT_MS);
   try {
-    const ck = await openCheckpoint(await openLocalSource(dir));
-    if (!ck.config || ck.tensors.size === 0) return undefined;
-    return { arch: resolveArch(ck.config), cfg: ck.config, tensors: [...ck.tensors.values()], quantMethod: detectQuantization(ck).method };
-  } catch {
-    return undefined;
+    const src: CheckpointSource = o.local ? await openLocalSource(model) : await openRemoteSource(parseRepoSpec(model), hubOptionsFromEnv(o.env, { signal, retry: REMOTE_RETRY }));
+    const ck = await openCheckpoint(src, { signal });
+    if (!ck.config || ck.tensors.size === 0) return { skipped: `${model} has no readable config.json or tensors` };
+    return { model: { arch: resolveArch(ck.config), cfg: ck.config, tensors: [...ck.tensors.values()], quantMethod: detectQuantization(ck).method } };
+  } catch (e) {
+    return { skipped: `${model}: ${(e as Error).message.split("\n")[0]}` };
   }
 }
 

@@ -9,7 +9,7 @@ import { DsrError, ExitCode } from "../errors.js";
 import { gpuMemories, missingEngine, placeInstances, visibleGpus, pythonHas, sglangCommand, shellLine, vllmCommand, which, type EngineFlags, type Placement } from "../runtime/launchers.js";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import type { PlanModel } from "../plan/index.js";
+import { looksLikeRepoId } from "../hub/index.js";
 import { fitAdvice, gpuProfileFor, planModel, type FitAdvice } from "./fit.js";
 import { Supervisor, type ChildState } from "../runtime/supervisor.js";
 import type { TokenEngine } from "../runtime/types.js";
@@ -205,7 +205,7 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
   const ports = await freePorts(n * models);
   // model by model, each model's instances together: GPU groups go to them in that order
   const places = placeInstances(n * models, gpus, perInstance);
-  const fits = engine === "vllm" ? await vllmFits(cfg, places, gpus, deps.pathValue, n) : [];
+  const fits = engine === "vllm" ? await vllmFits(cfg, places, gpus, deps, n) : [];
   const children = ports.map((port, i): PlannedChild => {
     const model = cfg.models[Math.floor(i / n)];
     const names = models > 1 ? [cfg.servedNames[Math.floor(i / n)]] : cfg.servedNames;
@@ -243,23 +243,26 @@ export async function planServe(cfg: ServeConfig, deps: Pick<ServeDeps, "pathVal
 }
 
 /**
- * For each vLLM child of a local checkpoint: the memory plan for the GPUs it gets (fit.ts). Nothing
- * without nvidia-smi's memory figures or a readable local checkpoint.
+ * For each vLLM child: the memory plan for the GPUs it gets (fit.ts), on its local checkpoint or a
+ * hub id's headers. Nothing without nvidia-smi's memory figures; a checkpoint that cannot be read
+ * is said and skipped.
  */
-async function vllmFits(cfg: ServeConfig, places: Placement[], visible: readonly string[], pathValue: string | undefined, perModel: number): Promise<FitAdvice[]> {
+async function vllmFits(cfg: ServeConfig, places: Placement[], visible: readonly string[], deps: Pick<ServeDeps, "pathValue" | "env">, perModel: number): Promise<FitAdvice[]> {
   if (visible.length === 0) return [];
-  const memories = await gpuMemories(pathValue);
+  const memories = await gpuMemories(deps.pathValue);
   if (memories.length === 0) return [];
   const on = (ids: readonly string[]) => memories.filter((m) => ids.includes(m.index) || ids.includes(m.uuid));
-  const models = new Map<string, Promise<PlanModel | undefined>>();
+  const models = new Map<string, ReturnType<typeof planModel>>();
   return Promise.all(
-    places.map(async ({ devices, sharing }, i) => {
+    places.map(async ({ devices, sharing }, i): Promise<FitAdvice> => {
       const path = cfg.models[Math.floor(i / perModel)];
-      if (!existsSync(join(path, "config.json"))) return {};
-      if (!models.has(path)) models.set(path, planModel(path));
-      const model = await models.get(path);
+      const local = existsSync(join(path, "config.json"));
+      if (!local && !looksLikeRepoId(path)) return {};
+      if (!models.has(path)) models.set(path, planModel(path, { local, env: deps.env }));
+      const { model, skipped } = await models.get(path)!;
+      if (!model) return { note: `fit check skipped: ${skipped}` };
       const gpu = gpuProfileFor(on(devices?.split(",") ?? visible));
-      if (!model || !gpu) return {};
+      if (!gpu) return {};
       const util = memoryShare(cfg, sharing) ?? 0.9; // vLLM's default where dsr passes none
       return fitAdvice(model, gpu, { tp: cfg.engineFlags.tp, pp: cfg.engineFlags.pp, util, kvCacheDtype: cfg.engineFlags.kvCacheDtype, maxModelLen: cfg.engineFlags.maxModelLen });
     }),
