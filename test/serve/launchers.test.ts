@@ -37,6 +37,22 @@ cd ${ROOT} && exec ${process.execPath} --import tsx test/support/standin-upstrea
   return { dir, argsFile };
 }
 
+/** nvidia-smi for one GPU of `mib` MiB: its -L list and its --query-gpu CSV. */
+async function oneGpuSmi(dir: string, name: string, mib: number): Promise<void> {
+  await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\ncase "$1" in -L) echo "GPU 0: ${name} (UUID: GPU-a)";; *) echo "0, GPU-a, ${name}, ${mib}";; esac\n`);
+  await chmod(join(dir, "nvidia-smi"), 0o755);
+}
+
+/** tiny-r1 with a 32k context, so that a small GPU's KV cache holds less than the whole of it. */
+async function tinyR1With32k(dir: string): Promise<string> {
+  const model = join(dir, "tiny-r1-32k");
+  await mkdir(model);
+  for (const f of await readdir(TINY_R1)) await copyFile(join(TINY_R1, f), join(model, f));
+  const cfg = JSON.parse(await readFile(join(model, "config.json"), "utf8"));
+  await writeFile(join(model, "config.json"), JSON.stringify({ ...cfg, max_position_embeddings: 32768 }));
+  return model;
+}
+
 describe("engine launchers", () => {
   it("--dry-run vllm: translated flags, memory fraction split across instances, no removed flags", async () => {
     const r = await runDsr(["--json", "serve", "/models/DeepSeek-R1-Distill-Qwen-7B", "--engine", "vllm", "--dry-run", "--instances", "2", "--tp", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "64", "--max-num-batched-tokens", "4096", "--dtype", "bfloat16", "--quantization", "awq", "--trust-remote-code", "--download-dir", "/data/hf", "--served-model-name", "r1"]);
@@ -241,17 +257,8 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
 
   it("vLLM children of a local checkpoint: a context that would not fit the GPU's KV cache is cut to what does, and said; one given is kept, with a warning", async () => {
     const dir = await tempDir();
-    // nvidia-smi for one GPU of `mib` MiB (its -L list and its --query-gpu CSV)
-    const smi = async (name: string, mib: number) => {
-      await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\ncase "$1" in -L) echo "GPU 0: ${name} (UUID: GPU-a)";; *) echo "0, GPU-a, ${name}, ${mib}";; esac\n`);
-      await chmod(join(dir, "nvidia-smi"), 0o755);
-    };
-    // tiny-r1 with a 32k context, so that a small GPU's KV cache holds less than the whole of it
-    const model = join(dir, "tiny-r1-32k");
-    await mkdir(model);
-    for (const f of await readdir(TINY_R1)) await copyFile(join(TINY_R1, f), join(model, f));
-    const cfg = JSON.parse(await readFile(join(model, "config.json"), "utf8"));
-    await writeFile(join(model, "config.json"), JSON.stringify({ ...cfg, max_position_embeddings: 32768 }));
+    const smi = (name: string, mib: number) => oneGpuSmi(dir, name, mib);
+    const model = await tinyR1With32k(dir);
     const env = { PATH: `${dir}:${BARE_PATH}` };
     const plan = async (...extra: string[]) => {
       const r = await runDsr(["serve", model, "--engine", "vllm", "--dry-run", ...extra], { env });
@@ -279,13 +286,8 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
 
   it("a hub id not yet downloaded: the same plan from its safetensors headers over HTTP (a loopback hub); an unreachable hub only skips it", async () => {
     const dir = await tempDir();
-    await writeFile(join(dir, "nvidia-smi"), `#!/bin/sh\ncase "$1" in -L) echo "GPU 0: NVIDIA Test GPU (UUID: GPU-a)";; *) echo "0, GPU-a, NVIDIA Test GPU, 1050";; esac\n`);
-    await chmod(join(dir, "nvidia-smi"), 0o755);
-    const model = join(dir, "tiny-r1-32k");
-    await mkdir(model);
-    for (const f of await readdir(TINY_R1)) await copyFile(join(TINY_R1, f), join(model, f));
-    const cfg = JSON.parse(await readFile(join(model, "config.json"), "utf8"));
-    await writeFile(join(model, "config.json"), JSON.stringify({ ...cfg, max_position_embeddings: 32768 }));
+    await oneGpuSmi(dir, "NVIDIA Test GPU", 1050);
+    const model = await tinyR1With32k(dir);
     const hub = await startHubServer({ repos: [await servedRepoFromDir("org/tiny-r1-32k", model)] });
     try {
       const env = { PATH: `${dir}:${BARE_PATH}`, HF_ENDPOINT: hub.hfEndpoint, HF_HOME: join(dir, "hf"), HF_TOKEN: "" };
