@@ -102,6 +102,17 @@ export class ProxyBackend implements Backend {
     return this.ids;
   }
 
+  /**
+   * The name the upstream knows `model` by, when that differs: a served name is the upstream's model
+   * under another name; an adapter's id, and the model's own, go as they are.
+   */
+  private upstreamNameFor(model: string): string | undefined {
+    const up = this.o.upstreamModel;
+    if (!up || model === up) return undefined;
+    this.withAdapters();
+    return this.adapters.includes(model) ? undefined : up;
+  }
+
   models(): ModelCard[] {
     if (this.o.multiModel) {
       return this.modelIds().map((id) => ({ id, object: "model" as const, created: this.created, owned_by: this.o.ownedBy ?? "dsr", root: id, max_model_len: this.maxModelLen(id) }));
@@ -176,8 +187,8 @@ export class ProxyBackend implements Backend {
   async tokens(op: TokensOp, req: TokenizeRequest | DetokenizeRequest, rawBody: Buffer, model: string): Promise<{ status: number; body: unknown }> {
     const inst = this.router.pick(undefined, undefined, this.acceptFor(model));
     if (!inst) throw this.noInstance(model);
-    const want = this.o.upstreamModel;
-    const body = want && req.model !== undefined && req.model !== want ? JSON.stringify({ ...req, model: want }) : rawBody;
+    const want = req.model === undefined ? undefined : this.upstreamNameFor(req.model);
+    const body = want ? JSON.stringify({ ...req, model: want }) : rawBody;
     let status: number;
     let text: string;
     try {
@@ -205,8 +216,8 @@ export class ProxyBackend implements Backend {
    */
   async forward(f: ForwardRequest): Promise<number> {
     const accept = f.model !== undefined ? this.acceptFor(f.model) : undefined;
-    const mapped = f.json && f.model !== undefined && this.o.upstreamModel && f.model !== this.o.upstreamModel && !this.adapters.includes(f.model);
-    const body = mapped ? JSON.stringify({ ...f.json, model: this.o.upstreamModel }) : f.body;
+    const want = f.json && f.model !== undefined ? this.upstreamNameFor(f.model) : undefined;
+    const body = want ? JSON.stringify({ ...f.json, model: want }) : f.body;
     const headers: Record<string, string> = { "x-request-id": f.id };
     for (const [k, v] of Object.entries(f.headers)) if (typeof v === "string" && !NOT_FORWARDED.has(k)) headers[k] = v;
     let tried: Set<UpstreamInstance> | undefined;
@@ -249,8 +260,7 @@ export class ProxyBackend implements Backend {
 
   /** The body to forward: unchanged unless the model name must be mapped or usage must be asked for. */
   private upstreamBody(g: GenerationRequest): { bytes: Buffer | string | Buffer[]; injectedUsage: boolean } {
-    // a served name is the upstream's model under another name; an adapter's id goes as it is
-    const wantModel = this.o.upstreamModel && g.model !== this.o.upstreamModel && !this.adapters.includes(g.model) ? this.o.upstreamModel : undefined;
+    const wantModel = this.upstreamNameFor(g.model);
     const injectUsage = g.stream && g.req.stream_options?.include_usage !== true;
     if (!wantModel && !injectUsage && g.req.model) return { bytes: g.rawBody, injectedUsage: false };
     if (!wantModel && g.req.model && !Object.hasOwn(g.req, "stream_options")) {
