@@ -22,7 +22,8 @@
  * this process, which then generates load from that many threads. `--compare-cli FILE` adds a
  * `dsr_baseline` target (another build of the CLI) for an A/B in the same run; `--compare-workers N`
  * adds that CLI with --workers N too, and `--compare-node-args "FLAGS"` runs the baseline targets
- * with those node flags (the same CLI as baseline then A/Bs a V8 setting such as the young
+ * with those node flags and `--compare-env "K=V …"` with that environment (`--compare-cli bin/dsr
+ * --compare-env DSR_RELAY=js`: the same build without its native relay) (the same CLI as baseline then A/Bs a V8 setting such as the young
  * generation's size; cluster workers inherit the primary's flags); `--dsr-node-args "FLAGS"` does the
  * same for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`, or `--import bench/loop-stats.mjs` with
  * DSR_LOOP_STATS_DIR set: each process's loop utilisation, turn length and GC time per second). `--floor [FILE]` adds bench/node-floor.ts
@@ -75,6 +76,8 @@ const DSR_CLI = arg("--dsr-cli", join(ROOT, "bin/dsr"));
 const COMPARE_CLI = arg("--compare-cli", "");
 /** Node flags for the baseline targets (e.g. `--max-semi-space-size=2`: the same CLI as baseline A/Bs a V8 setting). */
 const COMPARE_NODE_ARGS = arg("--compare-node-args", "").split(" ").filter(Boolean);
+/** `--compare-env "K=V …"`: environment for the baseline targets only (e.g. DSR_RELAY=js: the same CLI without its native relay). */
+const COMPARE_ENV = Object.fromEntries(arg("--compare-env", "").split(" ").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
 /** Node flags for the dsr targets (e.g. `--cpu-prof --cpu-prof-dir=DIR`: each process and worker writes a profile when it exits). */
 const DSR_NODE_ARGS = arg("--dsr-node-args", "").split(" ").filter(Boolean);
 /** Which runs to make (e.g. `--runs throughput` for a profile of the throughput limit alone). */
@@ -390,9 +393,9 @@ async function childrenOf(pid: number): Promise<number[]> {
   return out;
 }
 
-function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string } = {}): Promise<{ proc: ChildProcess; match: RegExpMatchArray }> {
+function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<{ proc: ChildProcess; match: RegExpMatchArray }> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const proc = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"], env: opts.env ? { ...process.env, ...opts.env } : undefined });
     let buf = "";
     const on = (d: Buffer) => {
       buf += d.toString();
@@ -495,9 +498,9 @@ async function main(): Promise<void> {
       procs.push(gw.proc);
       const gw2 = await start(...pinned(PROXY_CPUS, process.execPath, [...DSR_NODE_ARGS, DSR_CLI, ...serveArgs, "--workers", String(DSR_WORKERS)]), serving);
       procs.push(gw2.proc);
-      const base = COMPARE_CLI ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs]), serving) : undefined;
+      const base = COMPARE_CLI ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs]), serving, { env: COMPARE_ENV }) : undefined;
       if (base) procs.push(base.proc);
-      const base2 = COMPARE_CLI && COMPARE_WORKERS > 1 ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs, "--workers", String(COMPARE_WORKERS)]), serving) : undefined;
+      const base2 = COMPARE_CLI && COMPARE_WORKERS > 1 ? await start(...pinned(PROXY_CPUS, process.execPath, [...COMPARE_NODE_ARGS, COMPARE_CLI, ...serveArgs, "--workers", String(COMPARE_WORKERS)]), serving, { env: COMPARE_ENV }) : undefined;
       if (base2) procs.push(base2.proc);
       const floor = FLOOR ? await start(...pinned(PROXY_CPUS, process.execPath, [...scriptArgs(FLOOR), ...serveArgs, "--workers", String(DSR_WORKERS)]), serving) : undefined;
       if (floor) procs.push(floor.proc);
@@ -564,6 +567,7 @@ async function main(): Promise<void> {
       loadgen_threads: LOADGEN_THREADS,
       baseline_cli: COMPARE_CLI || undefined,
       baseline_node_args: COMPARE_NODE_ARGS.length ? COMPARE_NODE_ARGS.join(" ") : undefined,
+      baseline_env: Object.keys(COMPARE_ENV).length ? COMPARE_ENV : undefined,
       baseline_workers: COMPARE_WORKERS > 1 ? COMPARE_WORKERS : undefined,
     },
     environment: { cpus: cpus().length, cpu_model: cpus()[0]?.model, node: process.version, loadavg_start_1m: round(loadavg()[0]), date: new Date().toISOString() },

@@ -102,6 +102,10 @@ export interface H1Call {
    * client, a non-stream body being gathered): the socket's next read goes to a fresh buffer.
    */
   retainRead(): void;
+  /** The plain-TCP socket the answer is being read from, for the native relay (undefined over TLS or once the exchange is over). */
+  readonly handOffSocket: Socket | undefined;
+  /** Handles bytes read from that socket by someone else (the native relay's hand-back) as the exchange's next read. */
+  inject(read: Buffer): void;
 }
 
 /**
@@ -303,6 +307,14 @@ class Exchange implements H1Call {
 
   retainRead(): void {
     this.slot.retained = true;
+  }
+
+  get handOffSocket(): Socket | undefined {
+    return this.finished || this.slot.buf === undefined ? undefined : this.socket; // no read buffer of its own: TLS
+  }
+
+  inject(read: Buffer): void {
+    if (!this.finished) this.data(read);
   }
 
   private detach(): void {

@@ -166,7 +166,7 @@ export class H1Server {
   }
 
   closeAllConnections(): void {
-    for (const c of this.conns) c.socket.destroy();
+    for (const c of this.conns) c.destroy();
   }
 
   private sweep(now: number): void {
@@ -195,6 +195,12 @@ class Conn {
     socket.on("data", (b: Buffer) => this.data(b));
     socket.on("error", () => socket.destroy());
     socket.on("close", () => this.active?.closed());
+  }
+
+  /** Closes the connection now, taking it back first from whoever was lent its socket (H1Response.lend). */
+  destroy(): void {
+    this.active?.takeBack();
+    this.socket.destroy();
   }
 
   /** No answer running and no request half-received. */
@@ -441,6 +447,8 @@ export class H1Response {
   destroyed = false;
   /** Told once when the connection closes before the answer ended (the request's Cancel). */
   closeListener: { onClientClose(): void } | undefined;
+  /** Who holds the socket now (lend()): stopped before the socket is destroyed. */
+  private lentTo: { stop(): void } | undefined;
   private extra = "";
   private headers: Record<string, string | number> = {};
   private chunked = false;
@@ -540,7 +548,31 @@ export class H1Response {
   }
 
   destroy(): void {
+    this.takeBack();
     this.socket.destroy();
+  }
+
+  /**
+   * The plain-TCP socket, lent to the native relay while a chunked stream's body is being written
+   * (relay-handoff.ts): `holder` is stopped before the socket is destroyed, so nothing else watches
+   * its fd when it is closed. Undefined over TLS, HTTP/1.0, HEAD, or once the answer ended.
+   */
+  lend(holder: { stop(): void }): Socket | undefined {
+    if (this.copies || !this.framedWrites || this.writableEnded || this.destroyed || this.lentTo) return undefined;
+    this.lentTo = holder;
+    return this.socket;
+  }
+
+  /** Stops the socket's holder, if any (it gives the socket back). */
+  takeBack(): void {
+    const h = this.lentTo;
+    this.lentTo = undefined;
+    h?.stop();
+  }
+
+  /** The holder gave the socket back. */
+  returned(): void {
+    this.lentTo = undefined;
   }
 
   /** The connection closed. */

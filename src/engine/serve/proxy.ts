@@ -18,6 +18,7 @@ import type { GatewayMetrics, Instrument } from "./metrics.js";
 import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
+import { NativeStream } from "./relay-handoff.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
 import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
 import type { Backend, ForwardRequest, GenerationRequest, ModelCard } from "./types.js";
@@ -308,6 +309,9 @@ export class ProxyBackend implements Backend {
   }
 }
 
+/** Hand-offs to the native relay per stream: a stream whose reads keep coming back (reasoning to rename) stops being offered. */
+const MAX_HAND_OFFS = 3;
+
 const enum Mode {
   Whole, // a non-stream answer, gathered
   Stream, // SSE, relayed as it comes
@@ -339,6 +343,9 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
   private call: H1Call | undefined;
   private ins: Instrument | undefined;
   private prevTokenAt = 0;
+  /** The native relay while it has the stream (relay-handoff.ts). */
+  private native: NativeStream | undefined;
+  private handOffs = 0;
 
   constructor(
     private readonly o: ProxyOptions,
@@ -357,6 +364,7 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
 
   /** The request was cancelled (client gone, timeout, shutdown): the upstream connection is cut. */
   onCancel(): void {
+    this.native?.stop();
     this.call?.abort();
     this.done(this.g.cancel.reason instanceof Error ? this.g.cancel.reason : new Error("aborted"));
   }
@@ -404,9 +412,47 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       this.framed = g.sink.takesFramed?.() ?? false;
       return;
     }
-    // whole chunks whose events passed the relay unchanged: forward the read as received
-    if (this.framed) this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
-    else this.backpressure(g.sink.write(relay.out));
+    // whole chunks whose events passed the relay unchanged: forward the read as received, and
+    // offer the native relay the reads after it
+    if (!this.framed) return this.backpressure(g.sink.write(relay.out));
+    const asIs = read.aligned && relay.passedThrough;
+    this.backpressure(g.sink.writeFramed!(asIs ? read.raw : relay.out));
+    if (asIs && this.handOffs < MAX_HAND_OFFS && relay.stats.events > 0) this.handOff();
+  }
+
+  /**
+   * Gives the stream's next reads to the native relay when the addon is there and neither socket
+   * has bytes queued. It gives the stream back at the first read it would not forward unchanged
+   * (the end, usage, a split chunk), which then goes through relayRead() like any other.
+   */
+  private handOff(): void {
+    const upstream = this.call!.handOffSocket;
+    const sink = this.g.sink;
+    if (upstream === undefined || sink.lend === undefined) return;
+    const client = sink.lend(this);
+    if (client === undefined) return;
+    this.handOffs++;
+    this.native = NativeStream.start({
+      upstream,
+      client,
+      reasoningSpecial: this.o.reasoningFields.length > 0,
+      relayed: (marks) => {
+        this.relay!.addRelayed(marks);
+        this.o.metrics.nativeRelayed(marks.length / 2);
+      },
+      back: (held, unsent) => {
+        this.native = undefined;
+        sink.giveBack!();
+        if (unsent !== undefined) this.backpressure(sink.writeFramed!(unsent));
+        if (held !== undefined) this.call!.inject(held);
+      },
+    });
+    if (this.native === undefined) sink.giveBack!();
+  }
+
+  /** The client's socket is being destroyed (the sink's loan ends): the native relay lets go of it first. */
+  stop(): void {
+    this.native?.stop();
   }
 
   private backpressure(w: Promise<void> | void): void {

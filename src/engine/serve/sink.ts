@@ -3,6 +3,7 @@
  * bytes were sent (facts §1.3: a `data:` line holding `{"error":{…}}`), and an optional copy of the
  * bytes for the response cache.
  */
+import type { Socket } from "node:net";
 import type { CachedResponse } from "./cache.js";
 import type { Cancel } from "./cancel.js";
 import type { H1Response } from "./h1-server.js";
@@ -82,6 +83,14 @@ export class ResponseSink implements Sink {
   takesFramed(): boolean {
     // only a chunk-framed answer (HTTP/1.1 clients) can take an upstream's chunks as they are
     return !this.parts && this.res.framedWrites;
+  }
+
+  lend(holder: { stop(): void }): Socket | undefined {
+    return this.parts ? undefined : this.res.lend(holder);
+  }
+
+  giveBack(): void {
+    this.res.returned();
   }
 
   writeFramed(framed: Buffer): Promise<void> | void {

@@ -445,6 +445,14 @@ export class SseRelay {
     return Buffer.from(`data: ${JSON.stringify(obj)}\n\n`);
   }
 
+  /** Reads the native relay forwarded (relay-native.c's marks: time, token events, per read), counted as countTokens() counts a read. */
+  addRelayed(marks: Float64Array): void {
+    for (let i = 0; i + 1 < marks.length; i += 2) {
+      this.stats.events += marks[i + 1] - 1;
+      this.countToken(marks[i]);
+    }
+  }
+
   /** Counts a read's plain token events, timed once (the last one gets the read's time). */
   private countTokens(tokens: number): void {
     if (tokens === 0) return;

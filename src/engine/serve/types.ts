@@ -37,6 +37,13 @@ export interface Sink {
   end(last?: Buffer): void;
   /** True while written bytes wait in the client connection's queue (they may still refer to the caller's buffers). */
   readonly queued?: boolean;
+  /**
+   * The client's plain-TCP socket for the native relay, while chunks are written as they are (not
+   * capturing for the cache): `holder` is stopped before the socket is ever destroyed. Undefined
+   * when it cannot be lent. giveBack() ends the loan.
+   */
+  lend?(holder: { stop(): void }): import("node:net").Socket | undefined;
+  giveBack?(): void;
 }
 
 /** Filled by the backend, read by the request log and metrics. */

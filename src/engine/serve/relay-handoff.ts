@@ -1,0 +1,98 @@
+/**
+ * Hands a stream's plain reads to the native relay (relay-native.c) and takes the stream back.
+ *
+ * The proxy offers a stream once a read went to the client exactly as received (whole chunks, no
+ * event changed) and nothing waits to be written to either socket. libuv stops reading the upstream
+ * (its handle's readStop, below the Readable: Node's own `reading` flag stays set, so nothing in
+ * Node starts reading it again meanwhile) and the addon reads it; every read it can forward
+ * unchanged goes to the client with no JavaScript. The client socket stays Node's: it is still
+ * read, so a hang-up cancels the request as on any other stream (which stops the relay first), and
+ * nothing else writes to it while the relay holds the stream. When the relay meets anything else it
+ * calls back: the counts of what it relayed go to the JS relay (TTFT, inter-token latency, token
+ * counts), the bytes it did not forward go through the JS path, and libuv reads the upstream again.
+ *
+ * Node's stream handles are used directly (`_handle.readStop/readStart/fd/writeQueueSize`): no
+ * public API stops a socket's reads at the libuv level without also changing the Readable's state.
+ */
+import type { Socket } from "node:net";
+import { HandBackReason, nativeRelay, type NativeRelayAddon } from "./relay-native.js";
+
+interface StreamHandle {
+  fd: number;
+  reading: boolean;
+  writeQueueSize: number;
+  readStop(): number;
+  readStart(): number;
+}
+
+const handleOf = (s: Socket) => (s as unknown as { _handle?: StreamHandle | null })._handle ?? undefined;
+
+/** The socket's fd when it is open and nothing is queued to write on it, else -1. */
+function idleFd(s: Socket): number {
+  const h = handleOf(s);
+  if (s.destroyed || h === undefined || !(h.fd >= 0) || h.writeQueueSize > 0 || s.writableLength > 0) return -1;
+  return h.fd;
+}
+
+/** libuv reads the upstream again (Node's `reading` flag never changed), unless it was closed meanwhile. */
+function readAgain(s: Socket): void {
+  const h = handleOf(s);
+  if (!s.destroyed && h?.reading) h.readStart();
+}
+
+/** What the proxy's try gives the hand-off and gets told. */
+export interface HandOffSide {
+  /** The upstream connection (h1-pool's socket for this exchange). */
+  upstream: Socket;
+  /** The client's connection. */
+  client: Socket;
+  /** The relay renames reasoning, so reasoning events must stay in JS. */
+  reasoningSpecial: boolean;
+  /** Per relayed read: its time (performance.now()) and token events. */
+  relayed(marks: Float64Array): void;
+  /** The stream is back in JS: `held` bytes (a read not forwarded) to handle, `unsent` bytes to write. */
+  back(held: Buffer | undefined, unsent: Buffer | undefined): void;
+}
+
+/** A stream now relayed natively (until it hands back or stop() is called). */
+export class NativeStream {
+  private id = -1;
+
+  private constructor(private readonly addon: NativeRelayAddon, private readonly side: HandOffSide) {}
+
+  /** Starts relaying natively, or returns undefined (nothing changed) when the addon or the sockets do not allow it. */
+  static start(side: HandOffSide): NativeStream | undefined {
+    const addon = nativeRelay();
+    if (addon === undefined) return undefined;
+    const upFd = idleFd(side.upstream);
+    const clientFd = idleFd(side.client);
+    const up = handleOf(side.upstream);
+    if (upFd < 0 || clientFd < 0 || !up?.reading || up.readStop() !== 0) return undefined;
+    const s = new NativeStream(addon, side);
+    const id = addon.start(upFd, clientFd, side.reasoningSpecial, performance.now(), (reason, bytes, marks) => s.handBack(reason, bytes, marks));
+    if (id < 0) {
+      up.readStart();
+      return undefined;
+    }
+    s.id = id;
+    return s;
+  }
+
+  /** Takes the stream back now (a cancel, a shutdown): what was relayed is counted; nothing is written. */
+  stop(): void {
+    if (this.id < 0) return;
+    const marks = this.addon.stop(this.id);
+    this.id = -1;
+    if (marks !== null) this.side.relayed(marks);
+    readAgain(this.side.upstream);
+    this.side.back(undefined, undefined);
+  }
+
+  private handBack(reason: number, bytes: Buffer | null, marks: Float64Array): void {
+    this.id = -1;
+    const { side } = this;
+    side.relayed(marks);
+    readAgain(side.upstream);
+    side.back(reason === HandBackReason.Held && bytes !== null ? bytes : undefined, reason === HandBackReason.Blocked && bytes !== null ? bytes : undefined);
+  }
+}

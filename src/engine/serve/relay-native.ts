@@ -1,0 +1,52 @@
+/**
+ * Loads the native relay (relay-native.c), which scripts/build.mjs compiles beside the bundle as
+ * dsr-relay.node when a C compiler and Node's headers are there. Without it, or with
+ * DSR_RELAY=js, every stream is relayed in JS (sse-relay.ts) as before: same bytes, more CPU.
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+
+export interface NativeRelayAddon {
+  /** Reads the upstream fd (libuv must have stopped reading it) and writes to a dup of the client's: the relay's id (≥ 0), or a negative errno when it could not start. */
+  start(upstreamFd: number, clientFd: number, reasoningSpecial: boolean, nowMs: number, back: HandBack): number;
+  /** Stops a relay that has not handed back yet: its marks, or null when it already had. No callback follows. */
+  stop(id: number): Float64Array | null;
+  /** The scan alone: a read's token events, or -1 when the native relay would hand it back. */
+  plainTokens(read: Buffer, reasoningSpecial: boolean): number;
+}
+
+/** Called once when the relay gives the stream back: why, the bytes JS must handle, and [time, tokens] per relayed read. */
+export type HandBack = (reason: number, bytes: Buffer | null, marks: Float64Array) => void;
+
+/** relay-native.c's `enum reason`. */
+export const enum HandBackReason {
+  Held = 1,
+  UpstreamClosed = 2,
+  Client = 3,
+  Blocked = 4,
+}
+
+let addon: NativeRelayAddon | null | undefined;
+
+/** Where the addon may be: beside the bundle (dist/), or dist/ seen from these sources (tests). */
+function candidates(): string[] {
+  const fromEnv = process.env.DSR_NATIVE_RELAY;
+  if (fromEnv) return [fromEnv];
+  return ["./dsr-relay.node", "../../../dist/dsr-relay.node"].map((p) => fileURLToPath(new URL(p, import.meta.url)));
+}
+
+/** The addon, or undefined when it was not built (or DSR_RELAY=js). Loaded once. */
+export function nativeRelay(): NativeRelayAddon | undefined {
+  if (addon !== undefined) return addon ?? undefined;
+  addon = null;
+  if (process.env.DSR_RELAY === "js") return undefined;
+  const path = candidates().find((p) => existsSync(p));
+  if (path === undefined) return undefined;
+  try {
+    addon = createRequire(import.meta.url)(path) as NativeRelayAddon;
+  } catch {
+    // built for another platform or Node ABI: the JS relay does the same work
+  }
+  return addon ?? undefined;
+}

@@ -1,0 +1,296 @@
+/**
+ * The native relay (src/engine/serve/relay-native.c): its scan against the JS relay (a differential
+ * fuzz: whatever it forwards, the JS relay would have forwarded unchanged, with the same token
+ * count), its hand-offs over real loopback sockets (plain reads, a read it gives back, a client that
+ * cannot take more, an upstream that closes, stop()), and `dsr serve --upstream` streaming the same
+ * answers through it as through the JS relay, with the reads it took in /metrics.
+ *
+ * The addon is built by `npm run build` where a C compiler and Node's headers exist; CI sets
+ * DSR_REQUIRE_NATIVE_RELAY=1 so that a missing build fails here instead of skipping.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createHash } from "node:crypto";
+import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import OpenAI from "openai";
+import { ChunkedDecoder, Ranges } from "../../src/engine/serve/h1-chunked.js";
+import { NativeStream, type HandOffSide } from "../../src/engine/serve/relay-handoff.js";
+import { nativeRelay } from "../../src/engine/serve/relay-native.js";
+import { SseRelay } from "../../src/engine/serve/sse-relay.js";
+import { startStandin, type Standin } from "../support/standin-upstream.js";
+import { startServe, type ServeProc } from "./helpers.js";
+
+const addon = nativeRelay();
+if (process.env.DSR_REQUIRE_NATIVE_RELAY === "1" && addon === undefined) throw new Error("DSR_REQUIRE_NATIVE_RELAY=1 but dist/dsr-relay.node did not load: run npm run build with a C compiler");
+const suite = addon ? describe : describe.skip;
+
+const event = (json: string) => `data: ${json}\n\n`;
+const chunk = (data: string) => `${Buffer.byteLength(data).toString(16)}\r\n${data}\r\n`;
+const token = (i: number) => event(`{"id":"c","object":"text_completion","choices":[{"index":0,"text":" t${i}","finish_reason":null}]}`);
+
+/** A random read: mostly plain chunks of token events, sometimes something the relays must look at. */
+function randomRead(rand: () => number): string {
+  const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)];
+  const texts = [
+    `{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}`,
+    `{"choices":[{"text":"reasoning is fine inside text"}],"usage":null}`,
+    `{"choices":[{"delta":{"reasoning":"r"}}]}`,
+    `{"choices":[{"delta":{"reasoning_content":"r"}}]}`,
+    `{"choices":[{"text":"a"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
+    `{"choices":[{"text":"a","finish_reason":"stop"}]}`,
+    `{"error":{"message":"boom"}}`,
+    `{"choices":[{"text":"\\"usage\\" in text"}]}`,
+    `{"choices":[{"text":"b"}], "usage": null}`,
+  ];
+  let out = "";
+  for (let c = 1 + Math.floor(rand() * 4); c > 0; c--) {
+    let data = "";
+    for (let e = 1 + Math.floor(rand() * 3); e > 0; e--) {
+      const r = rand();
+      data += r < 0.6 ? event(pick(texts)) : r < 0.7 ? ": keep-alive\n\n" : r < 0.75 ? "data: [DONE]\n\n" : r < 0.8 ? `data: {"a":1}\r\n\r\n` : r < 0.85 ? `event: x\ndata: {"a":1}\n\n` : event(pick(texts)).slice(0, -1);
+    }
+    const r = rand();
+    out += r < 0.85 ? chunk(data) : r < 0.9 ? `${Buffer.byteLength(data).toString(16).toUpperCase()}\r\n${data}\r\n` : r < 0.95 ? `${Buffer.byteLength(data).toString(16)};ext=1\r\n${data}\r\n` : "0\r\n\r\n";
+  }
+  const cut = rand();
+  return cut < 0.1 ? out.slice(0, Math.floor(out.length * rand())) : out;
+}
+
+function seeded(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+}
+
+suite("native relay: the scan", () => {
+  it("takes whole chunks of one-line data events and counts them; gives back anything else", () => {
+    const t = (s: string, reasoning = true) => addon!.plainTokens(Buffer.from(s), reasoning);
+    expect(t(chunk(token(0)))).toBe(1);
+    expect(t(chunk(token(0) + token(1)) + chunk(token(2)))).toBe(3);
+    expect(t(chunk(event(`{"usage":null,"choices":[]}`)))).toBe(1); // no usage (OpenAI's and SGLang's every chunk)
+    expect(t(chunk(event(`{"usage":{"prompt_tokens":1}}`)))).toBe(-1);
+    expect(t(chunk(event(`{"delta":{"reasoning":"x"}}`)))).toBe(-1); // renamed by the JS relay
+    expect(t(chunk(event(`{"delta":{"reasoning":"x"}}`)), false)).toBe(1); // not renamed: passes
+    expect(t(chunk(event(`{"finish_reason":"stop"}`)))).toBe(-1);
+    expect(t(chunk(event(`{"error":{"message":"x"}}`)))).toBe(-1);
+    expect(t("0\r\n\r\n")).toBe(-1);
+    expect(t(chunk(token(0)).slice(0, -1))).toBe(-1); // a split chunk
+    expect(t(chunk("data: [DONE]\n\n"))).toBe(-1);
+    expect(t("")).toBe(-1);
+  });
+
+  it("fuzz: every read it forwards, the JS relay forwards unchanged with the same token count", () => {
+    const rand = seeded(20261123);
+    let forwarded = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const read = Buffer.from(randomRead(rand), "latin1");
+      for (const fields of [["reasoning", "reasoning_content"], []] as const) {
+        const n = addon!.plainTokens(read, fields.length > 0);
+        if (n <= 0) continue;
+        forwarded++;
+        // the JS side as the proxy has it: one token already seen, the decoder at a chunk boundary
+        const relay = new SseRelay({ fields, dropUsageChunk: true });
+        relay.push(Buffer.from(token(0)));
+        const dec = new ChunkedDecoder();
+        const ranges = new Ranges();
+        expect(dec.feed(read, 0, ranges)).toBe(read.length);
+        expect(dec.atBoundary).toBe(true);
+        const before = relay.stats.events;
+        relay.push(read, ranges, true);
+        expect(relay.passedThrough, read.toString("latin1")).toBe(true);
+        expect(relay.stats.events - before).toBe(n);
+      }
+    }
+    expect(forwarded).toBeGreaterThan(500); // the fuzz reached the side where the relays must agree
+  });
+});
+
+/** A proxy's two sockets over loopback: `up` reads what `upstream` writes; `client` receives what is written to `cl`. */
+async function pair(): Promise<{ upstream: Socket; up: Socket; cl: Socket; client: Socket; close(): void }> {
+  const servers: Server[] = [];
+  const accept = async () => {
+    const server = createServer({ noDelay: true });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const accepted = new Promise<Socket>((r) => server.once("connection", r));
+    const dialed = connect((server.address() as AddressInfo).port, "127.0.0.1");
+    await new Promise((r) => dialed.once("connect", r));
+    return [await accepted, dialed] as const;
+  };
+  const [upstream, up] = await accept();
+  const [cl, client] = await accept();
+  for (const s of [upstream, up, cl, client]) s.on("error", () => undefined);
+  return {
+    upstream,
+    up,
+    cl,
+    client,
+    close() {
+      for (const s of [upstream, up, cl, client]) s.destroy();
+      for (const s of servers) s.close();
+    },
+  };
+}
+
+/** The hand-off's side, recording what it is told. */
+function side(up: Socket, cl: Socket) {
+  const got = { marks: [] as number[], back: [] as { held?: Buffer; unsent?: Buffer }[] };
+  const s: HandOffSide = {
+    upstream: up,
+    client: cl,
+    reasoningSpecial: true,
+    relayed: (m) => got.marks.push(...m),
+    back: (held, unsent) => got.back.push({ held, unsent }),
+  };
+  return { s, got };
+}
+
+const until = async (f: () => boolean, ms = 5000) => {
+  for (const end = Date.now() + ms; !f(); ) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+suite("native relay: hand-offs over loopback sockets", () => {
+  it("relays plain reads with no JS, gives back the first one it would not forward, and Node reads the upstream again", async () => {
+    const p = await pair();
+    const seenByJs: Buffer[] = [];
+    p.up.on("data", (b: Buffer) => seenByJs.push(b));
+    let received = "";
+    p.client.on("data", (b: Buffer) => (received += b.toString("latin1")));
+    const { s, got } = side(p.up, p.cl);
+    const native = NativeStream.start(s);
+    expect(native).toBeDefined();
+    let sent = "";
+    for (let i = 0; i < 5; i++) {
+      const c = chunk(token(i));
+      sent += c;
+      p.upstream.write(c);
+      await until(() => received.length === sent.length);
+    }
+    const usage = chunk(event(`{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}`));
+    p.upstream.write(usage);
+    await until(() => got.back.length === 1);
+    expect(received).toBe(sent);
+    expect(seenByJs).toEqual([]);
+    expect(got.back[0].held?.toString("latin1")).toBe(usage);
+    expect(got.marks.filter((_, i) => i % 2 === 1).reduce((a, b) => a + b, 0)).toBe(5);
+    expect(got.marks[0]).toBeGreaterThan(0); // performance.now() times
+    // libuv reads the upstream again, the client socket was Node's all along
+    p.upstream.write("after");
+    await until(() => seenByJs.length > 0);
+    expect(Buffer.concat(seenByJs).toString()).toBe("after");
+    p.close();
+  });
+
+  it("a client that cannot take more: the unsent bytes come back to be written by JS, nothing lost or reordered", async () => {
+    const p = await pair();
+    p.client.pause(); // the kernel's buffers fill, then send() would block
+    const { s, got } = side(p.up, p.cl);
+    expect(NativeStream.start(s)).toBeDefined();
+    // one whole chunk per write, each read whole by the relay (under its 64 KiB read), until the
+    // client's and the proxy's socket buffers are full
+    const payload = chunk(token(7).repeat(350)); // ~32 KB
+    const whole = createHash("sha256");
+    let total = 0;
+    for (let i = 0; i < 2000 && got.back.length === 0; i++) {
+      p.upstream.write(payload);
+      whole.update(payload);
+      total += payload.length;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await until(() => got.back.length === 1);
+    const unsent = got.back[0].unsent;
+    expect(unsent?.length).toBeGreaterThan(0);
+    // the rest: what JS reads from the upstream from now on, after the unsent bytes
+    p.cl.write(unsent!);
+    p.up.on("data", (b: Buffer) => p.cl.write(b));
+    const h = createHash("sha256");
+    let n = 0;
+    p.client.on("data", (b: Buffer) => {
+      h.update(b);
+      n += b.length;
+    });
+    p.client.resume();
+    await until(() => n === total, 15_000);
+    expect(h.digest("hex")).toBe(whole.digest("hex"));
+    p.close();
+  });
+
+  it("an upstream that closes is given back with nothing held; Node then sees the end", async () => {
+    const p = await pair();
+    const { s, got } = side(p.up, p.cl);
+    expect(NativeStream.start(s)).toBeDefined();
+    const ended = new Promise((r) => p.up.once("end", r));
+    p.upstream.end();
+    await until(() => got.back.length === 1);
+    expect(got.back[0]).toEqual({ held: undefined, unsent: undefined });
+    await ended;
+    p.close();
+  });
+
+  it("stop() takes the stream back at once with its counts; a socket that is not being read is never taken", async () => {
+    const p = await pair();
+    let received = 0;
+    p.client.on("data", (b: Buffer) => (received += b.length));
+    const { s, got } = side(p.up, p.cl);
+    const native = NativeStream.start(s)!;
+    p.upstream.write(chunk(token(1) + token(2)));
+    await until(() => received > 0);
+    native.stop();
+    expect(got.back).toEqual([{ held: undefined, unsent: undefined }]);
+    expect(got.marks[1]).toBe(2);
+    const seen = new Promise<Buffer>((r) => p.up.once("data", r));
+    p.upstream.write(chunk(token(3)));
+    expect((await seen).toString()).toBe(chunk(token(3)));
+    native.stop(); // twice: nothing more
+    expect(got.back.length).toBe(1);
+    // bytes queued to the client: JS is still writing, the relay must not interleave
+    p.cl.cork();
+    p.cl.write("x");
+    expect(NativeStream.start(side(p.up, p.cl).s)).toBeUndefined();
+    p.cl.uncork();
+    p.up.destroy();
+    expect(NativeStream.start(side(p.up, p.cl).s)).toBeUndefined();
+    p.close();
+  });
+});
+
+suite("native relay: dsr serve --upstream", () => {
+  let standin: Standin;
+  const gws: ServeProc[] = [];
+  beforeAll(async () => {
+    standin = await startStandin({ tokens: 40, paceMs: 2, reasoningTokens: 6, model: "r1" });
+    gws.push(await startServe(["--upstream", standin.url]));
+    gws.push(await startServe(["--upstream", standin.url], { env: { DSR_RELAY: "js" } }));
+  });
+  afterAll(async () => {
+    for (const g of gws) await g.stop();
+    await standin?.close();
+  });
+
+  it("streams the same answers as the JS relay (reasoning renamed in JS, content natively), usage and finish reason included", async () => {
+    const answers = [];
+    for (const gw of gws) {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "x", maxRetries: 0 });
+      const deltas: string[] = [];
+      let usage: unknown;
+      let finish: string | null = null;
+      const stream = await client.chat.completions.create({ model: "r1", messages: [{ role: "user", content: "hi" }], stream: true, stream_options: { include_usage: true } });
+      for await (const c of stream) {
+        const d = c.choices[0]?.delta as Record<string, unknown> | undefined;
+        if (d) deltas.push(JSON.stringify([d.reasoning, d.reasoning_content, d.content]));
+        finish = c.choices[0]?.finish_reason ?? finish;
+        if (c.usage) usage = c.usage;
+      }
+      const comp = await client.completions.create({ model: "r1", prompt: "hi", stream: true });
+      let text = "";
+      for await (const c of comp) text += c.choices[0]?.text ?? "";
+      answers.push({ deltas, usage, finish, text });
+    }
+    expect(answers[0]).toEqual(answers[1]);
+    expect(answers[0].text).toContain(" t39");
+    const metrics = async (gw: ServeProc) => Number(/^dsr:relay_native_reads_total\S* (\d+)/m.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1]);
+    expect(await metrics(gws[0])).toBeGreaterThan(20); // most of the 2 × 40 tokens' reads
+    expect(await metrics(gws[1])).toBe(0);
+  });
+});
