@@ -1,0 +1,20 @@
+// A small closed-loop SSE load for profiling (bench/gateway-device-profile.sh): node bench/sse-load.mjs PORT CONCURRENCY SECONDS
+// prints {done, errors, perS}. bench/gateway.ts is the benchmark; this only keeps a gateway busy while perf samples it.
+import { Pool } from "undici";
+const [port, conc, secs] = process.argv.slice(2).map(Number);
+const pool = new Pool(`http://127.0.0.1:${port}`, { connections: conc, pipelining: 1 });
+const body = JSON.stringify({ model: "standin", prompt: "hi", stream: true });
+let done = 0, errors = 0;
+const end = Date.now() + secs * 1000;
+async function loop() {
+  while (Date.now() < end) {
+    try {
+      const r = await pool.request({ path: "/v1/completions", method: "POST", body, headers: { "content-type": "application/json" } });
+      for await (const _ of r.body) {}
+      done++;
+    } catch { errors++; }
+  }
+}
+await Promise.all(Array.from({ length: conc }, loop));
+console.log(JSON.stringify({ done, errors, perS: done / secs }));
+await pool.close();
