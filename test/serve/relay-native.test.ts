@@ -10,6 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createHash } from "node:crypto";
+import { Agent, request as httpRequest } from "node:http";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import OpenAI from "openai";
 import { ChunkedDecoder, Ranges } from "../../src/engine/serve/h1-chunked.js";
@@ -255,6 +256,33 @@ suite("native relay: hand-offs over loopback sockets", () => {
   });
 });
 
+/** One streaming /v1/completions request over `agent`; aborted after `abortAfter` events when given. */
+function stream(url: string, agent: Agent, abortAfter?: number): Promise<{ events: string[]; aborted: boolean }> {
+  return new Promise((resolve, reject) => {
+    const body = JSON.stringify({ model: "r1", prompt: "hi", stream: true });
+    const req = httpRequest(`${url}/v1/completions`, { method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+      const events: string[] = [];
+      let buf = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => {
+        buf += d;
+        for (let i = buf.indexOf("\n\n"); i >= 0; i = buf.indexOf("\n\n")) {
+          events.push(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+        if (abortAfter !== undefined && events.length >= abortAfter) {
+          req.destroy();
+          resolve({ events, aborted: true });
+        }
+      });
+      res.on("end", () => resolve({ events, aborted: false }));
+      res.on("error", () => resolve({ events, aborted: true }));
+    });
+    req.on("error", (e) => (abortAfter !== undefined ? resolve({ events: [], aborted: true }) : reject(e)));
+    req.end(body);
+  });
+}
+
 suite("native relay: dsr serve --upstream", () => {
   let standin: Standin;
   const gws: ServeProc[] = [];
@@ -292,5 +320,39 @@ suite("native relay: dsr serve --upstream", () => {
     const metrics = async (gw: ServeProc) => Number(/^dsr:relay_native_reads_total\S* (\d+)/m.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1]);
     expect(await metrics(gws[0])).toBeGreaterThan(20); // most of the 2 × 40 tokens' reads
     expect(await metrics(gws[1])).toBe(0);
+  });
+
+  it("under load with clients hanging up mid-stream: every finished stream is whole and its own, and the hang-ups cancel upstream", async () => {
+    const url = gws[0].url;
+    const agent = new Agent({ keepAlive: true, maxSockets: 40 }); // kept-alive client sockets go from stream to stream
+    const cancelledBefore = standin.cancelled;
+    let whole = 0;
+    let aborted = 0;
+    const rand = seeded(7);
+    const end = Date.now() + 2500;
+    await Promise.all(
+      Array.from({ length: 40 }, async () => {
+        while (Date.now() < end) {
+          const abortAfter = rand() < 0.2 ? 2 + Math.floor(rand() * 20) : undefined;
+          const r = await stream(url, agent, abortAfter);
+          if (r.aborted) {
+            aborted++;
+            continue;
+          }
+          // one id throughout, tokens in order, then [DONE]: bytes of no other stream
+          const data = r.events.map((e) => e.replace(/^data: /, ""));
+          expect(data.at(-1)).toBe("[DONE]");
+          const chunks = data.slice(0, -1).map((d) => JSON.parse(d) as { id: string; choices: { text: string }[] });
+          expect(new Set(chunks.map((c) => c.id)).size).toBe(1);
+          expect(chunks.map((c) => c.choices[0].text).join("")).toBe(Array.from({ length: 40 }, (_, k) => ` t${k}`).join(""));
+          whole++;
+        }
+      }),
+    );
+    agent.destroy();
+    expect(whole).toBeGreaterThan(100);
+    expect(aborted).toBeGreaterThan(10);
+    await until(() => standin.cancelled - cancelledBefore >= aborted * 0.8, 5000);
+    expect((await fetch(`${url}/health`)).status).toBe(200);
   });
 });
