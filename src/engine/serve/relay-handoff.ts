@@ -4,7 +4,9 @@
  * The proxy offers a stream once a read went to the client exactly as received (whole chunks, no
  * event changed) and nothing waits to be written to either socket. libuv stops reading the upstream
  * (its handle's readStop, below the Readable: Node's own `reading` flag stays set, so nothing in
- * Node starts reading it again meanwhile) and the addon reads it; every read it can forward
+ * Node starts reading it again meanwhile) and the addon reads it through the connection's channel
+ * (a dup of its fd with a poll, opened on the connection's first hand-off and closed with the
+ * socket, so a kept-alive connection sets it up once); every read it can forward
  * unchanged goes to the client with no JavaScript. The client socket stays Node's: it is still
  * read, so a hang-up cancels the request as on any other stream (which stops the relay first), and
  * nothing else writes to it while the relay holds the stream. When the relay meets anything else it
@@ -40,6 +42,19 @@ function readAgain(s: Socket): void {
   if (!s.destroyed && h?.reading) h.readStart();
 }
 
+/** Each upstream connection's channel id (-1: the addon could not open one; not tried again). */
+const channels = new WeakMap<Socket, number>();
+
+function channelOf(addon: NativeRelayAddon, s: Socket, fd: number): number {
+  let id = channels.get(s);
+  if (id === undefined) {
+    id = addon.open(fd);
+    channels.set(s, id);
+    if (id >= 0) s.once("close", () => addon.close(id!));
+  }
+  return id;
+}
+
 /** What the proxy's try gives the hand-off and gets told. */
 export interface HandOffSide {
   /** The upstream connection (h1-pool's socket for this exchange). */
@@ -56,6 +71,7 @@ export interface HandOffSide {
 
 /** A stream now relayed natively (until it hands back or stop() is called). */
 export class NativeStream {
+  /** The channel while this stream is in its hand, else -1. */
   private id = -1;
 
   private constructor(private readonly addon: NativeRelayAddon, private readonly side: HandOffSide) {}
@@ -67,10 +83,11 @@ export class NativeStream {
     const upFd = idleFd(side.upstream);
     const clientFd = idleFd(side.client);
     const up = handleOf(side.upstream);
-    if (upFd < 0 || clientFd < 0 || !up?.reading || up.readStop() !== 0) return undefined;
+    if (upFd < 0 || clientFd < 0 || !up?.reading) return undefined;
+    const id = channelOf(addon, side.upstream, upFd);
+    if (id < 0 || up.readStop() !== 0) return undefined;
     const s = new NativeStream(addon, side);
-    const id = addon.start(upFd, clientFd, side.reasoningSpecial, performance.now(), (reason, bytes, marks) => s.handBack(reason, bytes, marks));
-    if (id < 0) {
+    if (addon.start(id, clientFd, side.reasoningSpecial, performance.now(), (reason, bytes, marks) => s.handBack(reason, bytes, marks)) < 0) {
       up.readStart();
       return undefined;
     }

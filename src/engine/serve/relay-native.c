@@ -16,13 +16,16 @@
  * unforwarded, with the counts of the reads relayed so far; so is an upstream that closes, a client
  * write that fails, and one that would block (with the unsent bytes).
  *
- * Sockets. The upstream: JS stops libuv's reading of it (nothing may be queued to write), and its
- * fd joins one private epoll set per Node environment, itself watched by a single uv_poll: a stream
- * costs two epoll_ctl calls there, where a uv_poll per fd cost six syscalls (uv_poll_init checks the
- * fd by adding and removing it, sets O_NONBLOCK again, and closing it removes it once more). The
- * client: Node keeps reading it, so a hang-up or pipelined bytes are seen as on any other stream;
- * the relay writes through its own dup of the fd, so a socket Node closes meanwhile can never be
- * confused with a new one given the same number, and JS writes nothing while the relay holds it.
+ * Sockets. The upstream: each upstream connection gets a dup of its fd and a uv_poll on that dup,
+ * made the first time one of its answers is handed over and kept for the connection's life (JS
+ * closes it when the socket closes). A hand-off stops libuv's reading of the socket (nothing may be
+ * queued to write) and starts the poll; giving back stops it. That is an epoll add and remove per
+ * hand-off, and libuv drops and re-adds the original fd: four epoll_ctl calls per stream, and no
+ * extra syscall per read (a private epoll set nested in libuv's cost an epoll_wait per wakeup, a
+ * uv_poll made per hand-off six syscalls to set up and tear down). The client: Node keeps reading
+ * it, so a hang-up or pipelined bytes are seen as on any other stream; the relay writes through its
+ * own dup of the fd, made per hand-off, so a socket Node closes meanwhile can never be confused
+ * with a new one given the same number, and JS writes nothing while the relay holds it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,13 +33,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
 #define READ_BYTES (64 * 1024)
-#define EVENTS 256
 
 enum reason {
   R_HELD = 1,      /* a read that is not plain: JS takes it (the held bytes) */
@@ -45,30 +46,34 @@ enum reason {
   R_BLOCKED = 4,   /* the client's socket buffer is full: JS writes the unsent bytes and waits */
 };
 
-typedef struct relay {
+/*
+ * One upstream connection as the relay sees it: a dup of its fd and a poll on the dup, and the
+ * stream being relayed now (active) with where it goes and what it counted.
+ */
+typedef struct channel {
+  uv_poll_t poll;
   struct addon *addon;
-  napi_ref cb;
-  int up_fd, client_fd; /* client_fd is the relay's own dup */
-  int reasoning_special;
+  int fd;
   uint32_t slot, generation;
-  /* per relayed read: its time (ms on JS's performance.now() clock) and its token events */
-  double *marks;
+  /* the stream in hand */
+  int active;
+  napi_ref cb;
+  int client_fd; /* the relay's own dup, per hand-off */
+  int reasoning_special;
+  double *marks; /* per relayed read: its time (ms on JS's performance.now() clock) and token events */
   size_t n_marks, cap_marks;
   double clock_offset_ms;
-} relay_t;
+} channel_t;
 
 /*
- * Per Node environment (a worker thread loading the addon gets its own). Relays live in slots,
- * named in epoll by slot and generation, so an event still queued for a relay that stopped earlier
- * in the same batch finds nothing rather than freed memory; JS holds the same id as a number.
+ * Per Node environment (a worker thread loading the addon gets its own). Channels live in slots,
+ * named to JS by slot and generation as one number, so a stale id finds nothing.
  */
 typedef struct addon {
   napi_env env;
   napi_async_context async_ctx;
   napi_ref async_resource;
-  int epfd;
-  uv_poll_t poll;
-  relay_t **slots;
+  channel_t **slots;
   uint32_t n_slots, free_hint, generation;
   char read_buf[READ_BYTES];
 } addon_t;
@@ -148,43 +153,42 @@ static int plain_read(const char *b, size_t len, int reasoning) {
 }
 
 
-static void mark(relay_t *r, int tokens) {
-  if (r->n_marks + 2 > r->cap_marks) {
-    size_t cap = r->cap_marks ? r->cap_marks * 2 : 64;
-    double *m = realloc(r->marks, cap * sizeof(double));
+static void mark(channel_t *c, int tokens) {
+  if (c->n_marks + 2 > c->cap_marks) {
+    size_t cap = c->cap_marks ? c->cap_marks * 2 : 64;
+    double *m = realloc(c->marks, cap * sizeof(double));
     if (m == NULL) return; /* the counts go short; the bytes were relayed all the same */
-    r->marks = m;
-    r->cap_marks = cap;
+    c->marks = m;
+    c->cap_marks = cap;
   }
-  r->marks[r->n_marks++] = (double)uv_hrtime() / 1e6 + r->clock_offset_ms;
-  r->marks[r->n_marks++] = tokens;
+  c->marks[c->n_marks++] = (double)uv_hrtime() / 1e6 + c->clock_offset_ms;
+  c->marks[c->n_marks++] = tokens;
 }
 
 /* The marks as a Float64Array: [time, tokens, time, tokens, …]. */
-static napi_value marks_array(napi_env env, relay_t *r) {
+static napi_value marks_array(napi_env env, channel_t *c) {
   void *data;
   napi_value ab, arr;
-  napi_create_arraybuffer(env, r->n_marks * sizeof(double), &data, &ab);
-  if (r->n_marks) memcpy(data, r->marks, r->n_marks * sizeof(double));
-  napi_create_typedarray(env, napi_float64_array, r->n_marks, ab, 0, &arr);
+  napi_create_arraybuffer(env, c->n_marks * sizeof(double), &data, &ab);
+  if (c->n_marks) memcpy(data, c->marks, c->n_marks * sizeof(double));
+  napi_create_typedarray(env, napi_float64_array, c->n_marks, ab, 0, &arr);
+  c->n_marks = 0;
   return arr;
 }
 
-/* Leaves the fds (the upstream's epoll entry now, before JS reads it again) and frees the relay. */
-static void release(relay_t *r) {
-  addon_t *a = r->addon;
-  epoll_ctl(a->epfd, EPOLL_CTL_DEL, r->up_fd, NULL);
-  close(r->client_fd);
-  a->slots[r->slot] = NULL;
-  a->free_hint = r->slot;
-  if (r->cb != NULL) napi_delete_reference(a->env, r->cb);
-  free(r->marks);
-  free(r);
+/* Ends the stream in hand: the poll stops (its fd leaves epoll now, before JS reads the socket again). */
+static void deactivate(channel_t *c) {
+  c->active = 0;
+  uv_poll_stop(&c->poll);
+  close(c->client_fd);
+  c->client_fd = -1;
+  if (c->cb != NULL) napi_delete_reference(c->addon->env, c->cb);
+  c->cb = NULL;
 }
 
 /* Hands the stream back to JS: callback(reason, bytes | null, marks). */
-static void hand_back(relay_t *r, int reason, const char *bytes, size_t len) {
-  addon_t *a = r->addon;
+static void hand_back(channel_t *c, int reason, const char *bytes, size_t len) {
+  addon_t *a = c->addon;
   napi_env env = a->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
@@ -192,10 +196,10 @@ static void hand_back(relay_t *r, int reason, const char *bytes, size_t len) {
   napi_create_int32(env, reason, &argv[0]);
   if (bytes != NULL) napi_create_buffer_copy(env, len, bytes, NULL, &argv[1]);
   else napi_get_null(env, &argv[1]);
-  argv[2] = marks_array(env, r);
-  napi_get_reference_value(env, r->cb, &cb);
+  argv[2] = marks_array(env, c);
+  napi_get_reference_value(env, c->cb, &cb);
   napi_get_reference_value(env, a->async_resource, &resource);
-  release(r);
+  deactivate(c);
   /* make_callback, not call_function: JS's microtasks and nextTicks run after it, as after any I/O callback */
   if (napi_make_callback(env, a->async_ctx, resource, cb, 3, argv, &result) == napi_pending_exception) {
     napi_value err;
@@ -206,43 +210,33 @@ static void hand_back(relay_t *r, int reason, const char *bytes, size_t len) {
 }
 
 /* The upstream is readable: forward its plain reads until it would block or a read is not plain. */
-static void relay_reads(relay_t *r) {
-  char *buf = r->addon->read_buf;
+static void on_upstream(uv_poll_t *h, int status, int events) {
+  channel_t *c = (channel_t *)h; /* the poll is the channel's first member */
+  char *buf = c->addon->read_buf;
+  (void)events;
+  if (!c->active) return;
+  if (status < 0) return hand_back(c, R_UP_CLOSED, NULL, 0);
   for (;;) {
-    ssize_t n = read(r->up_fd, buf, READ_BYTES);
+    ssize_t n = read(c->fd, buf, READ_BYTES);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (n <= 0) return hand_back(r, R_UP_CLOSED, NULL, 0);
-    int tokens = plain_read(buf, (size_t)n, r->reasoning_special);
-    if (tokens <= 0) return hand_back(r, R_HELD, buf, (size_t)n);
+    if (n <= 0) return hand_back(c, R_UP_CLOSED, NULL, 0);
+    int tokens = plain_read(buf, (size_t)n, c->reasoning_special);
+    if (tokens <= 0) return hand_back(c, R_HELD, buf, (size_t)n);
     size_t sent = 0;
     while (sent < (size_t)n) {
-      ssize_t w = send(r->client_fd, buf + sent, (size_t)n - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t w = send(c->client_fd, buf + sent, (size_t)n - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (w >= 0) sent += (size_t)w;
       else if (errno == EINTR) continue;
       else if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       else {
-        mark(r, tokens);
-        return hand_back(r, R_CLIENT, NULL, 0);
+        mark(c, tokens);
+        return hand_back(c, R_CLIENT, NULL, 0);
       }
     }
-    mark(r, tokens);
-    if (sent < (size_t)n) return hand_back(r, R_BLOCKED, buf + sent, (size_t)n - sent);
+    mark(c, tokens);
+    if (sent < (size_t)n) return hand_back(c, R_BLOCKED, buf + sent, (size_t)n - sent);
     if (n < READ_BYTES) return; /* a short read: the socket is drained */
-  }
-}
-
-/* The private epoll set is readable: its ready upstreams, by slot and generation. */
-static void on_epoll(uv_poll_t *h, int status, int events) {
-  addon_t *a = h->data;
-  struct epoll_event ev[EVENTS];
-  (void)status;
-  (void)events;
-  int n = epoll_wait(a->epfd, ev, EVENTS, 0);
-  for (int i = 0; i < n; i++) {
-    uint32_t slot = (uint32_t)ev[i].data.u64, generation = (uint32_t)(ev[i].data.u64 >> 32);
-    relay_t *r = slot < a->n_slots ? a->slots[slot] : NULL;
-    if (r != NULL && r->generation == generation) relay_reads(r);
   }
 }
 
@@ -254,26 +248,7 @@ static void on_epoll(uv_poll_t *h, int status, int events) {
     }                                                \
   } while (0)
 
-/* The private epoll set and its uv_poll, made on first use; unref'd: it never keeps the process alive. */
-static int ensure_epoll(addon_t *a) {
-  if (a->epfd >= 0) return 0;
-  uv_loop_t *loop;
-  if (napi_get_uv_event_loop(a->env, &loop) != napi_ok) return UV_EINVAL;
-  int fd = epoll_create1(EPOLL_CLOEXEC);
-  if (fd < 0) return -errno;
-  int err = uv_poll_init(loop, &a->poll, fd);
-  if (err == 0) err = uv_poll_start(&a->poll, UV_READABLE, on_epoll);
-  if (err != 0) {
-    close(fd);
-    return err;
-  }
-  a->poll.data = a;
-  uv_unref((uv_handle_t *)&a->poll);
-  a->epfd = fd;
-  return 0;
-}
-
-/* JS names a relay by one number: generation × 2^20 + slot, exact in a double (slots stay below 2^20). */
+/* JS names a channel by one number: generation × 2^20 + slot, exact in a double (slots stay below 2^20). */
 #define SLOT_BITS 20
 #define MAX_SLOTS (1u << SLOT_BITS)
 #define GENERATIONS (1u << 30)
@@ -284,80 +259,128 @@ static int free_slot(addon_t *a) {
     if (a->slots[i] == NULL) return (int)i;
   if (a->n_slots >= MAX_SLOTS) return -1;
   uint32_t n = a->n_slots ? a->n_slots * 2 : 64;
-  relay_t **s = realloc(a->slots, n * sizeof(relay_t *));
+  channel_t **s = realloc(a->slots, n * sizeof(channel_t *));
   if (s == NULL) return -1;
-  memset(s + a->n_slots, 0, (n - a->n_slots) * sizeof(relay_t *));
+  memset(s + a->n_slots, 0, (n - a->n_slots) * sizeof(channel_t *));
   a->slots = s;
   int i = (int)a->n_slots;
   a->n_slots = n;
   return i;
 }
 
+static channel_t *channel_of(napi_env env, addon_t *a, napi_value v) {
+  double id;
+  if (napi_get_value_double(env, v, &id) != napi_ok || !(id >= 0)) return NULL;
+  uint64_t u = (uint64_t)id;
+  uint32_t slot = (uint32_t)(u % MAX_SLOTS), generation = (uint32_t)(u / MAX_SLOTS);
+  channel_t *c = slot < a->n_slots ? a->slots[slot] : NULL;
+  return c != NULL && c->generation == generation ? c : NULL;
+}
+
+static void free_channel(uv_handle_t *h) {
+  channel_t *c = (channel_t *)h;
+  free(c->marks);
+  free(c);
+}
+
+/* open(upstreamFd) → a channel id (≥ 0) for that connection, or a negative errno. Its own dup and poll, until close(id). */
+static napi_value open_channel(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  addon_t *a;
+  int32_t fd;
+  uv_loop_t *loop;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_instance_data(env, (void **)&a));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  int slot = free_slot(a);
+  channel_t *c = slot >= 0 ? calloc(1, sizeof(channel_t)) : NULL;
+  int dup_fd = c != NULL ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  int err = dup_fd < 0 ? (c == NULL ? -ENOMEM : -errno) : uv_poll_init(loop, &c->poll, dup_fd);
+  if (err != 0) {
+    if (dup_fd >= 0) close(dup_fd);
+    free(c);
+    CHECK(napi_create_int32(env, err, &out));
+    return out;
+  }
+  c->addon = a;
+  c->fd = dup_fd;
+  c->client_fd = -1;
+  c->slot = (uint32_t)slot;
+  c->generation = a->generation = (a->generation + 1) % GENERATIONS;
+  a->slots[slot] = c;
+  CHECK(napi_create_double(env, (double)c->generation * MAX_SLOTS + c->slot, &out));
+  return out;
+}
+
+/* close(id): the channel goes (a stream in hand is dropped without a callback); its dup is closed. */
+static napi_value close_channel(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  addon_t *a;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_instance_data(env, (void **)&a));
+  channel_t *c = channel_of(env, a, argv[0]);
+  if (c == NULL) return NULL;
+  if (c->active) deactivate(c);
+  a->slots[c->slot] = NULL;
+  a->free_hint = c->slot;
+  uv_close((uv_handle_t *)&c->poll, free_channel); /* takes the dup out of epoll now */
+  close(c->fd);
+  return NULL;
+}
+
 /*
- * start(upstreamFd, clientFd, reasoningSpecial, nowMs, callback) → the relay's id (a number ≥ 0), or
- * a negative errno when it could not start (nothing changed: the stream stays in JS).
+ * start(id, clientFd, reasoningSpecial, nowMs, callback) → 0, or a negative errno when it could not
+ * start (nothing changed: the stream stays in JS). libuv must have stopped reading the upstream.
  */
 static napi_value start(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5], out;
   addon_t *a;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_instance_data(env, (void **)&a));
-  int32_t up_fd, client_fd;
+  int32_t client_fd;
   bool reasoning;
   double now_ms;
-  CHECK(napi_get_value_int32(env, argv[0], &up_fd));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_instance_data(env, (void **)&a));
   CHECK(napi_get_value_int32(env, argv[1], &client_fd));
   CHECK(napi_get_value_bool(env, argv[2], &reasoning));
   CHECK(napi_get_value_double(env, argv[3], &now_ms));
-  int err = ensure_epoll(a);
-  int slot = err == 0 ? free_slot(a) : -1;
-  relay_t *r = slot >= 0 ? calloc(1, sizeof(relay_t)) : NULL;
-  int dup_fd = r != NULL ? fcntl(client_fd, F_DUPFD_CLOEXEC, 0) : -1;
-  if (dup_fd < 0) {
-    free(r);
-    CHECK(napi_create_int32(env, err != 0 ? err : -ENOMEM, &out));
-    return out;
-  }
-  r->addon = a;
-  r->up_fd = up_fd;
-  r->client_fd = dup_fd;
-  r->reasoning_special = reasoning;
-  r->slot = (uint32_t)slot;
-  r->generation = a->generation = (a->generation + 1) % GENERATIONS;
-  r->clock_offset_ms = now_ms - (double)uv_hrtime() / 1e6;
-  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ((uint64_t)r->generation << 32) | r->slot};
-  if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, up_fd, &ev) != 0) {
-    err = -errno;
-    close(dup_fd);
-    free(r);
+  channel_t *c = channel_of(env, a, argv[0]);
+  int err = c == NULL ? -EBADF : c->active ? -EBUSY : 0;
+  int dup_fd = err == 0 ? fcntl(client_fd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (err == 0 && dup_fd < 0) err = -errno;
+  if (err == 0) err = uv_poll_start(&c->poll, UV_READABLE, on_upstream);
+  if (err != 0) {
+    if (dup_fd >= 0) close(dup_fd);
     CHECK(napi_create_int32(env, err, &out));
     return out;
   }
-  a->slots[slot] = r;
-  CHECK(napi_create_reference(env, argv[4], 1, &r->cb));
-  CHECK(napi_create_double(env, (double)r->generation * MAX_SLOTS + r->slot, &out));
+  c->client_fd = dup_fd;
+  c->reasoning_special = reasoning;
+  c->n_marks = 0;
+  c->clock_offset_ms = now_ms - (double)uv_hrtime() / 1e6;
+  c->active = 1;
+  CHECK(napi_create_reference(env, argv[4], 1, &c->cb));
+  CHECK(napi_create_int32(env, 0, &out));
   return out;
 }
 
-/* stop(id) → the marks so far (Float64Array), or null when the relay already handed back. No callback follows. */
+/* stop(id) → the marks so far (Float64Array), or null when no stream is in hand. No callback follows. */
 static napi_value stop(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], out;
   addon_t *a;
-  double id;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_instance_data(env, (void **)&a));
-  CHECK(napi_get_value_double(env, argv[0], &id));
-  uint64_t v = id >= 0 ? (uint64_t)id : 0;
-  uint32_t slot = (uint32_t)(v % MAX_SLOTS), generation = (uint32_t)(v / MAX_SLOTS);
-  relay_t *r = slot < a->n_slots ? a->slots[slot] : NULL;
-  if (r == NULL || r->generation != generation) {
+  channel_t *c = channel_of(env, a, argv[0]);
+  if (c == NULL || !c->active) {
     CHECK(napi_get_null(env, &out));
     return out;
   }
-  out = marks_array(env, r);
-  release(r);
+  out = marks_array(env, c);
+  deactivate(c);
   return out;
 }
 
@@ -380,12 +403,7 @@ static void free_addon(napi_env env, void *data, void *hint) {
   (void)hint;
   napi_async_destroy(env, a->async_ctx);
   napi_delete_reference(env, a->async_resource);
-  /* the environment is going away: its loop with it; relays still held leave their fds to it */
-  if (a->epfd >= 0) {
-    uv_close((uv_handle_t *)&a->poll, NULL);
-    close(a->epfd);
-  }
-  /* the addon's memory stays: the closing poll handle lives in it until the loop's last turn */
+  /* the environment is going away with its loop; channels still open go with the process */
 }
 
 NAPI_MODULE_INIT() {
@@ -393,17 +411,17 @@ NAPI_MODULE_INIT() {
   addon_t *a = calloc(1, sizeof(addon_t));
   if (a == NULL) return NULL;
   a->env = env;
-  a->epfd = -1;
   napi_create_object(env, &resource);
   napi_create_reference(env, resource, 1, &a->async_resource);
   napi_create_string_utf8(env, "dsr.relay", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, resource, name, &a->async_ctx);
   napi_set_instance_data(env, a, free_addon, NULL);
-  napi_create_function(env, "start", NAPI_AUTO_LENGTH, start, NULL, &fn);
-  napi_set_named_property(env, exports, "start", fn);
-  napi_create_function(env, "stop", NAPI_AUTO_LENGTH, stop, NULL, &fn);
-  napi_set_named_property(env, exports, "stop", fn);
-  napi_create_function(env, "plainTokens", NAPI_AUTO_LENGTH, plain_tokens, NULL, &fn);
-  napi_set_named_property(env, exports, "plainTokens", fn);
+  const struct { const char *name; napi_callback fn; } fns[] = {
+    {"open", open_channel}, {"close", close_channel}, {"start", start}, {"stop", stop}, {"plainTokens", plain_tokens},
+  };
+  for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
+    napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);
+    napi_set_named_property(env, exports, fns[i].name, fn);
+  }
   return exports;
 }

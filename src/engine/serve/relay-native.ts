@@ -8,9 +8,13 @@ import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 
 export interface NativeRelayAddon {
-  /** Reads the upstream fd (libuv must have stopped reading it) and writes to a dup of the client's: the relay's id (≥ 0), or a negative errno when it could not start. */
-  start(upstreamFd: number, clientFd: number, reasoningSpecial: boolean, nowMs: number, back: HandBack): number;
-  /** Stops a relay that has not handed back yet: its marks, or null when it already had. No callback follows. */
+  /** An upstream connection's channel (a dup of its fd and a poll on it): its id (≥ 0), or a negative errno. Kept until close(id). */
+  open(upstreamFd: number): number;
+  /** The connection closed: the channel goes (a stream in hand is dropped without a callback). */
+  close(id: number): void;
+  /** Relays the channel's connection (libuv must have stopped reading it) to a dup of the client's fd: 0, or a negative errno when it could not start. */
+  start(id: number, clientFd: number, reasoningSpecial: boolean, nowMs: number, back: HandBack): number;
+  /** Stops the stream in hand: its marks, or null when there is none (it handed back). No callback follows. */
   stop(id: number): Float64Array | null;
   /** The scan alone: a read's token events, or -1 when the native relay would hand it back. */
   plainTokens(read: Buffer, reasoningSpecial: boolean): number;
