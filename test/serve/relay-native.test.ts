@@ -63,7 +63,10 @@ function seeded(seed: number): () => number {
 
 suite("native relay: the scan", () => {
   it("takes whole chunks of one-line data events and counts them; gives back anything else", () => {
-    const t = (s: string, reasoning = true) => addon!.plainTokens(Buffer.from(s), reasoning);
+    const t = (s: string, reasoning = true) => {
+      const r = addon!.scan(Buffer.from(s), reasoning, null);
+      return r === null ? -1 : r[0];
+    };
     expect(t(chunk(token(0)))).toBe(1);
     expect(t(chunk(token(0) + token(1)) + chunk(token(2)))).toBe(3);
     expect(t(chunk(event(`{"usage":null,"choices":[]}`)))).toBe(1); // no usage (OpenAI's and SGLang's every chunk)
@@ -78,14 +81,65 @@ suite("native relay: the scan", () => {
     expect(t("")).toBe(-1);
   });
 
+  it("fuzz: reasoning events of the stream's templates are rewritten as the JS relay rewrites them, with the same counts", () => {
+    const rand = seeded(42);
+    const vllm = (body: string) => event(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"reasoning":"${body}"},"logprobs":null,"finish_reason":null}]}`);
+    const deepseek = (body: string) => event(`{"id":"c1","choices":[{"index":0,"delta":{"content":"${body}","reasoning_content":null},"finish_reason":null}]}`);
+    const content = (body: string) => event(`{"id":"c1","choices":[{"index":0,"delta":{"content":"${body}"},"finish_reason":null}]}`);
+    const bodies = ["x", " the", "", "a\\\"b", "\\n", "\\u00e9t\\u00e9", "tab\\tq", "bad\\q", "raw\u0001", "\\", "multi word text"];
+    const primed = (fields: readonly ("reasoning" | "reasoning_content")[]) => {
+      const relay = new SseRelay({ fields, dropUsageChunk: true });
+      relay.push(Buffer.from(vllm("first") + deepseek("first")));
+      return relay;
+    };
+    let rewritten = 0;
+    for (const fields of [["reasoning", "reasoning_content"], ["reasoning_content"], ["reasoning"]] as const) {
+      const templates = primed(fields).encodedTemplates();
+      expect(templates).not.toBeNull();
+      for (let i = 0; i < 3000; i++) {
+        let read = "";
+        for (let c = 1 + Math.floor(rand() * 3); c > 0; c--) {
+          let data = "";
+          for (let e = 1 + Math.floor(rand() * 3); e > 0; e--) {
+            const body = bodies[Math.floor(rand() * bodies.length)];
+            const r = rand();
+            data += r < 0.45 ? vllm(body) : r < 0.65 ? deepseek(body) : r < 0.9 ? content(body) : event(`{"choices":[{"delta":{"reasoning":"${body}"},"finish_reason":"stop"}]}`);
+          }
+          read += chunk(data);
+        }
+        const buf = Buffer.from(read, "utf8");
+        const native = addon!.scan(buf, true, templates);
+        if (native === null) continue;
+        const relay = primed(fields);
+        const dec = new ChunkedDecoder();
+        const ranges = new Ranges();
+        dec.feed(buf, 0, ranges);
+        const before = relay.stats.events;
+        const any = relay.push(buf, ranges, false);
+        expect(relay.simple, read).toBe(true);
+        expect(relay.stats.events - before).toBe(native[0] + native[1]);
+        // what the client reads: the chunks' bodies, whatever their framing
+        const jsBody = any ? relay.out : Buffer.alloc(0);
+        const sentRanges = new Ranges();
+        expect(new ChunkedDecoder().feed(native[2], 0, sentRanges)).toBe(native[2].length);
+        const sentBody = Buffer.concat(sentRanges.slices(native[2]));
+        expect(sentBody.toString("utf8")).toBe(jsBody.toString("utf8"));
+        if (!native[2].equals(buf)) rewritten++;
+      }
+    }
+    expect(rewritten).toBeGreaterThan(500);
+  });
+
   it("fuzz: every read it forwards, the JS relay forwards unchanged with the same token count", () => {
     const rand = seeded(20261123);
     let forwarded = 0;
     for (let i = 0; i < 20_000; i++) {
       const read = Buffer.from(randomRead(rand), "latin1");
       for (const fields of [["reasoning", "reasoning_content"], []] as const) {
-        const n = addon!.plainTokens(read, fields.length > 0);
-        if (n <= 0) continue;
+        const r = addon!.scan(read, fields.length > 0, null);
+        if (r === null) continue;
+        const n = r[0];
+        expect(r[2].equals(read)).toBe(true); // no template: the read goes as it came
         forwarded++;
         // the JS side as the proxy has it: one token already seen, the decoder at a chunk boundary
         const relay = new SseRelay({ fields, dropUsageChunk: true });
@@ -138,6 +192,7 @@ function side(up: Socket, cl: Socket) {
     upstream: up,
     client: cl,
     reasoningSpecial: true,
+    templates: null,
     relayed: (m) => got.marks.push(...m),
     back: (held, unsent) => got.back.push({ held, unsent }),
   };
@@ -296,7 +351,7 @@ suite("native relay: dsr serve --upstream", () => {
     await standin?.close();
   });
 
-  it("streams the same answers as the JS relay (reasoning renamed in JS, content natively), usage and finish reason included", async () => {
+  it("streams the same answers as the JS relay (reasoning renamed from the stream's templates, content as it came), usage and finish reason included", async () => {
     const answers = [];
     for (const gw of gws) {
       const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "x", maxRetries: 0 });

@@ -412,12 +412,12 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       this.framed = g.sink.takesFramed?.() ?? false;
       return;
     }
-    // whole chunks whose events passed the relay unchanged: forward the read as received, and
-    // offer the native relay the reads after it
+    // whole chunks whose events passed the relay unchanged: forward the read as received; a read
+    // that needed nothing but that and the stream's reasoning templates: offer the native relay
+    // the reads after it
     if (!this.framed) return this.backpressure(g.sink.write(relay.out));
-    const asIs = read.aligned && relay.passedThrough;
-    this.backpressure(g.sink.writeFramed!(asIs ? read.raw : relay.out));
-    if (asIs && this.handOffs < MAX_HAND_OFFS && relay.stats.events > 0) this.handOff();
+    this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
+    if (read.aligned && relay.simple && this.handOffs < MAX_HAND_OFFS && relay.stats.events > 0) this.handOff();
   }
 
   /**
@@ -436,6 +436,7 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       upstream,
       client,
       reasoningSpecial: this.o.reasoningFields.length > 0,
+      templates: this.relay!.encodedTemplates(),
       relayed: (marks) => {
         this.relay!.addRelayed(marks);
         this.o.metrics.nativeRelayed(marks.length / 2);

@@ -81,6 +81,23 @@ export class ReasoningTemplate {
   }
 
   /**
+   * Templates as the native relay reads them (relay-native.c, decode_templates): a count, then per
+   * template its head, its tail and its pieces (their count, 0xFFFFFFFF for none), each as a
+   * little-endian u32 length and the bytes.
+   */
+  static encodeAll(templates: readonly ReasoningTemplate[]): Buffer {
+    const parts: Buffer[] = [u32(templates.length)];
+    const field = (b: Buffer) => parts.push(u32(b.length), b);
+    for (const t of templates) {
+      field(t.head);
+      field(t.tail);
+      parts.push(u32(t.pieces === undefined ? 0xffffffff : t.pieces.length));
+      for (const p of t.pieces ?? []) field(p);
+    }
+    return Buffer.concat(parts);
+  }
+
+  /**
    * The event buf[a, b) (without its blank line) rewritten, with a blank line after it (and framed as
    * one HTTP/1.1 chunk when `chunked`); UNCHANGED when it matches and needs no change; undefined when
    * it is not this template's event.
@@ -109,6 +126,12 @@ export class ReasoningTemplate {
     if (chunked) endChunk(out, at);
     return out;
   }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32LE(n);
+  return b;
 }
 
 /** Where `needle` is in `ev`, when it is the event's only mention of a reasoning name (an escaped quote inside a string can spell one); else -1. */

@@ -61,8 +61,10 @@ export interface HandOffSide {
   upstream: Socket;
   /** The client's connection. */
   client: Socket;
-  /** The relay renames reasoning, so reasoning events must stay in JS. */
+  /** The relay renames reasoning: reasoning events go native only when they fit one of `templates`. */
   reasoningSpecial: boolean;
+  /** The stream's reasoning templates (SseRelay.encodedTemplates()), or null. */
+  templates: Buffer | null;
   /** Per relayed read: its time (performance.now()) and token events. */
   relayed(marks: Float64Array): void;
   /** The stream is back in JS: `held` bytes (a read not forwarded) to handle, `unsent` bytes to write. */
@@ -87,7 +89,7 @@ export class NativeStream {
     const id = channelOf(addon, side.upstream, upFd);
     if (id < 0 || up.readStop() !== 0) return undefined;
     const s = new NativeStream(addon, side);
-    if (addon.start(id, clientFd, side.reasoningSpecial, performance.now(), (reason, bytes, marks) => s.handBack(reason, bytes, marks)) < 0) {
+    if (addon.start(id, clientFd, side.reasoningSpecial, side.templates, performance.now(), (reason, bytes, marks) => s.handBack(reason, bytes, marks)) < 0) {
       up.readStart();
       return undefined;
     }

@@ -46,38 +46,6 @@ enum reason {
   R_BLOCKED = 4,   /* the client's socket buffer is full: JS writes the unsent bytes and waits */
 };
 
-/*
- * One upstream connection as the relay sees it: a dup of its fd and a poll on the dup, and the
- * stream being relayed now (active) with where it goes and what it counted.
- */
-typedef struct channel {
-  uv_poll_t poll;
-  struct addon *addon;
-  int fd;
-  uint32_t slot, generation;
-  /* the stream in hand */
-  int active;
-  napi_ref cb;
-  int client_fd; /* the relay's own dup, per hand-off */
-  int reasoning_special;
-  double *marks; /* per relayed read: its time (ms on JS's performance.now() clock) and token events */
-  size_t n_marks, cap_marks;
-  double clock_offset_ms;
-} channel_t;
-
-/*
- * Per Node environment (a worker thread loading the addon gets its own). Channels live in slots,
- * named to JS by slot and generation as one number, so a stale id finds nothing.
- */
-typedef struct addon {
-  napi_env env;
-  napi_async_context async_ctx;
-  napi_ref async_resource;
-  channel_t **slots;
-  uint32_t n_slots, free_hint, generation;
-  char read_buf[READ_BYTES];
-} addon_t;
-
 static int hex(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -118,40 +86,215 @@ static int special(const char *p, const char *end, int reasoning) {
   return 0;
 }
 
-/* Token events in one chunk's data, or -1 unless it is only whole one-line `data: {` events. */
-static int plain_events(const char *p, const char *end, int reasoning) {
-  int n = 0;
+/*
+ * A reasoning template, as the JS relay learnt it (reasoning-template.ts, encoded by its encode()):
+ * an event is one of it when it is `head`, a JSON string body, then `tail`; it becomes the pieces
+ * with a copy of the body between each two (the last piece ends with the blank line), or stays as
+ * it is (`unchanged`: the configured name is already the event's).
+ */
+typedef struct tmpl {
+  const char *head, *tail;
+  size_t head_len, tail_len;
+  int unchanged;
+  int n_pieces;
+  const char *pieces[4];
+  size_t piece_lens[4];
+} tmpl_t;
+
+#define MAX_TEMPLATES 2
+
+/* JSON's simple escapes besides \u: " \ / b f n r t. */
+static int simple_escape(unsigned char c) {
+  return c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't';
+}
+
+/* True when [p, end) is the body of a JSON string (reasoning-template.ts isStringBody). */
+static int string_body(const char *p, const char *end) {
+  for (; p < end; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c == '\\') {
+      if (++p >= end) return 0;
+      if (*p == 'u') {
+        if (p + 4 >= end) return 0;
+        for (int h = 1; h <= 4; h++)
+          if (hex(p[h]) < 0) return 0;
+        p += 4;
+      } else if (!simple_escape((unsigned char)*p)) return 0;
+    } else if (c == '"' || c < 0x20) return 0;
+  }
+  return 1;
+}
+
+static int fits(const tmpl_t *t, const char *p, const char *end) {
+  size_t len = (size_t)(end - p);
+  return len >= t->head_len + t->tail_len && memcmp(p, t->head, t->head_len) == 0 && memcmp(end - t->tail_len, t->tail, t->tail_len) == 0 &&
+         string_body(p + t->head_len, end - t->tail_len);
+}
+
+/* The size event [p, end) takes in the output (with its blank line) under template t. */
+static size_t rewritten_size(const tmpl_t *t, const char *p, const char *end) {
+  if (t->unchanged) return (size_t)(end - p) + 2;
+  size_t body = (size_t)(end - p) - t->head_len - t->tail_len, size = body * (size_t)(t->n_pieces - 1);
+  for (int i = 0; i < t->n_pieces; i++) size += t->piece_lens[i];
+  return size;
+}
+
+static char *put_rewritten(char *o, const tmpl_t *t, const char *p, const char *end) {
+  if (t->unchanged) {
+    memcpy(o, p, (size_t)(end - p) + 2);
+    return o + (end - p) + 2;
+  }
+  const char *body = p + t->head_len;
+  size_t body_len = (size_t)(end - p) - t->head_len - t->tail_len;
+  for (int i = 0; i < t->n_pieces; i++) {
+    if (i > 0) {
+      memcpy(o, body, body_len);
+      o += body_len;
+    }
+    memcpy(o, t->pieces[i], t->piece_lens[i]);
+    o += t->piece_lens[i];
+  }
+  return o;
+}
+
+/* One read's verdict: its token events, and whether an event changed (then the read is sent re-framed). */
+typedef struct verdict {
+  int plain;
+  int templated;
+  int changed;
+} verdict_t;
+
+/* The templates in force for a read: what the stream's JS relay had learnt when it handed over. */
+typedef struct templates {
+  int n;
+  tmpl_t t[MAX_TEMPLATES];
+  int reasoning_special;
+} templates_t;
+
+/*
+ * Classifies the events of one chunk's data, each a whole one-line `data: {` event: plain (no key
+ * the relay acts on), or one of a template (tried in the JS relay's order). -1 for anything else.
+ * `which` gets each event's template index (-1: plain) when given.
+ */
+static int chunk_events(const char *p, const char *end, const templates_t *ts, verdict_t *v) {
   while (p < end) {
     const char *lf = memchr(p, '\n', end - p);
-    if (lf == NULL || lf + 1 >= end || lf[1] != '\n') return -1;
-    if (!starts(p, lf, "data: {", 7) || special(p, lf, reasoning)) return -1;
-    n++;
+    if (lf == NULL || lf + 1 >= end || lf[1] != '\n' || !starts(p, lf, "data: {", 7)) return -1;
+    if (special(p, lf, ts->reasoning_special)) {
+      int i = 0;
+      while (i < ts->n && !fits(&ts->t[i], p, lf)) i++;
+      if (i == ts->n) return -1;
+      v->templated++;
+      if (!ts->t[i].unchanged) v->changed = 1;
+    } else v->plain++;
     p = lf + 2;
   }
-  return n;
+  return 0;
 }
 
-/* Token events in a read of whole chunks, or -1 when the read is not plain (see the top). */
-static int plain_read(const char *b, size_t len, int reasoning) {
-  const char *p = b, *end = b + len;
-  int tokens = 0;
-  if (len == 0) return -1;
-  while (p < end) {
+/* Walks a read of whole chunks; calls `each(data, end)` per chunk. -1 at a chunk that is malformed, split or the last. */
+#define FOR_EACH_CHUNK(b, len, data, dend, body)                                                              \
+  do {                                                                                                      \
+    const char *p_ = (b), *e_ = (b) + (len);                                                                \
+    if ((len) == 0) return -1;                                                                             \
+    while (p_ < e_) {                                                                                       \
+      size_t size_ = 0;                                                                                     \
+      int digits_ = 0;                                                                                      \
+      for (int v_; p_ + digits_ < e_ && digits_ <= 12 && (v_ = hex(p_[digits_])) >= 0; digits_++) size_ = size_ * 16 + v_; \
+      if (digits_ == 0 || digits_ > 12 || size_ == 0) return -1;                                            \
+      const char *data = p_ + digits_ + 2;                                                                  \
+      if (data > e_ || p_[digits_] != '\r' || p_[digits_ + 1] != '\n') return -1;                           \
+      if ((size_t)(e_ - data) < size_ + 2 || data[size_] != '\r' || data[size_ + 1] != '\n') return -1;     \
+      const char *dend = data + size_;                                                                      \
+      body;                                                                                                 \
+      p_ = dend + 2;                                                                                        \
+    }                                                                                                       \
+  } while (0)
+
+/* The verdict on a read of whole chunks (see the top), or -1 when JS must take it. */
+static int judge(const char *b, size_t len, const templates_t *ts, verdict_t *v) {
+  memset(v, 0, sizeof(*v));
+  FOR_EACH_CHUNK(b, len, data, dend, {
+    if (chunk_events(data, dend, ts, v) != 0) return -1;
+  });
+  return 0;
+}
+
+static const tmpl_t *template_of(const templates_t *ts, const char *p, const char *lf) {
+  if (!special(p, lf, ts->reasoning_special)) return NULL;
+  for (int i = 0; i < ts->n; i++)
+    if (fits(&ts->t[i], p, lf)) return &ts->t[i];
+  return NULL;
+}
+
+/* Writes a judged read with its templated events rewritten, one chunk per chunk; its size, or -1 when over `cap`. */
+static long rewrite(const char *b, size_t len, const templates_t *ts, char *out, size_t cap) {
+  char *o = out, *o_end = out + cap;
+  FOR_EACH_CHUNK(b, len, data, dend, {
     size_t size = 0;
-    int digits = 0;
-    for (int v; p + digits < end && digits <= 12 && (v = hex(p[digits])) >= 0; digits++) size = size * 16 + v;
-    if (digits == 0 || digits > 12 || size == 0) return -1;
-    const char *data = p + digits + 2;
-    if (data > end || p[digits] != '\r' || p[digits + 1] != '\n') return -1;
-    if ((size_t)(end - data) < size + 2 || data[size] != '\r' || data[size + 1] != '\n') return -1;
-    int n = plain_events(data, data + size, reasoning);
-    if (n <= 0) return -1;
-    tokens += n;
-    p = data + size + 2;
-  }
-  return tokens;
+    for (const char *q = data; q < dend;) {
+      const char *lf = memchr(q, '\n', dend - q);
+      const tmpl_t *t = template_of(ts, q, lf);
+      size += t ? rewritten_size(t, q, lf) : (size_t)(lf - q) + 2;
+      q = lf + 2;
+    }
+    if ((size_t)(o_end - o) < size + 20) return -1;
+    int digits = 1;
+    for (size_t x = size; x >= 16; x /= 16) digits++;
+    for (int i = digits - 1, x = (int)0; i >= 0; i--, x++) o[i] = "0123456789abcdef"[(size >> (4 * x)) & 15];
+    o += digits;
+    *o++ = '\r';
+    *o++ = '\n';
+    for (const char *q = data; q < dend;) {
+      const char *lf = memchr(q, '\n', dend - q);
+      const tmpl_t *t = template_of(ts, q, lf);
+      if (t) o = put_rewritten(o, t, q, lf);
+      else {
+        memcpy(o, q, (size_t)(lf - q) + 2);
+        o += (lf - q) + 2;
+      }
+      q = lf + 2;
+    }
+    *o++ = '\r';
+    *o++ = '\n';
+  });
+  return (long)(o - out);
 }
 
+/*
+ * One upstream connection as the relay sees it: a dup of its fd and a poll on the dup, and the
+ * stream being relayed now (active) with where it goes and what it counted.
+ */
+typedef struct channel {
+  uv_poll_t poll;
+  struct addon *addon;
+  int fd;
+  uint32_t slot, generation;
+  /* the stream in hand */
+  int active;
+  napi_ref cb;
+  int client_fd; /* the relay's own dup, per hand-off */
+  templates_t ts; /* the stream's reasoning templates (pointing into ts_bytes) */
+  char *ts_bytes;
+  double *marks; /* per relayed read: its time (ms on JS's performance.now() clock) and token events */
+  size_t n_marks, cap_marks;
+  double clock_offset_ms;
+} channel_t;
+
+/*
+ * Per Node environment (a worker thread loading the addon gets its own). Channels live in slots,
+ * named to JS by slot and generation as one number, so a stale id finds nothing.
+ */
+typedef struct addon {
+  napi_env env;
+  napi_async_context async_ctx;
+  napi_ref async_resource;
+  channel_t **slots;
+  uint32_t n_slots, free_hint, generation;
+  char read_buf[READ_BYTES];
+  /* a read with events rewritten: renaming copies each reasoning text once per configured name */
+  char out_buf[3 * READ_BYTES];
+} addon_t;
 
 static void mark(channel_t *c, int tokens) {
   if (c->n_marks + 2 > c->cap_marks) {
@@ -179,6 +322,9 @@ static napi_value marks_array(napi_env env, channel_t *c) {
 /* Ends the stream in hand: the poll stops (its fd leaves epoll now, before JS reads the socket again). */
 static void deactivate(channel_t *c) {
   c->active = 0;
+  free(c->ts_bytes);
+  c->ts_bytes = NULL;
+  c->ts.n = 0;
   uv_poll_stop(&c->poll);
   close(c->client_fd);
   c->client_fd = -1;
@@ -221,21 +367,28 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     if (n <= 0) return hand_back(c, R_UP_CLOSED, NULL, 0);
-    int tokens = plain_read(buf, (size_t)n, c->reasoning_special);
-    if (tokens <= 0) return hand_back(c, R_HELD, buf, (size_t)n);
+    verdict_t v;
+    if (judge(buf, (size_t)n, &c->ts, &v) != 0) return hand_back(c, R_HELD, buf, (size_t)n);
+    const char *o = buf;
+    size_t len = (size_t)n;
+    if (v.changed) {
+      long r = rewrite(buf, (size_t)n, &c->ts, c->addon->out_buf, sizeof(c->addon->out_buf));
+      if (r < 0) return hand_back(c, R_HELD, buf, (size_t)n);
+      o = c->addon->out_buf;
+      len = (size_t)r;
+    }
+    /* counted as the JS relay counts a read: each templated event on its own, then the plain ones at once */
+    for (int i = 0; i < v.templated; i++) mark(c, 1);
+    if (v.plain > 0) mark(c, v.plain);
     size_t sent = 0;
-    while (sent < (size_t)n) {
-      ssize_t w = send(c->client_fd, buf + sent, (size_t)n - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (sent < len) {
+      ssize_t w = send(c->client_fd, o + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (w >= 0) sent += (size_t)w;
       else if (errno == EINTR) continue;
       else if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      else {
-        mark(c, tokens);
-        return hand_back(c, R_CLIENT, NULL, 0);
-      }
+      else return hand_back(c, R_CLIENT, NULL, 0);
     }
-    mark(c, tokens);
-    if (sent < (size_t)n) return hand_back(c, R_BLOCKED, buf + sent, (size_t)n - sent);
+    if (sent < len) return hand_back(c, R_BLOCKED, o + sent, len - sent);
     if (n < READ_BYTES) return; /* a short read: the socket is drained */
   }
 }
@@ -281,6 +434,47 @@ static void free_channel(uv_handle_t *h) {
   channel_t *c = (channel_t *)h;
   free(c->marks);
   free(c);
+}
+
+/* A little-endian u32 at p, if 4 bytes are left before end. */
+static int u32(const char **p, const char *end, uint32_t *v) {
+  if (end - *p < 4) return -1;
+  const unsigned char *b = (const unsigned char *)*p;
+  *v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+  *p += 4;
+  return 0;
+}
+
+static int bytes(const char **p, const char *end, const char **at, size_t *len) {
+  uint32_t n;
+  if (u32(p, end, &n) != 0 || (size_t)(end - *p) < n) return -1;
+  *at = *p;
+  *len = n;
+  *p += n;
+  return 0;
+}
+
+/*
+ * Reads templates as ReasoningTemplate.encodeAll() writes them: a count, then per template its head,
+ * its tail and its pieces (a count, 0xFFFFFFFF for none: the event stays as it is), each a u32
+ * length and the bytes. `ts` points into `b`, which must outlive it. -1 when malformed.
+ */
+static int decode_templates(const char *b, size_t len, templates_t *ts) {
+  const char *p = b, *end = b + len;
+  uint32_t n;
+  if (u32(&p, end, &n) != 0 || n > MAX_TEMPLATES) return -1;
+  ts->n = (int)n;
+  for (uint32_t i = 0; i < n; i++) {
+    tmpl_t *t = &ts->t[i];
+    uint32_t pieces;
+    if (bytes(&p, end, &t->head, &t->head_len) != 0 || bytes(&p, end, &t->tail, &t->tail_len) != 0 || u32(&p, end, &pieces) != 0) return -1;
+    t->unchanged = pieces == 0xFFFFFFFFu;
+    t->n_pieces = t->unchanged ? 0 : (int)pieces;
+    if (!t->unchanged && (pieces < 2 || pieces > 4)) return -1;
+    for (int j = 0; j < t->n_pieces; j++)
+      if (bytes(&p, end, &t->pieces[j], &t->piece_lens[j]) != 0) return -1;
+  }
+  return p == end ? 0 : -1;
 }
 
 /* open(upstreamFd) → a channel id (≥ 0) for that connection, or a negative errno. Its own dup and poll, until close(id). */
@@ -332,12 +526,13 @@ static napi_value close_channel(napi_env env, napi_callback_info info) {
 }
 
 /*
- * start(id, clientFd, reasoningSpecial, nowMs, callback) → 0, or a negative errno when it could not
- * start (nothing changed: the stream stays in JS). libuv must have stopped reading the upstream.
+ * start(id, clientFd, reasoningSpecial, templates, nowMs, callback) → 0, or a negative errno when it
+ * could not start (nothing changed: the stream stays in JS). libuv must have stopped reading the
+ * upstream. `templates`: a Buffer from ReasoningTemplate.encodeAll(), or null.
  */
 static napi_value start(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], out;
+  size_t argc = 6;
+  napi_value argv[6], out;
   addon_t *a;
   int32_t client_fd;
   bool reasoning;
@@ -346,23 +541,40 @@ static napi_value start(napi_env env, napi_callback_info info) {
   CHECK(napi_get_instance_data(env, (void **)&a));
   CHECK(napi_get_value_int32(env, argv[1], &client_fd));
   CHECK(napi_get_value_bool(env, argv[2], &reasoning));
-  CHECK(napi_get_value_double(env, argv[3], &now_ms));
+  CHECK(napi_get_value_double(env, argv[4], &now_ms));
   channel_t *c = channel_of(env, a, argv[0]);
   int err = c == NULL ? -EBADF : c->active ? -EBUSY : 0;
+  templates_t ts = {.n = 0, .reasoning_special = reasoning};
+  char *ts_bytes = NULL;
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[3], &is_buffer);
+  if (err == 0 && is_buffer) {
+    void *data;
+    size_t len;
+    CHECK(napi_get_buffer_info(env, argv[3], &data, &len));
+    ts_bytes = malloc(len ? len : 1);
+    if (ts_bytes == NULL) err = -ENOMEM;
+    else {
+      memcpy(ts_bytes, data, len);
+      if (decode_templates(ts_bytes, len, &ts) != 0) err = -EINVAL;
+    }
+  }
   int dup_fd = err == 0 ? fcntl(client_fd, F_DUPFD_CLOEXEC, 0) : -1;
   if (err == 0 && dup_fd < 0) err = -errno;
   if (err == 0) err = uv_poll_start(&c->poll, UV_READABLE, on_upstream);
   if (err != 0) {
     if (dup_fd >= 0) close(dup_fd);
+    free(ts_bytes);
     CHECK(napi_create_int32(env, err, &out));
     return out;
   }
   c->client_fd = dup_fd;
-  c->reasoning_special = reasoning;
+  c->ts = ts;
+  c->ts_bytes = ts_bytes;
   c->n_marks = 0;
   c->clock_offset_ms = now_ms - (double)uv_hrtime() / 1e6;
   c->active = 1;
-  CHECK(napi_create_reference(env, argv[4], 1, &c->cb));
+  CHECK(napi_create_reference(env, argv[5], 1, &c->cb));
   CHECK(napi_create_int32(env, 0, &out));
   return out;
 }
@@ -384,17 +596,50 @@ static napi_value stop(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* plainTokens(buffer, reasoningSpecial) → the read's token events or -1: the scan alone, for tests and fuzzing. */
-static napi_value plain_tokens(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], out;
+/*
+ * scan(read, reasoningSpecial, templates | null) → what the relay would do with one read, for tests
+ * and fuzzing: null (JS takes it), or [plain token events, templated events, the bytes it sends].
+ */
+static napi_value scan(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], out, v;
   void *data;
   size_t len;
-  bool reasoning;
+  bool reasoning, is_buffer = false;
+  addon_t *a;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_instance_data(env, (void **)&a));
   CHECK(napi_get_buffer_info(env, argv[0], &data, &len));
   CHECK(napi_get_value_bool(env, argv[1], &reasoning));
-  CHECK(napi_create_int32(env, plain_read(data, len, reasoning), &out));
+  templates_t ts = {.n = 0, .reasoning_special = reasoning};
+  napi_is_buffer(env, argv[2], &is_buffer);
+  if (is_buffer) {
+    void *tb;
+    size_t tl;
+    CHECK(napi_get_buffer_info(env, argv[2], &tb, &tl));
+    if (decode_templates(tb, tl, &ts) != 0) {
+      napi_throw_error(env, NULL, "relay: malformed templates");
+      return NULL;
+    }
+  }
+  verdict_t vd;
+  long sent = (long)len;
+  const char *bytes_out = data;
+  if (judge(data, len, &ts, &vd) == 0 && vd.changed) {
+    sent = rewrite(data, len, &ts, a->out_buf, sizeof(a->out_buf));
+    bytes_out = a->out_buf;
+  }
+  if (judge(data, len, &ts, &vd) != 0 || sent < 0) {
+    CHECK(napi_get_null(env, &out));
+    return out;
+  }
+  CHECK(napi_create_array_with_length(env, 3, &out));
+  CHECK(napi_create_int32(env, vd.plain, &v));
+  CHECK(napi_set_element(env, out, 0, v));
+  CHECK(napi_create_int32(env, vd.templated, &v));
+  CHECK(napi_set_element(env, out, 1, v));
+  CHECK(napi_create_buffer_copy(env, (size_t)sent, bytes_out, NULL, &v));
+  CHECK(napi_set_element(env, out, 2, v));
   return out;
 }
 
@@ -417,7 +662,7 @@ NAPI_MODULE_INIT() {
   napi_async_init(env, resource, name, &a->async_ctx);
   napi_set_instance_data(env, a, free_addon, NULL);
   const struct { const char *name; napi_callback fn; } fns[] = {
-    {"open", open_channel}, {"close", close_channel}, {"start", start}, {"stop", stop}, {"plainTokens", plain_tokens},
+    {"open", open_channel}, {"close", close_channel}, {"start", start}, {"stop", stop}, {"scan", scan},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
     napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);

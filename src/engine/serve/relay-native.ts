@@ -13,14 +13,14 @@ export interface NativeRelayAddon {
   /** The connection closed: the channel goes (a stream in hand is dropped without a callback). */
   close(id: number): void;
   /** Relays the channel's connection (libuv must have stopped reading it) to a dup of the client's fd: 0, or a negative errno when it could not start. */
-  start(id: number, clientFd: number, reasoningSpecial: boolean, nowMs: number, back: HandBack): number;
+  start(id: number, clientFd: number, reasoningSpecial: boolean, templates: Buffer | null, nowMs: number, back: HandBack): number;
   /** Stops the stream in hand: its marks, or null when there is none (it handed back). No callback follows. */
   stop(id: number): Float64Array | null;
-  /** The scan alone: a read's token events, or -1 when the native relay would hand it back. */
-  plainTokens(read: Buffer, reasoningSpecial: boolean): number;
+  /** What the relay would do with one read: null (hand it back), or [plain token events, templated events, the bytes it would send]. */
+  scan(read: Buffer, reasoningSpecial: boolean, templates: Buffer | null): [number, number, Buffer] | null;
 }
 
-/** Called once when the relay gives the stream back: why, the bytes JS must handle, and [time, tokens] per relayed read. */
+/** Called once when the relay gives the stream back: why, the bytes JS must handle, and [time, tokens] per relayed read (and per templated event). */
 export type HandBack = (reason: number, bytes: Buffer | null, marks: Float64Array) => void;
 
 /** relay-native.c's `enum reason`. */

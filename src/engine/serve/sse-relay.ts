@@ -99,6 +99,13 @@ export class SseRelay {
   readonly stats: RelayStats = { events: 0, firstEventAt: undefined, lastEventAt: undefined, promptTokens: undefined, completionTokens: undefined, finishReason: undefined, error: undefined };
   /** True when the last push() returned exactly the bytes it was given: nothing held back, nothing changed. */
   passedThrough = false;
+  /**
+   * True when the last push() took whole events and needed nothing but forwarding and the stream's
+   * reasoning templates (no JSON, nothing held): what the native relay can do with the next reads.
+   */
+  simple = false;
+  /** event() ran during this push() (the JSON path). */
+  private viaJson = false;
   private pending: Buffer | undefined;
   private result: Buffer[] | undefined;
   /** After wholeEvents(): the read and its ranges, copied out only if `out` is asked for. */
@@ -146,14 +153,16 @@ export class SseRelay {
   push(buf: Buffer, ranges: Ranges = Ranges.of(0, buf.length), chunked = false): boolean {
     this.chunked = chunked;
     this.insertChunked = false;
-    this.passedThrough = false;
+    this.passedThrough = this.simple = this.viaJson = false;
     this.result = this.read = this.readRanges = undefined;
     this.nCuts = 0;
     if (this.inserts.length > 0) this.inserts.length = 0;
     if (ranges.n === 0) return false;
     if (this.pending === undefined && endsEvents(buf, ranges)) {
-      if (this.first !== undefined && this.allTemplated(buf, ranges)) return true;
-      return this.wholeEvents(buf, ranges);
+      if (this.first !== undefined && this.allTemplated(buf, ranges)) return (this.simple = true);
+      const r = this.wholeEvents(buf, ranges);
+      this.simple = !this.viaJson;
+      return r;
     }
     return this.general(ranges.n === 2 && ranges.v[0] === 0 && ranges.v[1] === buf.length ? [buf] : ranges.slices(buf));
   }
@@ -378,6 +387,7 @@ export class SseRelay {
 
   /** Inspects one event that mentions usage, error or reasoning; returns replacement bytes (with separator; empty = drop) or undefined = forward as is. */
   private event(ev: Buffer): Buffer | undefined {
+    this.viaJson = true;
     const text = ev.toString("utf8");
     if (text.startsWith(":") || text.startsWith("data: [DONE]")) return undefined;
     const now = performance.now();
@@ -443,6 +453,12 @@ export class SseRelay {
     }
     normaliseReasoning(choices, this.o.fields);
     return Buffer.from(`data: ${JSON.stringify(obj)}\n\n`);
+  }
+
+  /** The stream's reasoning templates, encoded for the native relay (in the order special() tries them), or null when none was learnt. */
+  encodedTemplates(): Buffer | null {
+    const ts = [this.textTemplate, this.partnerTemplate].filter((t): t is ReasoningTemplate => t !== undefined);
+    return ts.length === 0 ? null : ReasoningTemplate.encodeAll(ts);
   }
 
   /** Reads the native relay forwarded (relay-native.c's marks: time, token events, per read), counted as countTokens() counts a read. */
