@@ -52,7 +52,7 @@ const DROPPED: Record<string, { why: string; value?: true }> = {
 
 /** vLLM engine flags dsr has no use for but passes to a vLLM child: those that take a value. */
 const VLLM_VALUES = new Set([
-  "--seed", "--load-format", "--tokenizer", "--tokenizer-mode", "--revision", "--code-revision", "--tokenizer-revision",
+  "--seed", "--collect-detailed-traces", "--load-format", "--tokenizer", "--tokenizer-mode", "--revision", "--code-revision", "--tokenizer-revision",
   "--max-logprobs", "--block-size", "--kv-cache-memory-bytes", "--generation-config", "--override-generation-config",
   "--speculative-config", "--compilation-config", "--hf-overrides", "--tool-call-parser", "--limit-mm-per-prompt",
   "--distributed-executor-backend", "--cpu-offload-gb", "--max-seq-len-to-capture", "--guided-decoding-backend",

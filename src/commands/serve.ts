@@ -14,6 +14,7 @@ import { MemoryCache, RedisCache, type ResponseCache } from "../engine/serve/cac
 import { parseCorsList, type CorsOptions } from "../engine/serve/cors.js";
 import { REASONING_FIELDS, type ReasoningField } from "../engine/serve/reasoning.js";
 import { RequestLog } from "../engine/serve/request-log.js";
+import { createTracer, otlpTarget } from "../engine/serve/tracing.js";
 import { planServe, startServe, type EngineName, type ServeConfig, type ServePlan } from "../engine/serve/server.js";
 import type { GatewayMetrics } from "../engine/serve/metrics.js";
 import { workerChannel, workerForker, workerSpec } from "./serve-workers.js";
@@ -72,6 +73,7 @@ interface Flags {
   requestTimeout: string;
   maxBody: string;
   logFile?: string;
+  otlpTracesEndpoint?: string;
   logMaxSize: string;
   logKeep: string;
   logPrompts?: boolean;
@@ -206,6 +208,7 @@ export function register(program: Command, ctx: () => CommandContext): void {
     .option("--cache-ttl <s>", "cache entry lifetime", "600")
     .option("--cache-size <n>", "in-memory cache entries", "10000")
     .option("--affinity", "route a chat session (same system prompt + first turn, or x-session-id) to the same instance")
+    .option("--otlp-traces-endpoint <url>", "OpenTelemetry: a span per request, over OTLP to grpc://HOST:4317 or http://HOST:4318/v1/traces; vLLM children get it too (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)")
     .optionsGroup("Lifecycle:")
     .option("--grace <s>", "on SIGINT/SIGTERM, let in-flight requests finish this long", "30")
     .option("--ready-timeout <s>", "wait this long for engine instances to become ready", "1800")
@@ -272,6 +275,7 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
       trustRemoteCode: f.trustRemoteCode,
       downloadDir: f.downloadDir,
       enforceEager: f.enforceEager,
+      otlpTracesEndpoint: traceEndpoint(f, c.env),
       extra: f.engineArg,
       vllmExtra: f.vllmArg,
       reasoningParser: f.reasoningParser,
@@ -343,6 +347,8 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
     else if (/^rediss?:\/\//.test(f.cache)) cache = await RedisCache.connect(f.cache, ttl).catch((e) => { throw usageError(`--cache ${redact(f.cache!)}: cannot connect (${(e as Error).message})`, "start redis-server, or use --cache memory"); });
     else throw usageError(`--cache ${f.cache}: expected "memory" or a redis:// URL`);
   }
+  const tracesTo = traceEndpoint(f, c.env);
+  const tracer = tracesTo ? await createTracer(tracesTo, c.env, VERSION) : undefined;
   const requestLog = f.logFile ? await RequestLog.open({ path: f.logFile, maxBytes: parseByteSize(f.logMaxSize, "--log-max-size"), keep: int(f.logKeep, "--log-keep", 0, 1000) }) : undefined;
 
   let metrics: GatewayMetrics | undefined;
@@ -385,12 +391,14 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
     },
     cache,
     requestLog,
+    tracer,
     note: (l) => out.note(l),
     childLog: (name, line) => out.note(`[${name}] ${line}`),
     signal: c.signal,
   }).catch(async (e) => {
     await cache?.close();
     await requestLog?.close();
+    await tracer?.shutdown().catch(() => undefined);
     throw e;
   });
   const names = cfg.servedNames.join(", ");
@@ -416,9 +424,23 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
   const cancelled = await server.shutdown(grace);
   await cache?.close();
   await requestLog?.close();
+  // the last spans go out before the process does (an unreachable collector costs the exporter's timeout)
+  await tracer?.shutdown().catch((e: Error) => out.note(`traces: the last spans were not exported: ${e.message}`));
   out.note(cancelled ? `stopped; ${cancelled} request(s) cancelled after the grace period` : "stopped cleanly");
   process.exitCode = 0; // a drained shutdown is a success, not an interruption
   if (worker) process.disconnect?.(); // the cluster IPC channel would keep a worker alive
+}
+
+/** `--otlp-traces-endpoint`, else OpenTelemetry's own variable; checked here so that a bad URL is a usage error before anything starts. */
+function traceEndpoint(f: Flags, env: Record<string, string | undefined>): string | undefined {
+  const endpoint = f.otlpTracesEndpoint ?? (env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || undefined);
+  if (endpoint === undefined) return undefined;
+  try {
+    otlpTarget(endpoint, env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL);
+  } catch (e) {
+    throw usageError(`${f.otlpTracesEndpoint !== undefined ? "--otlp-traces-endpoint" : "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"}: ${(e as Error).message}`, "e.g. --otlp-traces-endpoint grpc://localhost:4317 (an OpenTelemetry collector's OTLP/gRPC port)");
+  }
+  return endpoint;
 }
 
 /** Flags that mean something to some engines only: refused where they would be silently lost. */

@@ -105,10 +105,10 @@ describe("rewriting a vllm serve / sglang command line", () => {
 
 describe("dsr serve with a vllm serve command line", () => {
   it("--dry-run: the vLLM child gets the translated flags, the vLLM-only ones and the reasoning parser; dropped ones are noted", async () => {
-    const r = await runDsr(["--json", "serve", "deepseek-ai/DeepSeek-R1", "--engine", "vllm", "--dry-run", "-tp", "8", "--max-model-len", "32768", "--enable-reasoning", "--reasoning-parser", "deepseek_r1", "--disable-log-requests", "--seed", "0", "--no-enable-prefix-caching", "--chat-template", "{{ messages[0].content }}"]);
+    const r = await runDsr(["--json", "serve", "deepseek-ai/DeepSeek-R1", "--engine", "vllm", "--dry-run", "-tp", "8", "--max-model-len", "32768", "--enable-reasoning", "--reasoning-parser", "deepseek_r1", "--disable-log-requests", "--seed", "0", "--no-enable-prefix-caching", "--chat-template", "{{ messages[0].content }}", "--otlp-traces-endpoint", "grpc://localhost:4317", "--collect-detailed-traces", "model"]);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const a = JSON.parse(String(r.stdout)).children[0].args as string[];
-    expect(a).toEqual(["serve", "deepseek-ai/DeepSeek-R1", "--host", "127.0.0.1", "--port", expect.any(String), "--tensor-parallel-size", "8", "--max-model-len", "32768", "--served-model-name", "DeepSeek-R1", "--reasoning-parser", "deepseek_r1", "--chat-template", "{{ messages[0].content }}", "--seed", "0", "--no-enable-prefix-caching"]);
+    expect(a).toEqual(["serve", "deepseek-ai/DeepSeek-R1", "--host", "127.0.0.1", "--port", expect.any(String), "--tensor-parallel-size", "8", "--max-model-len", "32768", "--served-model-name", "DeepSeek-R1", "--reasoning-parser", "deepseek_r1", "--chat-template", "{{ messages[0].content }}", "--otlp-traces-endpoint", "grpc://localhost:4317", "--seed", "0", "--no-enable-prefix-caching", "--collect-detailed-traces", "model"]);
     const plain = await runDsr(["serve", "m/R1", "--engine", "vllm", "--dry-run", "--enable-reasoning", "--disable-log-requests"]);
     expect(plain.stderr).toContain("ignored --enable-reasoning: removed from vLLM");
     expect(plain.stderr).toContain("ignored --disable-log-requests: dsr logs requests only with --log-file");

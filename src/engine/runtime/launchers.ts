@@ -31,6 +31,8 @@ export interface EngineFlags {
   trustRemoteCode?: boolean;
   downloadDir?: string;
   enforceEager?: boolean;
+  /** OpenTelemetry traces (`--otlp-traces-endpoint`): vLLM children export their own spans under the gateway's. */
+  otlpTracesEndpoint?: string;
   /** Passed through verbatim after the translated flags (`--engine-arg`). */
   extra?: string[];
   /** vLLM engine flags from a vllm serve command line (serve-compat.ts): for vLLM children only. */
@@ -65,6 +67,7 @@ export function vllmCommand(f: EngineFlags, host: string, port: number, vllmBin 
   if (f.trustRemoteCode) a.push("--trust-remote-code");
   opt(a, "--download-dir", f.downloadDir);
   if (f.enforceEager) a.push("--enforce-eager");
+  opt(a, "--otlp-traces-endpoint", f.otlpTracesEndpoint);
   a.push(...(f.vllmExtra ?? []), ...(f.extra ?? []));
   return { command: vllmBin, args: a, readyPath: "/health" };
 }

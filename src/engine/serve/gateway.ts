@@ -21,6 +21,7 @@ import type { RequestLog, RequestLogEntry } from "./request-log.js";
 import { parseRequest, type Endpoint } from "./schemas.js";
 import { parseTokensRequest, type TokensOp } from "./tokenize.js";
 import { ResponseSink } from "./sink.js";
+import type { RequestSpan, RequestTracer } from "./tracing.js";
 import type { Backend, GenerationRequest, RequestRecord } from "./types.js";
 
 export interface GatewayOptions {
@@ -49,6 +50,8 @@ export interface GatewayOptions {
   tls?: TlsOptions;
   /** Overrides /metrics (a cluster worker returns the cluster-wide sum from the primary). */
   metricsSource?: () => Promise<{ contentType: string; body: string }>;
+  /** OpenTelemetry spans per request (`--otlp-traces-endpoint`). */
+  tracer?: RequestTracer;
 }
 
 const ROUTES: Record<string, Endpoint> = { "/v1/chat/completions": "chat", "/v1/completions": "completions" };
@@ -230,6 +233,7 @@ export class Gateway {
     let lease: Lease | undefined;
     let keyDone: KeyRelease | undefined;
     const sink = new ResponseSink(res, ac);
+    const span = this.span(id, path, req, t0);
     try {
       const rawBody = bodyOf(req, this.o.maxBodyBytes);
       const parsed = parseRequest(endpoint, jsonOf(rawBody));
@@ -285,6 +289,7 @@ export class Gateway {
         keyDone?.((record.promptTokens ?? 0) + (record.completionTokens ?? 0));
         this.untrack(ac, res, timer);
         this.finish(id, path, req, status, t0, queueMs, record, entry);
+        span?.end({ status, operation: endpoint === "chat" ? "chat" : "text_completion", model: entry.model, instance: record.instance, promptTokens: record.promptTokens, completionTokens: record.completionTokens, finishReason: record.finishReason, ttftMs: record.ttftMs, queueMs, error: entry.error });
       } catch (e) {
         this.fail(res, e);
       }
@@ -329,6 +334,7 @@ export class Gateway {
     let status = 500;
     let lease: Lease | undefined;
     let keyDone: KeyRelease | undefined;
+    const span = this.span(id, path, req, t0);
     try {
       const body = bodyOf(req, this.o.maxBodyBytes);
       // a JSON body names its model (routed and mapped as for generations); multipart audio does not
@@ -351,10 +357,22 @@ export class Gateway {
         keyDone?.();
         this.untrack(ac, res, timer);
         this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...clientOf(req), ...entry, instance: record.instance, retries: record.retries || undefined, latency_ms: round(performance.now() - t0) });
+        span?.end({ status, model: entry.model, instance: record.instance, error: entry.error });
       } catch (e) {
         this.fail(res, e);
       }
     }
+  }
+
+  /** The request's span when tracing: the upstream is then sent this span's trace context instead of the client's. */
+  private span(id: string, path: string, req: H1Request, t0: number): RequestSpan | undefined {
+    const tracer = this.o.tracer;
+    if (tracer === undefined) return undefined;
+    const span = tracer.begin(id, path, req.headers, t0);
+    if (span.traceparent) req.headers.traceparent = span.traceparent;
+    if (span.tracestate) req.headers.tracestate = span.tracestate;
+    else delete req.headers.tracestate;
+    return span;
   }
 
   /** /tokenize and /detokenize: no admission control (no engine step), logged but not counted as generation requests. Never rejects. */

@@ -24,6 +24,7 @@ import { GatewayMetrics } from "./metrics.js";
 import { ProxyBackend } from "./proxy.js";
 import type { ReasoningField } from "./reasoning.js";
 import type { RequestLog } from "./request-log.js";
+import type { RequestTracer } from "./tracing.js";
 import type { TlsOptions } from "./h1-server.js";
 import { TokenBackend } from "./token-backend.js";
 import { LoadingBackend } from "./loading-backend.js";
@@ -125,6 +126,8 @@ export interface ServeDeps {
   openTokenEngine?: (engine: TokenEngineName, modelPath: string) => Promise<{ engine: TokenEngine; text: TextModel }>;
   cache?: ResponseCache;
   requestLog?: RequestLog;
+  /** OpenTelemetry spans per request (`--otlp-traces-endpoint`). */
+  tracer?: RequestTracer;
   /** In a gateway worker: how the primary's "probe now" reaches this worker's instances. */
   setInstanceProbe?: (probe: () => Promise<void>) => void;
   /** Admits API keys against limits another process keeps (a gateway worker asks the primary). */
@@ -297,7 +300,7 @@ export async function startServe(cfg: ServeConfig, plan: ServePlan, deps: ServeD
   deps.onMetrics?.(metrics);
   /** The gateway over `b`, listening (a busy port is a clear error, after what was started is stopped). */
   const listen = async (b: Backend): Promise<{ gateway: Gateway; url: string }> => {
-    const gateway = new Gateway({ backend: b, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, keyGate: deps.keyGate, metrics, metricsSource: deps.metricsSource });
+    const gateway = new Gateway({ backend: b, version: deps.version, ...cfg.gateway, cache: deps.cache, requestLog: deps.requestLog, tracer: deps.tracer, keyGate: deps.keyGate, metrics, metricsSource: deps.metricsSource });
     try {
       const addr = await gateway.listen(cfg.port, cfg.host);
       const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
