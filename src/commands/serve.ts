@@ -348,7 +348,7 @@ async function run(args: string[], f: Flags, c: CommandContext): Promise<void> {
     else throw usageError(`--cache ${f.cache}: expected "memory" or a redis:// URL`);
   }
   const tracesTo = traceEndpoint(f, c.env);
-  const tracer = tracesTo ? await createTracer(tracesTo, c.env, VERSION) : undefined;
+  const tracer = tracesTo ? await createTracer(tracesTo, c.env, VERSION, (l) => out.note(l)) : undefined;
   const requestLog = f.logFile ? await RequestLog.open({ path: f.logFile, maxBytes: parseByteSize(f.logMaxSize, "--log-max-size"), keep: int(f.logKeep, "--log-keep", 0, 1000) }) : undefined;
 
   let metrics: GatewayMetrics | undefined;

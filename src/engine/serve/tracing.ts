@@ -68,16 +68,43 @@ export function otlpTarget(endpoint: string, protocolEnv: string | undefined): {
   return { protocol: p === "http/json" ? "http/json" : "http/protobuf", url: `${u.protocol}//${u.host}${path}${u.search}` };
 }
 
+/**
+ * A CommonJS package's exports however it was loaded: Node gives its named exports beside
+ * `default`, while a bundle split into chunks (the standalone build) gives only `default`. `key`,
+ * one of the package's names, tells which (the API package's own `default` is another object).
+ */
+function namedExports<T extends object>(m: T, key: keyof T): T {
+  return m[key] !== undefined ? m : ((m as { default?: T }).default ?? m);
+}
+
 /** Starts the SDK for `endpoint` (see otlpTarget). */
-export async function createTracer(endpoint: string, env: Record<string, string | undefined>, version: string): Promise<RequestTracer> {
+export async function createTracer(endpoint: string, env: Record<string, string | undefined>, version: string, note: (line: string) => void = () => undefined): Promise<RequestTracer> {
   const target = otlpTarget(endpoint, env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL);
-  const [api, core, resources, sdk] = await Promise.all([import("@opentelemetry/api"), import("@opentelemetry/core"), import("@opentelemetry/resources"), import("@opentelemetry/sdk-trace-base")]);
-  const { OTLPTraceExporter } =
+  const [api, core, resources, sdk] = await Promise.all([
+    import("@opentelemetry/api").then((m) => namedExports(m, "ROOT_CONTEXT")),
+    import("@opentelemetry/core").then((m) => namedExports(m, "W3CTraceContextPropagator")),
+    import("@opentelemetry/resources").then((m) => namedExports(m, "resourceFromAttributes")),
+    import("@opentelemetry/sdk-trace-base").then((m) => namedExports(m, "BasicTracerProvider")),
+  ]);
+  const { OTLPTraceExporter } = namedExports(
     target.protocol === "grpc"
       ? await import("@opentelemetry/exporter-trace-otlp-grpc")
       : target.protocol === "http/json"
         ? await import("@opentelemetry/exporter-trace-otlp-http")
-        : await import("@opentelemetry/exporter-trace-otlp-proto");
+        : await import("@opentelemetry/exporter-trace-otlp-proto"),
+    "OTLPTraceExporter",
+  );
+  // the SDK reports export failures (a collector down, a wrong URL) through its diag logger, silent
+  // by default: they are said, at most once a minute, so a wrong endpoint does not go unnoticed
+  let quietUntil = 0;
+  const say = (...args: unknown[]) => {
+    const now = Date.now();
+    if (now < quietUntil) return;
+    quietUntil = now + 60_000;
+    const text = (a: unknown) => (typeof a === "string" ? a : typeof (a as { message?: unknown })?.message === "string" ? (a as { message: string }).message : JSON.stringify(a));
+    note(`traces: ${args.map(text).join(" ")} (exporting to ${target.url}; said at most once a minute)`);
+  };
+  api.diag.setLogger({ error: say, warn: say, info: () => undefined, debug: () => undefined, verbose: () => undefined }, api.DiagLogLevel.WARN);
   const exporter = new OTLPTraceExporter({ url: target.url });
   const resource = resources.resourceFromAttributes({ "service.name": env.OTEL_SERVICE_NAME || "dsr", "service.version": version });
   const provider = new sdk.BasicTracerProvider({ resource, spanProcessors: [new sdk.BatchSpanProcessor(exporter)] });
