@@ -191,6 +191,20 @@ describe("dsr serve --otlp-traces-endpoint", () => {
     }
   });
 
+  it("a collector it cannot reach is said on stderr (once), and serving goes on", async () => {
+    const gw = await startServe(["--upstream", standin.url, "--otlp-traces-endpoint", "http://127.0.0.1:1"], { env: { OTEL_BSP_SCHEDULE_DELAY: "50", OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: "500" } });
+    try {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "x", maxRetries: 0 });
+      await client.completions.create({ model: "standin-model", prompt: "hi" });
+      await until(() => /traces: connect ECONNREFUSED 127\.0\.0\.1:1 \(exporting to http:\/\/127\.0\.0\.1:1\/v1\/traces/.test(gw.log()), 15_000);
+      await client.completions.create({ model: "standin-model", prompt: "again" });
+    } finally {
+      expect(await gw.stop()).toBe(0);
+    }
+    expect(gw.log().match(/traces: connect ECONNREFUSED/g)?.length).toBe(1); // the second request's failure is not said again
+    expect(gw.log()).toContain("traces: the last spans were not exported"); // the flush at exit
+  });
+
   it("a URL it cannot use is a usage error naming the flag", async () => {
     await expect(startServe(["--upstream", standin.url, "--otlp-traces-endpoint", "ftp://collector"])).rejects.toThrow(/--otlp-traces-endpoint: ftp:\/\/collector: scheme ftp/);
   });

@@ -101,7 +101,17 @@ export async function createTracer(endpoint: string, env: Record<string, string 
     const now = Date.now();
     if (now < quietUntil) return;
     quietUntil = now + 60_000;
-    const text = (a: unknown) => (typeof a === "string" ? a : typeof (a as { message?: unknown })?.message === "string" ? (a as { message: string }).message : JSON.stringify(a));
+    // the SDK hands over errors as objects, or as their JSON: their message is what helps
+    const message = (a: unknown) => (typeof (a as { message?: unknown })?.message === "string" ? (a as { message: string }).message : undefined);
+    const text = (a: unknown) => {
+      if (typeof a !== "string") return message(a) ?? JSON.stringify(a);
+      if (!a.startsWith("{")) return a;
+      try {
+        return message(JSON.parse(a)) ?? a;
+      } catch {
+        return a;
+      }
+    };
     note(`traces: ${args.map(text).join(" ")} (exporting to ${target.url}; said at most once a minute)`);
   };
   api.diag.setLogger({ error: say, warn: say, info: () => undefined, debug: () => undefined, verbose: () => undefined }, api.DiagLogLevel.WARN);
