@@ -27,6 +27,7 @@ bundle src/cli.ts "$STAGE/dsr.mjs"
 bundle test/support/standin-upstream.ts "$STAGE/standin.mjs"
 bundle bench/node-floor.ts "$STAGE/node-floor.mjs"
 bundle bench/key-limits.ts "$STAGE/key-limits.mjs"
+cp bench/otlp-sink.mjs "$STAGE/otlp-sink.mjs" # a loopback OTLP/HTTP receiver: the cost of --otlp-traces-endpoint
 if [ -n "${BASELINE:-}" ]; then bundle src/cli.ts "$STAGE/dsr-baseline.mjs" "$BASELINE"; fi
 # the native relay beside dsr.mjs, where it looks for it (npm run build makes dist/dsr-relay.node);
 # `--compare-cli /tmp/dsr-gateway/dsr.mjs --compare-env DSR_RELAY=js` then A/Bs it against the JS relay
