@@ -14,7 +14,8 @@ async function loop() {
     try {
       const r = await pool.request({ path, method: "POST", body, headers: { "content-type": "application/json" } });
       for await (const _ of r.body) {}
-      done++;
+      if (r.statusCode === 200) done++;
+      else errors++;
     } catch { errors++; }
   }
 }

@@ -26,7 +26,12 @@ export class HttpError extends Error {
     message: string,
     opts: { type?: ErrorType; param?: string | null; code?: string | null; headers?: Record<string, string> } = {},
   ) {
+    // no stack trace: an HttpError is an answer, not a fault to debug, and capturing one walks (and
+    // deoptimises) every frame — under overload the 429s cost more than the requests they shed
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
     this.status = status;
     this.type = opts.type ?? defaultType(status);
     this.param = opts.param ?? null;
