@@ -1,8 +1,8 @@
 #!/bin/sh
 # What rejecting costs the gateway: dsr serve --upstream with --max-concurrency 1 --max-queue 0 in front of a
 # slow stand-in, so that nearly every request of a closed loop of 50 gets a 429; prints the load's JSON
-# (errors = 429s) and the gateway's CPU ticks (1/100 s) over 5 s. Usage: sh bench/gateway-overload.sh [LABEL]
-cd /work/main
+# (errors = 429s) with the gateway's CPU over those 5 s, as one JSON document. Usage: sh bench/gateway-overload.sh [LABEL]
+cd "$(dirname "$0")/.."
 node --import tsx test/support/standin-upstream.ts --port 18961 --tokens 64 --pace-ms 50 > /dev/null 2>&1 &
 SP=$!
 sleep 2
@@ -13,5 +13,5 @@ node bench/sse-load.mjs 18962 50 2 > /dev/null
 T0=$(awk '{print $14+$15}' /proc/$GP/stat)
 R=$(node bench/sse-load.mjs 18962 50 5)
 T1=$(awk '{print $14+$15}' /proc/$GP/stat)
-echo "$1 $R cpu_ticks=$((T1-T0))"
+echo "{\"label\":\"${1:-}\",\"load\":$R,\"gateway_cpu_s\":$(((T1-T0)/100)).$(printf %02d $(((T1-T0)%100)))}"
 kill $GP $SP; wait $GP $SP 2>/dev/null
