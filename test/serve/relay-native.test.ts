@@ -257,8 +257,9 @@ suite("native relay: hand-offs over loopback sockets", () => {
     await until(() => got.back.length === 1);
     const unsent = got.back[0].unsent;
     expect(unsent?.length).toBeGreaterThan(0);
-    // the rest: what JS reads from the upstream from now on, after the unsent bytes
+    // the rest: the unsent bytes, a partial chunk the relay held, then what JS reads from the upstream
     p.cl.write(unsent!);
+    if (got.back[0].held) p.cl.write(got.back[0].held);
     p.up.on("data", (b: Buffer) => p.cl.write(b));
     const h = createHash("sha256");
     let n = 0;
@@ -269,6 +270,49 @@ suite("native relay: hand-offs over loopback sockets", () => {
     p.client.resume();
     await until(() => n === total, 15_000);
     expect(h.digest("hex")).toBe(whole.digest("hex"));
+    p.close();
+  });
+
+  it("a read with plain chunks, then one it cannot take: the plain ones go natively, JS gets the rest from that chunk on", async () => {
+    const p = await pair();
+    let received = "";
+    p.client.on("data", (b: Buffer) => (received += b.toString("latin1")));
+    const { s, got } = side(p.up, p.cl);
+    expect(NativeStream.start(s)).toBeDefined();
+    const plain = chunk(token(1)) + chunk(token(2));
+    const end = chunk(event(`{"choices":[{"text":" t3","finish_reason":"length"}]}`)) + chunk("data: [DONE]\n\n") + "0\r\n\r\n";
+    p.upstream.write(plain + end);
+    await until(() => got.back.length === 1);
+    expect(received).toBe(plain);
+    expect(got.back[0].held?.toString("latin1")).toBe(end);
+    expect(got.marks[1]).toBe(2);
+    p.close();
+  });
+
+  it("a read that ends inside a chunk: its whole chunks go at once, the rest waits for the reads that complete it, nothing is given back", async () => {
+    const p = await pair();
+    let received = "";
+    p.client.on("data", (b: Buffer) => (received += b.toString("latin1")));
+    const { s, got } = side(p.up, p.cl);
+    expect(NativeStream.start(s)).toBeDefined();
+    const a = chunk(token(1));
+    const b = chunk(token(2) + token(3));
+    const c = chunk(token(4));
+    // a whole chunk with the start of the next (its size line, split), then the rest in two more writes
+    const pieces = [a + b.slice(0, 1), b.slice(1, 3), b.slice(3, 40), b.slice(40) + c];
+    for (const piece of pieces) {
+      p.upstream.write(piece);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await until(() => received.length === a.length + b.length + c.length);
+    expect(received).toBe(a + b + c);
+    expect(got.back).toEqual([]);
+    expect(got.marks).toEqual([]); // counted when the stream comes back
+    p.upstream.end(chunk(token(5)).slice(0, 7)); // a partial chunk, then the close: given back as held bytes
+    await until(() => got.back.length === 1);
+    expect(got.back[0].held?.toString("latin1")).toBe(chunk(token(5)).slice(0, 7));
+    const tokens = got.marks.filter((_, i) => i % 2 === 1).reduce((x, y) => x + y, 0);
+    expect(tokens).toBe(4);
     p.close();
   });
 

@@ -17,7 +17,7 @@
  * public API stops a socket's reads at the libuv level without also changing the Readable's state.
  */
 import type { Socket } from "node:net";
-import { HandBackReason, nativeRelay, type NativeRelayAddon } from "./relay-native.js";
+import { nativeRelay, type NativeRelayAddon } from "./relay-native.js";
 
 interface StreamHandle {
   fd: number;
@@ -89,7 +89,7 @@ export class NativeStream {
     const id = channelOf(addon, side.upstream, upFd);
     if (id < 0 || up.readStop() !== 0) return undefined;
     const s = new NativeStream(addon, side);
-    if (addon.start(id, clientFd, side.reasoningSpecial, side.templates, performance.now(), (reason, bytes, marks) => s.handBack(reason, bytes, marks)) < 0) {
+    if (addon.start(id, clientFd, side.reasoningSpecial, side.templates, performance.now(), (_reason, held, unsent, marks) => s.handBack(held, unsent, marks)) < 0) {
       up.readStart();
       return undefined;
     }
@@ -97,7 +97,7 @@ export class NativeStream {
     return s;
   }
 
-  /** Takes the stream back now (a cancel, a shutdown): what was relayed is counted; nothing is written. */
+  /** Takes the stream back now (a cancel, a shutdown): what was relayed is counted; nothing is written, and a partial chunk the relay held is dropped with the stream. */
   stop(): void {
     if (this.id < 0) return;
     const marks = this.addon.stop(this.id);
@@ -107,11 +107,11 @@ export class NativeStream {
     this.side.back(undefined, undefined);
   }
 
-  private handBack(reason: number, bytes: Buffer | null, marks: Float64Array): void {
+  private handBack(held: Buffer | null, unsent: Buffer | null, marks: Float64Array): void {
     this.id = -1;
     const { side } = this;
     side.relayed(marks);
     readAgain(side.upstream);
-    side.back(reason === HandBackReason.Held && bytes !== null ? bytes : undefined, reason === HandBackReason.Blocked && bytes !== null ? bytes : undefined);
+    side.back(held ?? undefined, unsent ?? undefined);
   }
 }

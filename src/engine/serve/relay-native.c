@@ -211,13 +211,53 @@ static int chunk_events(const char *p, const char *end, const templates_t *ts, v
     }                                                                                                       \
   } while (0)
 
-/* The verdict on a read of whole chunks (see the top), or -1 when JS must take it. */
-static int judge(const char *b, size_t len, const templates_t *ts, verdict_t *v) {
+/* A partial chunk kept for the next read: at most this much (a longer one goes to JS). */
+#define CARRY_MAX (32 * 1024)
+
+/*
+ * How much of `b` is whole chunks. It stops at the first chunk that has not fully arrived (the rest
+ * waits for the next read), or at one JS must take (`*stop` set): the zero-size chunk (the end), a
+ * size line that is not plain hex.
+ */
+static size_t whole_prefix(const char *b, size_t len, int *stop) {
+  const char *p = b, *e = b + len;
+  *stop = 0;
+  while (p < e) {
+    size_t size = 0;
+    int digits = 0;
+    for (int v; p + digits < e && digits <= 12 && (v = hex(p[digits])) >= 0; digits++) size = size * 16 + v;
+    if (digits > 12) break;
+    if (p + digits == e) return (size_t)(p - b); /* the size line goes on in the next read */
+    if (digits == 0 || p[digits] != '\r' || size == 0 || (p + digits + 1 < e && p[digits + 1] != '\n')) break;
+    const char *data = p + digits + 2;
+    if (data > e || (size_t)(e - data) < size + 2) return (size_t)(p - b); /* its data or CRLF go on in the next read */
+    p = data + size + 2;
+  }
+  *stop = p < e;
+  return (size_t)(p - b);
+}
+
+/*
+ * The verdict on the whole chunks b[0, len) (see the top): how many bytes of them, from the start,
+ * are chunks the relay can forward (all of them, or up to the first it cannot); `v` counts those.
+ */
+static size_t judge(const char *b, size_t len, const templates_t *ts, verdict_t *v) {
   memset(v, 0, sizeof(*v));
-  FOR_EACH_CHUNK(b, len, data, dend, {
-    if (chunk_events(data, dend, ts, v) != 0) return -1;
-  });
-  return 0;
+  const char *p = b, *e = b + len;
+  while (p < e) {
+    size_t size = 0;
+    int digits = 0;
+    for (int x; p + digits < e && digits <= 12 && (x = hex(p[digits])) >= 0; digits++) size = size * 16 + x;
+    const char *data = p + digits + 2;
+    /* whole_prefix() checked the framing: a chunk's size line, data and CRLF are all here */
+    verdict_t mine = {0, 0, 0};
+    if (chunk_events(data, data + size, ts, &mine) != 0) break;
+    v->plain += mine.plain;
+    v->templated += mine.templated;
+    v->changed |= mine.changed;
+    p = data + size + 2;
+  }
+  return (size_t)(p - b);
 }
 
 static const tmpl_t *template_of(const templates_t *ts, const char *p, const char *lf) {
@@ -277,6 +317,12 @@ typedef struct channel {
   templates_t ts; /* the stream's reasoning templates (pointing into ts_bytes) */
   char *ts_bytes;
   double *marks; /* per relayed read: its time (ms on JS's performance.now() clock) and token events */
+  /* the start of a chunk whose end has not arrived (a read may end anywhere: the sender's write can
+     be seen half done), sent with the read that completes it */
+  char *carry;
+  size_t carry_len, carry_cap;
+  /* this read's chunks are forwarded up to one the relay cannot take: the rest then goes to JS */
+  int stop_after;
   size_t n_marks, cap_marks;
   double clock_offset_ms;
 } channel_t;
@@ -322,6 +368,8 @@ static napi_value marks_array(napi_env env, channel_t *c) {
 /* Ends the stream in hand: the poll stops (its fd leaves epoll now, before JS reads the socket again). */
 static void deactivate(channel_t *c) {
   c->active = 0;
+  c->carry_len = 0;
+  c->stop_after = 0;
   free(c->ts_bytes);
   c->ts_bytes = NULL;
   c->ts.n = 0;
@@ -332,27 +380,47 @@ static void deactivate(channel_t *c) {
   c->cb = NULL;
 }
 
-/* Hands the stream back to JS: callback(reason, bytes | null, marks). */
-static void hand_back(channel_t *c, int reason, const char *bytes, size_t len) {
+/*
+ * Hands the stream back to JS: callback(reason, held | null, unsent | null, marks). `held`: bytes
+ * read and not forwarded, for JS to take as the exchange's next read; `unsent`: bytes forwarded in
+ * part, for JS to write before anything else.
+ */
+static void hand_back(channel_t *c, int reason, const char *held, size_t held_len, const char *unsent, size_t unsent_len) {
   addon_t *a = c->addon;
   napi_env env = a->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value argv[3], cb, resource, result;
+  napi_value argv[4], cb, resource, result;
   napi_create_int32(env, reason, &argv[0]);
-  if (bytes != NULL) napi_create_buffer_copy(env, len, bytes, NULL, &argv[1]);
+  if (held != NULL && held_len > 0) napi_create_buffer_copy(env, held_len, held, NULL, &argv[1]);
   else napi_get_null(env, &argv[1]);
-  argv[2] = marks_array(env, c);
+  if (unsent != NULL && unsent_len > 0) napi_create_buffer_copy(env, unsent_len, unsent, NULL, &argv[2]);
+  else napi_get_null(env, &argv[2]);
+  argv[3] = marks_array(env, c);
   napi_get_reference_value(env, c->cb, &cb);
   napi_get_reference_value(env, a->async_resource, &resource);
   deactivate(c);
   /* make_callback, not call_function: JS's microtasks and nextTicks run after it, as after any I/O callback */
-  if (napi_make_callback(env, a->async_ctx, resource, cb, 3, argv, &result) == napi_pending_exception) {
+  if (napi_make_callback(env, a->async_ctx, resource, cb, 4, argv, &result) == napi_pending_exception) {
     napi_value err;
     napi_get_and_clear_last_exception(env, &err);
     napi_fatal_exception(env, err);
   }
   napi_close_handle_scope(env, scope);
+}
+
+/* Keeps buf[from, to) as the carry; false when it is too long (JS then takes it). */
+static int keep(channel_t *c, const char *from, size_t n) {
+  if (n > CARRY_MAX) return 0;
+  if (n > c->carry_cap) {
+    char *m = realloc(c->carry, n);
+    if (m == NULL) return 0;
+    c->carry = m;
+    c->carry_cap = n;
+  }
+  memmove(c->carry, from, n);
+  c->carry_len = n;
+  return 1;
 }
 
 /* The upstream is readable: forward its plain reads until it would block or a read is not plain. */
@@ -361,22 +429,41 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
   char *buf = c->addon->read_buf;
   (void)events;
   if (!c->active) return;
-  if (status < 0) return hand_back(c, R_UP_CLOSED, NULL, 0);
+  if (status < 0) return hand_back(c, R_UP_CLOSED, c->carry, c->carry_len, NULL, 0);
   for (;;) {
-    ssize_t n = read(c->fd, buf, READ_BYTES);
+    /* the carry goes first, then what this read brings */
+    size_t k = c->carry_len;
+    if (k) memcpy(buf, c->carry, k);
+    ssize_t n = read(c->fd, buf + k, READ_BYTES - k);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (n <= 0) return hand_back(c, R_UP_CLOSED, NULL, 0);
-    verdict_t v;
-    if (judge(buf, (size_t)n, &c->ts, &v) != 0) return hand_back(c, R_HELD, buf, (size_t)n);
+    if (n <= 0) return hand_back(c, R_UP_CLOSED, buf, k, NULL, 0);
+    size_t total = k + (size_t)n;
+    int stop;
+    long whole = (long)whole_prefix(buf, total, &stop);
+    verdict_t v = {0, 0, 0};
+    /* the chunks it can forward go now; from the first it cannot, the rest goes to JS */
+    size_t ok = whole > 0 ? judge(buf, (size_t)whole, &c->ts, &v) : 0;
+    if (ok < (size_t)whole) stop = 1;
+    whole = (long)ok;
+    if (stop && whole == 0) return hand_back(c, R_HELD, buf, total, NULL, 0);
+    c->stop_after = stop;
+    if (whole == 0) {
+      if (!keep(c, buf, total)) return hand_back(c, R_HELD, buf, total, NULL, 0);
+      if ((size_t)n < READ_BYTES - k) return;
+      continue;
+    }
     const char *o = buf;
-    size_t len = (size_t)n;
+    size_t len = (size_t)whole;
     if (v.changed) {
-      long r = rewrite(buf, (size_t)n, &c->ts, c->addon->out_buf, sizeof(c->addon->out_buf));
-      if (r < 0) return hand_back(c, R_HELD, buf, (size_t)n);
+      long r = rewrite(buf, (size_t)whole, &c->ts, c->addon->out_buf, sizeof(c->addon->out_buf));
+      if (r < 0) return hand_back(c, R_HELD, buf, total, NULL, 0);
       o = c->addon->out_buf;
       len = (size_t)r;
     }
+    /* a partial chunk after the whole ones waits for the next read (copied before buf is reused) */
+    size_t rest = total - (size_t)whole;
+    if (rest > CARRY_MAX && !c->stop_after) return hand_back(c, R_HELD, buf, total, NULL, 0);
     /* counted as the JS relay counts a read: each templated event on its own, then the plain ones at once */
     for (int i = 0; i < v.templated; i++) mark(c, 1);
     if (v.plain > 0) mark(c, v.plain);
@@ -386,10 +473,12 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
       if (w >= 0) sent += (size_t)w;
       else if (errno == EINTR) continue;
       else if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      else return hand_back(c, R_CLIENT, NULL, 0);
+      else return hand_back(c, R_CLIENT, NULL, 0, NULL, 0);
     }
-    if (sent < len) return hand_back(c, R_BLOCKED, o + sent, len - sent);
-    if (n < READ_BYTES) return; /* a short read: the socket is drained */
+    if (sent < len) return hand_back(c, R_BLOCKED, buf + whole, rest, o + sent, len - sent);
+    if (c->stop_after) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
+    if (!keep(c, buf + whole, rest)) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
+    if ((size_t)n < READ_BYTES - k) return; /* a short read: the socket is drained */
   }
 }
 
@@ -432,6 +521,7 @@ static channel_t *channel_of(napi_env env, addon_t *a, napi_value v) {
 
 static void free_channel(uv_handle_t *h) {
   channel_t *c = (channel_t *)h;
+  free(c->carry);
   free(c->marks);
   free(c);
 }
@@ -625,11 +715,16 @@ static napi_value scan(napi_env env, napi_callback_info info) {
   verdict_t vd;
   long sent = (long)len;
   const char *bytes_out = data;
-  if (judge(data, len, &ts, &vd) == 0 && vd.changed) {
+  int stop;
+  if (len == 0 || whole_prefix(data, len, &stop) != len) {
+    CHECK(napi_get_null(env, &out));
+    return out;
+  }
+  if (judge(data, len, &ts, &vd) == len && vd.changed) {
     sent = rewrite(data, len, &ts, a->out_buf, sizeof(a->out_buf));
     bytes_out = a->out_buf;
   }
-  if (judge(data, len, &ts, &vd) != 0 || sent < 0) {
+  if (judge(data, len, &ts, &vd) != len || sent < 0) {
     CHECK(napi_get_null(env, &out));
     return out;
   }

@@ -20,16 +20,13 @@ export interface NativeRelayAddon {
   scan(read: Buffer, reasoningSpecial: boolean, templates: Buffer | null): [number, number, Buffer] | null;
 }
 
-/** Called once when the relay gives the stream back: why, the bytes JS must handle, and [time, tokens] per relayed read (and per templated event). */
-export type HandBack = (reason: number, bytes: Buffer | null, marks: Float64Array) => void;
-
-/** relay-native.c's `enum reason`. */
-export const enum HandBackReason {
-  Held = 1,
-  UpstreamClosed = 2,
-  Client = 3,
-  Blocked = 4,
-}
+/**
+ * Called once when the relay gives the stream back: why (relay-native.c's `enum reason`, for
+ * debugging: what JS does follows from the bytes); `held`, bytes read and not forwarded (JS
+ * takes them as the exchange's next read); `unsent`, forwarded bytes the client could not take yet
+ * (JS writes them first); and [time, tokens] per relayed read (and per templated event).
+ */
+export type HandBack = (reason: number, held: Buffer | null, unsent: Buffer | null, marks: Float64Array) => void;
 
 let addon: NativeRelayAddon | null | undefined;
 
