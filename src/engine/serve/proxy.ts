@@ -423,7 +423,7 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
   /**
    * Gives the stream's next reads to the native relay when the addon is there and neither socket
    * has bytes queued. It gives the stream back at the first read it would not forward unchanged
-   * (the end, usage, a split chunk), which then goes through relayRead() like any other.
+   * (the end, usage), which then goes through relayRead() like any other.
    */
   private handOff(): void {
     const upstream = this.call!.handOffSocket;

@@ -9,12 +9,15 @@
  * send(2). No npm library does this (uWebSockets.js is not published to the registry, and it
  * replaces the whole server).
  *
- * A "plain" read is one the JS relay would forward unchanged: whole chunks (hex size, CRLF, data,
- * CRLF; no extensions, not the zero-size one), each holding whole one-line `data: {...}` events
- * that name no key the relay acts on (usage, error, finish_reason as a string, and reasoning when
- * it renames). Anything else (the stream's end, a split chunk, a usage event) is handed back to JS
- * unforwarded, with the counts of the reads relayed so far; so is an upstream that closes, a client
- * write that fails, and one that would block (with the unsent bytes).
+ * A "plain" chunk is one the JS relay would forward unchanged (hex size, CRLF, data, CRLF; no
+ * extensions, not the zero-size one), holding whole one-line `data: {...}` events that name no key
+ * the relay acts on (usage, error, finish_reason as a string, and reasoning when it renames), or
+ * reasoning events that fit the stream's templates (rewritten as JS rewrites them). A read's plain
+ * chunks are forwarded; a chunk the read ends inside waits for the next read (the sender's write
+ * can be seen half done). At the first chunk that is not plain (usage, the stream's end) the
+ * chunks before it go, and the rest is handed back to JS unforwarded, with the counts of what was
+ * relayed; so is an upstream that closes, a client write that fails, and one that would block
+ * (with the unsent bytes).
  *
  * Sockets. The upstream: each upstream connection gets a dup of its fd and a uv_poll on that dup,
  * made the first time one of its answers is handed over and kept for the connection's life (JS
