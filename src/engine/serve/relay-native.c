@@ -176,8 +176,8 @@ typedef struct templates {
 
 /*
  * Classifies the events of one chunk's data, each a whole one-line `data: {` event: plain (no key
- * the relay acts on), or one of a template (tried in the JS relay's order). -1 for anything else.
- * `which` gets each event's template index (-1: plain) when given.
+ * the relay acts on), or one of a template (tried in the JS relay's order); `v` counts them. -1
+ * for anything else.
  */
 static int chunk_events(const char *p, const char *end, const templates_t *ts, verdict_t *v) {
   while (p < end) {
