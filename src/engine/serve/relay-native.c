@@ -195,24 +195,14 @@ static int chunk_events(const char *p, const char *end, const templates_t *ts, v
   return 0;
 }
 
-/* Walks a read of whole chunks; calls `each(data, end)` per chunk. -1 at a chunk that is malformed, split or the last. */
-#define FOR_EACH_CHUNK(b, len, data, dend, body)                                                              \
-  do {                                                                                                      \
-    const char *p_ = (b), *e_ = (b) + (len);                                                                \
-    if ((len) == 0) return -1;                                                                             \
-    while (p_ < e_) {                                                                                       \
-      size_t size_ = 0;                                                                                     \
-      int digits_ = 0;                                                                                      \
-      for (int v_; p_ + digits_ < e_ && digits_ <= 12 && (v_ = hex(p_[digits_])) >= 0; digits_++) size_ = size_ * 16 + v_; \
-      if (digits_ == 0 || digits_ > 12 || size_ == 0) return -1;                                            \
-      const char *data = p_ + digits_ + 2;                                                                  \
-      if (data > e_ || p_[digits_] != '\r' || p_[digits_ + 1] != '\n') return -1;                           \
-      if ((size_t)(e_ - data) < size_ + 2 || data[size_] != '\r' || data[size_ + 1] != '\n') return -1;     \
-      const char *dend = data + size_;                                                                      \
-      body;                                                                                                 \
-      p_ = dend + 2;                                                                                        \
-    }                                                                                                       \
-  } while (0)
+/* The chunk at `p`, whose framing whole_prefix() checked: where its data starts, and `*size` its length. */
+static const char *chunk_data(const char *p, size_t *size) {
+  size_t n = 0;
+  int d = 0;
+  for (int v; (v = hex(p[d])) >= 0; d++) n = n * 16 + v;
+  *size = n;
+  return p + d + 2;
+}
 
 /* A partial chunk kept for the next read: at most this much (a longer one goes to JS). */
 #define CARRY_MAX (32 * 1024)
@@ -248,11 +238,8 @@ static size_t judge(const char *b, size_t len, const templates_t *ts, verdict_t 
   memset(v, 0, sizeof(*v));
   const char *p = b, *e = b + len;
   while (p < e) {
-    size_t size = 0;
-    int digits = 0;
-    for (int x; p + digits < e && digits <= 12 && (x = hex(p[digits])) >= 0; digits++) size = size * 16 + x;
-    const char *data = p + digits + 2;
-    /* whole_prefix() checked the framing: a chunk's size line, data and CRLF are all here */
+    size_t size;
+    const char *data = chunk_data(p, &size);
     verdict_t mine = {0, 0, 0};
     if (chunk_events(data, data + size, ts, &mine) != 0) break;
     v->plain += mine.plain;
@@ -270,10 +257,12 @@ static const tmpl_t *template_of(const templates_t *ts, const char *p, const cha
   return NULL;
 }
 
-/* Writes a judged read with its templated events rewritten, one chunk per chunk; its size, or -1 when over `cap`. */
+/* Writes judged chunks with their templated events rewritten, one chunk per chunk; the size, or -1 when over `cap`. */
 static long rewrite(const char *b, size_t len, const templates_t *ts, char *out, size_t cap) {
   char *o = out, *o_end = out + cap;
-  FOR_EACH_CHUNK(b, len, data, dend, {
+  for (const char *p = b; p < b + len;) {
+    size_t in_size;
+    const char *data = chunk_data(p, &in_size), *dend = data + in_size;
     size_t size = 0;
     for (const char *q = data; q < dend;) {
       const char *lf = memchr(q, '\n', dend - q);
@@ -300,7 +289,8 @@ static long rewrite(const char *b, size_t len, const templates_t *ts, char *out,
     }
     *o++ = '\r';
     *o++ = '\n';
-  });
+    p = dend + 2;
+  }
   return (long)(o - out);
 }
 
