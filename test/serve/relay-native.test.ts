@@ -316,6 +316,56 @@ suite("native relay: hand-offs over loopback sockets", () => {
     p.close();
   });
 
+  it("fuzz: a stream of plain and templated chunks cut into random writes reaches the client whole, counted once each", async () => {
+    const p = await pair();
+    let received = "";
+    p.client.on("data", (b: Buffer) => (received += b.toString("latin1")));
+    const relay = new SseRelay({ fields: ["reasoning", "reasoning_content"], dropUsageChunk: true });
+    const reasoning = (i: number) => event(`{"id":"r","choices":[{"index":0,"delta":{"reasoning":" r${i}"},"finish_reason":null}]}`);
+    relay.push(Buffer.from(reasoning(0))); // learns the stream's template, as the proxy's first reasoning event does
+    const { s, got } = side(p.up, p.cl);
+    s.templates = relay.encodedTemplates();
+    expect(NativeStream.start(s)).toBeDefined();
+    const rand = seeded(99);
+    let sent = "";
+    let expected = "";
+    let tokens = 0;
+    for (let i = 1; i <= 300; i++) {
+      const events = 1 + Math.floor(rand() * 3);
+      let data = "";
+      let out = "";
+      for (let e = 0; e < events; e++) {
+        const r = rand() < 0.5;
+        data += r ? reasoning(i) : token(i);
+        out += r ? event(`{"id":"r","choices":[{"index":0,"delta":{"reasoning":" r${i}","reasoning_content":" r${i}"},"finish_reason":null}]}`) : token(i);
+      }
+      tokens += events;
+      sent += chunk(data);
+      expected += out;
+    }
+    for (let at = 0; at < sent.length; ) {
+      const n = 1 + Math.floor(rand() * 700);
+      p.upstream.write(sent.slice(at, at + n));
+      at += n;
+      if (rand() < 0.3) await new Promise((r) => setTimeout(r, 1));
+    }
+    // what the client read, unframed, is what the JS relay would have sent
+    const body = () => {
+      const ranges = new Ranges();
+      const buf = Buffer.from(received, "latin1");
+      new ChunkedDecoder().feed(buf, 0, ranges);
+      return Buffer.concat(ranges.slices(buf)).toString("latin1");
+    };
+    await until(() => body().length >= expected.length);
+    expect(body()).toBe(expected);
+    expect(got.back).toEqual([]);
+    p.upstream.end("0\r\n\r\n");
+    await until(() => got.back.length === 1);
+    expect(got.back[0].held?.toString("latin1")).toBe("0\r\n\r\n");
+    expect(got.marks.filter((_, i) => i % 2 === 1).reduce((a, b) => a + b, 0)).toBe(tokens);
+    p.close();
+  });
+
   it("an upstream that closes is given back with nothing held; Node then sees the end", async () => {
     const p = await pair();
     const { s, got } = side(p.up, p.cl);
