@@ -40,9 +40,9 @@ export class GatewayMetrics {
   readonly retries: Counter;
   readonly cacheLookups: Counter;
   readonly kvUsage: Gauge;
-  readonly nativeReads: Counter;
-  /** Reads the native relay forwarded, not yet handed to prom-client (added per stream, moved over on collect). */
-  private nativeReadsPending = 0;
+  readonly nativeTokens: Counter;
+  /** Token events the native relay forwarded, not yet handed to prom-client (added per stream, moved over on collect). */
+  private nativeTokensPending = 0;
   readonly keyRequests: Counter;
   readonly keyPromptTokens: Counter;
   readonly keyGenerationTokens: Counter;
@@ -116,20 +116,20 @@ export class GatewayMetrics {
     this.cacheLookups = new Counter({ name: "dsr:response_cache_lookups_total", help: "Response cache lookups.", labelNames: ["result"], registers: r });
     this.kvUsage = new Gauge({ name: "dsr:kv_cache_usage_perc", help: "KV cache usage, 0-1, where the engine reports it.", labelNames: ["instance"], registers: r, aggregator: "max" });
     const metrics = this;
-    this.nativeReads = new Counter({
-      name: "dsr:relay_native_reads_total",
-      help: "Upstream stream reads forwarded by the native relay, with no JavaScript per read (the others go through the JS relay).",
+    this.nativeTokens = new Counter({
+      name: "dsr:relay_native_tokens_total",
+      help: "Streamed token events forwarded by the native relay, with no JavaScript per read (the others went through the JS relay).",
       registers: r,
       collect() {
-        this.inc(metrics.nativeReadsPending);
-        metrics.nativeReadsPending = 0;
+        this.inc(metrics.nativeTokensPending);
+        metrics.nativeTokensPending = 0;
       },
     });
   }
 
-  /** Reads of one stream the native relay forwarded. */
-  nativeRelayed(reads: number): void {
-    this.nativeReadsPending += reads;
+  /** Token events of one stream the native relay forwarded. */
+  nativeRelayed(tokens: number): void {
+    this.nativeTokensPending += tokens;
   }
 
   /**

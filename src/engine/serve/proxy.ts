@@ -309,7 +309,7 @@ export class ProxyBackend implements Backend {
   }
 }
 
-/** Hand-offs to the native relay per stream: a stream whose reads keep coming back (reasoning to rename) stops being offered. */
+/** Hand-offs to the native relay per stream: a stream whose reads keep coming back (events it cannot take) stops being offered. */
 const MAX_HAND_OFFS = 3;
 
 const enum Mode {
@@ -431,16 +431,12 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     if (upstream === undefined || sink.lend === undefined) return;
     const client = sink.lend(this);
     if (client === undefined) return;
-    this.handOffs++;
     this.native = NativeStream.start({
       upstream,
       client,
       reasoningSpecial: this.o.reasoningFields.length > 0,
       templates: this.relay!.encodedTemplates(),
-      relayed: (marks) => {
-        this.relay!.addRelayed(marks);
-        this.o.metrics.nativeRelayed(marks.length / 2);
-      },
+      relayed: (marks) => this.o.metrics.nativeRelayed(this.relay!.addRelayed(marks)),
       back: (held, unsent) => {
         this.native = undefined;
         sink.giveBack!();
@@ -449,6 +445,7 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       },
     });
     if (this.native === undefined) sink.giveBack!();
+    else this.handOffs++;
   }
 
   /** The client's socket is being destroyed (the sink's loan ends): the native relay lets go of it first. */

@@ -461,12 +461,15 @@ export class SseRelay {
     return ts.length === 0 ? null : ReasoningTemplate.encodeAll(ts);
   }
 
-  /** Reads the native relay forwarded (relay-native.c's marks: time, token events, per read), counted as countTokens() counts a read. */
-  addRelayed(marks: Float64Array): void {
+  /** Reads the native relay forwarded (relay-native.c's marks: time, token events, per read), counted as countTokens() counts a read; returns their token events. */
+  addRelayed(marks: Float64Array): number {
+    let tokens = 0;
     for (let i = 0; i + 1 < marks.length; i += 2) {
+      tokens += marks[i + 1];
       this.stats.events += marks[i + 1] - 1;
       this.countToken(marks[i]);
     }
+    return tokens;
   }
 
   /** Counts a read's plain token events, timed once (the last one gets the read's time). */
