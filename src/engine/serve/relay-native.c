@@ -314,8 +314,6 @@ typedef struct channel {
      be seen half done), sent with the read that completes it */
   char *carry;
   size_t carry_len, carry_cap;
-  /* this read's chunks are forwarded up to one the relay cannot take: the rest then goes to JS */
-  int stop_after;
   size_t n_marks, cap_marks;
   double clock_offset_ms;
 } channel_t;
@@ -362,7 +360,6 @@ static napi_value marks_array(napi_env env, channel_t *c) {
 static void deactivate(channel_t *c) {
   c->active = 0;
   c->carry_len = 0;
-  c->stop_after = 0;
   free(c->ts_bytes);
   c->ts_bytes = NULL;
   c->ts.n = 0;
@@ -402,7 +399,7 @@ static void hand_back(channel_t *c, int reason, const char *held, size_t held_le
   napi_close_handle_scope(env, scope);
 }
 
-/* Keeps buf[from, to) as the carry; false when it is too long (JS then takes it). */
+/* Keeps the `n` bytes at `from` as the carry; false when they are too many (JS then takes them). */
 static int keep(channel_t *c, const char *from, size_t n) {
   if (n > CARRY_MAX) return 0;
   if (n > c->carry_cap) {
@@ -439,8 +436,8 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     size_t ok = whole > 0 ? judge(buf, (size_t)whole, &c->ts, &v) : 0;
     if (ok < (size_t)whole) stop = 1;
     whole = (long)ok;
+    /* stop: this read's chunks go up to one the relay cannot take, and the rest then goes to JS */
     if (stop && whole == 0) return hand_back(c, R_HELD, buf, total, NULL, 0);
-    c->stop_after = stop;
     if (whole == 0) {
       if (!keep(c, buf, total)) return hand_back(c, R_HELD, buf, total, NULL, 0);
       if ((size_t)n < READ_BYTES - k) return;
@@ -456,7 +453,7 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     }
     /* a partial chunk after the whole ones waits for the next read (copied before buf is reused) */
     size_t rest = total - (size_t)whole;
-    if (rest > CARRY_MAX && !c->stop_after) return hand_back(c, R_HELD, buf, total, NULL, 0);
+    if (rest > CARRY_MAX && !stop) return hand_back(c, R_HELD, buf, total, NULL, 0);
     /* counted as the JS relay counts a read: each templated event on its own, then the plain ones at once */
     for (int i = 0; i < v.templated; i++) mark(c, 1);
     if (v.plain > 0) mark(c, v.plain);
@@ -469,7 +466,7 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
       else return hand_back(c, R_CLIENT, NULL, 0, NULL, 0);
     }
     if (sent < len) return hand_back(c, R_BLOCKED, buf + whole, rest, o + sent, len - sent);
-    if (c->stop_after) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
+    if (stop) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
     if (!keep(c, buf + whole, rest)) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
     if ((size_t)n < READ_BYTES - k) return; /* a short read: the socket is drained */
   }
@@ -713,11 +710,12 @@ static napi_value scan(napi_env env, napi_callback_info info) {
     CHECK(napi_get_null(env, &out));
     return out;
   }
-  if (judge(data, len, &ts, &vd) == len && vd.changed) {
+  int whole = judge(data, len, &ts, &vd) == len;
+  if (whole && vd.changed) {
     sent = rewrite(data, len, &ts, a->out_buf, sizeof(a->out_buf));
     bytes_out = a->out_buf;
   }
-  if (judge(data, len, &ts, &vd) != len || sent < 0) {
+  if (!whole || sent < 0) {
     CHECK(napi_get_null(env, &out));
     return out;
   }
