@@ -32,7 +32,8 @@ if [ -n "${BASELINE:-}" ]; then bundle src/cli.ts "$STAGE/dsr-baseline.mjs" "$BA
 # the native relay beside dsr.mjs, where it looks for it (npm run build makes dist/dsr-relay.node);
 # `--compare-cli /tmp/dsr-gateway/dsr.mjs --compare-env DSR_RELAY=js` then A/Bs it against the JS relay
 if [ -f dist/dsr-relay.node ]; then cp dist/dsr-relay.node "$STAGE/dsr-relay.node"; else echo "gateway-device-build: no dist/dsr-relay.node (npm run build): dsr relays in JS" >&2; fi
-if [ -n "${BASELINE:-}" ] && [ -f "$BASELINE/dist/dsr-relay.node" ]; then echo "gateway-device-build: the baseline's native relay is not carried (one dsr-relay.node per bundle directory)" >&2; fi
+# the baseline's own native relay (its addon's API may differ): run.sh points the baseline at it with DSR_NATIVE_RELAY
+if [ -n "${BASELINE:-}" ] && [ -f "$BASELINE/dist/dsr-relay.node" ]; then cp "$BASELINE/dist/dsr-relay.node" "$STAGE/dsr-relay-baseline.node"; fi
 # bench/gateway --tls: a certificate for 127.0.0.1 (the device may have no openssl)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$STAGE/tls.key" -out "$STAGE/tls.crt" \
   -days 30 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null

@@ -24,6 +24,7 @@ UPSTREAM_CPUS=${UPSTREAM_CPUS:-4-9}
 LOADGEN_CPUS=${LOADGEN_CPUS:-10-15}
 BASE=""
 [ -f "$W/dsr-baseline.mjs" ] && BASE="--compare-cli $W/dsr-baseline.mjs"
+[ -f "$W/dsr-relay-baseline.node" ] && BASE="$BASE --compare-env DSR_NATIVE_RELAY=$W/dsr-relay-baseline.node"
 # FLOOR=1 adds bench/node-floor (raw forwarding with --workers N) as a target
 [ -n "${FLOOR:-}" ] && BASE="$BASE --floor $W/node-floor.mjs"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

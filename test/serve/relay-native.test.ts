@@ -1,9 +1,10 @@
 /**
- * The native relay (src/engine/serve/relay-native.c): its scan against the JS relay (a differential
- * fuzz: whatever it forwards, the JS relay would have forwarded unchanged, with the same token
- * count), its hand-offs over real loopback sockets (plain reads, a read it gives back, a client that
- * cannot take more, an upstream that closes, stop()), and `dsr serve --upstream` streaming the same
- * answers through it as through the JS relay, with the reads it took in /metrics.
+ * The native relay (src/engine/serve/relay-native.c): its scan against the JS relay (differential
+ * fuzzes: whatever it takes of a read, the JS relay would have sent the same body, with the same
+ * token count, finish reason and usage), its hand-offs over real loopback sockets (plain reads, a
+ * read it gives back, the body's end, a client that cannot take more, an upstream that closes,
+ * stop()), and `dsr serve --upstream` streaming the same answers through it as through the JS
+ * relay, with the same books (finish reasons, token counters) and the tokens it took in /metrics.
  *
  * The addon is built by `npm run build` where a C compiler and Node's headers exist; CI sets
  * DSR_REQUIRE_NATIVE_RELAY=1 so that a missing build fails here instead of skipping.
@@ -15,7 +16,7 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 import OpenAI from "openai";
 import { ChunkedDecoder, Ranges } from "../../src/engine/serve/h1-chunked.js";
 import { NativeStream, type HandOffSide } from "../../src/engine/serve/relay-handoff.js";
-import { nativeRelay } from "../../src/engine/serve/relay-native.js";
+import { nativeRelay, RelayFlags } from "../../src/engine/serve/relay-native.js";
 import { SseRelay } from "../../src/engine/serve/sse-relay.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { startServe, type ServeProc } from "./helpers.js";
@@ -33,6 +34,13 @@ function randomRead(rand: () => number): string {
   const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)];
   const texts = [
     `{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}`,
+    `{"choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null}]}`,
+    `{"id":"u","choices":[],"usage":{"prompt_tokens":7,"total_tokens":71,"completion_tokens":64,"prompt_tokens_details":null}}`,
+    `{"choices":[],"usage":{"prompt_tokens":null,"completion_tokens": 5}}`,
+    `{"choices":[],"usage":{"completion_tokens":12}}`,
+    `{"choices":[],"usage":{"prompt_tokens":1234567890123456789}}`,
+    `{"choices":[{"text":"x","finish_reason":"length"}]}`,
+    `{"choices":[{"text":"y","finish_reason":"tool_calls"}],"usage":null}`,
     `{"choices":[{"text":"reasoning is fine inside text"}],"usage":null}`,
     `{"choices":[{"delta":{"reasoning":"r"}}]}`,
     `{"choices":[{"delta":{"reasoning_content":"r"}}]}`,
@@ -53,7 +61,7 @@ function randomRead(rand: () => number): string {
     out += r < 0.85 ? chunk(data) : r < 0.9 ? `${Buffer.byteLength(data).toString(16).toUpperCase()}\r\n${data}\r\n` : r < 0.95 ? `${Buffer.byteLength(data).toString(16)};ext=1\r\n${data}\r\n` : "0\r\n\r\n";
   }
   const cut = rand();
-  return cut < 0.1 ? out.slice(0, Math.floor(out.length * rand())) : out;
+  return cut < 0.1 ? out.slice(0, Math.floor(out.length * rand())) : cut < 0.4 ? out + "0\r\n\r\n" : out;
 }
 
 function seeded(seed: number): () => number {
@@ -62,23 +70,40 @@ function seeded(seed: number): () => number {
 }
 
 suite("native relay: the scan", () => {
-  it("takes whole chunks of one-line data events and counts them; gives back anything else", () => {
-    const t = (s: string, reasoning = true) => {
-      const r = addon!.scan(Buffer.from(s), reasoning, null);
-      return r === null ? -1 : r[0];
-    };
-    expect(t(chunk(token(0)))).toBe(1);
-    expect(t(chunk(token(0) + token(1)) + chunk(token(2)))).toBe(3);
-    expect(t(chunk(event(`{"usage":null,"choices":[]}`)))).toBe(1); // no usage (OpenAI's and SGLang's every chunk)
-    expect(t(chunk(event(`{"usage":{"prompt_tokens":1}}`)))).toBe(-1);
-    expect(t(chunk(event(`{"delta":{"reasoning":"x"}}`)))).toBe(-1); // renamed by the JS relay
-    expect(t(chunk(event(`{"delta":{"reasoning":"x"}}`)), false)).toBe(1); // not renamed: passes
-    expect(t(chunk(event(`{"finish_reason":"stop"}`)))).toBe(-1);
-    expect(t(chunk(event(`{"error":{"message":"x"}}`)))).toBe(-1);
-    expect(t("0\r\n\r\n")).toBe(-1);
-    expect(t(chunk(token(0)).slice(0, -1))).toBe(-1); // a split chunk
-    expect(t(chunk("data: [DONE]\n\n"))).toBe(-1);
-    expect(t("")).toBe(-1);
+  it("takes whole chunks of one-line data events and counts them, notes a finish reason and the usage, sends the end when allowed; gives back anything else", () => {
+    const t = (s: string, flags: number = RelayFlags.reasoning) => addon!.scan(Buffer.from(s), flags, null);
+    const tokens = (s: string, flags?: number) => t(s, flags)?.[0] ?? -1;
+    expect(tokens(chunk(token(0)))).toBe(1);
+    expect(tokens(chunk(token(0) + token(1)) + chunk(token(2)))).toBe(3);
+    expect(tokens(chunk(event(`{"usage":null,"choices":[]}`)))).toBe(1); // no usage (OpenAI's and SGLang's every chunk)
+    expect(tokens(chunk(event(`{"usage":{"prompt_tokens":1}}`)))).toBe(-1); // usage beside choices: JSON's work
+    expect(tokens(chunk(event(`{"delta":{"reasoning":"x"}}`)))).toBe(-1); // renamed by the JS relay
+    expect(tokens(chunk(event(`{"delta":{"reasoning":"x"}}`)), 0)).toBe(1); // not renamed: passes
+    expect(tokens(chunk(event(`{"error":{"message":"x"}}`)))).toBe(-1);
+    expect(tokens("0\r\n\r\n")).toBe(-1); // the end, when JS must send it
+    expect(tokens(chunk(token(0)).slice(0, -1))).toBe(-1); // a split chunk
+    expect(tokens("")).toBe(-1);
+    // the role chunk is no token while none was counted
+    const role = chunk(event(`{"choices":[{"delta":{"role":"assistant","content":""}}]}`));
+    expect(tokens(role + chunk(token(1)), RelayFlags.roleCheck)).toBe(1);
+    expect(tokens(role + chunk(token(1)), 0)).toBe(2);
+    // a finish reason and [DONE]
+    const finish = chunk(event(`{"choices":[{"text":"a","finish_reason":"length"}]}`));
+    expect(t(finish + chunk("data: [DONE]\n\n"))?.slice(0, 1)).toEqual([1]);
+    expect(t(finish)?.[3]).toBe("length");
+    // the usage-only chunk: counted, dropped when the gateway asked for it
+    const usage = chunk(event(`{"id":"c","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":64,"total_tokens":71}}`));
+    expect(t(usage)?.[4]).toEqual([7, 64]);
+    expect(t(usage)?.[2].toString()).toBe(usage);
+    expect(t(usage, RelayFlags.dropUsage)?.[2].length).toBe(0);
+    expect(t(chunk(event(`{"choices":[],"usage":{"completion_tokens":3}}`)))?.[4]).toEqual([undefined, 3]);
+    // the end
+    const end = finish + usage + chunk("data: [DONE]\n\n") + "0\r\n\r\n";
+    const r = t(end, RelayFlags.mayEnd | RelayFlags.dropUsage)!;
+    expect(r[2].toString()).toBe(finish + chunk("data: [DONE]\n\n") + "0\r\n\r\n");
+    expect(r.slice(3)).toEqual(["length", [7, 64], true]);
+    expect(t(end + "x", RelayFlags.mayEnd)).toBeNull(); // bytes after the end: JS's
+    expect(t(end.replace("0\r\n\r\n", "0\r\nx-trailer: 1\r\n\r\n"), RelayFlags.mayEnd)).toBeNull(); // trailers: JS's
   });
 
   it("fuzz: reasoning events of the stream's templates are rewritten as the JS relay rewrites them, with the same counts", () => {
@@ -108,7 +133,7 @@ suite("native relay: the scan", () => {
           read += chunk(data);
         }
         const buf = Buffer.from(read, "utf8");
-        const native = addon!.scan(buf, true, templates);
+        const native = addon!.scan(buf, RelayFlags.reasoning, templates);
         if (native === null) continue;
         const relay = primed(fields);
         const dec = new ChunkedDecoder();
@@ -130,31 +155,49 @@ suite("native relay: the scan", () => {
     expect(rewritten).toBeGreaterThan(500);
   });
 
-  it("fuzz: every read it forwards, the JS relay forwards unchanged with the same token count", () => {
+  it("fuzz: whatever it takes of a read, the JS relay sends the same body, with the same token count, finish reason and usage", () => {
     const rand = seeded(20261123);
-    let forwarded = 0;
-    for (let i = 0; i < 20_000; i++) {
+    let taken = 0;
+    let changed = 0;
+    let ended = 0;
+    let noted = 0;
+    for (let i = 0; i < 30_000; i++) {
       const read = Buffer.from(randomRead(rand), "latin1");
-      for (const fields of [["reasoning", "reasoning_content"], []] as const) {
-        const r = addon!.scan(read, fields.length > 0, null);
-        if (r === null) continue;
-        const n = r[0];
-        expect(r[2].equals(read)).toBe(true); // no template: the read goes as it came
-        forwarded++;
-        // the JS side as the proxy has it: one token already seen, the decoder at a chunk boundary
-        const relay = new SseRelay({ fields, dropUsageChunk: true });
-        relay.push(Buffer.from(token(0)));
-        const dec = new ChunkedDecoder();
-        const ranges = new Ranges();
-        expect(dec.feed(read, 0, ranges)).toBe(read.length);
-        expect(dec.atBoundary).toBe(true);
-        const before = relay.stats.events;
-        relay.push(read, ranges, true);
-        expect(relay.passedThrough, read.toString("latin1")).toBe(true);
-        expect(relay.stats.events - before).toBe(n);
-      }
+      const fields = rand() < 0.5 ? (["reasoning", "reasoning_content"] as const) : ([] as const);
+      const roleCheck = rand() < 0.3;
+      const dropUsage = rand() < 0.5;
+      const flags = (fields.length > 0 ? RelayFlags.reasoning : 0) | (roleCheck ? RelayFlags.roleCheck : 0) | (dropUsage ? RelayFlags.dropUsage : 0) | (rand() < 0.7 ? RelayFlags.mayEnd : 0);
+      const r = addon!.scan(read, flags, null);
+      if (r === null) continue;
+      const [plain, templated, sent, finish, usage, end] = r;
+      taken++;
+      // the JS side as the proxy has it: a token already seen unless none was, the decoder at a chunk boundary
+      const relay = new SseRelay({ fields, dropUsageChunk: dropUsage });
+      if (!roleCheck) relay.push(Buffer.from(token(0)));
+      const before = relay.stats.events;
+      const dec = new ChunkedDecoder();
+      const ranges = new Ranges();
+      expect(dec.feed(read, 0, ranges)).toBe(read.length);
+      expect(dec.done).toBe(end); // it takes the end only as the read's last bytes
+      const any = ranges.n > 0 && relay.push(read, ranges, false);
+      expect(relay.stats.events - before, read.toString("latin1")).toBe(plain + templated);
+      expect(relay.stats.finishReason ?? null).toBe(finish);
+      expect(usage === null ? [undefined, undefined] : usage).toEqual([relay.stats.promptTokens, relay.stats.completionTokens]);
+      // what the client reads: the same body, ended when the upstream's was
+      const sentRanges = new ChunkedDecoder();
+      const got = new Ranges();
+      expect(sentRanges.feed(sent, 0, got)).toBe(sent.length);
+      expect(sentRanges.done).toBe(end);
+      expect(Buffer.concat(got.slices(sent)).toString("latin1")).toBe(any ? relay.out.toString("latin1") : "");
+      if (!sent.equals(read)) changed++;
+      if (end) ended++;
+      if (finish !== null || usage !== null) noted++;
     }
-    expect(forwarded).toBeGreaterThan(500); // the fuzz reached the side where the relays must agree
+    // the fuzz reached every side where the relays must agree
+    expect(taken).toBeGreaterThan(1500);
+    expect(changed).toBeGreaterThan(200);
+    expect(ended).toBeGreaterThan(400);
+    expect(noted).toBeGreaterThan(800);
   });
 });
 
@@ -187,14 +230,18 @@ async function pair(): Promise<{ upstream: Socket; up: Socket; cl: Socket; clien
 
 /** The hand-off's side, recording what it is told. */
 function side(up: Socket, cl: Socket) {
-  const got = { marks: [] as number[], back: [] as { held?: Buffer; unsent?: Buffer }[] };
+  const got = { marks: [] as number[], back: [] as { held?: Buffer; unsent?: Buffer; ended: boolean }[], finish: null as string | null, usage: null as unknown };
   const s: HandOffSide = {
     upstream: up,
     client: cl,
     reasoningSpecial: true,
     templates: null,
-    relayed: (m) => got.marks.push(...m),
-    back: (held, unsent) => got.back.push({ held, unsent }),
+    relayed: (m, finish, usage) => {
+      got.marks.push(...m);
+      got.finish = finish ?? got.finish;
+      got.usage = usage ?? got.usage;
+    },
+    back: (held, unsent, ended) => got.back.push({ held, unsent, ended }),
   };
   return { s, got };
 }
@@ -223,12 +270,13 @@ suite("native relay: hand-offs over loopback sockets", () => {
       p.upstream.write(c);
       await until(() => received.length === sent.length);
     }
-    const usage = chunk(event(`{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}`));
-    p.upstream.write(usage);
+    const error = chunk(event(`{"error":{"message":"boom"}}`));
+    p.upstream.write(error);
     await until(() => got.back.length === 1);
     expect(received).toBe(sent);
     expect(seenByJs).toEqual([]);
-    expect(got.back[0].held?.toString("latin1")).toBe(usage);
+    expect(got.back[0].held?.toString("latin1")).toBe(error);
+    expect(got.back[0].ended).toBe(false);
     expect(got.marks.filter((_, i) => i % 2 === 1).reduce((a, b) => a + b, 0)).toBe(5);
     expect(got.marks[0]).toBeGreaterThan(0); // performance.now() times
     // libuv reads the upstream again, the client socket was Node's all along
@@ -273,20 +321,45 @@ suite("native relay: hand-offs over loopback sockets", () => {
     p.close();
   });
 
-  it("a read with plain chunks, then one it cannot take: the plain ones go natively, JS gets the rest from that chunk on", async () => {
+  it("a read with chunks it takes, then one it cannot: those go natively, JS gets the rest from that chunk on", async () => {
     const p = await pair();
     let received = "";
     p.client.on("data", (b: Buffer) => (received += b.toString("latin1")));
     const { s, got } = side(p.up, p.cl);
     expect(NativeStream.start(s)).toBeDefined();
-    const plain = chunk(token(1)) + chunk(token(2));
-    const end = chunk(event(`{"choices":[{"text":" t3","finish_reason":"length"}]}`)) + chunk("data: [DONE]\n\n") + "0\r\n\r\n";
-    p.upstream.write(plain + end);
+    const taken = chunk(token(1)) + chunk(token(2)) + chunk(event(`{"choices":[{"text":" t3","finish_reason":"length"}]}`)) + chunk("data: [DONE]\n\n");
+    p.upstream.write(taken + "0\r\n\r\n"); // the end, which JS sends unless it lets the relay
     await until(() => got.back.length === 1);
-    expect(received).toBe(plain);
-    expect(got.back[0].held?.toString("latin1")).toBe(end);
-    expect(got.marks[1]).toBe(2);
+    expect(received).toBe(taken);
+    expect(got.back[0]).toEqual({ held: Buffer.from("0\r\n\r\n"), unsent: undefined, ended: false });
+    expect(got.marks[1]).toBe(3);
+    expect(got.finish).toBe("length");
     p.close();
+  });
+
+  it("the body's end: the last token, the usage-only chunk (dropped when it was the gateway's), [DONE] and the zero-size chunk go natively, and the stream comes back ended with its books", async () => {
+    for (const dropUsage of [true, false]) {
+      const p = await pair();
+      let received = "";
+      p.client.on("data", (b: Buffer) => (received += b.toString("latin1")));
+      const { s, got } = side(p.up, p.cl);
+      Object.assign(s, { mayEnd: true, dropUsage, roleCheck: true });
+      expect(NativeStream.start(s)).toBeDefined();
+      const role = chunk(event(`{"choices":[{"delta":{"role":"assistant","content":""}}]}`));
+      const last = chunk(event(`{"choices":[{"text":" t2","finish_reason":"stop"}]}`));
+      const usage = chunk(event(`{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`));
+      const done = chunk("data: [DONE]\n\n");
+      p.upstream.write(role + chunk(token(1)));
+      await until(() => received.length > 0);
+      p.upstream.write(last + usage + done + "0\r\n\r\n");
+      await until(() => got.back.length === 1);
+      expect(received).toBe(role + chunk(token(1)) + last + (dropUsage ? "" : usage) + done + "0\r\n\r\n");
+      expect(got.back[0]).toEqual({ held: undefined, unsent: undefined, ended: true });
+      expect(got.marks.filter((_, i) => i % 2 === 1).reduce((a, b) => a + b, 0)).toBe(2); // the role chunk is no token
+      expect(got.finish).toBe("stop");
+      expect(got.usage).toEqual([3, 2]);
+      p.close();
+    }
   });
 
   it("a read that ends inside a chunk: its whole chunks go at once, the rest waits for the reads that complete it, nothing is given back", async () => {
@@ -361,7 +434,7 @@ suite("native relay: hand-offs over loopback sockets", () => {
     expect(got.back).toEqual([]);
     p.upstream.end("0\r\n\r\n");
     await until(() => got.back.length === 1);
-    expect(got.back[0].held?.toString("latin1")).toBe("0\r\n\r\n");
+    expect(got.back[0].held?.toString("latin1")).toBe("0\r\n\r\n"); // the end: JS's unless it let the relay send it
     expect(got.marks.filter((_, i) => i % 2 === 1).reduce((a, b) => a + b, 0)).toBe(tokens);
     p.close();
   });
@@ -373,7 +446,7 @@ suite("native relay: hand-offs over loopback sockets", () => {
     const ended = new Promise((r) => p.up.once("end", r));
     p.upstream.end();
     await until(() => got.back.length === 1);
-    expect(got.back[0]).toEqual({ held: undefined, unsent: undefined });
+    expect(got.back[0]).toEqual({ held: undefined, unsent: undefined, ended: false });
     await ended;
     p.close();
   });
@@ -387,7 +460,7 @@ suite("native relay: hand-offs over loopback sockets", () => {
     p.upstream.write(chunk(token(1) + token(2)));
     await until(() => received > 0);
     native.stop();
-    expect(got.back).toEqual([{ held: undefined, unsent: undefined }]);
+    expect(got.back).toEqual([{ held: undefined, unsent: undefined, ended: false }]);
     expect(got.marks[1]).toBe(2);
     const seen = new Promise<Buffer>((r) => p.up.once("data", r));
     p.upstream.write(chunk(token(3)));
@@ -466,9 +539,16 @@ suite("native relay: dsr serve --upstream", () => {
     }
     expect(answers[0]).toEqual(answers[1]);
     expect(answers[0].text).toContain(" t39");
-    const metrics = async (gw: ServeProc) => Number(/^dsr:relay_native_tokens_total\S* (\d+)/m.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1]);
-    expect(await metrics(gws[0])).toBeGreaterThan(40); // most of the 2 × 40 tokens
-    expect(await metrics(gws[1])).toBe(0);
+    const metrics = async (gw: ServeProc) => await (await fetch(`${gw.url}/metrics`)).text();
+    const [native, js] = await Promise.all(gws.map(metrics));
+    const value = (text: string, re: RegExp) => Number(re.exec(text)?.[1]);
+    expect(value(native, /^dsr:relay_native_tokens_total\S* (\d+)/m)).toBeGreaterThan(60); // all but a few of the 2 × 40 tokens (the first reads, the chat stream's first reasoning tokens)
+    expect(value(js, /^dsr:relay_native_tokens_total\S* (\d+)/m)).toBe(0);
+    // the same books: finish reasons, and the token counts read from the usage chunks (one the client's, one the gateway's)
+    const books = (text: string) => text.split("\n").filter((l) => /^dsr:(request_success|prompt_tokens|generation_tokens)_total\{/.test(l));
+    expect(books(native)).toEqual(books(js));
+    expect(books(native).join("\n")).toMatch(/finished_reason="length".* 2$/m);
+    expect(value(native, /^dsr:generation_tokens_total\{[^}]*\} (\d+)/m)).toBe(80);
   });
 
   it("under load with clients hanging up mid-stream: every finished stream is whole and its own, and the hang-ups cancel upstream", async () => {

@@ -106,6 +106,8 @@ export interface H1Call {
   readonly handOffSocket: Socket | undefined;
   /** Handles bytes read from that socket by someone else (the native relay's hand-back) as the exchange's next read. */
   inject(read: Buffer): void;
+  /** Someone else (the native relay) read the body's end, and nothing after it: the exchange ends, and the socket may serve another. */
+  ended(): void;
 }
 
 /**
@@ -315,6 +317,10 @@ class Exchange implements H1Call {
 
   inject(read: Buffer): void {
     if (!this.finished) this.data(read);
+  }
+
+  ended(): void {
+    this.done(true);
   }
 
   private detach(): void {

@@ -532,6 +532,13 @@ export class H1Response {
     this.conn.finished(this);
   }
 
+  /** The body's last chunk went out as framed bytes (writeFramed(), or the native relay with the socket lent): the answer is over. */
+  endedFramed(): void {
+    if (this.writableEnded) return;
+    this.writableEnded = true;
+    this.conn.finished(this);
+  }
+
   /** Resolves when the socket can take more, or is gone. */
   waitDrain(): Promise<void> {
     if (this.destroyed) return Promise.resolve();

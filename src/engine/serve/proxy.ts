@@ -346,6 +346,8 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
   /** The native relay while it has the stream (relay-handoff.ts). */
   private native: NativeStream | undefined;
   private handOffs = 0;
+  /** The native relay sent the body's end: the client's answer is complete. */
+  private endedNatively = false;
 
   constructor(
     private readonly o: ProxyOptions,
@@ -410,14 +412,12 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
       g.sink.startStream();
       this.backpressure(g.sink.write(relay.out)); // the first write carries the headers
       this.framed = g.sink.takesFramed?.() ?? false;
-      return;
-    }
-    // whole chunks whose events passed the relay unchanged: forward the read as received; a read
-    // that needed nothing but that and the stream's reasoning templates: offer the native relay
-    // the reads after it
-    if (!this.framed) return this.backpressure(g.sink.write(relay.out));
-    this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
-    if (read.aligned && relay.simple && this.handOffs < MAX_HAND_OFFS && relay.stats.events > 0) this.handOff();
+    } else if (!this.framed) return this.backpressure(g.sink.write(relay.out));
+    // whole chunks whose events passed the relay unchanged: forward the read as received
+    else this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
+    // a read that needed nothing but that and the stream's reasoning templates: offer the native
+    // relay the reads after it
+    if (this.framed && read.aligned && relay.simple && this.handOffs < MAX_HAND_OFFS) this.handOff();
   }
 
   /**
@@ -431,17 +431,24 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     if (upstream === undefined || sink.lend === undefined) return;
     const client = sink.lend(this);
     if (client === undefined) return;
+    const relay = this.relay!;
     this.native = NativeStream.start({
       upstream,
       client,
       reasoningSpecial: this.o.reasoningFields.length > 0,
-      templates: this.relay!.encodedTemplates(),
-      relayed: (marks) => this.o.metrics.nativeRelayed(this.relay!.addRelayed(marks)),
-      back: (held, unsent) => {
+      roleCheck: relay.stats.events === 0,
+      dropUsage: this.injectedUsage,
+      mayEnd: sink.letsHolderEnd?.() ?? false,
+      templates: relay.encodedTemplates(),
+      relayed: (marks, finish, usage) => this.o.metrics.nativeRelayed(relay.addRelayed(marks, finish, usage)),
+      back: (held, unsent, ended) => {
         this.native = undefined;
         sink.giveBack!();
         if (unsent !== undefined) this.backpressure(sink.writeFramed!(unsent));
-        if (held !== undefined) this.call!.inject(held);
+        if (ended) {
+          this.endedNatively = true;
+          this.call!.ended(); // onEnd() follows at once
+        } else if (held !== undefined) this.call!.inject(held);
       },
     });
     if (this.native === undefined) sink.giveBack!();
@@ -520,7 +527,8 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     g.record.promptTokens = s.promptTokens;
     g.record.completionTokens = s.completionTokens ?? s.events;
     g.record.finishReason = s.error ? "error" : s.finishReason ?? null;
-    g.sink.end(rest);
+    if (this.endedNatively) g.sink.endedFramed!();
+    else g.sink.end(rest);
   }
 
   private relayWhole(text: string): void {

@@ -1,23 +1,24 @@
 /**
  * Hands a stream's plain reads to the native relay (relay-native.c) and takes the stream back.
  *
- * The proxy offers a stream once a read went to the client exactly as received (whole chunks, no
- * event changed) and nothing waits to be written to either socket. libuv stops reading the upstream
+ * The proxy offers a stream once a read went to the client whole (whole chunks, no event needing
+ * JSON) and nothing waits to be written to either socket: from the stream's first read on. libuv stops reading the upstream
  * (its handle's readStop, below the Readable: Node's own `reading` flag stays set, so nothing in
  * Node starts reading it again meanwhile) and the addon reads it through the connection's channel
  * (a dup of its fd with a poll, opened on the connection's first hand-off and closed with the
  * socket, so a kept-alive connection sets it up once); every read it can forward
  * unchanged goes to the client with no JavaScript. The client socket stays Node's: it is still
  * read, so a hang-up cancels the request as on any other stream (which stops the relay first), and
- * nothing else writes to it while the relay holds the stream. When the relay meets anything else it
- * calls back: the counts of what it relayed go to the JS relay (TTFT, inter-token latency, token
- * counts), the bytes it did not forward go through the JS path, and libuv reads the upstream again.
+ * nothing else writes to it while the relay holds the stream. When the body ends (and the proxy let
+ * the relay send the end), or the relay meets anything it cannot take, it calls back: the counts of
+ * what it relayed go to the JS relay (TTFT, inter-token latency, token counts, finish reason,
+ * usage), the bytes it did not forward go through the JS path, and libuv reads the upstream again.
  *
  * Node's stream handles are used directly (`_handle.readStop/readStart/fd/writeQueueSize`): no
  * public API stops a socket's reads at the libuv level without also changing the Readable's state.
  */
 import type { Socket } from "node:net";
-import { nativeRelay, type NativeRelayAddon } from "./relay-native.js";
+import { nativeRelay, R_END, RelayFlags, type NativeRelayAddon, type RelayedUsage } from "./relay-native.js";
 
 interface StreamHandle {
   fd: number;
@@ -63,12 +64,21 @@ export interface HandOffSide {
   client: Socket;
   /** The relay renames reasoning: reasoning events go native only when they fit one of `templates`. */
   reasoningSpecial: boolean;
+  /** No token was counted yet: a read's first event that only opens the role is not one. */
+  roleCheck?: boolean;
+  /** The usage-only chunk is the gateway's (the client did not ask for usage): dropped. */
+  dropUsage?: boolean;
+  /** The relay may send the body's end (nothing waits to run before the client sees it). */
+  mayEnd?: boolean;
   /** The stream's reasoning templates (SseRelay.encodedTemplates()), or null. */
   templates: Buffer | null;
-  /** Per relayed read: its time (performance.now()) and token events. */
-  relayed(marks: Float64Array): void;
-  /** The stream is back in JS: `held` bytes (a read not forwarded) to handle, `unsent` bytes to write. */
-  back(held: Buffer | undefined, unsent: Buffer | undefined): void;
+  /** Per relayed read: its time (performance.now()) and token events; the last finish reason and the usage it relayed. */
+  relayed(marks: Float64Array, finish: string | null, usage: RelayedUsage): void;
+  /**
+   * The stream is back in JS: `held` bytes (a read not forwarded) to handle, `unsent` bytes to write;
+   * `ended`: the upstream's body ended and its end went to the client (or is in `unsent`).
+   */
+  back(held: Buffer | undefined, unsent: Buffer | undefined, ended: boolean): void;
 }
 
 /** A stream now relayed natively (until it hands back or stop() is called). */
@@ -89,7 +99,8 @@ export class NativeStream {
     const id = channelOf(addon, side.upstream, upFd);
     if (id < 0 || up.readStop() !== 0) return undefined;
     const s = new NativeStream(addon, side);
-    if (addon.start(id, clientFd, side.reasoningSpecial, side.templates, performance.now(), (_reason, held, unsent, marks) => s.handBack(held, unsent, marks)) < 0) {
+    const flags = (side.reasoningSpecial ? RelayFlags.reasoning : 0) | (side.roleCheck ? RelayFlags.roleCheck : 0) | (side.dropUsage ? RelayFlags.dropUsage : 0) | (side.mayEnd ? RelayFlags.mayEnd : 0);
+    if (addon.start(id, clientFd, flags, side.templates, performance.now(), (reason, held, unsent, marks, finish, usage) => s.handBack(reason, held, unsent, marks, finish, usage)) < 0) {
       up.readStart();
       return undefined;
     }
@@ -100,18 +111,18 @@ export class NativeStream {
   /** Takes the stream back now (a cancel, a shutdown): what was relayed is counted; nothing is written, and a partial chunk the relay held is dropped with the stream. */
   stop(): void {
     if (this.id < 0) return;
-    const marks = this.addon.stop(this.id);
+    const books = this.addon.stop(this.id);
     this.id = -1;
-    if (marks !== null) this.side.relayed(marks);
+    if (books !== null) this.side.relayed(...books);
     readAgain(this.side.upstream);
-    this.side.back(undefined, undefined);
+    this.side.back(undefined, undefined, false);
   }
 
-  private handBack(held: Buffer | null, unsent: Buffer | null, marks: Float64Array): void {
+  private handBack(reason: number, held: Buffer | null, unsent: Buffer | null, marks: Float64Array, finish: string | null, usage: RelayedUsage): void {
     this.id = -1;
     const { side } = this;
-    side.relayed(marks);
+    side.relayed(marks, finish, usage);
     readAgain(side.upstream);
-    side.back(held ?? undefined, unsent ?? undefined);
+    side.back(held ?? undefined, unsent ?? undefined, reason === R_END);
   }
 }

@@ -11,13 +11,16 @@
  *
  * A "plain" chunk is one the JS relay would forward unchanged (hex size, CRLF, data, CRLF; no
  * extensions, not the zero-size one), holding whole one-line `data: {...}` events that name no key
- * the relay acts on (usage, error, finish_reason as a string, and reasoning when it renames), or
- * reasoning events that fit the stream's templates (rewritten as JS rewrites them). A read's plain
- * chunks are forwarded; a chunk the read ends inside waits for the next read (the sender's write
- * can be seen half done). At the first chunk that is not plain (usage, the stream's end) the
- * chunks before it go, and the rest is handed back to JS unforwarded, with the counts of what was
- * relayed; so is an upstream that closes, a client write that fails, and one that would block
- * (with the unsent bytes).
+ * the relay acts on (usage, error, reasoning when it renames), or reasoning events that fit the
+ * stream's templates (rewritten as JS rewrites them). Events the relay takes besides: a token with
+ * a finish_reason string (noted for JS), `data: [DONE]`, and the usage-only chunk (`"choices":[]`:
+ * its two counts noted, and dropped when the gateway asked for it rather than the client). When JS
+ * allows it, the zero-size chunk that ends the body goes too, and the stream comes back ended. A
+ * read's chunks are forwarded; a chunk the read ends inside waits for the next read (the sender's
+ * write can be seen half done). At the first chunk the relay cannot take (an error, an event JSON
+ * must rewrite) the chunks before it go, and the rest is handed back to JS unforwarded, with the
+ * counts of what was relayed; so is an upstream that closes, a client write that fails, and one
+ * that would block (with the unsent bytes).
  *
  * Sockets. The upstream: each upstream connection gets a dup of its fd and a uv_poll on that dup,
  * made the first time one of its answers is handed over and kept for the connection's life (JS
@@ -30,6 +33,7 @@
  * own dup of the fd, made per hand-off, so a socket Node closes meanwhile can never be confused
  * with a new one given the same number, and JS writes nothing while the relay holds it.
  */
+#define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
@@ -47,7 +51,14 @@ enum reason {
   R_UP_CLOSED = 2, /* the upstream closed or failed: JS reads it again and sees why */
   R_CLIENT = 3,    /* a write to the client failed (it went away) */
   R_BLOCKED = 4,   /* the client's socket buffer is full: JS writes the unsent bytes and waits */
+  R_END = 5,       /* the body ended and its end was sent (or is in the unsent bytes): JS only closes the books */
 };
+
+/* start()'s flags, set by relay-handoff.ts */
+#define F_REASONING 1  /* the gateway renames reasoning: reasoning events go only when a template fits */
+#define F_ROLE_CHECK 2 /* no token counted yet: a read's first event that only opens the role is not one */
+#define F_DROP_USAGE 4 /* the usage-only chunk was the gateway's request, not the client's: dropped */
+#define F_MAY_END 8    /* the relay may send the body's end (JS has nothing to do before the client sees it) */
 
 static int hex(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -60,33 +71,67 @@ static int starts(const char *p, const char *end, const char *lit, size_t n) {
   return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0;
 }
 
+/* What keys() finds in an event. */
+#define K_CR 1        /* a CR: JS's CRLF path */
+#define K_USAGE 2     /* `"usage"` not followed by `:null` */
+#define K_ERROR 4     /* `"error"` */
+#define K_REASONING 8 /* `"reasoning` (counted only when renaming) */
+#define K_FINISH 16   /* `"finish_reason":"`: its string starts at *finish */
+
 /*
- * True when the event [p, end) holds a CR or names a key the JS relay acts on (sse-relay.ts keyAt:
- * a quoted `"usage"` that is not `:null`, `"error"`, `"finish_reason":"`, and `"reasoning` when
- * renaming). It looks at every quote, so it never misses a key the relay's regex would see. A plain
- * byte loop: an event is a few hundred bytes, and a memchr call per quote cost more than the loop.
+ * The keys the JS relay acts on in the event [p, end) (sse-relay.ts keyAt), as K_ bits; `*finish` is
+ * where the last finish_reason string starts. It looks at every quote, so it never misses a key the
+ * relay's regex would see. A plain byte loop: an event is a few hundred bytes, and a memchr call per
+ * quote cost more than the loop.
  */
-static int special(const char *p, const char *end, int reasoning) {
+static int keys(const char *p, const char *end, int reasoning, const char **finish) {
+  int k = 0;
   for (const char *q = p; q < end; q++) {
-    if (*q == '\r') return 1;
+    if (*q == '\r') return K_CR;
     if (*q != '"' || q + 1 >= end) continue;
-    const char *k = q + 1;
-    switch (*k) {
+    const char *n = q + 1;
+    switch (*n) {
       case 'u':
-        if (starts(k, end, "usage\"", 6) && !starts(k + 6, end, ":null", 5)) return 1;
+        if (starts(n, end, "usage\"", 6) && !starts(n + 6, end, ":null", 5)) k |= K_USAGE;
         break;
       case 'e':
-        if (starts(k, end, "error\"", 6)) return 1;
+        if (starts(n, end, "error\"", 6)) k |= K_ERROR;
         break;
       case 'r':
-        if (reasoning && starts(k, end, "reasoning", 9)) return 1;
+        if (reasoning && starts(n, end, "reasoning", 9)) k |= K_REASONING;
         break;
       case 'f':
-        if (starts(k, end, "finish_reason\":\"", 16)) return 1;
+        if (starts(n, end, "finish_reason\":\"", 16)) {
+          k |= K_FINISH;
+          *finish = n + 16;
+        }
         break;
     }
   }
-  return 0;
+  return k;
+}
+
+static const char *find(const char *p, const char *end, const char *lit, size_t n) {
+  return end - p >= (long)n ? memmem(p, (size_t)(end - p), lit, n) : NULL;
+}
+
+/*
+ * What the JS relay's /"<key>":\s*(\d+)/ finds in [p, end): the first such count, -1 when there is
+ * none, -2 when JS's answer is not certain here (more digits than a double holds exactly, or a byte
+ * of a non-ASCII character where \s might match).
+ */
+static double count_of(const char *p, const char *end, const char *key, size_t n) {
+  for (const char *q = find(p, end, key, n); q != NULL; q = find(q + 1, end, key, n)) {
+    const char *d = q + n;
+    while (d < end && (*d == ' ' || *d == '\t' || *d == '\n' || *d == '\v' || *d == '\f' || *d == '\r')) d++;
+    if (d < end && (unsigned char)*d >= 0x80) return -2;
+    double v = 0;
+    int digits = 0;
+    for (; d < end && *d >= '0' && *d <= '9'; d++, digits++) v = v * 10 + (*d - '0');
+    if (digits > 15) return -2;
+    if (digits > 0) return v;
+  }
+  return -1;
 }
 
 /*
@@ -160,36 +205,126 @@ static char *put_rewritten(char *o, const tmpl_t *t, const char *p, const char *
   return o;
 }
 
-/* One read's verdict: its token events, and whether an event changed (then the read is sent re-framed). */
-typedef struct verdict {
-  int plain;
-  int templated;
-  int changed;
-} verdict_t;
-
-/* The templates in force for a read: what the stream's JS relay had learnt when it handed over. */
-typedef struct templates {
+/* What the relay sets for a read (flags of start()), with the stream's reasoning templates. */
+typedef struct rules {
+  int flags;
   int n;
   tmpl_t t[MAX_TEMPLATES];
-  int reasoning_special;
-} templates_t;
+} rules_t;
+
+/* What one event is to the relay. */
+enum kind {
+  E_REFUSE, /* JS must take it */
+  E_TOKEN,  /* a token event, forwarded as it is */
+  E_DONE,   /* `data: [DONE]`, forwarded, no token */
+  E_TEMPLATE, /* a reasoning token of one of the templates, rewritten */
+  E_USAGE,  /* the usage-only chunk: counts noted, forwarded or dropped */
+};
+
+#define MAX_FINISH 64
+
+typedef struct event {
+  enum kind kind;
+  const tmpl_t *t;     /* E_TEMPLATE */
+  int role_only;       /* E_TOKEN: it only opens the role (sse-relay.ts isRoleOnly) */
+  const char *finish;  /* E_TOKEN: its finish_reason string, if any */
+  size_t finish_len;
+  double prompt, completion; /* E_USAGE: the counts, -1 when absent */
+} event_t;
 
 /*
- * Classifies the events of one chunk's data, each a whole one-line `data: {` event: plain (no key
- * the relay acts on), or one of a template (tried in the JS relay's order); `v` counts them. -1
- * for anything else.
+ * Classifies the one-line event [p, lf) as the JS relay's whole-events pass would treat it
+ * (sse-relay.ts wholeEvents, special, event): anything the relay is not sure to treat the same is
+ * E_REFUSE, and JS takes it.
  */
-static int chunk_events(const char *p, const char *end, const templates_t *ts, verdict_t *v) {
+static void classify(const char *p, const char *lf, const rules_t *r, event_t *e) {
+  e->kind = E_REFUSE;
+  const char *finish = NULL;
+  int done = starts(p, lf, "data: [DONE]", 12);
+  if (!done && !starts(p, lf, "data: {", 7)) return;
+  int k = keys(p, lf, r->flags & F_REASONING, &finish);
+  if (k & K_CR) return;
+  if (done) {
+    if ((k & ~K_FINISH) == 0) e->kind = E_DONE;
+    return;
+  }
+  if ((k & ~K_FINISH) == 0) {
+    e->role_only = find(p, lf, "\"role\"", 6) != NULL && find(p, lf, "\"content\":\"\"", 12) != NULL;
+    e->finish = NULL;
+    if (k & K_FINISH) {
+      /* JS takes the bytes up to the next quote; one that long is not a finish reason the relay keeps */
+      const char *q = memchr(finish, '"', (size_t)(lf - finish));
+      if (q == NULL || q - finish > MAX_FINISH) return;
+      e->finish = finish;
+      e->finish_len = (size_t)(q - finish);
+    }
+    e->kind = E_TOKEN;
+    return;
+  }
+  for (int i = 0; i < r->n; i++)
+    if (fits(&r->t[i], p, lf)) {
+      e->t = &r->t[i];
+      e->kind = E_TEMPLATE;
+      return;
+    }
+  /* the usage-only chunk: JS reads its two counts with a regex and does not parse it */
+  if ((k & K_USAGE) && !(k & (K_ERROR | K_REASONING)) && find(p, lf, "\"choices\":[]", 12) != NULL) {
+    e->prompt = count_of(p, lf, "\"prompt_tokens\":", 16);
+    e->completion = count_of(p, lf, "\"completion_tokens\":", 20);
+    if (e->prompt > -2 && e->completion > -2) e->kind = E_USAGE;
+  }
+}
+
+/* The bytes event `e` at [p, lf) becomes (its blank line included): 0 when dropped. */
+static size_t out_size(const event_t *e, const rules_t *r, const char *p, const char *lf) {
+  if (e->kind == E_TEMPLATE) return rewritten_size(e->t, p, lf);
+  if (e->kind == E_USAGE && (r->flags & F_DROP_USAGE)) return 0;
+  return (size_t)(lf - p) + 2;
+}
+
+/* What a run of chunks holds: the counts, and what JS is told of them. */
+typedef struct verdict {
+  int plain;     /* token events, counted at once per read */
+  int templated; /* templated events, counted one by one */
+  int changed;   /* an event rewritten or dropped: the chunks go re-framed */
+  int first;     /* the next event is the read's first while no token was counted (the role check) */
+  const char *finish; /* the last finish_reason string */
+  size_t finish_len;
+  int usage;     /* a usage-only chunk was seen: its counts follow */
+  double prompt, completion;
+} verdict_t;
+
+/* Classifies the events of one chunk's data, each a whole one-line event, into `v`; -1 when one must go to JS. */
+static int chunk_events(const char *p, const char *end, const rules_t *r, verdict_t *v) {
   while (p < end) {
-    const char *lf = memchr(p, '\n', end - p);
-    if (lf == NULL || lf + 1 >= end || lf[1] != '\n' || !starts(p, lf, "data: {", 7)) return -1;
-    if (special(p, lf, ts->reasoning_special)) {
-      int i = 0;
-      while (i < ts->n && !fits(&ts->t[i], p, lf)) i++;
-      if (i == ts->n) return -1;
-      v->templated++;
-      if (!ts->t[i].unchanged) v->changed = 1;
-    } else v->plain++;
+    const char *lf = memchr(p, '\n', (size_t)(end - p));
+    if (lf == NULL || lf + 1 >= end || lf[1] != '\n') return -1;
+    event_t e;
+    classify(p, lf, r, &e);
+    switch (e.kind) {
+      case E_REFUSE:
+        return -1;
+      case E_TOKEN:
+        if (!(v->first && e.role_only)) v->plain++;
+        if (e.finish != NULL) {
+          v->finish = e.finish;
+          v->finish_len = e.finish_len;
+        }
+        break;
+      case E_TEMPLATE:
+        v->templated++;
+        if (!e.t->unchanged) v->changed = 1;
+        break;
+      case E_USAGE:
+        v->usage = 1;
+        v->prompt = e.prompt;
+        v->completion = e.completion;
+        if (r->flags & F_DROP_USAGE) v->changed = 1;
+        break;
+      case E_DONE:
+        break;
+    }
+    v->first = 0;
     p = lf + 2;
   }
   return 0;
@@ -232,56 +367,53 @@ static size_t whole_prefix(const char *b, size_t len, int *stop) {
 
 /*
  * The verdict on the whole chunks b[0, len) (see the top): how many bytes of them, from the start,
- * are chunks the relay can forward (all of them, or up to the first it cannot); `v` counts those.
+ * are chunks the relay can take (all of them, or up to the first it cannot); `v` holds what those
+ * are. `v->first` says whether the read's first event gets the role check.
  */
-static size_t judge(const char *b, size_t len, const templates_t *ts, verdict_t *v) {
-  memset(v, 0, sizeof(*v));
+static size_t judge(const char *b, size_t len, const rules_t *r, verdict_t *v) {
   const char *p = b, *e = b + len;
   while (p < e) {
     size_t size;
     const char *data = chunk_data(p, &size);
-    verdict_t mine = {0, 0, 0};
-    if (chunk_events(data, data + size, ts, &mine) != 0) break;
-    v->plain += mine.plain;
-    v->templated += mine.templated;
-    v->changed |= mine.changed;
+    verdict_t mine = *v; /* this chunk's events count only if all of them can go */
+    if (chunk_events(data, data + size, r, &mine) != 0) break;
+    *v = mine;
     p = data + size + 2;
   }
   return (size_t)(p - b);
 }
 
-static const tmpl_t *template_of(const templates_t *ts, const char *p, const char *lf) {
-  if (!special(p, lf, ts->reasoning_special)) return NULL;
-  for (int i = 0; i < ts->n; i++)
-    if (fits(&ts->t[i], p, lf)) return &ts->t[i];
-  return NULL;
-}
-
-/* Writes judged chunks with their templated events rewritten, one chunk per chunk; the size, or -1 when over `cap`. */
-static long rewrite(const char *b, size_t len, const templates_t *ts, char *out, size_t cap) {
+/*
+ * Writes judged chunks with their events rewritten or dropped, one chunk per chunk (none for a chunk
+ * left empty: a zero-size one would end the body); the size, or -1 when over `cap`.
+ */
+static long rewrite(const char *b, size_t len, const rules_t *r, char *out, size_t cap) {
   char *o = out, *o_end = out + cap;
   for (const char *p = b; p < b + len;) {
     size_t in_size;
     const char *data = chunk_data(p, &in_size), *dend = data + in_size;
+    p = dend + 2;
     size_t size = 0;
+    event_t e;
     for (const char *q = data; q < dend;) {
-      const char *lf = memchr(q, '\n', dend - q);
-      const tmpl_t *t = template_of(ts, q, lf);
-      size += t ? rewritten_size(t, q, lf) : (size_t)(lf - q) + 2;
+      const char *lf = memchr(q, '\n', (size_t)(dend - q));
+      classify(q, lf, r, &e);
+      size += out_size(&e, r, q, lf);
       q = lf + 2;
     }
+    if (size == 0) continue;
     if ((size_t)(o_end - o) < size + 20) return -1;
     int digits = 1;
     for (size_t x = size; x >= 16; x /= 16) digits++;
-    for (int i = digits - 1, x = (int)0; i >= 0; i--, x++) o[i] = "0123456789abcdef"[(size >> (4 * x)) & 15];
+    for (int i = digits - 1, x = 0; i >= 0; i--, x++) o[i] = "0123456789abcdef"[(size >> (4 * x)) & 15];
     o += digits;
     *o++ = '\r';
     *o++ = '\n';
     for (const char *q = data; q < dend;) {
-      const char *lf = memchr(q, '\n', dend - q);
-      const tmpl_t *t = template_of(ts, q, lf);
-      if (t) o = put_rewritten(o, t, q, lf);
-      else {
+      const char *lf = memchr(q, '\n', (size_t)(dend - q));
+      classify(q, lf, r, &e);
+      if (e.kind == E_TEMPLATE) o = put_rewritten(o, e.t, q, lf);
+      else if (out_size(&e, r, q, lf) > 0) {
         memcpy(o, q, (size_t)(lf - q) + 2);
         o += (lf - q) + 2;
       }
@@ -289,9 +421,47 @@ static long rewrite(const char *b, size_t len, const templates_t *ts, char *out,
     }
     *o++ = '\r';
     *o++ = '\n';
-    p = dend + 2;
   }
   return (long)(o - out);
+}
+
+static const char LAST_CHUNK[] = "0\r\n\r\n";
+#define LAST_CHUNK_LEN 5
+
+/* What the relay does with one read (the carry before it included). */
+typedef struct outcome {
+  size_t taken;   /* bytes of the read it takes: whole chunks it can forward, and the body's end when `end` */
+  int stop;       /* what follows `taken` goes to JS (a chunk it cannot take, the end when it may not send it) */
+  int end;        /* the body's end is in `taken` */
+  const char *out; /* what to send for them (the read itself, or out_buf when re-framed) */
+  size_t out_len;
+  verdict_t v;
+} outcome_t;
+
+/*
+ * Judges one read: false when the read needed re-framing beyond out_buf (JS then takes all of it).
+ * What follows `taken` when not `stop` is a chunk that has not fully arrived.
+ */
+static int process(const char *buf, size_t total, const rules_t *r, int role_check, char *out_buf, size_t cap, outcome_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->v.first = role_check;
+  o->v.prompt = o->v.completion = -1;
+  size_t whole = whole_prefix(buf, total, &o->stop);
+  size_t ok = whole > 0 ? judge(buf, whole, r, &o->v) : 0;
+  if (ok < whole) o->stop = 1;
+  /* the zero-size chunk with nothing after it (no trailers) right after the chunks it takes */
+  o->end = (r->flags & F_MAY_END) && ok == whole && total - ok == LAST_CHUNK_LEN && memcmp(buf + ok, LAST_CHUNK, LAST_CHUNK_LEN) == 0;
+  if (o->end) o->stop = 0;
+  o->taken = ok + (o->end ? LAST_CHUNK_LEN : 0);
+  o->out = buf;
+  o->out_len = o->taken;
+  if (!o->v.changed) return 1;
+  long n = ok > 0 ? rewrite(buf, ok, r, out_buf, cap) : 0;
+  if (n < 0 || (size_t)n + LAST_CHUNK_LEN > cap) return 0;
+  if (o->end) memcpy(out_buf + n, LAST_CHUNK, LAST_CHUNK_LEN);
+  o->out = out_buf;
+  o->out_len = (size_t)n + (o->end ? LAST_CHUNK_LEN : 0);
+  return 1;
 }
 
 /*
@@ -307,8 +477,14 @@ typedef struct channel {
   int active;
   napi_ref cb;
   int client_fd; /* the relay's own dup, per hand-off */
-  templates_t ts; /* the stream's reasoning templates (pointing into ts_bytes) */
-  char *ts_bytes;
+  rules_t rules; /* the stream's flags and reasoning templates (pointing into rules_bytes) */
+  char *rules_bytes;
+  int role_check; /* no token counted yet (F_ROLE_CHECK, until the relay counts one) */
+  /* what JS is told with the stream: the last finish_reason string relayed (-1: none), the usage-only chunk's counts */
+  char finish[MAX_FINISH];
+  int finish_len;
+  int usage;
+  double prompt, completion;
   double *marks; /* per relayed read: its time (ms on JS's performance.now() clock) and token events */
   /* the start of a chunk whose end has not arrived (a read may end anywhere: the sender's write can
      be seen half done), sent with the read that completes it */
@@ -356,13 +532,31 @@ static napi_value marks_array(napi_env env, channel_t *c) {
   return arr;
 }
 
+/* What the relayed events told (JS's relay notes the same): the last finish reason (a string, or null), the usage counts ([prompt, completion], undefined where absent, or null). */
+static void books(napi_env env, channel_t *c, napi_value *finish, napi_value *usage) {
+  if (c->finish_len >= 0) napi_create_string_latin1(env, c->finish, (size_t)c->finish_len, finish);
+  else napi_get_null(env, finish);
+  if (!c->usage) {
+    napi_get_null(env, usage);
+    return;
+  }
+  napi_create_array_with_length(env, 2, usage);
+  double counts[2] = {c->prompt, c->completion};
+  for (uint32_t i = 0; i < 2; i++) {
+    napi_value v;
+    if (counts[i] >= 0) napi_create_double(env, counts[i], &v);
+    else napi_get_undefined(env, &v);
+    napi_set_element(env, *usage, i, v);
+  }
+}
+
 /* Ends the stream in hand: the poll stops (its fd leaves epoll now, before JS reads the socket again). */
 static void deactivate(channel_t *c) {
   c->active = 0;
   c->carry_len = 0;
-  free(c->ts_bytes);
-  c->ts_bytes = NULL;
-  c->ts.n = 0;
+  free(c->rules_bytes);
+  c->rules_bytes = NULL;
+  c->rules.n = 0;
   uv_poll_stop(&c->poll);
   close(c->client_fd);
   c->client_fd = -1;
@@ -371,27 +565,28 @@ static void deactivate(channel_t *c) {
 }
 
 /*
- * Hands the stream back to JS: callback(reason, held | null, unsent | null, marks). `held`: bytes
- * read and not forwarded, for JS to take as the exchange's next read; `unsent`: bytes forwarded in
- * part, for JS to write before anything else.
+ * Hands the stream back to JS: callback(reason, held | null, unsent | null, marks, finish, usage).
+ * `held`: bytes read and not forwarded, for JS to take as the exchange's next read; `unsent`: bytes
+ * forwarded in part, for JS to write before anything else; finish and usage: see books().
  */
 static void hand_back(channel_t *c, int reason, const char *held, size_t held_len, const char *unsent, size_t unsent_len) {
   addon_t *a = c->addon;
   napi_env env = a->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value argv[4], cb, resource, result;
+  napi_value argv[6], cb, resource, result;
   napi_create_int32(env, reason, &argv[0]);
   if (held != NULL && held_len > 0) napi_create_buffer_copy(env, held_len, held, NULL, &argv[1]);
   else napi_get_null(env, &argv[1]);
   if (unsent != NULL && unsent_len > 0) napi_create_buffer_copy(env, unsent_len, unsent, NULL, &argv[2]);
   else napi_get_null(env, &argv[2]);
   argv[3] = marks_array(env, c);
+  books(env, c, &argv[4], &argv[5]);
   napi_get_reference_value(env, c->cb, &cb);
   napi_get_reference_value(env, a->async_resource, &resource);
   deactivate(c);
   /* make_callback, not call_function: JS's microtasks and nextTicks run after it, as after any I/O callback */
-  if (napi_make_callback(env, a->async_ctx, resource, cb, 4, argv, &result) == napi_pending_exception) {
+  if (napi_make_callback(env, a->async_ctx, resource, cb, 6, argv, &result) == napi_pending_exception) {
     napi_value err;
     napi_get_and_clear_last_exception(env, &err);
     napi_fatal_exception(env, err);
@@ -413,10 +608,27 @@ static int keep(channel_t *c, const char *from, size_t n) {
   return 1;
 }
 
-/* The upstream is readable: forward its plain reads until it would block or a read is not plain. */
+/* Notes what a forwarded run of chunks told: the marks (counted as the JS relay counts a read: each templated event on its own, then the plain ones at once), the finish reason, the usage. */
+static void note(channel_t *c, const verdict_t *v) {
+  for (int i = 0; i < v->templated; i++) mark(c, 1);
+  if (v->plain > 0) mark(c, v->plain);
+  if (v->plain + v->templated > 0) c->role_check = 0;
+  if (v->finish != NULL) {
+    memcpy(c->finish, v->finish, v->finish_len);
+    c->finish_len = (int)v->finish_len;
+  }
+  if (v->usage) {
+    c->usage = 1;
+    c->prompt = v->prompt;
+    c->completion = v->completion;
+  }
+}
+
+/* The upstream is readable: forward what the relay can take until it would block, the body ends, or JS must take a read. */
 static void on_upstream(uv_poll_t *h, int status, int events) {
   channel_t *c = (channel_t *)h; /* the poll is the channel's first member */
-  char *buf = c->addon->read_buf;
+  addon_t *a = c->addon;
+  char *buf = a->read_buf;
   (void)events;
   if (!c->active) return;
   if (status < 0) return hand_back(c, R_UP_CLOSED, c->carry, c->carry_len, NULL, 0);
@@ -429,45 +641,29 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     if (n <= 0) return hand_back(c, R_UP_CLOSED, buf, k, NULL, 0);
     size_t total = k + (size_t)n;
-    int stop;
-    long whole = (long)whole_prefix(buf, total, &stop);
-    verdict_t v = {0, 0, 0};
-    /* the chunks it can forward go now; from the first it cannot, the rest goes to JS */
-    size_t ok = whole > 0 ? judge(buf, (size_t)whole, &c->ts, &v) : 0;
-    if (ok < (size_t)whole) stop = 1;
-    whole = (long)ok;
-    /* stop: this read's chunks go up to one the relay cannot take, and the rest then goes to JS */
-    if (stop && whole == 0) return hand_back(c, R_HELD, buf, total, NULL, 0);
-    if (whole == 0) {
-      if (!keep(c, buf, total)) return hand_back(c, R_HELD, buf, total, NULL, 0);
+    outcome_t o;
+    if (!process(buf, total, &c->rules, c->role_check, a->out_buf, sizeof(a->out_buf), &o)) return hand_back(c, R_HELD, buf, total, NULL, 0);
+    size_t rest = total - o.taken; /* from a chunk JS must take (stop), or a partial chunk */
+    if (o.taken == 0) {
+      if (o.stop || !keep(c, buf, total)) return hand_back(c, R_HELD, buf, total, NULL, 0);
       if ((size_t)n < READ_BYTES - k) return;
       continue;
     }
-    const char *o = buf;
-    size_t len = (size_t)whole;
-    if (v.changed) {
-      long r = rewrite(buf, (size_t)whole, &c->ts, c->addon->out_buf, sizeof(c->addon->out_buf));
-      if (r < 0) return hand_back(c, R_HELD, buf, total, NULL, 0);
-      o = c->addon->out_buf;
-      len = (size_t)r;
-    }
-    /* a partial chunk after the whole ones waits for the next read (copied before buf is reused) */
-    size_t rest = total - (size_t)whole;
-    if (rest > CARRY_MAX && !stop) return hand_back(c, R_HELD, buf, total, NULL, 0);
-    /* counted as the JS relay counts a read: each templated event on its own, then the plain ones at once */
-    for (int i = 0; i < v.templated; i++) mark(c, 1);
-    if (v.plain > 0) mark(c, v.plain);
+    if (rest > CARRY_MAX && !o.stop) return hand_back(c, R_HELD, buf, total, NULL, 0);
+    note(c, &o.v);
     size_t sent = 0;
-    while (sent < len) {
-      ssize_t w = send(c->client_fd, o + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (sent < o.out_len) {
+      ssize_t w = send(c->client_fd, o.out + sent, o.out_len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (w >= 0) sent += (size_t)w;
       else if (errno == EINTR) continue;
       else if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       else return hand_back(c, R_CLIENT, NULL, 0, NULL, 0);
     }
-    if (sent < len) return hand_back(c, R_BLOCKED, buf + whole, rest, o + sent, len - sent);
-    if (stop) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
-    if (!keep(c, buf + whole, rest)) return hand_back(c, R_HELD, buf + whole, rest, NULL, 0);
+    if (o.end) return hand_back(c, R_END, NULL, 0, o.out + sent, o.out_len - sent);
+    if (sent < o.out_len) return hand_back(c, R_BLOCKED, buf + o.taken, rest, o.out + sent, o.out_len - sent);
+    if (o.stop) return hand_back(c, R_HELD, buf + o.taken, rest, NULL, 0);
+    /* a partial chunk after the whole ones waits for the next read (copied before buf is reused) */
+    if (!keep(c, buf + o.taken, rest)) return hand_back(c, R_HELD, buf + o.taken, rest, NULL, 0);
     if ((size_t)n < READ_BYTES - k) return; /* a short read: the socket is drained */
   }
 }
@@ -539,7 +735,7 @@ static int bytes(const char **p, const char *end, const char **at, size_t *len) 
  * its tail and its pieces (a count, 0xFFFFFFFF for none: the event stays as it is), each a u32
  * length and the bytes. `ts` points into `b`, which must outlive it. -1 when malformed.
  */
-static int decode_templates(const char *b, size_t len, templates_t *ts) {
+static int decode_templates(const char *b, size_t len, rules_t *ts) {
   const char *p = b, *end = b + len;
   uint32_t n;
   if (u32(&p, end, &n) != 0 || n > MAX_TEMPLATES) return -1;
@@ -606,37 +802,36 @@ static napi_value close_channel(napi_env env, napi_callback_info info) {
 }
 
 /*
- * start(id, clientFd, reasoningSpecial, templates, nowMs, callback) → 0, or a negative errno when it
- * could not start (nothing changed: the stream stays in JS). libuv must have stopped reading the
- * upstream. `templates`: a Buffer from ReasoningTemplate.encodeAll(), or null.
+ * start(id, clientFd, flags, templates, nowMs, callback) → 0, or a negative errno when it could not
+ * start (nothing changed: the stream stays in JS). libuv must have stopped reading the upstream.
+ * `flags`: F_ bits; `templates`: a Buffer from ReasoningTemplate.encodeAll(), or null.
  */
 static napi_value start(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6], out;
   addon_t *a;
-  int32_t client_fd;
-  bool reasoning;
+  int32_t client_fd, flags;
   double now_ms;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_instance_data(env, (void **)&a));
   CHECK(napi_get_value_int32(env, argv[1], &client_fd));
-  CHECK(napi_get_value_bool(env, argv[2], &reasoning));
+  CHECK(napi_get_value_int32(env, argv[2], &flags));
   CHECK(napi_get_value_double(env, argv[4], &now_ms));
   channel_t *c = channel_of(env, a, argv[0]);
   int err = c == NULL ? -EBADF : c->active ? -EBUSY : 0;
-  templates_t ts = {.n = 0, .reasoning_special = reasoning};
-  char *ts_bytes = NULL;
+  rules_t rules = {.flags = flags, .n = 0};
+  char *rules_bytes = NULL;
   bool is_buffer = false;
   napi_is_buffer(env, argv[3], &is_buffer);
   if (err == 0 && is_buffer) {
     void *data;
     size_t len;
     CHECK(napi_get_buffer_info(env, argv[3], &data, &len));
-    ts_bytes = malloc(len ? len : 1);
-    if (ts_bytes == NULL) err = -ENOMEM;
+    rules_bytes = malloc(len ? len : 1);
+    if (rules_bytes == NULL) err = -ENOMEM;
     else {
-      memcpy(ts_bytes, data, len);
-      if (decode_templates(ts_bytes, len, &ts) != 0) err = -EINVAL;
+      memcpy(rules_bytes, data, len);
+      if (decode_templates(rules_bytes, len, &rules) != 0) err = -EINVAL;
     }
   }
   int dup_fd = err == 0 ? fcntl(client_fd, F_DUPFD_CLOEXEC, 0) : -1;
@@ -644,13 +839,16 @@ static napi_value start(napi_env env, napi_callback_info info) {
   if (err == 0) err = uv_poll_start(&c->poll, UV_READABLE, on_upstream);
   if (err != 0) {
     if (dup_fd >= 0) close(dup_fd);
-    free(ts_bytes);
+    free(rules_bytes);
     CHECK(napi_create_int32(env, err, &out));
     return out;
   }
   c->client_fd = dup_fd;
-  c->ts = ts;
-  c->ts_bytes = ts_bytes;
+  c->rules = rules;
+  c->rules_bytes = rules_bytes;
+  c->role_check = (flags & F_ROLE_CHECK) != 0;
+  c->finish_len = -1;
+  c->usage = 0;
   c->n_marks = 0;
   c->clock_offset_ms = now_ms - (double)uv_hrtime() / 1e6;
   c->active = 1;
@@ -659,10 +857,10 @@ static napi_value start(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* stop(id) → the marks so far (Float64Array), or null when no stream is in hand. No callback follows. */
+/* stop(id) → [marks so far (Float64Array), finish, usage] (see books()), or null when no stream is in hand. No callback follows. */
 static napi_value stop(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1], out;
+  napi_value argv[1], out, v[3];
   addon_t *a;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_instance_data(env, (void **)&a));
@@ -671,61 +869,57 @@ static napi_value stop(napi_env env, napi_callback_info info) {
     CHECK(napi_get_null(env, &out));
     return out;
   }
-  out = marks_array(env, c);
+  v[0] = marks_array(env, c);
+  books(env, c, &v[1], &v[2]);
   deactivate(c);
+  CHECK(napi_create_array_with_length(env, 3, &out));
+  for (uint32_t i = 0; i < 3; i++) CHECK(napi_set_element(env, out, i, v[i]));
   return out;
 }
 
 /*
- * scan(read, reasoningSpecial, templates | null) → what the relay would do with one read, for tests
- * and fuzzing: null (JS takes it), or [plain token events, templated events, the bytes it sends].
+ * scan(read, flags, templates | null) → what the relay would do with one read as the only read of a
+ * hand-off, for tests and fuzzing: null when JS would get any of it, else [plain token events,
+ * templated events, the bytes it sends, finish, usage (see books()), whether the body ended].
  */
 static napi_value scan(napi_env env, napi_callback_info info) {
   size_t argc = 3;
-  napi_value argv[3], out, v;
+  napi_value argv[3], out, v[6];
   void *data;
   size_t len;
-  bool reasoning, is_buffer = false;
+  int32_t flags;
+  bool is_buffer = false;
   addon_t *a;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_instance_data(env, (void **)&a));
   CHECK(napi_get_buffer_info(env, argv[0], &data, &len));
-  CHECK(napi_get_value_bool(env, argv[1], &reasoning));
-  templates_t ts = {.n = 0, .reasoning_special = reasoning};
+  CHECK(napi_get_value_int32(env, argv[1], &flags));
+  rules_t rules = {.flags = flags, .n = 0};
   napi_is_buffer(env, argv[2], &is_buffer);
   if (is_buffer) {
     void *tb;
     size_t tl;
     CHECK(napi_get_buffer_info(env, argv[2], &tb, &tl));
-    if (decode_templates(tb, tl, &ts) != 0) {
+    if (decode_templates(tb, tl, &rules) != 0) {
       napi_throw_error(env, NULL, "relay: malformed templates");
       return NULL;
     }
   }
-  verdict_t vd;
-  long sent = (long)len;
-  const char *bytes_out = data;
-  int stop;
-  if (len == 0 || whole_prefix(data, len, &stop) != len) {
+  outcome_t o;
+  if (len == 0 || !process(data, len, &rules, (flags & F_ROLE_CHECK) != 0, a->out_buf, sizeof(a->out_buf), &o) || o.taken != len) {
     CHECK(napi_get_null(env, &out));
     return out;
   }
-  int whole = judge(data, len, &ts, &vd) == len;
-  if (whole && vd.changed) {
-    sent = rewrite(data, len, &ts, a->out_buf, sizeof(a->out_buf));
-    bytes_out = a->out_buf;
-  }
-  if (!whole || sent < 0) {
-    CHECK(napi_get_null(env, &out));
-    return out;
-  }
-  CHECK(napi_create_array_with_length(env, 3, &out));
-  CHECK(napi_create_int32(env, vd.plain, &v));
-  CHECK(napi_set_element(env, out, 0, v));
-  CHECK(napi_create_int32(env, vd.templated, &v));
-  CHECK(napi_set_element(env, out, 1, v));
-  CHECK(napi_create_buffer_copy(env, (size_t)sent, bytes_out, NULL, &v));
-  CHECK(napi_set_element(env, out, 2, v));
+  channel_t books_of = {.finish_len = -1};
+  note(&books_of, &o.v);
+  free(books_of.marks);
+  CHECK(napi_create_int32(env, o.v.plain, &v[0]));
+  CHECK(napi_create_int32(env, o.v.templated, &v[1]));
+  CHECK(napi_create_buffer_copy(env, o.out_len, o.out, NULL, &v[2]));
+  books(env, &books_of, &v[3], &v[4]);
+  CHECK(napi_get_boolean(env, o.end, &v[5]));
+  CHECK(napi_create_array_with_length(env, 6, &out));
+  for (uint32_t i = 0; i < 6; i++) CHECK(napi_set_element(env, out, i, v[i]));
   return out;
 }
 

@@ -93,6 +93,16 @@ export class ResponseSink implements Sink {
     this.res.returned();
   }
 
+  letsHolderEnd(): boolean {
+    // what runs before the end (a per-key slot given back) must run before the client can send its next request
+    return this.beforeEnd === undefined && !this.parts;
+  }
+
+  endedFramed(): void {
+    this.ending();
+    this.res.endedFramed();
+  }
+
   writeFramed(framed: Buffer): Promise<void> | void {
     if (this.res.writeFramed(framed) || this.res.destroyed) return;
     return this.res.waitDrain();

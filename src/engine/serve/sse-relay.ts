@@ -8,6 +8,7 @@
 import { beginChunk, chunkOf, chunkSize, endChunk, Ranges } from "./h1-chunked.js";
 import type { ReasoningField } from "./reasoning.js";
 import { ReasoningTemplate, UNCHANGED } from "./reasoning-template.js";
+import type { RelayedUsage } from "./relay-native.js";
 
 export interface RelayStats {
   /** Token-bearing events seen (chunks with choices). */
@@ -394,13 +395,13 @@ export class SseRelay {
     const hasUsage = text.includes('"usage"');
     const hasReasoning = this.o.fields.length > 0 && text.includes('"reasoning');
     const hasError = text.includes('"error"');
-    if (hasUsage && !hasError && !hasReasoning && this.o.dropUsageChunk && text.includes('"choices":[]')) {
-      // the usage-only chunk the gateway asked for (once per stream): its two counts are read
-      // without parsing it, and it is dropped. (Inside a JSON string a quote is escaped, so these
-      // patterns only match keys.)
+    if (hasUsage && !hasError && !hasReasoning && text.includes('"choices":[]')) {
+      // the usage-only chunk (once per stream): its two counts are read without parsing it, as the
+      // native relay reads them, and it is dropped when the gateway asked for it rather than the
+      // client. (Inside a JSON string a quote is escaped, so these patterns only match keys.)
       this.stats.promptTokens = count(text, PROMPT_TOKENS);
       this.stats.completionTokens = count(text, COMPLETION_TOKENS);
-      return EMPTY;
+      return this.o.dropUsageChunk ? EMPTY : undefined;
     }
     const dataAt = text.indexOf("data:");
     if (dataAt < 0) return undefined;
@@ -461,14 +462,20 @@ export class SseRelay {
     return ts.length === 0 ? null : ReasoningTemplate.encodeAll(ts);
   }
 
-  /** Reads the native relay forwarded (relay-native.c's marks: time, token events, per read), counted as countTokens() counts a read; returns their token events. */
-  addRelayed(marks: Float64Array): number {
+  /**
+   * Reads the native relay forwarded (relay-native.c's marks: time, token events, per read), counted
+   * as countTokens() counts a read, with the last finish reason and the usage counts it relayed;
+   * returns their token events.
+   */
+  addRelayed(marks: Float64Array, finish: string | null = null, usage: RelayedUsage = null): number {
     let tokens = 0;
     for (let i = 0; i + 1 < marks.length; i += 2) {
       tokens += marks[i + 1];
       this.stats.events += marks[i + 1] - 1;
       this.countToken(marks[i]);
     }
+    if (finish !== null) this.stats.finishReason = finish;
+    if (usage !== null) [this.stats.promptTokens, this.stats.completionTokens] = usage;
     return tokens;
   }
 

@@ -44,6 +44,10 @@ export interface Sink {
    */
   lend?(holder: { stop(): void }): import("node:net").Socket | undefined;
   giveBack?(): void;
+  /** Whether the holder of a loan may write the body's end itself: nothing waits to run before the client sees the end. */
+  letsHolderEnd?(): boolean;
+  /** The body's last chunk went out as framed bytes (from the holder of a loan, or writeFramed()): the response is over. */
+  endedFramed?(): void;
 }
 
 /** Filled by the backend, read by the request log and metrics. */
