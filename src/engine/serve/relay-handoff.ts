@@ -1,18 +1,18 @@
 /**
- * Hands a stream's plain reads to the native relay (relay-native.c) and takes the stream back.
+ * Hands a stream to the native relay (relay-native.c) and takes the stream back.
  *
  * The proxy offers a stream once a read went to the client whole (whole chunks, no event needing
- * JSON) and nothing waits to be written to either socket: from the stream's first read on. libuv stops reading the upstream
- * (its handle's readStop, below the Readable: Node's own `reading` flag stays set, so nothing in
- * Node starts reading it again meanwhile) and the addon reads it through the connection's channel
- * (a dup of its fd with a poll, opened on the connection's first hand-off and closed with the
- * socket, so a kept-alive connection sets it up once); every read it can forward
- * unchanged goes to the client with no JavaScript. The client socket stays Node's: it is still
- * read, so a hang-up cancels the request as on any other stream (which stops the relay first), and
- * nothing else writes to it while the relay holds the stream. When the body ends (and the proxy let
- * the relay send the end), or the relay meets anything it cannot take, it calls back: the counts of
- * what it relayed go to the JS relay (TTFT, inter-token latency, token counts, finish reason,
- * usage), the bytes it did not forward go through the JS path, and libuv reads the upstream again.
+ * JSON) and nothing waits to be written to either socket: from the stream's first read on. libuv
+ * stops reading the upstream (its handle's readStop, below the Readable: Node's own `reading` flag
+ * stays set, so nothing in Node starts reading it again meanwhile) and the addon reads it through
+ * the connection's channel (a dup of its fd with a poll, opened on the connection's first hand-off
+ * and closed with the socket, so a kept-alive connection sets it up once); what it can take goes
+ * to the client with no JavaScript. The client socket stays Node's: it is still read, so a hang-up
+ * cancels the request as on any other stream (which stops the relay first), and nothing else
+ * writes to it while the relay holds the stream. When the body ends (and the proxy let the relay
+ * send the end), or the relay meets anything it cannot take, it calls back: the counts of what it
+ * relayed go to the JS relay (TTFT, inter-token latency, token counts, finish reason, usage), the
+ * bytes it did not forward go through the JS path, and libuv reads the upstream again.
  *
  * Node's stream handles are used directly (`_handle.readStop/readStart/fd/writeQueueSize`): no
  * public API stops a socket's reads at the libuv level without also changing the Readable's state.
