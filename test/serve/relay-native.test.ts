@@ -17,6 +17,9 @@ import OpenAI from "openai";
 import { ChunkedDecoder, Ranges } from "../../src/engine/serve/h1-chunked.js";
 import { NativeStream, type HandOffSide } from "../../src/engine/serve/relay-handoff.js";
 import { nativeRelay, RelayFlags } from "../../src/engine/serve/relay-native.js";
+import { Cancel } from "../../src/engine/serve/cancel.js";
+import type { H1Response } from "../../src/engine/serve/h1-server.js";
+import { ResponseSink } from "../../src/engine/serve/sink.js";
 import { SseRelay } from "../../src/engine/serve/sse-relay.js";
 import { startStandin, type Standin } from "../support/standin-upstream.js";
 import { startServe, type ServeProc } from "./helpers.js";
@@ -475,6 +478,19 @@ suite("native relay: hand-offs over loopback sockets", () => {
     p.up.destroy();
     expect(NativeStream.start(side(p.up, p.cl).s)).toBeUndefined();
     p.close();
+  });
+});
+
+describe("the sink's loan", () => {
+  it("lets the relay send the body's end only when nothing must run first: not with a per-key slot to give back, not while capturing for the cache", () => {
+    const sink = () => new ResponseSink({} as H1Response, new Cancel());
+    expect(sink().letsHolderEnd()).toBe(true);
+    const keyed = sink();
+    keyed.beforeEnd = () => undefined; // a per-key slot, given back before the answer's last bytes
+    expect(keyed.letsHolderEnd()).toBe(false);
+    const capturing = sink();
+    capturing.capture();
+    expect(capturing.letsHolderEnd()).toBe(false);
   });
 });
 
