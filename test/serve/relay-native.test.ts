@@ -53,12 +53,20 @@ function randomRead(rand: () => number): string {
     `{"choices":[{"text":"\\"usage\\" in text"}]}`,
     `{"choices":[{"text":"b"}], "usage": null}`,
   ];
+  // a field of random length first, so that every key (and a rare CR) falls anywhere in the native
+  // scan's 16-byte blocks and in the bytes after the last block
+  const padded = (json: string) => {
+    if (rand() < 0.3) return json;
+    const letters = rand() < 0.05 ? "ufer\r" : "uferx_ ";
+    const pad = Array.from({ length: Math.floor(rand() * 40) }, () => letters[Math.floor(rand() * letters.length)]).join("");
+    return `{"id":"${pad}",${json.slice(1)}`;
+  };
   let out = "";
   for (let c = 1 + Math.floor(rand() * 4); c > 0; c--) {
     let data = "";
     for (let e = 1 + Math.floor(rand() * 3); e > 0; e--) {
       const r = rand();
-      data += r < 0.6 ? event(pick(texts)) : r < 0.7 ? ": keep-alive\n\n" : r < 0.75 ? "data: [DONE]\n\n" : r < 0.8 ? `data: {"a":1}\r\n\r\n` : r < 0.85 ? `event: x\ndata: {"a":1}\n\n` : event(pick(texts)).slice(0, -1);
+      data += r < 0.6 ? event(padded(pick(texts))) : r < 0.7 ? ": keep-alive\n\n" : r < 0.75 ? "data: [DONE]\n\n" : r < 0.8 ? `data: {"a":1}\r\n\r\n` : r < 0.85 ? `event: x\ndata: {"a":1}\n\n` : event(pick(texts)).slice(0, -1);
     }
     const r = rand();
     out += r < 0.85 ? chunk(data) : r < 0.9 ? `${Buffer.byteLength(data).toString(16).toUpperCase()}\r\n${data}\r\n` : r < 0.95 ? `${Buffer.byteLength(data).toString(16)};ext=1\r\n${data}\r\n` : "0\r\n\r\n";
