@@ -416,10 +416,9 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     // whole chunks whose events passed the relay unchanged: forward the read as received
     else this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
     // a read that needed nothing but that and the stream's reasoning templates: offer the native
-    // relay the reads after it. While reasoning is renamed, not before the stream's first token: after
-    // a chat stream's role chunk the next event is often reasoning that no template fits yet (an R1
-    // distill opens with it), and a hand-off given straight back costs more than the read it saves.
-    if (this.framed && read.aligned && relay.simple && this.handOffs < MAX_HAND_OFFS && (relay.stats.events > 0 || this.o.reasoningFields.length === 0)) this.handOff();
+    // relay the reads after it, from the first read on (after a chat stream's role chunk the next event
+    // is often reasoning that no template fits yet: the native relay learns the template from it)
+    if (this.framed && read.aligned && relay.simple && this.handOffs < MAX_HAND_OFFS) this.handOff();
   }
 
   /**

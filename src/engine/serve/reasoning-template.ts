@@ -83,9 +83,11 @@ export class ReasoningTemplate {
   /**
    * Templates as the native relay reads them (relay-native.c, decode_templates): a count, then per
    * template its head, its tail and its pieces (their count, 0xFFFFFFFF for none), each as a
-   * little-endian u32 length and the bytes.
+   * little-endian u32 length and the bytes; then the configured reasoning names when given (a count,
+   * then each as a length and its bytes), with which the native relay learns a text template from a
+   * stream's first reasoning event itself (relay-native.c learn(), the byte-level twin of learnText).
    */
-  static encodeAll(templates: readonly ReasoningTemplate[]): Buffer {
+  static encodeAll(templates: readonly ReasoningTemplate[], learnWith?: readonly ReasoningField[]): Buffer {
     const parts: Buffer[] = [u32(templates.length)];
     const field = (b: Buffer) => parts.push(u32(b.length), b);
     for (const t of templates) {
@@ -93,6 +95,10 @@ export class ReasoningTemplate {
       field(t.tail);
       parts.push(u32(t.pieces === undefined ? 0xffffffff : t.pieces.length));
       for (const p of t.pieces ?? []) field(p);
+    }
+    if (learnWith !== undefined) {
+      parts.push(u32(learnWith.length));
+      for (const f of learnWith) field(Buffer.from(f, "latin1"));
     }
     return Buffer.concat(parts);
   }

@@ -226,12 +226,213 @@ static char *put_rewritten(char *o, const tmpl_t *t, const char *p, const char *
   return o;
 }
 
-/* What the relay sets for a read (flags of start()), with the stream's reasoning templates. */
+#define MAX_FIELDS 2
+
+/*
+ * What the relay sets for a read (flags of start()), with the stream's reasoning templates, and the
+ * configured reasoning names when the relay may learn a template itself (learn()).
+ */
 typedef struct rules {
   int flags;
   int n;
   tmpl_t t[MAX_TEMPLATES];
+  int n_fields;
+  const char *fields[MAX_FIELDS];
+  size_t field_lens[MAX_FIELDS];
+  char *owned[MAX_TEMPLATES]; /* the bytes of templates learnt here (freed with the rules) */
 } rules_t;
+
+static void free_learnt(rules_t *r) {
+  for (int i = 0; i < MAX_TEMPLATES; i++) {
+    free(r->owned[i]);
+    r->owned[i] = NULL;
+  }
+}
+
+/*
+ * JSON (RFC 8259) as JSON.parse accepts it, checked only where a template is learnt (once per
+ * stream): the JS relay forwards an event that does not parse unchanged, so one is never learnt
+ * from. Each returns the end of what it read, or NULL.
+ */
+#define JSON_DEPTH 32
+static const char *json_value(const char *p, const char *end, int depth);
+
+static const char *json_ws(const char *p, const char *end) {
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+  return p;
+}
+
+/* Where the JSON string whose body starts at `p` closes (its quote), before `end`; NULL if it does not (reasoning-template.ts stringEnd). */
+static const char *string_end(const char *p, const char *end) {
+  for (; p < end; p++) {
+    if (*p == '\\') p++;
+    else if (*p == '"') return p;
+    else if ((unsigned char)*p < 0x20) return NULL;
+  }
+  return NULL;
+}
+
+static const char *json_string(const char *p, const char *end) {
+  const char *q = p < end && *p == '"' ? string_end(p + 1, end) : NULL;
+  return q != NULL && string_body(p + 1, q) ? q + 1 : NULL;
+}
+
+static const char *json_digits(const char *p, const char *end) {
+  const char *q = p;
+  while (q < end && *q >= '0' && *q <= '9') q++;
+  return q > p ? q : NULL;
+}
+
+static const char *json_number(const char *p, const char *end) {
+  if (p < end && *p == '-') p++;
+  if (p < end && *p == '0') p++;
+  else if ((p = json_digits(p, end)) == NULL) return NULL;
+  if (p < end && *p == '.' && (p = json_digits(p + 1, end)) == NULL) return NULL;
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < end && (*p == '+' || *p == '-')) p++;
+    p = json_digits(p, end);
+  }
+  return p;
+}
+
+/* The members of an object or the elements of an array after its opening bracket, up to and with its closing one. */
+static const char *json_members(const char *p, const char *end, int depth, char close, int keyed) {
+  p = json_ws(p, end);
+  if (p < end && *p == close) return p + 1;
+  for (;;) {
+    if (keyed) {
+      if ((p = json_string(p, end)) == NULL) return NULL;
+      p = json_ws(p, end);
+      if (p >= end || *p != ':') return NULL;
+      p++;
+    }
+    if ((p = json_value(p, end, depth)) == NULL) return NULL;
+    p = json_ws(p, end);
+    if (p < end && *p == close) return p + 1;
+    if (p >= end || *p != ',') return NULL;
+    p = json_ws(p + 1, end);
+  }
+}
+
+static const char *json_value(const char *p, const char *end, int depth) {
+  p = json_ws(p, end);
+  if (p >= end || depth > JSON_DEPTH) return NULL;
+  switch (*p) {
+    case '{': return json_members(p + 1, end, depth + 1, '}', 1);
+    case '[': return json_members(p + 1, end, depth + 1, ']', 0);
+    case '"': return json_string(p, end);
+    case 't': return starts(p, end, "true", 4) ? p + 4 : NULL;
+    case 'f': return starts(p, end, "false", 5) ? p + 5 : NULL;
+    case 'n': return starts(p, end, "null", 4) ? p + 4 : NULL;
+    default: return json_number(p, end);
+  }
+}
+
+static int is_json(const char *p, const char *end) {
+  const char *q = json_value(p, end, 0);
+  return q != NULL && json_ws(q, end) == end;
+}
+
+/* True when [q, to) is compact `"key":value,` members with scalar values (no object or array). */
+static int scalars(const char *q, const char *to) {
+  while (q != to) {
+    if (q > to || *q != '"' || (q = string_end(q + 1, to)) == NULL || ++q >= to || *q++ != ':') return 0;
+    if (*q == '"') {
+      if ((q = string_end(q + 1, to)) != NULL) q++;
+    } else if (starts(q, to, "null", 4) || starts(q, to, "true", 4)) q += 4;
+    else if (starts(q, to, "false", 5)) q += 5;
+    else q = json_number(q, to);
+    if (q == NULL || q >= to || *q++ != ',') return 0;
+  }
+  return 1;
+}
+
+/* How often `lit` occurs in [p, end), counting up to 2. */
+static int mentions(const char *p, const char *end, const char *lit, size_t n) {
+  const char *q = find(p, end, lit, n);
+  return q == NULL ? 0 : find(q + 1, end, lit, n) == NULL ? 1 : 2;
+}
+
+/*
+ * True when `key` (a quote in the event `data: {…` at p) is a member of the delta of the first
+ * choice, where the JS relay's JSON pass would rename it: the event's members before `"choices":[{`,
+ * the choice's before `"delta":{` and the delta's before `key` are compact members with scalar
+ * values (as vLLM and SGLang send them), each of those names occurs once, and no `"message"` (which
+ * JS would rename instead) is there.
+ */
+static int in_first_delta(const char *p, const char *lf, const char *key) {
+  const char *c = find(p, key, "\"choices\":[{", 12), *d = c == NULL ? NULL : find(c, key, "\"delta\":{", 9);
+  return d != NULL && scalars(p + 7, c) && scalars(c + 12, d) && scalars(d + 9, key) && mentions(p, lf, "\"choices\"", 9) == 1 &&
+         mentions(p, lf, "\"delta\"", 7) == 1 && mentions(p, lf, "\"message\"", 9) == 0;
+}
+
+/* True when every `"finish_reason"` in [p, lf) is null (a string one, even spaced, is JS's to note). */
+static int finish_null(const char *p, const char *lf) {
+  for (const char *q = find(p, lf, "\"finish_reason\"", 15); q != NULL; q = find(q + 1, lf, "\"finish_reason\"", 15))
+    if (!starts(q + 15, lf, ":null", 5)) return 0;
+  return 1;
+}
+
+/*
+ * Learns the stream's reasoning template from the event [p, lf), as reasoning-template.ts learnText
+ * does after the JS relay's JSON pass, so that an R1 stream needs no JS for its first reasoning
+ * token: the event is valid JSON whose only mention of a reasoning name is a string-valued
+ * `"reasoning":"` or `"reasoning_content":"` member of the first choice's delta, with no usage,
+ * error or finish reason. The JS relay would re-serialise this one event (the renamed keys last);
+ * the template keeps its bytes and key order: the same JSON. False when it cannot (JS takes the
+ * event, and learns the template its own way).
+ */
+static int learn(rules_t *r, const char *p, const char *lf, int k) {
+  if (r->n_fields == 0 || r->n >= MAX_TEMPLATES || (k & (K_CR | K_USAGE | K_ERROR | K_FINISH)) || !(k & K_REASONING)) return 0;
+  const char *m = memmem(p, (size_t)(lf - p), "\"reasoning", 10);
+  if (m == NULL || memmem(m + 1, (size_t)(lf - m - 1), "\"reasoning", 10) != NULL) return 0;
+  size_t key_len = starts(m, lf, "\"reasoning\":\"", 13) ? 9 : starts(m, lf, "\"reasoning_content\":\"", 21) ? 17 : 0;
+  if (key_len == 0 || !in_first_delta(p, lf, m)) return 0;
+  const char *at = m + key_len + 4, *close = string_end(at, lf);
+  /* an empty text beside a role is an opening chunk, whose token JS does not count */
+  if (close == NULL || (close == at && find(p, lf, "\"role\"", 6) != NULL) || !string_body(at, close) || !finish_null(p, lf) || !is_json(p + 5, lf)) return 0;
+  size_t head_len = (size_t)(at - p), tail_len = (size_t)(lf - close);
+  int same = r->n_fields == 1 && r->field_lens[0] == key_len && memcmp(r->fields[0], m + 1, key_len) == 0;
+  /* the head and tail, then the pieces: `…"f0":"`, `","f1":"`, the tail with the blank line */
+  size_t size = head_len + tail_len;
+  if (!same) {
+    size += (size_t)(m - p) + tail_len + 2;
+    for (int i = 0; i < r->n_fields; i++) size += r->field_lens[i] + (i == 0 ? 4 : 6);
+  }
+  char *b = malloc(size);
+  if (b == NULL) return 0;
+  tmpl_t *t = &r->t[r->n];
+  memset(t, 0, sizeof(*t));
+  memcpy(b, p, head_len);
+  memcpy(b + head_len, close, tail_len);
+  t->head = b;
+  t->head_len = head_len;
+  t->tail = b + head_len;
+  t->tail_len = tail_len;
+  t->unchanged = same;
+  char *o = b + head_len + tail_len;
+  for (int i = 0; !same && i <= r->n_fields; i++) {
+    t->pieces[i] = o;
+    if (i == 0) {
+      memcpy(o, p, (size_t)(m - p));
+      o += m - p;
+    }
+    if (i < r->n_fields) {
+      if (i > 0) o = (char *)memcpy(o, "\",", 2) + 2;
+      *o++ = '"';
+      o = (char *)memcpy(o, r->fields[i], r->field_lens[i]) + r->field_lens[i];
+      o = (char *)memcpy(o, "\":\"", 3) + 3;
+    } else {
+      o = (char *)memcpy(o, close, tail_len) + tail_len;
+      o = (char *)memcpy(o, "\n\n", 2) + 2;
+    }
+    t->piece_lens[i] = (size_t)(o - t->pieces[i]);
+  }
+  t->n_pieces = same ? 0 : r->n_fields + 1;
+  r->owned[r->n++] = b;
+  return 1;
+}
 
 /* What one event is to the relay. */
 enum kind {
@@ -251,6 +452,7 @@ typedef struct event {
   const char *finish;  /* E_TOKEN: its finish_reason string, if any */
   size_t finish_len;
   double prompt, completion; /* E_USAGE: the counts, -1 when absent */
+  int keys;            /* keys()'s bits (0 when it did not look) */
 } event_t;
 
 /*
@@ -261,10 +463,11 @@ typedef struct event {
  */
 static void classify(const char *p, const char *lf, const rules_t *r, int role_check, event_t *e) {
   e->kind = E_REFUSE;
+  e->keys = 0;
   const char *finish = NULL;
   int done = starts(p, lf, "data: [DONE]", 12);
   if (!done && !starts(p, lf, "data: {", 7)) return;
-  int k = keys(p, lf, r->flags & F_REASONING, &finish);
+  int k = e->keys = keys(p, lf, r->flags & F_REASONING, &finish);
   if (k & K_CR) return;
   if (done) {
     if ((k & ~K_FINISH) == 0) e->kind = E_DONE;
@@ -317,12 +520,13 @@ typedef struct verdict {
 } verdict_t;
 
 /* Classifies the events of one chunk's data, each a whole one-line event, into `v`; -1 when one must go to JS. */
-static int chunk_events(const char *p, const char *end, const rules_t *r, verdict_t *v) {
+static int chunk_events(const char *p, const char *end, rules_t *r, verdict_t *v) {
   while (p < end) {
     const char *lf = memchr(p, '\n', (size_t)(end - p));
     if (lf == NULL || lf + 1 >= end || lf[1] != '\n') return -1;
     event_t e;
     classify(p, lf, r, v->first, &e);
+    if (e.kind == E_REFUSE && learn(r, p, lf, e.keys)) classify(p, lf, r, v->first, &e);
     switch (e.kind) {
       case E_REFUSE:
         return -1;
@@ -392,7 +596,7 @@ static size_t whole_prefix(const char *b, size_t len, int *stop) {
  * are chunks the relay can take (all of them, or up to the first it cannot); `v` holds what those
  * are. `v->first` says whether the read's first event gets the role check.
  */
-static size_t judge(const char *b, size_t len, const rules_t *r, verdict_t *v) {
+static size_t judge(const char *b, size_t len, rules_t *r, verdict_t *v) {
   const char *p = b, *e = b + len;
   while (p < e) {
     size_t size;
@@ -464,7 +668,7 @@ typedef struct outcome {
  * Judges one read: false when the read needed re-framing beyond out_buf (JS then takes all of it).
  * What follows `taken` when not `stop` is a chunk that has not fully arrived.
  */
-static int process(const char *buf, size_t total, const rules_t *r, int role_check, char *out_buf, size_t cap, outcome_t *o) {
+static int process(const char *buf, size_t total, rules_t *r, int role_check, char *out_buf, size_t cap, outcome_t *o) {
   memset(o, 0, sizeof(*o));
   o->v.first = role_check;
   o->v.prompt = o->v.completion = -1;
@@ -576,6 +780,7 @@ static void books(napi_env env, channel_t *c, napi_value *finish, napi_value *us
 static void deactivate(channel_t *c) {
   c->active = 0;
   c->carry_len = 0;
+  free_learnt(&c->rules);
   free(c->rules_bytes);
   c->rules_bytes = NULL;
   c->rules.n = 0;
@@ -755,7 +960,9 @@ static int bytes(const char **p, const char *end, const char **at, size_t *len) 
 /*
  * Reads templates as ReasoningTemplate.encodeAll() writes them: a count, then per template its head,
  * its tail and its pieces (a count, 0xFFFFFFFF for none: the event stays as it is), each a u32
- * length and the bytes. `ts` points into `b`, which must outlive it. -1 when malformed.
+ * length and the bytes; then, optionally, the configured reasoning names (a count, each a u32 length
+ * and the bytes), with which the relay learns a template itself. `ts` points into `b`, which must
+ * outlive it. -1 when malformed.
  */
 static int decode_templates(const char *b, size_t len, rules_t *ts) {
   const char *p = b, *end = b + len;
@@ -772,6 +979,12 @@ static int decode_templates(const char *b, size_t len, rules_t *ts) {
     for (int j = 0; j < t->n_pieces; j++)
       if (bytes(&p, end, &t->pieces[j], &t->piece_lens[j]) != 0) return -1;
   }
+  if (p == end) return 0;
+  /* the configured reasoning names, when the relay may learn a template (learn()) */
+  if (u32(&p, end, &n) != 0 || n > MAX_FIELDS) return -1;
+  ts->n_fields = (int)n;
+  for (uint32_t i = 0; i < n; i++)
+    if (bytes(&p, end, &ts->fields[i], &ts->field_lens[i]) != 0) return -1;
   return p == end ? 0 : -1;
 }
 
@@ -928,7 +1141,9 @@ static napi_value scan(napi_env env, napi_callback_info info) {
     }
   }
   outcome_t o;
-  if (len == 0 || !process(data, len, &rules, (flags & F_ROLE_CHECK) != 0, a->out_buf, sizeof(a->out_buf), &o) || o.taken != len) {
+  int taken = len > 0 && process(data, len, &rules, (flags & F_ROLE_CHECK) != 0, a->out_buf, sizeof(a->out_buf), &o) && o.taken == len;
+  free_learnt(&rules); /* the output was written (out_buf) before the templates go */
+  if (!taken) {
     CHECK(napi_get_null(env, &out));
     return out;
   }

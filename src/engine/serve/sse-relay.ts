@@ -456,10 +456,15 @@ export class SseRelay {
     return Buffer.from(`data: ${JSON.stringify(obj)}\n\n`);
   }
 
-  /** The stream's reasoning templates, encoded for the native relay (in the order special() tries them), or null when none was learnt. */
+  /**
+   * For the native relay: the stream's reasoning templates (in the order special() tries them) and
+   * the configured names, with which it learns a template itself when none fits; null when reasoning
+   * is not renamed.
+   */
   encodedTemplates(): Buffer | null {
+    if (this.o.fields.length === 0) return null;
     const ts = [this.textTemplate, this.partnerTemplate].filter((t): t is ReasoningTemplate => t !== undefined);
-    return ts.length === 0 ? null : ReasoningTemplate.encodeAll(ts);
+    return ReasoningTemplate.encodeAll(ts, this.o.fields);
   }
 
   /**
