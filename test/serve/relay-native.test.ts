@@ -1,7 +1,9 @@
 /**
  * The native relay (src/engine/serve/relay-native.c): its scan against the JS relay (differential
  * fuzzes: whatever it takes of a read, the JS relay would have sent the same body, with the same
- * token count, finish reason and usage), its hand-offs over real loopback sockets (plain reads, a
+ * token count, finish reason and usage; a template it learns itself from a stream's first reasoning
+ * event turns the stream into the JSON the JS relay sends, and random byte edits never make it learn
+ * from an event the JS relay would treat otherwise), its hand-offs over real loopback sockets (plain reads, a
  * read it gives back, the body's end, a client that cannot take more, an upstream that closes,
  * stop()), and `dsr serve --upstream` streaming the same answers through it as through the JS
  * relay, with the same books (finish reasons, token counters) and the tokens it took in /metrics.
@@ -249,6 +251,50 @@ suite("native relay: the scan", () => {
     }
     expect(learnt).toBeGreaterThan(1000);
     expect(refused).toBeGreaterThan(1000);
+  });
+
+  it("fuzz: bytes changed at random in a first reasoning event never make it learn what the JS relay would not send", () => {
+    const rand = seeded(99);
+    const fields = ["reasoning_content", "reasoning"] as const;
+    const base = Buffer.from(`data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":null,"content":null,"reasoning":"a \\"b\\" \\u00e9 [1, {2}]","tool_calls":null},"logprobs":null,"finish_reason":null}],"usage":null}`);
+    const alphabet = Buffer.from(`"{}[],:\\ 0123456789.eE+-truefalsnl_reasoningdeltachoicesmessagefinish\r\x01\x80`);
+    let learnt = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const ev = Buffer.from(base);
+      const edits = 1 + Math.floor(rand() * 3);
+      let bytes = [...ev];
+      for (let e = 0; e < edits; e++) {
+        const at = Math.floor(rand() * bytes.length);
+        const b = alphabet[Math.floor(rand() * alphabet.length)];
+        const op = rand();
+        if (op < 0.4) bytes[at] = b;
+        else if (op < 0.7) bytes.splice(at, 0, b);
+        else bytes.splice(at, 1);
+      }
+      bytes = bytes.filter((b) => b !== 0x0a); // one line
+      const data = Buffer.concat([Buffer.from(bytes), Buffer.from("\n\n")]);
+      const read = Buffer.concat([Buffer.from(`${data.length.toString(16)}\r\n`), data, Buffer.from("\r\n")]);
+      const r = addon!.scan(read, RelayFlags.reasoning, ReasoningTemplate.encodeAll([], fields));
+      if (r === null) continue;
+      learnt += r[1];
+      const relay = new SseRelay({ fields, dropUsageChunk: false });
+      relay.push(Buffer.from(token(0)));
+      const before = relay.stats.events;
+      const ranges = new Ranges();
+      new ChunkedDecoder().feed(read, 0, ranges);
+      relay.push(read, ranges, false);
+      expect(relay.stats.events - before).toBe(r[0] + r[1]);
+      expect(relay.stats.finishReason ?? null).toBe(r[3]);
+      const got = new Ranges();
+      new ChunkedDecoder().feed(r[2], 0, got);
+      const sent = Buffer.concat(got.slices(r[2])).toString("latin1");
+      const js = relay.out.toString("latin1");
+      // compared as a client reads them (UTF-8: a stray byte is U+FFFD whether it came raw or re-serialised)
+      const utf8 = (x: string) => Buffer.from(x, "latin1").toString("utf8").slice(6);
+      if (r[1] > 0) expect(JSON.parse(utf8(sent)), data.toString("latin1")).toEqual(JSON.parse(utf8(js)));
+      else expect(sent).toBe(js);
+    }
+    expect(learnt).toBeGreaterThan(500);
   });
 
   it("fuzz: whatever it takes of a read, the JS relay sends the same body, with the same token count, finish reason and usage", () => {
