@@ -283,6 +283,13 @@ describe("SSE relay: a stream's reasoning events, rewritten from a learnt templa
         for (let at = 0, i = 0; i < events.length - 1; i++) cuts.push((at += Buffer.byteLength(`${Buffer.byteLength(events[i]).toString(16)}\r\n${events[i]}\r\n`)));
         const got = relayFramed(framedBytes, cuts, true, { fields, dropUsageChunk: true });
         expect(parsedEvents(got.out)).toEqual(expected);
+        // each phase's first token teaches a template (not the opening chunk, whose empty text has the
+        // role beside it: a template learnt from it fit no token after it), and its other tokens take it
+        const relay = new SseRelay({ fields, dropUsageChunk: true });
+        events.forEach((e, i) => {
+          relay.push(Buffer.from(e));
+          if ((i >= 2 && i <= 30) || (i >= 32 && i <= 60)) expect(relay.simple, `event ${i}`).toBe(true);
+        });
       }
     });
   }

@@ -429,7 +429,8 @@ export class SseRelay {
     }
     // the stream's opening chunk (a role, and empty or null text, as DeepSeek's API sends it with
     // `"reasoning_content":""`) carries no token: counting it would under-report TTFT (facts §1.3)
-    if (!(this.stats.events === 0 && choices.length === 1 && isRoleOnlyChoice(choices[0]))) this.countToken(now);
+    const opening = this.stats.events === 0 && choices.length === 1 && isRoleOnlyChoice(choices[0]);
+    if (!opening) this.countToken(now);
     for (const c of choices) if (typeof c.finish_reason === "string") this.stats.finishReason = c.finish_reason;
     if (!hasReasoning && !(withUsage && this.o.dropUsageChunk)) return undefined;
     if (withUsage && this.o.dropUsageChunk) delete obj.usage; // continuous usage the client did not ask for
@@ -438,8 +439,10 @@ export class SseRelay {
       const key = soleReasoningKey(c, "text");
       const nullKey = key === undefined ? soleReasoningKey(c, "null") : undefined;
       // a reasoning token (or an answer token beside a null reasoning key) and nothing else: its
-      // siblings in this stream can skip the JSON round trip
-      if (c.finish_reason == null && this.learnTries < MAX_LEARN_TRIES) {
+      // siblings in this stream can skip the JSON round trip. Not the opening chunk: DeepSeek's
+      // (`"role":"assistant","content":null,"reasoning_content":""`) has a text key too, and a
+      // template learnt from it, role and all, would fit none of the tokens after it
+      if (c.finish_reason == null && !opening && this.learnTries < MAX_LEARN_TRIES) {
         if (key !== undefined && this.textTemplate === undefined) {
           this.learnTries++;
           this.first = this.textTemplate = ReasoningTemplate.learnText(ev, key, this.o.fields);
