@@ -7,7 +7,8 @@
  * that its packages resolve); DSR_ARGS="node flags" runs dsr with them (e.g. --cpu-prof
  * --cpu-prof-dir=DIR; the process then gets SIGTERM, so the profile is written). REASONING=N makes
  * the streams R1-shaped chat completions whose first N tokens are reasoning deltas (the stand-in's
- * `--reasoning-tokens`), which dsr renames to both fields by default.
+ * `--reasoning-tokens`), which dsr renames to both fields by default; DEEPSEEK_SHAPE=1 sends them in
+ * DeepSeek's API shape (`reasoning_content`, the absent part null in every delta), as SGLang does.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -23,7 +24,7 @@ const start = (cmd: string, args: string[], re: RegExp) => new Promise<{ pid: nu
 const io = (pid: number) => { const t = readFileSync(`/proc/${pid}/io`, "utf8"); return [Number(/syscr: (\d+)/.exec(t)![1]), Number(/syscw: (\d+)/.exec(t)![1])]; };
 const cpu = (pid: number) => { const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" "); return [Number(f[11]), Number(f[12])]; };
 const REASONING = Number(process.env.REASONING ?? 0);
-const up = await start(process.execPath, ["--import", "tsx", "test/support/standin-upstream.ts", "--port", "0", "--tokens", String(TOK), "--pace-ms", "1", "--reasoning-tokens", String(REASONING)], /"port":(\d+)/);
+const up = await start(process.execPath, ["--import", "tsx", "test/support/standin-upstream.ts", "--port", "0", "--tokens", String(TOK), "--pace-ms", "1", "--reasoning-tokens", String(REASONING), ...(process.env.DEEPSEEK_SHAPE ? ["--deepseek-shape", "--reasoning-field", "reasoning_content"] : [])], /"port":(\d+)/);
 const U = `http://127.0.0.1:${up.m[1]}`;
 const serving = /^serving .* at (http:\/\/[^\s/]+)\/v1/m;
 const targets: [string, string[]][] = [

@@ -177,6 +177,9 @@ suite("native relay: the scan", () => {
     expect(learnt(choice(`"reasoning":"a"`))).toBe(1);
     expect(learnt(choice(`"reasoning_content":"a \\"b\\" \\u00e9"`))).toBe(1);
     expect(learnt(`{${top},"choices":[{"index":0,"delta":{"role":null,"content":null,"reasoning_content":"a","tool_calls":null},"logprobs":null,"finish_reason":null,"matched_stop":null}],"usage":null}`)).toBe(1);
+    // DeepSeek's API shape after the reasoning: the content varies beside a null reasoning key
+    expect(learnt(choice(`"content":"a","reasoning_content":null`))).toBe(1);
+    expect(learnt(choice(`"reasoning":null,"content":"a"`))).toBe(1);
     // not where JS renames, or not what JS would count and note the same way
     for (const ev of [
       choice(`"x":{"reasoning":"a"}`), // nested in the delta
@@ -188,6 +191,10 @@ suite("native relay: the scan", () => {
       `{${top},"choices":[{"index":0,"delta":{"reasoning":"a"}}],"choices":[]}`, // JSON.parse keeps the last
       choice(`"role":"assistant","reasoning":""`), // an opening chunk: no token for JS
       choice(`"reasoning":null`), // no text
+      choice(`"reasoning":null,"content":null`), // no text beside the null key
+      choice(`"reasoning":null,"x":{"content":"a"}`), // the content not the delta's own
+      choice(`"reasoning":null,"content":"a","content":"b"`), // JSON.parse keeps the last
+      choice(`"role":"assistant","content":"","reasoning_content":null`), // an opening chunk
       choice(`"reasoning":"a","reasoning_content":"a"`), // both names
       `{"x":{${top},"choices":[{"index":0,"delta":{"reasoning":"a"}}]}}`, // not the event's own choices
     ])
@@ -203,6 +210,9 @@ suite("native relay: the scan", () => {
     const shapes: Shape[] = [
       (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"${k}":"${t}"},"logprobs":null,"finish_reason":null}]}`,
       (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"role":null,"content":null,"${k}":"${t}","tool_calls":null},"logprobs":null,"finish_reason":null,"matched_stop":null}],"usage":null}`,
+      (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"content":"${t}","${k}":null},"logprobs":null,"finish_reason":null}]}`,
+      (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"${k}":null,"content":"${t}"},"logprobs":null,"finish_reason":null}]}`,
+      (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"content":"${t}","${k}":null},"logprobs":null,"finish_reason":"stop"}]}`,
       (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"${k}":"${t}","content":null},"logprobs":{"content":[]},"finish_reason":null}]}`,
       (k, t, n) => `{"id": "c${n}", "choices": [{"index": 0, "delta": {"${k}": "${t}"}}]}`,
       (k, t, n) => `{${top(n)},"choices":[{"index":0,"delta":{"${k}":"${t}"},"finish_reason":"length"}]}`,
@@ -256,11 +266,14 @@ suite("native relay: the scan", () => {
   it("fuzz: bytes changed at random in a first reasoning event never make it learn what the JS relay would not send", () => {
     const rand = seeded(99);
     const fields = ["reasoning_content", "reasoning"] as const;
-    const base = Buffer.from(`data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":null,"content":null,"reasoning":"a \\"b\\" \\u00e9 [1, {2}]","tool_calls":null},"logprobs":null,"finish_reason":null}],"usage":null}`);
+    const bases = [
+      `data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":null,"content":null,"reasoning":"a \\"b\\" \\u00e9 [1, {2}]","tool_calls":null},"logprobs":null,"finish_reason":null}],"usage":null}`,
+      `data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"content":"a \\"b\\" [1, {2}]","reasoning_content":null},"logprobs":null,"finish_reason":null}]}`,
+    ].map((b) => Buffer.from(b));
     const alphabet = Buffer.from(`"{}[],:\\ 0123456789.eE+-truefalsnl_reasoningdeltachoicesmessagefinish\r\x01\x80`);
     let learnt = 0;
     for (let i = 0; i < 20_000; i++) {
-      const ev = Buffer.from(base);
+      const ev = bases[i % 2];
       const edits = 1 + Math.floor(rand() * 3);
       let bytes = [...ev];
       for (let e = 0; e < edits; e++) {
@@ -705,6 +718,31 @@ suite("native relay: dsr serve --upstream", () => {
     expect(books(native)).toEqual(books(js));
     expect(books(native).join("\n")).toMatch(/finished_reason="length".* 2$/m);
     expect(value(native, /^dsr:generation_tokens_total\{[^}]*\} (\d+)/m)).toBe(80);
+  });
+
+  it("streams DeepSeek's API shape (the absent part null in every delta, as SGLang sends it) as the JS relay does, natively after the opening chunk", async () => {
+    const ds = await startStandin({ tokens: 40, paceMs: 2, reasoningTokens: 6, reasoningField: "reasoning_content", deepseekShape: true, model: "r1" });
+    const pair = [await startServe(["--upstream", ds.url]), await startServe(["--upstream", ds.url], { env: { DSR_RELAY: "js" } })];
+    try {
+      const answers = [];
+      for (const gw of pair) {
+        const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "x", maxRetries: 0 });
+        const deltas: unknown[] = [];
+        for await (const c of await client.chat.completions.create({ model: "r1", messages: [{ role: "user", content: "hi" }], stream: true })) deltas.push(c.choices[0]?.delta);
+        answers.push(deltas);
+      }
+      expect(answers[0]).toEqual(answers[1]);
+      expect(answers[0]).toContainEqual({ content: null, reasoning: " t0", reasoning_content: " t0" });
+      expect(answers[0]).toContainEqual({ content: " t6", reasoning: null, reasoning_content: null });
+      const text = await (await fetch(`${pair[0].url}/metrics`)).text();
+      // all 40 tokens go natively (the reasoning's from a template the relay learnt, the answer's from
+      // a second one) but the last, whose finish reason beside a null key is JSON's, and any that
+      // came with the opening chunk's read (39 here; 35–37 when the relay learnt only text templates)
+      expect(Number(/^dsr:relay_native_tokens_total\S* (\d+)/m.exec(text)?.[1])).toBeGreaterThanOrEqual(38);
+    } finally {
+      for (const gw of pair) await gw.stop();
+      await ds.close();
+    }
   });
 
   it("under load with clients hanging up mid-stream: every finished stream is whole and its own, and the hang-ups cancel upstream", async () => {

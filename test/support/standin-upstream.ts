@@ -4,7 +4,7 @@
  * requests, /v1/models, /health, and /tokenize and /detokenize (one token per UTF-8 byte), and can misbehave on demand (status codes, dying mid-stream,
  * vLLM-style `reasoning` fields, the old flat error shape). Tests and bench/gateway.ts use it; run it
  * as a script (`tsx test/support/standin-upstream.ts --port 0 --tokens 64 --pace-ms 10
- * [--reasoning-tokens N --reasoning-field reasoning_content]`) to get a separate process that prints
+ * [--reasoning-tokens N --reasoning-field reasoning_content] [--deepseek-shape]`) to get a separate process that prints
  * `{"port":N}` on stdout.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -17,6 +17,12 @@ export interface StandinOptions {
   /** Emit the first `reasoningTokens` tokens as `delta.reasoning` (vLLM ≥0.17 naming). */
   reasoningTokens?: number;
   reasoningField?: "reasoning" | "reasoning_content";
+  /**
+   * DeepSeek's API shape (SGLang keeps its contract): every chat delta names the absent part as
+   * null — `{"content":null,"reasoning_content":"…"}` while thinking, `{"content":"…","reasoning_content":null}`
+   * after — and the opening chunk is `{"role":"assistant","content":null,"reasoning_content":""}`.
+   */
+  deepseekShape?: boolean;
   /** Answer every generation request with this status and a vLLM-flat error body. */
   failStatus?: number;
   /** Destroy the socket after this many streamed tokens. */
@@ -125,12 +131,18 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
   const event = (k: number, finish: string | null) => {
     const piece = JSON.stringify(tok(k));
     const fin = finish ? `"${finish}"` : "null";
-    const choice = chat
-      ? `{"index":0,"delta":{${k < rTok ? `"${rField}":${piece}` : `"content":${piece}`}},"logprobs":null,"finish_reason":${fin}}`
-      : `{"index":0,"text":${piece},"logprobs":null,"finish_reason":${fin}}`;
+    const delta = o.deepseekShape
+      ? k < rTok
+        ? `"content":null,"${rField}":${piece}`
+        : `"content":${piece},"${rField}":null`
+      : k < rTok
+        ? `"${rField}":${piece}`
+        : `"content":${piece}`;
+    const choice = chat ? `{"index":0,"delta":{${delta}},"logprobs":null,"finish_reason":${fin}}` : `{"index":0,"text":${piece},"logprobs":null,"finish_reason":${fin}}`;
     return `data: ${head}${choice}]}\n\n`;
   };
-  if (chat) res.write(`data: ${head}{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n`);
+  const opening = o.deepseekShape ? `"role":"assistant","content":null,"${rField}":""` : `"role":"assistant","content":""`;
+  if (chat) res.write(`data: ${head}{"index":0,"delta":{${opening}},"logprobs":null,"finish_reason":null}]}\n\n`);
   const t0 = performance.now();
   for (let k = 0; k < n; k++) {
     const wait = t0 + (k + 1) * pace - performance.now();
@@ -214,7 +226,8 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
     const fi = process.argv.indexOf("--reasoning-field");
     const reasoningField = fi >= 0 ? (process.argv[fi + 1] as StandinOptions["reasoningField"]) : undefined;
     const adapters = process.argv.flatMap((a, i) => (a === "--adapter" ? [process.argv[i + 1]] : []));
-    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, adapters, reasoningTokens: arg("--reasoning-tokens", 0), reasoningField, record: false }, arg("--port", 0));
+    const deepseekShape = process.argv.includes("--deepseek-shape");
+    const s = await startStandin({ tokens: arg("--tokens", 64), paceMs: arg("--pace-ms", 10), model, adapters, reasoningTokens: arg("--reasoning-tokens", 0), reasoningField, deepseekShape, record: false }, arg("--port", 0));
     if (cluster.isPrimary) process.stdout.write(JSON.stringify({ port: s.port, url: s.url }) + "\n");
   }
 }

@@ -415,10 +415,11 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     } else if (!this.framed) return this.backpressure(g.sink.write(relay.out));
     // whole chunks whose events passed the relay unchanged: forward the read as received
     else this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
-    // a read that needed nothing but that and the stream's reasoning templates: offer the native
-    // relay the reads after it, from the first read on (after a chat stream's role chunk the next event
-    // is often reasoning that no template fits yet: the native relay learns the template from it)
-    if (this.framed && read.aligned && relay.simple && this.handOffs < MAX_HAND_OFFS) this.handOff();
+    // a read that needed nothing but that and the stream's reasoning templates, or the stream's
+    // opening read (no token yet: DeepSeek's and SGLang's role chunk names reasoning and goes through
+    // JSON): offer the native relay the reads after it. After the role chunk the next event is often
+    // reasoning that no template fits yet; the native relay learns the template from it
+    if (this.framed && read.aligned && (relay.simple || relay.stats.events === 0) && this.handOffs < MAX_HAND_OFFS) this.handOff();
   }
 
   /**

@@ -374,62 +374,89 @@ static int finish_null(const char *p, const char *lf) {
   return 1;
 }
 
+static char *put(char *o, const void *from, size_t n) {
+  memcpy(o, from, n);
+  return o + n;
+}
+
+/* [a, b) with the null key [s, s + n) (when it lies inside) written as each configured name, null. */
+static char *put_renamed_null(char *o, const char *a, const char *b, const char *s, size_t n, const rules_t *r) {
+  if (s < a || s + n > b) return put(o, a, (size_t)(b - a));
+  o = put(o, a, (size_t)(s - a));
+  for (int i = 0; i < r->n_fields; i++) {
+    o = put(o, i == 0 ? "\"" : ",\"", i == 0 ? 1 : 2);
+    o = put(o, r->fields[i], r->field_lens[i]);
+    o = put(o, "\":null", 6);
+  }
+  return put(o, s + n, (size_t)(b - s - n));
+}
+
 /*
- * Learns the stream's reasoning template from the event [p, lf), as reasoning-template.ts learnText
+ * Learns one of the stream's reasoning templates from the event [p, lf), as reasoning-template.ts
  * does after the JS relay's JSON pass, so that an R1 stream needs no JS for its first reasoning
- * token: the event is valid JSON whose only mention of a reasoning name is a string-valued
- * `"reasoning":"` or `"reasoning_content":"` member of the first choice's delta, with no usage,
- * error or finish reason. The JS relay would re-serialise this one event (the renamed keys last);
- * the template keeps its bytes and key order: the same JSON. False when it cannot (JS takes the
- * event, and learns the template its own way).
+ * token, nor at its first answer token in DeepSeek's API shape. The event is valid JSON whose only
+ * mention of a reasoning name is a member of the first choice's delta, with no usage, error or
+ * finish reason: either a string (learnText: the text varies and is written under each configured
+ * name), or null beside a string `"content"` of the same delta (learnNullPartner: the content
+ * varies, and the null key becomes each configured name, null). The JS relay would re-serialise
+ * this one event (the renamed keys last); the template keeps its bytes and key order: the same
+ * JSON. False when it cannot (JS takes the event, and learns the template its own way).
  */
 static int learn(rules_t *r, const char *p, const char *lf, int k) {
   if (r->n_fields == 0 || r->n >= MAX_TEMPLATES || (k & (K_CR | K_USAGE | K_ERROR | K_FINISH)) || !(k & K_REASONING)) return 0;
-  const char *m = memmem(p, (size_t)(lf - p), "\"reasoning", 10);
-  if (m == NULL || memmem(m + 1, (size_t)(lf - m - 1), "\"reasoning", 10) != NULL) return 0;
-  size_t key_len = starts(m, lf, "\"reasoning\":\"", 13) ? 9 : starts(m, lf, "\"reasoning_content\":\"", 21) ? 17 : 0;
+  const char *m = find(p, lf, "\"reasoning", 10);
+  if (m == NULL || find(m + 1, lf, "\"reasoning", 10) != NULL) return 0;
+  size_t key_len = starts(m, lf, "\"reasoning\":", 12) ? 9 : starts(m, lf, "\"reasoning_content\":", 20) ? 17 : 0;
   if (key_len == 0 || !in_first_delta(p, lf, m)) return 0;
-  const char *at = m + key_len + 4, *close = string_end(at, lf);
+  const char *value = m + key_len + 3;
+  int text = starts(value, lf, "\"", 1);
+  const char *at; /* the body of the string that varies */
+  if (text) at = value + 1;
+  else {
+    const char *c = find(p, lf, "\"content\":\"", 11);
+    if (!starts(value, lf, "null", 4) || c == NULL || mentions(p, lf, "\"content\"", 9) != 1 || !in_first_delta(p, lf, c)) return 0;
+    at = c + 11;
+  }
+  const char *close = string_end(at, lf);
   /* an empty text beside a role is an opening chunk, whose token JS does not count */
   if (close == NULL || (close == at && find(p, lf, "\"role\"", 6) != NULL) || !string_body(at, close) || !finish_null(p, lf) || !is_json(p + 5, lf)) return 0;
   size_t head_len = (size_t)(at - p), tail_len = (size_t)(lf - close);
   int same = r->n_fields == 1 && r->field_lens[0] == key_len && memcmp(r->fields[0], m + 1, key_len) == 0;
-  /* the head and tail, then the pieces: `…"f0":"`, `","f1":"`, the tail with the blank line */
-  size_t size = head_len + tail_len;
-  if (!same) {
-    size += (size_t)(m - p) + tail_len + 2;
-    for (int i = 0; i < r->n_fields; i++) size += r->field_lens[i] + (i == 0 ? 4 : 6);
-  }
+  /* room for the head and tail, and for the pieces around the body's copies */
+  size_t size = 2 * (head_len + tail_len) + 2;
+  for (int i = 0; i < r->n_fields; i++) size += r->field_lens[i] + 8;
   char *b = malloc(size);
   if (b == NULL) return 0;
   tmpl_t *t = &r->t[r->n];
   memset(t, 0, sizeof(*t));
-  memcpy(b, p, head_len);
-  memcpy(b + head_len, close, tail_len);
   t->head = b;
   t->head_len = head_len;
-  t->tail = b + head_len;
+  t->tail = put(b, p, head_len);
   t->tail_len = tail_len;
+  char *o = put((char *)t->tail, close, tail_len);
   t->unchanged = same;
-  char *o = b + head_len + tail_len;
-  for (int i = 0; !same && i <= r->n_fields; i++) {
-    t->pieces[i] = o;
-    if (i == 0) {
-      memcpy(o, p, (size_t)(m - p));
-      o += m - p;
+  if (same) t->n_pieces = 0;
+  else if (text) { /* `…"f0":"`, then `","f1":"` per other name, then the tail with the blank line */
+    for (int i = 0; i <= r->n_fields; i++) {
+      t->pieces[i] = o;
+      if (i == 0) o = put(o, p, (size_t)(m - p));
+      if (i < r->n_fields) {
+        o = put(o, i == 0 ? "\"" : "\",\"", i == 0 ? 1 : 3);
+        o = put(o, r->fields[i], r->field_lens[i]);
+        o = put(o, "\":\"", 3);
+      } else o = put(put(o, close, tail_len), "\n\n", 2);
+      t->piece_lens[i] = (size_t)(o - t->pieces[i]);
     }
-    if (i < r->n_fields) {
-      if (i > 0) o = (char *)memcpy(o, "\",", 2) + 2;
-      *o++ = '"';
-      o = (char *)memcpy(o, r->fields[i], r->field_lens[i]) + r->field_lens[i];
-      o = (char *)memcpy(o, "\":\"", 3) + 3;
-    } else {
-      o = (char *)memcpy(o, close, tail_len) + tail_len;
-      o = (char *)memcpy(o, "\n\n", 2) + 2;
-    }
-    t->piece_lens[i] = (size_t)(o - t->pieces[i]);
+    t->n_pieces = r->n_fields + 1;
+  } else { /* the head and the tail, the null key renamed where it is, the tail with the blank line */
+    t->pieces[0] = o;
+    o = put_renamed_null(o, p, at, m, key_len + 7, r);
+    t->piece_lens[0] = (size_t)(o - t->pieces[0]);
+    t->pieces[1] = o;
+    o = put(put_renamed_null(o, close, lf, m, key_len + 7, r), "\n\n", 2);
+    t->piece_lens[1] = (size_t)(o - t->pieces[1]);
+    t->n_pieces = 2;
   }
-  t->n_pieces = same ? 0 : r->n_fields + 1;
   r->owned[r->n++] = b;
   return 1;
 }
