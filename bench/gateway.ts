@@ -36,7 +36,8 @@
  * on node:tls) with a P-256 certificate (tls.key/tls.crt beside the bench when carried, else made with
  * openssl); the clients trust it; direct stays plain HTTP (see TLS).
  * `--reasoning-tokens N [--reasoning-field reasoning|reasoning_content]`: R1-shaped chat streams whose
- * first N tokens are reasoning deltas, which dsr renames (see REASONING_TOKENS).
+ * first N tokens are reasoning deltas, which dsr renames (see REASONING_TOKENS); `--deepseek-shape`
+ * sends them in DeepSeek's API shape (the absent part null in every delta, as SGLang does).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -105,6 +106,8 @@ const INCLUDE_USAGE = process.argv.includes("--include-usage");
  */
 const REASONING_TOKENS = Number(arg("--reasoning-tokens", "0"));
 const REASONING_FIELD = arg("--reasoning-field", "reasoning");
+/** `--deepseek-shape`: the stand-in's deltas name the absent part as null (DeepSeek's API shape, SGLang's). */
+const DEEPSEEK_SHAPE = process.argv.includes("--deepseek-shape");
 const CHAT = REASONING_TOKENS > 0;
 /**
  * `--tls`: every proxy serves HTTPS to the load generator (each with the same key and certificate),
@@ -476,7 +479,7 @@ async function main(): Promise<void> {
   // a .ts script runs through tsx (development tree); a bundled .mjs with plain node
   const scriptArgs = (file: string) => (file.endsWith(".ts") ? ["--import", "tsx", file] : [file]);
   const startUpstream = async (pace: number) => {
-    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...scriptArgs(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS), "--reasoning-tokens", String(REASONING_TOKENS), "--reasoning-field", REASONING_FIELD]), /"port":(\d+)/);
+    const u = await start(...pinned(UPSTREAM_CPUS, process.execPath, [...scriptArgs(STANDIN), "--port", "0", "--tokens", String(TOKENS), "--pace-ms", String(pace), "--workers", String(UPSTREAM_WORKERS), "--reasoning-tokens", String(REASONING_TOKENS), "--reasoning-field", REASONING_FIELD, ...(DEEPSEEK_SHAPE ? ["--deepseek-shape"] : [])]), /"port":(\d+)/);
     procs.push(u.proc);
     return { proc: u.proc, port: Number(u.match[1]) };
   };
@@ -561,6 +564,7 @@ async function main(): Promise<void> {
       endpoint: "/v1/completions stream",
       client_include_usage: INCLUDE_USAGE,
       reasoning_tokens_per_stream: REASONING_TOKENS,
+      deepseek_shape: DEEPSEEK_SHAPE,
       reasoning_field: CHAT ? REASONING_FIELD : undefined,
       cpus: { proxy: PROXY_CPUS || "any", upstream: UPSTREAM_CPUS || "any", loadgen: LOADGEN_CPUS || "any" },
       upstream_processes: UPSTREAM_WORKERS,
