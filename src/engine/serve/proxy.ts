@@ -417,9 +417,12 @@ class Attempt implements H1Handler, TokenListener, CancelListener {
     else this.backpressure(g.sink.writeFramed!(read.aligned && relay.passedThrough ? read.raw : relay.out));
     // a read that needed nothing but that and the stream's reasoning templates, or the stream's
     // opening read (no token yet: DeepSeek's and SGLang's role chunk names reasoning and goes through
-    // JSON): offer the native relay the reads after it. After the role chunk the next event is often
-    // reasoning that no template fits yet; the native relay learns the template from it
-    if (this.framed && read.aligned && (relay.simple || relay.stats.events === 0) && this.handOffs < MAX_HAND_OFFS) this.handOff();
+    // JSON; not one with usage or an error, which the next events likely carry too): offer the native
+    // relay the reads after it. After the role chunk the next event is often reasoning that no
+    // template fits yet; the native relay learns the template from it
+    const { stats } = relay;
+    const opening = stats.events === 0 && stats.completionTokens === undefined && stats.promptTokens === undefined && stats.error === undefined;
+    if (this.framed && read.aligned && (relay.simple || opening) && this.handOffs < MAX_HAND_OFFS) this.handOff();
   }
 
   /**
