@@ -47,6 +47,27 @@ describe("other /v1 routes are passed to the upstream", () => {
     expect(seen.map((q) => q.body.model)).toEqual(["r1-upstream", "r1-upstream"]);
   });
 
+  it("/v1/responses answers are generations in /metrics and the request log: finish reason, input and output tokens, TTFT and gaps when streamed", async () => {
+    const metric = async (re: RegExp) => Number(re.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1] ?? 0);
+    const success = (reason: string) => metric(new RegExp(`^dsr:request_success_total\\{[^}]*finished_reason="${reason}"[^}]*\\} (\\d+)`, "m"));
+    const before = { stop: await success("stop"), length: await success("length"), prompt: await metric(/^dsr:prompt_tokens_total\{[^}]*\} (\d+)/m), generation: await metric(/^dsr:generation_tokens_total\{[^}]*\} (\d+)/m), ttft: await metric(/^dsr:time_to_first_token_seconds_count\{[^}]*\} (\d+)/m), itl: await metric(/^dsr:inter_token_latency_seconds_count\{[^}]*\} (\d+)/m) };
+    await sdk().responses.create({ model: "dsr-r1", input: "books" }); // 3 output tokens, completed
+    for await (const _ of await sdk().responses.create({ model: "dsr-r1", input: "books", stream: true, max_output_tokens: 2 })); // 2, incomplete
+    expect(await success("stop")).toBe(before.stop + 1);
+    expect(await success("length")).toBe(before.length + 1);
+    expect(await metric(/^dsr:prompt_tokens_total\{[^}]*\} (\d+)/m)).toBe(before.prompt + 8);
+    expect(await metric(/^dsr:generation_tokens_total\{[^}]*\} (\d+)/m)).toBe(before.generation + 5);
+    expect(await metric(/^dsr:time_to_first_token_seconds_count\{[^}]*\} (\d+)/m)).toBe(before.ttft + 1); // the stream's first delta
+    expect(await metric(/^dsr:inter_token_latency_seconds_count\{[^}]*\} (\d+)/m)).toBe(before.itl + 1); // the gap to its second
+    await new Promise((r) => setTimeout(r, 400)); // the log is written in batches
+    const { readFile } = await import("node:fs/promises");
+    const lines = (await readFile(log, "utf8")).trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    const books = lines.filter((l) => l.path === "/v1/responses" && l.prompt_tokens !== undefined).slice(-2);
+    expect(books[0]).toMatchObject({ status: 200, model: "dsr-r1", prompt_tokens: 4, completion_tokens: 3, finish_reason: "stop" });
+    expect(books[1]).toMatchObject({ status: 200, prompt_tokens: 4, completion_tokens: 2, finish_reason: "length" });
+    expect(books[1].ttft_ms).toBeGreaterThan(0);
+  });
+
   it("/v1/embeddings via the SDK; the client's headers go on, its key does not; logged with the route", async () => {
     const e = await sdk().embeddings.create({ model: "dsr-r1", input: "hello", encoding_format: "float" }, { headers: { "x-team": "blue", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" } });
     expect(e.data[0]!.embedding).toEqual([0.25, -0.5, 1]);

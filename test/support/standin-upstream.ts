@@ -172,14 +172,24 @@ async function otherRoute(req: IncomingMessage, res: ServerResponse, st: Standin
     return json(res, 200, { object: "list", model: body.model, data: [{ object: "embedding", index: 0, embedding: [0.25, -0.5, 1] }], usage: { prompt_tokens: 3, total_tokens: 3 } });
   }
   const text = ["Hello", ",", " world"];
-  const done = { id: "resp-1", object: "response", model: body.model, status: "completed", output: [{ type: "message", role: "assistant", content: [{ type: "output_text", text: text.join("") }] }] };
+  const budget = typeof body.max_output_tokens === "number" ? body.max_output_tokens : text.length;
+  const said = text.slice(0, budget);
+  const done = {
+    id: "resp-1",
+    object: "response",
+    model: body.model,
+    status: said.length < text.length ? "incomplete" : "completed",
+    incomplete_details: said.length < text.length ? { reason: "max_output_tokens" } : null,
+    output: [{ type: "message", role: "assistant", content: [{ type: "output_text", text: said.join("") }] }],
+    usage: { input_tokens: 4, output_tokens: said.length, total_tokens: 4 + said.length },
+  };
   if (!body.stream) return json(res, 200, done);
   res.writeHead(200, { "content-type": "text/event-stream", "x-standin": "responses" });
-  for (const delta of text) {
+  for (const delta of said) {
     res.write(`event: response.output_text.delta\ndata: ${JSON.stringify({ type: "response.output_text.delta", delta })}\n\n`);
     await sleep(st.options.paceMs ?? 10);
   }
-  res.end(`event: response.completed\ndata: ${JSON.stringify({ type: "response.completed", response: done })}\n\n`);
+  res.end(`event: response.${done.status}\ndata: ${JSON.stringify({ type: `response.${done.status}`, response: done })}\n\n`);
 }
 
 async function tokenizerAnswer(req: IncomingMessage, res: ServerResponse, st: Standin, url: string, model: string): Promise<void> {

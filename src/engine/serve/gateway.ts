@@ -324,8 +324,8 @@ export class Gateway {
 
   /**
    * Another `/v1` POST (`/v1/responses`, `/v1/embeddings`, `/v1/messages`, audio…) passed to the
-   * backend's forward() as it came: admitted like a generation (per-key, gateway slot), logged, not
-   * in the generation metrics. Never rejects.
+   * backend's forward() as it came: admitted like a generation (per-key, gateway slot) and logged; a
+   * Responses API answer also goes into the generation metrics (responses-books.ts). Never rejects.
    */
   private async passthrough(id: string, path: string, req: H1Request, res: H1Response, t0: number, keyName: string | undefined): Promise<void> {
     const { ac, timer } = this.track(res);
@@ -345,7 +345,7 @@ export class Gateway {
       keyDone = await this.admitKey(keyName, res);
       const got = this.limiter.acquire(ac);
       lease = got instanceof Promise ? await got : got;
-      status = await this.backend.forward!({ id, url: req.url, method: req.method, headers: req.headers, body, json, model, res, cancel: ac, record });
+      status = await this.backend.forward!({ id, url: req.url, method: req.method, headers: req.headers, body, json, model, res, cancel: ac, record, t0 });
     } catch (e) {
       const err = ac.aborted && ac.reason instanceof HttpError ? ac.reason : e;
       status = err instanceof HttpError ? err.status : 500;
@@ -356,7 +356,9 @@ export class Gateway {
         lease?.release();
         keyDone?.();
         this.untrack(ac, res, timer);
-        this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...clientOf(req), ...entry, instance: record.instance, retries: record.retries || undefined, latency_ms: round(performance.now() - t0) });
+        // a generation (the Responses API) goes into the generation metrics and logs its tokens
+        if (record.finishReason !== undefined) this.finish(id, path, req, status, t0, undefined, record, entry);
+        else this.o.requestLog?.write({ ts: new Date().toISOString(), id, method: "POST", path, status, ...clientOf(req), ...entry, instance: record.instance, retries: record.retries || undefined, latency_ms: round(performance.now() - t0) });
         span?.end({ status, model: entry.model, instance: record.instance, error: entry.error });
       } catch (e) {
         this.fail(res, e);

@@ -19,6 +19,7 @@ import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
 import { NativeStream } from "./relay-handoff.js";
+import { ResponsesBooks } from "./responses-books.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
 import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
 import type { Backend, ForwardRequest, GenerationRequest, ModelCard } from "./types.js";
@@ -244,7 +245,13 @@ export class ProxyBackend implements Backend {
         const out: Record<string, string> = {};
         for (const [k, v] of Object.entries(r.headers)) if (typeof v === "string" && !NOT_RETURNED.has(k)) out[k] = v;
         f.res.writeHead(r.statusCode, out, true);
-        for await (const chunk of r.body) if (!f.res.write(chunk as Buffer)) await f.res.waitDrain();
+        // a Responses API answer is a generation: its TTFT, gaps, tokens and finish reason are kept as a chat's
+        const books = r.statusCode === 200 && f.url.split("?")[0] === "/v1/responses" ? new ResponsesBooks(f.record, f.t0, this.o.metrics.instrument(inst.name, f.model), String(r.headers["content-type"] ?? "").startsWith("text/event-stream")) : undefined;
+        for await (const chunk of r.body) {
+          books?.feed(chunk as Buffer);
+          if (!f.res.write(chunk as Buffer)) await f.res.waitDrain();
+        }
+        books?.end();
         f.res.end();
         return r.statusCode;
       } finally {

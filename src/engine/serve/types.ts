@@ -96,7 +96,10 @@ export interface ForwardRequest {
   model: string | undefined;
   res: H1Response;
   cancel: Cancel;
+  /** What the answer told, for the metrics and the request log (a Responses API answer's generation books). */
   record: RequestRecord;
+  /** Wall-clock start, performance.now() ms. */
+  t0: number;
 }
 
 export interface Backend {
