@@ -1,7 +1,8 @@
 /**
  * The generation books of a Responses API answer (src/engine/serve/responses-books.ts), read from the
  * bytes the gateway passes on: streamed answers cut anywhere (inside an event, inside a multi-byte
- * character), with and without `event:` lines, every terminal status; non-streamed JSON; and bytes
+ * character, between a CR and its LF), with and without `event:` lines, lines ended by LF, CRLF or
+ * CR, every terminal status; non-streamed JSON; and bytes
  * that are not what they should be never throw and give no books.
  */
 import { describe, expect, it } from "vitest";
@@ -38,8 +39,9 @@ describe("Responses API books", () => {
 
   it("a streamed answer cut anywhere: TTFT once, a gap per later delta, the usage and finish reason from its last event", () => {
     const rand = seeded(5);
-    for (const named of [true, false]) {
-      const text = ev("response.created", { response: { status: "in_progress" } }, named) + deltas.map((d) => ev("response.output_text.delta", { delta: d }, named)).join("") + ev("response.completed", response("completed"), named);
+    for (const [named, eol] of [[true, "\n"], [false, "\n"], [true, "\r\n"], [true, "\r"]] as const) {
+      const lf = ev("response.created", { response: { status: "in_progress" } }, named) + deltas.map((d) => ev("response.output_text.delta", { delta: d }, named)).join("") + ev("response.completed", response("completed"), named);
+      const text = lf.replaceAll("\n", eol);
       const bytes = Buffer.byteLength(text);
       for (let k = 0; k < 300; k++) {
         const cuts = k === 0 ? [] : Array.from({ length: 1 + (k % 12) }, () => Math.floor(rand() * bytes)).sort((a, b) => a - b);

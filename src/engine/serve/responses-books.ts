@@ -61,18 +61,37 @@ export class ResponsesBooks {
       return;
     }
     const now = performance.now();
-    const text = this.pending + this.decoder.write(chunk);
+    let text = this.pending + this.decoder.write(chunk);
+    // SSE lines may also end with CRLF or a lone CR; a CR at the very end waits (it may be half a CRLF)
+    let held = "";
+    if (text.includes("\r")) {
+      if (text.endsWith("\r")) {
+        held = "\r";
+        text = text.slice(0, -1);
+      }
+      text = text.replace(/\r\n?/g, "\n");
+    }
+    this.pending = this.scan(text, now) + held;
+  }
+
+  /** Handles the complete events of `text` (lines ended by LF); returns what follows the last. */
+  private scan(text: string, now: number): string {
     let at = 0;
     for (let end = text.indexOf("\n\n", at); end >= 0; end = text.indexOf("\n\n", at)) {
       this.event(text.slice(at, end), now);
       at = end + 2;
     }
-    this.pending = text.slice(at);
+    return text.slice(at);
   }
 
   /** The answer ended: the books go to the record (nothing when no response object was seen). */
   end(): void {
-    if (this.stream || this.parts === undefined) return;
+    if (this.stream) {
+      // a CR held back at the end of the last read ended a line after all
+      if (this.pending.endsWith("\r")) this.scan(`${this.pending.slice(0, -1)}\n`, performance.now());
+      return;
+    }
+    if (this.parts === undefined) return;
     try {
       this.settle(JSON.parse(Buffer.concat(this.parts).toString("utf8")) as ResponseObject);
     } catch {
