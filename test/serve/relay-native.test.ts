@@ -190,15 +190,52 @@ suite("native relay: the scan", () => {
       `{${top},"choices":[{"index":0,"delta":{"content":"b"}},{"index":1,"delta":{"reasoning":"a"}}]}`, // a second choice
       `{${top},"choices":[{"index":0,"delta":{"reasoning":"a"}}],"choices":[]}`, // JSON.parse keeps the last
       choice(`"role":"assistant","reasoning":""`), // an opening chunk: no token for JS
-      choice(`"reasoning":null`), // no text
-      choice(`"reasoning":null,"content":null`), // no text beside the null key
-      choice(`"reasoning":null,"x":{"content":"a"}`), // the content not the delta's own
-      choice(`"reasoning":null,"content":"a","content":"b"`), // JSON.parse keeps the last
-      choice(`"role":"assistant","content":"","reasoning_content":null`), // an opening chunk
       choice(`"reasoning":"a","reasoning_content":"a"`), // both names
       `{"x":{${top},"choices":[{"index":0,"delta":{"reasoning":"a"}}]}}`, // not the event's own choices
+      `{"x":{${top},"choices":[{"index":0,"delta":{"reasoning":null}}]}}`, // nor with a null key
+      choice(`"reasoning":null,"content":"a"`, `"finish_reason": "stop"`), // a spaced finish reason
     ])
       expect(learnt(ev), ev).toBe(-1);
+  });
+
+  it("renames a lone null reasoning key where no template fits (a DeepSeek- or SGLang-shaped stream's last event) into the JSON the JS relay sends, noting its finish reason", () => {
+    const fields = ["reasoning_content", "reasoning"] as const;
+    const top = `"id":"c","object":"chat.completion.chunk","created":1,"model":"m"`;
+    const choice = (delta: string, after = `"logprobs":null,"finish_reason":null`) => `{${top},"choices":[{"index":0,"delta":{${delta}},${after}}]}`;
+    const js = (read: Buffer, roleCheck: boolean) => {
+      const relay = new SseRelay({ fields, dropUsageChunk: false });
+      if (!roleCheck) relay.push(Buffer.from(token(0)));
+      const before = relay.stats.events;
+      const ranges = new Ranges();
+      new ChunkedDecoder().feed(read, 0, ranges);
+      relay.push(read, ranges, false);
+      return { out: relay.out.toString("utf8"), events: relay.stats.events - before, finish: relay.stats.finishReason ?? null };
+    };
+    const body = (sent: Buffer) => {
+      const got = new Ranges();
+      new ChunkedDecoder().feed(sent, 0, got);
+      return Buffer.concat(got.slices(sent)).toString("utf8");
+    };
+    const parse = (b: string) => b.split("\n\n").filter(Boolean).map((e) => JSON.parse(e.slice(6)));
+    for (const ev of [
+      `{${top},"choices":[{"index":0,"delta":{"role":null,"content":"","reasoning_content":null,"tool_calls":null},"logprobs":null,"finish_reason":"stop","matched_stop":151643}],"usage":null}`, // SGLang's last
+      choice(`"content":"!","reasoning_content":null`, `"logprobs":null,"finish_reason":"length"`), // DeepSeek's last
+      choice(`"reasoning":null`),
+      choice(`"reasoning":null,"content":null`),
+      choice(`"reasoning":null,"content":"a","content":"b"`), // JSON.parse keeps the last, in both
+      choice(`"reasoning":null,"x":{"content":"a"}`),
+    ]) {
+      const read = Buffer.from(chunk(event(ev)));
+      const r = addon!.scan(read, RelayFlags.reasoning, ReasoningTemplate.encodeAll([], fields));
+      expect(r, ev).not.toBeNull();
+      const want = js(read, false);
+      expect(r![0] + r![1]).toBe(want.events);
+      expect(r![3]).toBe(want.finish);
+      expect(parse(body(r![2]))).toEqual(parse(want.out));
+    }
+    // an opening chunk (a role, no token counted yet) stays JS's: it does not count it
+    const opening = Buffer.from(chunk(event(choice(`"role":"assistant","content":"","reasoning_content":null`))));
+    expect(addon!.scan(opening, RelayFlags.reasoning | RelayFlags.roleCheck, ReasoningTemplate.encodeAll([], fields))).toBeNull();
   });
 
   it("fuzz: from a template it learnt, a stream's events become the JSON the JS relay sends, with the same counts", () => {

@@ -468,6 +468,7 @@ enum kind {
   E_DONE,   /* `data: [DONE]`, forwarded, no token */
   E_TEMPLATE, /* a reasoning token of one of the templates, rewritten */
   E_USAGE,  /* the usage-only chunk: counts noted, forwarded or dropped */
+  E_NULL_RENAMED, /* a token whose one reasoning key is null (no template needed): renamed in place */
 };
 
 #define MAX_FINISH 64
@@ -480,7 +481,39 @@ typedef struct event {
   size_t finish_len;
   double prompt, completion; /* E_USAGE: the counts, -1 when absent */
   int keys;            /* keys()'s bits (0 when it did not look) */
+  const char *null_key; /* E_NULL_RENAMED: where `"key":null` is, and its length */
+  size_t null_len;
 } event_t;
+
+/*
+ * Where the event [p, lf) has its one reasoning mention as a null member of the first choice's
+ * delta, with nothing else the JS relay's JSON pass would change or note differently: `*len` is
+ * that member's length. Such an event (the last of a DeepSeek- or SGLang-shaped stream: a finish
+ * reason beside `"reasoning_content":null`, which no template fits) becomes the same JSON with the
+ * key written as each configured name, null. Its JSON is checked per event, but only events no
+ * template fits get here. Not while no token was counted and a role is named (JS does not count an
+ * opening chunk).
+ */
+static const char *null_reasoning(const char *p, const char *lf, const rules_t *r, int k, int role_check, size_t *len) {
+  if (r->n_fields == 0 || (k & (K_CR | K_USAGE | K_ERROR)) || !(k & K_REASONING)) return NULL;
+  const char *m = find(p, lf, "\"reasoning", 10);
+  if (m == NULL || find(m + 1, lf, "\"reasoning", 10) != NULL) return NULL;
+  size_t key_len = starts(m, lf, "\"reasoning\":null", 16) ? 9 : starts(m, lf, "\"reasoning_content\":null", 24) ? 17 : 0;
+  if (key_len == 0 || !in_first_delta(p, lf, m) || (role_check && find(p, lf, "\"role\"", 6) != NULL)) return NULL;
+  /* a finish reason JS notes as the relay does: null or a compact string */
+  for (const char *q = find(p, lf, "\"finish_reason\"", 15); q != NULL; q = find(q + 1, lf, "\"finish_reason\"", 15))
+    if (!starts(q + 15, lf, ":null", 5) && !starts(q + 15, lf, ":\"", 2)) return NULL;
+  if (!is_json(p + 5, lf)) return NULL;
+  *len = key_len + 7;
+  return m;
+}
+
+/* The size of the event [p, lf) with its null reasoning key renamed (its blank line included). */
+static size_t null_renamed_size(const event_t *e, const rules_t *r, const char *p, const char *lf) {
+  size_t size = (size_t)(lf - p) + 2 - e->null_len + (size_t)(r->n_fields - 1);
+  for (int i = 0; i < r->n_fields; i++) size += r->field_lens[i] + 7;
+  return size;
+}
 
 /*
  * Classifies the one-line event [p, lf) as the JS relay's whole-events pass would treat it
@@ -519,6 +552,17 @@ static void classify(const char *p, const char *lf, const rules_t *r, int role_c
       e->kind = E_TEMPLATE;
       return;
     }
+  if ((e->null_key = null_reasoning(p, lf, r, k, role_check, &e->null_len)) != NULL) {
+    e->finish = NULL;
+    if (k & K_FINISH) {
+      const char *q = memchr(finish, '"', (size_t)(lf - finish));
+      if (q == NULL || q - finish > MAX_FINISH) return;
+      e->finish = finish;
+      e->finish_len = (size_t)(q - finish);
+    }
+    e->kind = E_NULL_RENAMED;
+    return;
+  }
   /* the usage-only chunk: JS reads its two counts with a regex and does not parse it */
   if ((k & K_USAGE) && !(k & (K_ERROR | K_REASONING)) && find(p, lf, "\"choices\":[]", 12) != NULL) {
     e->prompt = count_of(p, lf, "\"prompt_tokens\":", 16);
@@ -530,6 +574,7 @@ static void classify(const char *p, const char *lf, const rules_t *r, int role_c
 /* The bytes event `e` at [p, lf) becomes (its blank line included): 0 when dropped. */
 static size_t out_size(const event_t *e, const rules_t *r, const char *p, const char *lf) {
   if (e->kind == E_TEMPLATE) return rewritten_size(e->t, p, lf);
+  if (e->kind == E_NULL_RENAMED) return null_renamed_size(e, r, p, lf);
   if (e->kind == E_USAGE && (r->flags & F_DROP_USAGE)) return 0;
   return (size_t)(lf - p) + 2;
 }
@@ -553,7 +598,8 @@ static int chunk_events(const char *p, const char *end, rules_t *r, verdict_t *v
     if (lf == NULL || lf + 1 >= end || lf[1] != '\n') return -1;
     event_t e;
     classify(p, lf, r, v->first, &e);
-    if (e.kind == E_REFUSE && learn(r, p, lf, e.keys)) classify(p, lf, r, v->first, &e);
+    /* a template learnt now serves the stream's later events too (a null key renamed alone serves one) */
+    if ((e.kind == E_REFUSE || e.kind == E_NULL_RENAMED) && learn(r, p, lf, e.keys)) classify(p, lf, r, v->first, &e);
     switch (e.kind) {
       case E_REFUSE:
         return -1;
@@ -567,6 +613,14 @@ static int chunk_events(const char *p, const char *end, rules_t *r, verdict_t *v
       case E_TEMPLATE:
         v->templated++;
         if (!e.t->unchanged) v->changed = 1;
+        break;
+      case E_NULL_RENAMED:
+        v->templated++; /* counted one by one, as the JSON pass counts it */
+        v->changed = 1;
+        if (e.finish != NULL) {
+          v->finish = e.finish;
+          v->finish_len = e.finish_len;
+        }
         break;
       case E_USAGE:
         v->usage = 1;
@@ -666,6 +720,7 @@ static long rewrite(const char *b, size_t len, const rules_t *r, char *out, size
       const char *lf = memchr(q, '\n', (size_t)(dend - q));
       classify(q, lf, r, 0, &e);
       if (e.kind == E_TEMPLATE) o = put_rewritten(o, e.t, q, lf);
+      else if (e.kind == E_NULL_RENAMED) o = put(put_renamed_null(o, q, lf, e.null_key, e.null_len, r), "\n\n", 2);
       else if (out_size(&e, r, q, lf) > 0) {
         memcpy(o, q, (size_t)(lf - q) + 2);
         o += (lf - q) + 2;
