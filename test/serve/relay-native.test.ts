@@ -78,6 +78,17 @@ function randomRead(rand: () => number): string {
   return cut < 0.1 ? out.slice(0, Math.floor(out.length * rand())) : cut < 0.4 ? out + "0\r\n\r\n" : out;
 }
 
+/** What the JS relay sends for `read` (a token already counted unless `roleCheck`): its body, the token events it counted, its finish reason. */
+function jsRelayOf(read: Buffer, fields: readonly ("reasoning" | "reasoning_content")[], roleCheck: boolean) {
+  const relay = new SseRelay({ fields, dropUsageChunk: false });
+  if (!roleCheck) relay.push(Buffer.from(token(0)));
+  const before = relay.stats.events;
+  const ranges = new Ranges();
+  new ChunkedDecoder().feed(read, 0, ranges);
+  relay.push(read, ranges, false);
+  return { out: relay.out, events: relay.stats.events - before, finish: relay.stats.finishReason ?? null };
+}
+
 function seeded(seed: number): () => number {
   let s = seed >>> 0;
   return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
@@ -202,15 +213,6 @@ suite("native relay: the scan", () => {
     const fields = ["reasoning_content", "reasoning"] as const;
     const top = `"id":"c","object":"chat.completion.chunk","created":1,"model":"m"`;
     const choice = (delta: string, after = `"logprobs":null,"finish_reason":null`) => `{${top},"choices":[{"index":0,"delta":{${delta}},${after}}]}`;
-    const js = (read: Buffer, roleCheck: boolean) => {
-      const relay = new SseRelay({ fields, dropUsageChunk: false });
-      if (!roleCheck) relay.push(Buffer.from(token(0)));
-      const before = relay.stats.events;
-      const ranges = new Ranges();
-      new ChunkedDecoder().feed(read, 0, ranges);
-      relay.push(read, ranges, false);
-      return { out: relay.out.toString("utf8"), events: relay.stats.events - before, finish: relay.stats.finishReason ?? null };
-    };
     const body = (sent: Buffer) => {
       const got = new Ranges();
       new ChunkedDecoder().feed(sent, 0, got);
@@ -228,10 +230,10 @@ suite("native relay: the scan", () => {
       const read = Buffer.from(chunk(event(ev)));
       const r = addon!.scan(read, RelayFlags.reasoning, ReasoningTemplate.encodeAll([], fields));
       expect(r, ev).not.toBeNull();
-      const want = js(read, false);
+      const want = jsRelayOf(read, fields, false);
       expect(r![0] + r![1]).toBe(want.events);
       expect(r![3]).toBe(want.finish);
-      expect(parse(body(r![2]))).toEqual(parse(want.out));
+      expect(parse(body(r![2]))).toEqual(parse(want.out.toString("utf8")));
     }
     // an opening chunk (a role, no token counted yet) stays JS's: it does not count it
     const opening = Buffer.from(chunk(event(choice(`"role":"assistant","content":"","reasoning_content":null`))));
@@ -275,14 +277,9 @@ suite("native relay: the scan", () => {
       }
       const [plain, templated, sent, finish] = r;
       if (templated > 0) learnt++;
-      const relay = new SseRelay({ fields, dropUsageChunk: false });
-      if (!roleCheck) relay.push(Buffer.from(token(0)));
-      const before = relay.stats.events;
-      const ranges = new Ranges();
-      new ChunkedDecoder().feed(read, 0, ranges);
-      relay.push(read, ranges, false);
-      expect(relay.stats.events - before, data).toBe(plain + templated);
-      expect(relay.stats.finishReason ?? null).toBe(finish);
+      const relay = jsRelayOf(read, fields, roleCheck);
+      expect(relay.events, data).toBe(plain + templated);
+      expect(relay.finish).toBe(finish);
       const got = new Ranges();
       new ChunkedDecoder().feed(sent, 0, got);
       // the same events; the JS relay re-serialises the first it renames (its keys last), so JSON is compared

@@ -521,6 +521,18 @@ static size_t null_renamed_size(const event_t *e, const rules_t *r, const char *
  * E_REFUSE, and JS takes it. Whether a token only opens the role is looked for only with `role_check`
  * (two memmem calls per event otherwise, for an answer needed once per stream).
  */
+/* Notes the event's finish_reason string at `finish` (K_FINISH in `k`); false when it is not one the relay keeps. */
+static int finish_of(event_t *e, int k, const char *finish, const char *lf) {
+  e->finish = NULL;
+  if (!(k & K_FINISH)) return 1;
+  /* JS takes the bytes up to the next quote; one that long is not a finish reason the relay keeps */
+  const char *q = memchr(finish, '"', (size_t)(lf - finish));
+  if (q == NULL || q - finish > MAX_FINISH) return 0;
+  e->finish = finish;
+  e->finish_len = (size_t)(q - finish);
+  return 1;
+}
+
 static void classify(const char *p, const char *lf, const rules_t *r, int role_check, event_t *e) {
   e->kind = E_REFUSE;
   e->keys = 0;
@@ -535,15 +547,7 @@ static void classify(const char *p, const char *lf, const rules_t *r, int role_c
   }
   if ((k & ~K_FINISH) == 0) {
     e->role_only = role_check && find(p, lf, "\"role\"", 6) != NULL && find(p, lf, "\"content\":\"\"", 12) != NULL;
-    e->finish = NULL;
-    if (k & K_FINISH) {
-      /* JS takes the bytes up to the next quote; one that long is not a finish reason the relay keeps */
-      const char *q = memchr(finish, '"', (size_t)(lf - finish));
-      if (q == NULL || q - finish > MAX_FINISH) return;
-      e->finish = finish;
-      e->finish_len = (size_t)(q - finish);
-    }
-    e->kind = E_TOKEN;
+    if (finish_of(e, k, finish, lf)) e->kind = E_TOKEN;
     return;
   }
   for (int i = 0; i < r->n; i++)
@@ -553,14 +557,7 @@ static void classify(const char *p, const char *lf, const rules_t *r, int role_c
       return;
     }
   if ((e->null_key = null_reasoning(p, lf, r, k, role_check, &e->null_len)) != NULL) {
-    e->finish = NULL;
-    if (k & K_FINISH) {
-      const char *q = memchr(finish, '"', (size_t)(lf - finish));
-      if (q == NULL || q - finish > MAX_FINISH) return;
-      e->finish = finish;
-      e->finish_len = (size_t)(q - finish);
-    }
-    e->kind = E_NULL_RENAMED;
+    if (finish_of(e, k, finish, lf)) e->kind = E_NULL_RENAMED;
     return;
   }
   /* the usage-only chunk: JS reads its two counts with a regex and does not parse it */
