@@ -84,8 +84,8 @@ export class ReasoningTemplate {
    * Templates as the native relay reads them (relay-native.c, decode_templates): a count, then per
    * template its head, its tail and its pieces (their count, 0xFFFFFFFF for none), each as a
    * little-endian u32 length and the bytes; then the configured reasoning names when given (a count,
-   * then each as a length and its bytes), with which the native relay learns a text template from a
-   * stream's first reasoning event itself (relay-native.c learn(), the byte-level twin of learnText).
+   * then each as a length and its bytes), with which the native relay learns templates itself from
+   * a stream's events (relay-native.c learn(), the byte-level twin of learnText and learnNullPartner).
    */
   static encodeAll(templates: readonly ReasoningTemplate[], learnWith?: readonly ReasoningField[]): Buffer {
     const parts: Buffer[] = [u32(templates.length)];

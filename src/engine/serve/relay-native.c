@@ -12,7 +12,8 @@
  * A "plain" chunk is one the JS relay would forward unchanged (hex size, CRLF, data, CRLF; no
  * extensions, not the zero-size one), holding whole one-line `data: {...}` events that name no key
  * the relay acts on (usage, error, reasoning when it renames), or reasoning events that fit the
- * stream's templates (rewritten as JS rewrites them). Events the relay takes besides: a token with
+ * stream's templates (rewritten as JS rewrites them; given by JS, or learnt here from the first event
+ * of each kind, learn()), or whose one reasoning key is null (renamed in place). Events the relay takes besides: a token with
  * a finish_reason string (noted for JS), `data: [DONE]`, and the usage-only chunk (`"choices":[]`:
  * its two counts noted, and dropped when the gateway asked for it rather than the client). When JS
  * allows it, the zero-size chunk that ends the body goes too, and the stream comes back ended. A
@@ -367,11 +368,27 @@ static int in_first_delta(const char *p, const char *lf, const char *key) {
          mentions(p, lf, "\"delta\"", 7) == 1 && mentions(p, lf, "\"message\"", 9) == 0;
 }
 
-/* True when every `"finish_reason"` in [p, lf) is null (a string one, even spaced, is JS's to note). */
-static int finish_null(const char *p, const char *lf) {
+/*
+ * True when every `"finish_reason"` in [p, lf) is null, or with `strings` a compact string (keys()
+ * notes those as JS does); a spaced one is JS's to note.
+ */
+static int finish_plain(const char *p, const char *lf, int strings) {
   for (const char *q = find(p, lf, "\"finish_reason\"", 15); q != NULL; q = find(q + 1, lf, "\"finish_reason\"", 15))
-    if (!starts(q + 15, lf, ":null", 5)) return 0;
+    if (!starts(q + 15, lf, ":null", 5) && !(strings && starts(q + 15, lf, ":\"", 2))) return 0;
   return 1;
+}
+
+/*
+ * The event's one mention of a reasoning name, when it is a `"reasoning":` or `"reasoning_content":`
+ * member of the first choice's delta and the event names no usage or error (the JS relay's JSON
+ * pass would rename that key and nothing else); `*key_len` is the name's length. NULL otherwise.
+ */
+static const char *sole_reasoning(const char *p, const char *lf, const rules_t *r, int k, size_t *key_len) {
+  if (r->n_fields == 0 || (k & (K_CR | K_USAGE | K_ERROR)) || !(k & K_REASONING)) return NULL;
+  const char *m = find(p, lf, "\"reasoning", 10);
+  if (m == NULL || find(m + 1, lf, "\"reasoning", 10) != NULL) return NULL;
+  *key_len = starts(m, lf, "\"reasoning\":", 12) ? 9 : starts(m, lf, "\"reasoning_content\":", 20) ? 17 : 0;
+  return *key_len != 0 && in_first_delta(p, lf, m) ? m : NULL;
 }
 
 static char *put(char *o, const void *from, size_t n) {
@@ -403,11 +420,9 @@ static char *put_renamed_null(char *o, const char *a, const char *b, const char 
  * JSON. False when it cannot (JS takes the event, and learns the template its own way).
  */
 static int learn(rules_t *r, const char *p, const char *lf, int k) {
-  if (r->n_fields == 0 || r->n >= MAX_TEMPLATES || (k & (K_CR | K_USAGE | K_ERROR | K_FINISH)) || !(k & K_REASONING)) return 0;
-  const char *m = find(p, lf, "\"reasoning", 10);
-  if (m == NULL || find(m + 1, lf, "\"reasoning", 10) != NULL) return 0;
-  size_t key_len = starts(m, lf, "\"reasoning\":", 12) ? 9 : starts(m, lf, "\"reasoning_content\":", 20) ? 17 : 0;
-  if (key_len == 0 || !in_first_delta(p, lf, m)) return 0;
+  size_t key_len;
+  const char *m = r->n < MAX_TEMPLATES && !(k & K_FINISH) ? sole_reasoning(p, lf, r, k, &key_len) : NULL;
+  if (m == NULL) return 0;
   const char *value = m + key_len + 3;
   int text = starts(value, lf, "\"", 1);
   const char *at; /* the body of the string that varies */
@@ -419,7 +434,7 @@ static int learn(rules_t *r, const char *p, const char *lf, int k) {
   }
   const char *close = string_end(at, lf);
   /* an empty text beside a role is an opening chunk, whose token JS does not count */
-  if (close == NULL || (close == at && find(p, lf, "\"role\"", 6) != NULL) || !string_body(at, close) || !finish_null(p, lf) || !is_json(p + 5, lf)) return 0;
+  if (close == NULL || (close == at && find(p, lf, "\"role\"", 6) != NULL) || !string_body(at, close) || !finish_plain(p, lf, 0) || !is_json(p + 5, lf)) return 0;
   size_t head_len = (size_t)(at - p), tail_len = (size_t)(lf - close);
   int same = r->n_fields == 1 && r->field_lens[0] == key_len && memcmp(r->fields[0], m + 1, key_len) == 0;
   /* room for the head and tail, and for the pieces around the body's copies */
@@ -495,15 +510,10 @@ typedef struct event {
  * opening chunk).
  */
 static const char *null_reasoning(const char *p, const char *lf, const rules_t *r, int k, int role_check, size_t *len) {
-  if (r->n_fields == 0 || (k & (K_CR | K_USAGE | K_ERROR)) || !(k & K_REASONING)) return NULL;
-  const char *m = find(p, lf, "\"reasoning", 10);
-  if (m == NULL || find(m + 1, lf, "\"reasoning", 10) != NULL) return NULL;
-  size_t key_len = starts(m, lf, "\"reasoning\":null", 16) ? 9 : starts(m, lf, "\"reasoning_content\":null", 24) ? 17 : 0;
-  if (key_len == 0 || !in_first_delta(p, lf, m) || (role_check && find(p, lf, "\"role\"", 6) != NULL)) return NULL;
-  /* a finish reason JS notes as the relay does: null or a compact string */
-  for (const char *q = find(p, lf, "\"finish_reason\"", 15); q != NULL; q = find(q + 1, lf, "\"finish_reason\"", 15))
-    if (!starts(q + 15, lf, ":null", 5) && !starts(q + 15, lf, ":\"", 2)) return NULL;
-  if (!is_json(p + 5, lf)) return NULL;
+  size_t key_len;
+  const char *m = sole_reasoning(p, lf, r, k, &key_len);
+  if (m == NULL || !starts(m + key_len + 3, lf, "null", 4) || (role_check && find(p, lf, "\"role\"", 6) != NULL)) return NULL;
+  if (!finish_plain(p, lf, 1) || !is_json(p + 5, lf)) return NULL;
   *len = key_len + 7;
   return m;
 }
