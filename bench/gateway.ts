@@ -14,7 +14,8 @@
  * reported so a saturated generator would be visible. Targets are measured in interleaved rounds
  * (direct, dsr, dsr --workers N, nginx, then again…) so that load from other processes drifts over
  * all of them alike. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 50]
- * [--seconds 12] [--rounds 3] [--tokens 64] [--dsr-workers 2] [--nginx-workers auto]` — prints one JSON document.
+ * [--seconds 12] [--rounds 3] [--tokens 64] [--dsr-workers 2] [--nginx-workers auto] [--only direct,dsr_workers4,nginx]`
+ * — prints one JSON document (`--only` measures just the named targets; keep direct and nginx among them).
  *
  * On a many-core machine each side gets fixed cores through `taskset`: `--proxy-cpus 0-3` pins dsr,
  * dsr --workers and nginx to the same cores, with nginx worker_processes = dsr --workers = 4;
@@ -42,10 +43,10 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { join, dirname } from "node:path";
+import { basename, join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
-import { existsSync, readFileSync } from "node:fs";
+import { createWriteStream, existsSync, readFileSync } from "node:fs";
 import { Agent, fetch as undiciFetch, Pool } from "undici";
 import { freePort } from "../src/engine/serve/free-ports.js";
 
@@ -83,6 +84,8 @@ const COMPARE_ENV = Object.fromEntries(arg("--compare-env", "").split(" ").filte
 const DSR_NODE_ARGS = arg("--dsr-node-args", "").split(" ").filter(Boolean);
 /** Which runs to make (e.g. `--runs throughput` for a profile of the throughput limit alone). */
 const RUNS = arg("--runs", "latency,throughput").split(",");
+/** `--only direct,dsr_workers4,nginx`: measure only these targets (the others still start, idle), to spend a short device session on an A/B. */
+const ONLY = arg("--only", "").split(",").filter(Boolean);
 /** Also run the baseline CLI with --workers N (0: not). */
 const COMPARE_WORKERS = Number(arg("--compare-workers", "0"));
 const STANDIN = arg("--standin", join(ROOT, "test/support/standin-upstream.ts"));
@@ -400,7 +403,11 @@ function start(cmd: string, args: string[], ready: RegExp, opts: { cwd?: string;
   return new Promise((resolve, reject) => {
     const proc = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"], env: opts.env ? { ...process.env, ...opts.env } : undefined });
     let buf = "";
+    // DSR_BENCH_CHILD_LOGS=DIR keeps each child's output (e.g. `--dsr-node-args --trace-gc-nvp`)
+    const log = process.env.DSR_BENCH_CHILD_LOGS ? createWriteStream(join(process.env.DSR_BENCH_CHILD_LOGS, `${basename(args.find((a) => !a.startsWith("-")) ?? cmd)}-${proc.pid}.log`)) : undefined;
     const on = (d: Buffer) => {
+      log?.write(d);
+      if (buf.length > 65536) return; // ready long since: keep only the start
       buf += d.toString();
       const m = ready.exec(buf);
       if (m) resolve({ proc, match: m });
@@ -510,7 +517,7 @@ async function main(): Promise<void> {
       const ng = await startNginx(up.port, dir, tls);
       procs.push(ng.proc);
       const nginxWorkers = () => childrenOf(ng.proc.pid!);
-      const targets: [string, string, () => Promise<number[]>][] = [
+      const allTargets: [string, string, () => Promise<number[]>][] = [
         ["direct", `http://127.0.0.1:${up.port}`, async () => []],
         ["dsr", gw.match[1], async () => [gw.proc.pid!]],
         ...(base ? [["dsr_baseline", base.match[1], async () => [base.proc.pid!]] as [string, string, () => Promise<number[]>]] : []),
@@ -519,6 +526,7 @@ async function main(): Promise<void> {
         ...(floor ? [[`node_floor_workers${DSR_WORKERS}`, floor.match[1], async () => [floor.proc.pid!, ...(await childrenOf(floor.proc.pid!))]] as [string, string, () => Promise<number[]>]] : []),
         ["nginx", `${tls ? "https" : "http"}://127.0.0.1:${ng.port}`, nginxWorkers],
       ];
+      const targets = allTargets.filter(([name]) => ONLY.length === 0 || ONLY.includes(name));
       // Rounds interleave the targets, so load from other processes on the machine drifts over all
       // of them alike instead of favouring whichever ran first. Pools stay open (connections warm).
       const parts: Samples[][] = targets.map(() => []);
