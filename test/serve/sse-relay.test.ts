@@ -15,6 +15,9 @@ function relayAll(input: string, cuts: number[], opts: ConstructorParameters<typ
     const read = Buffer.from(buf.subarray(prev, c));
     const k = Math.floor(read.length / 2);
     if (r.push(read, prev % 2 ? Ranges.of(0, k, k, read.length) : undefined)) out += r.out.toString();
+    // the gateway's upstream reads land in one buffer per connection, overwritten by the next read
+    // (h1-pool): nothing the relay keeps may be a view of it
+    read.fill(0x7a);
     prev = c;
   }
   const rest = r.flush();

@@ -72,9 +72,10 @@ export class ReasoningTemplate {
     if (close < 0) return undefined;
     const head = ev.subarray(0, at);
     const tail = ev.subarray(close);
+    // copies, never views of `ev`: the read buffer it lies in is reused for the connection's next read
     const renamed = (part: Buffer, offset: number) =>
       k < offset || k >= offset + part.length
-        ? part
+        ? Buffer.from(part)
         : Buffer.concat([part.subarray(0, k - offset), Buffer.from(fields.map((f) => `"${f}":null`).join(","), "latin1"), part.subarray(k - offset + nullKey.length)]);
     const pieces = sameNames(key, fields) ? undefined : [renamed(head, 0), Buffer.concat([renamed(tail, close), BLANK_LINE])];
     return new ReasoningTemplate(Buffer.from(head), Buffer.from(tail), pieces);
