@@ -178,6 +178,37 @@ describe("proxied streams over the raw HTTP/1.1 relay", () => {
     );
   });
 
+  it("DeepSeek's API shape (the absent part null in every delta) through both relays: 30 concurrent coalescing streams, every token once, in order", async () => {
+    // reads that merge several events end in a connection's read buffer that the next read
+    // overwrites: a template that kept a view of it garbled the answer's later events (session 16)
+    const ds = await startStandin({ tokens: 64, paceMs: 1, reasoningTokens: 8, reasoningField: "reasoning_content", deepseekShape: true, model: "m" });
+    const pair = [await startServe(["--upstream", ds.url]), await startServe(["--upstream", ds.url], { env: { DSR_RELAY: "js" } })];
+    const want = Array.from({ length: 64 }, (_, k) => ` t${k}`);
+    try {
+      for (const g of pair) {
+        const client = new OpenAI({ baseURL: `${g.url}/v1`, apiKey: "none", maxRetries: 0 });
+        await Promise.all(
+          Array.from({ length: 30 }, async () => {
+            const s = await client.chat.completions.create({ model: "m", messages: [{ role: "user", content: "x" }], stream: true });
+            let reasoning = "";
+            let content = "";
+            for await (const ch of s) {
+              const d = ch.choices[0]?.delta as Record<string, string | null> | undefined;
+              expect(d?.reasoning ?? null).toBe(d?.reasoning_content ?? null); // both names, as the JSON path writes them
+              reasoning += d?.reasoning_content ?? "";
+              content += d?.content ?? "";
+            }
+            expect(reasoning).toBe(want.slice(0, 8).join(""));
+            expect(content).toBe(want.slice(8).join(""));
+          }),
+        );
+      }
+    } finally {
+      for (const g of pair) await g.stop();
+      await ds.close();
+    }
+  });
+
   it("forwards the client's x-request-id to the upstream byte for byte, a non-ASCII byte included", async () => {
     const u = new URL(gw.url);
     const payload = JSON.stringify({ model: "m", prompt: "x", stream: true, max_tokens: 2 });
