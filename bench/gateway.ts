@@ -36,6 +36,8 @@
  * `--tls`: the proxies terminate HTTPS (dsr `--ssl-keyfile/--ssl-certfile`, nginx `listen … ssl`, the floor
  * on node:tls) with a P-256 certificate (tls.key/tls.crt beside the bench when carried, else made with
  * openssl); the clients trust it; direct stays plain HTTP (see TLS).
+ * DSR_BENCH_CHILD_LOGS=DIR keeps each child's output in DIR (e.g. with `--dsr-node-args --trace-gc-nvp`:
+ * every worker's GC pauses and their phases).
  * `--reasoning-tokens N [--reasoning-field reasoning|reasoning_content]`: R1-shaped chat streams whose
  * first N tokens are reasoning deltas, which dsr renames (see REASONING_TOKENS); `--deepseek-shape`
  * sends them in DeepSeek's API shape (the absent part null in every delta, as SGLang does).
