@@ -68,6 +68,34 @@ describe("other /v1 routes are passed to the upstream", () => {
     expect(books[1].ttft_ms).toBeGreaterThan(0);
   });
 
+  it("/v1/messages (Anthropic's API, an x-api-key client): the answer as it came, the key not passed on, and a generation in /metrics and the log", async () => {
+    const metric = async (re: RegExp) => Number(re.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1] ?? 0);
+    const success = (reason: string) => metric(new RegExp(`^dsr:request_success_total\\{[^}]*finished_reason="${reason}"[^}]*\\} (\\d+)`, "m"));
+    const before = { stop: await success("stop"), length: await success("length"), generation: await metric(/^dsr:generation_tokens_total\{[^}]*\} (\d+)/m) };
+    const post = (body: object) =>
+      fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json" }, body: JSON.stringify({ model: "dsr-r1", messages: [{ role: "user", content: "hi" }], ...body }) });
+    const whole = await post({ max_tokens: 64 });
+    expect(whole.status).toBe(200);
+    expect(await whole.json()).toMatchObject({ type: "message", content: [{ type: "text", text: "Hello, world" }], stop_reason: "end_turn", usage: { input_tokens: 4, output_tokens: 3 } });
+    const streamed = await post({ max_tokens: 2, stream: true });
+    const events = (await streamed.text()).split("\n\n").filter((e) => e.startsWith("event: ")).map((e) => e.slice(7, e.indexOf("\n")));
+    expect(events).toEqual(["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]);
+    const seen = up.requests.filter((q) => q.body.messages !== undefined && q.body.max_tokens === 2).pop()!;
+    expect(seen.body.model).toBe("r1-upstream");
+    expect(seen.headers["anthropic-version"]).toBe("2023-06-01");
+    expect(seen.headers["x-api-key"]).toBeUndefined(); // dsr's key, not the upstream's
+    expect(await success("stop")).toBe(before.stop + 1);
+    expect(await success("length")).toBe(before.length + 1);
+    expect(await metric(/^dsr:generation_tokens_total\{[^}]*\} (\d+)/m)).toBe(before.generation + 5);
+    await new Promise((r) => setTimeout(r, 400)); // the log is written in batches
+    const { readFile } = await import("node:fs/promises");
+    const lines = (await readFile(log, "utf8")).trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    const books = lines.filter((l) => l.path === "/v1/messages").slice(-2);
+    expect(books[0]).toMatchObject({ status: 200, prompt_tokens: 4, completion_tokens: 3, finish_reason: "stop" });
+    expect(books[1]).toMatchObject({ status: 200, prompt_tokens: 4, completion_tokens: 2, finish_reason: "length" });
+    expect(books[1].ttft_ms).toBeGreaterThan(0);
+  });
+
   it("/v1/embeddings via the SDK; the client's headers go on, its key does not; logged with the route", async () => {
     const e = await sdk().embeddings.create({ model: "dsr-r1", input: "hello", encoding_format: "float" }, { headers: { "x-team": "blue", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" } });
     expect(e.data[0]!.embedding).toEqual([0.25, -0.5, 1]);

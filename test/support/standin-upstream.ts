@@ -77,7 +77,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
     const adapters = (o.adapters ?? []).map((id) => ({ id, object: "model", created: 0, owned_by: "vllm", root: `/loras/${id}`, parent: model, max_model_len: 4096 }));
     return json(res, 200, { object: "list", data: [{ id: model, object: "model", created: 0, owned_by: "vllm", root: model, max_model_len: 4096 }, ...adapters] });
   }
-  if (req.method === "POST" && (url === "/v1/embeddings" || url === "/v1/responses")) return otherRoute(req, res, st, url, model);
+  if (req.method === "POST" && (url === "/v1/embeddings" || url === "/v1/responses" || url === "/v1/messages")) return otherRoute(req, res, st, url, model);
   const chat = url === "/v1/chat/completions";
   const tokenizer = !o.noTokenizer && (url === "/tokenize" || url === "/detokenize");
   // an unknown route gets FastAPI's answer, as from vLLM
@@ -158,8 +158,9 @@ async function handle(req: IncomingMessage, res: ServerResponse, st: Standin): P
 
 /** vLLM's /tokenize and /detokenize shapes over a byte tokenizer: a prompt's (or the messages' joined contents') UTF-8 bytes are its tokens. */
 /**
- * Two of vLLM's other routes, for the gateway's pass-through: `/v1/embeddings` (a fixed vector per
- * input) and `/v1/responses` (OpenAI's Responses API: JSON, or its typed SSE events with `stream`).
+ * Three of vLLM's other routes, for the gateway's pass-through: `/v1/embeddings` (a fixed vector per
+ * input), `/v1/responses` (OpenAI's Responses API: JSON, or its typed SSE events with `stream`) and
+ * `/v1/messages` (Anthropic's Messages API, likewise).
  */
 async function otherRoute(req: IncomingMessage, res: ServerResponse, st: Standin, url: string, model: string): Promise<void> {
   const chunks: Buffer[] = [];
@@ -172,6 +173,7 @@ async function otherRoute(req: IncomingMessage, res: ServerResponse, st: Standin
     return json(res, 200, { object: "list", model: body.model, data: [{ object: "embedding", index: 0, embedding: [0.25, -0.5, 1] }], usage: { prompt_tokens: 3, total_tokens: 3 } });
   }
   const text = ["Hello", ",", " world"];
+  if (url === "/v1/messages") return messagesAnswer(res, st, body, text);
   const budget = typeof body.max_output_tokens === "number" ? body.max_output_tokens : text.length;
   const said = text.slice(0, budget);
   const done = {
@@ -190,6 +192,26 @@ async function otherRoute(req: IncomingMessage, res: ServerResponse, st: Standin
     await sleep(st.options.paceMs ?? 10);
   }
   res.end(`event: response.${done.status}\ndata: ${JSON.stringify({ type: `response.${done.status}`, response: done })}\n\n`);
+}
+
+/** Anthropic's Messages API as vLLM serves it: a message, or its typed events (`max_tokens` cuts the text, stop_reason max_tokens). */
+async function messagesAnswer(res: ServerResponse, st: Standin, body: Record<string, unknown>, text: string[]): Promise<void> {
+  const said = text.slice(0, typeof body.max_tokens === "number" ? body.max_tokens : text.length);
+  const stop = said.length < text.length ? "max_tokens" : "end_turn";
+  const message = { id: "msg_1", type: "message", role: "assistant", model: body.model, content: [{ type: "text", text: said.join("") }], stop_reason: stop, stop_sequence: null, usage: { input_tokens: 4, output_tokens: said.length } };
+  if (!body.stream) return json(res, 200, message);
+  const send = (type: string, data: object) => res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
+  res.writeHead(200, { "content-type": "text/event-stream", "x-standin": "messages" });
+  send("message_start", { message: { ...message, content: [], stop_reason: null, usage: { input_tokens: 4, output_tokens: 1 } } });
+  send("content_block_start", { index: 0, content_block: { type: "text", text: "" } });
+  send("ping", {});
+  for (const piece of said) {
+    send("content_block_delta", { index: 0, delta: { type: "text_delta", text: piece } });
+    await sleep(st.options.paceMs ?? 10);
+  }
+  send("content_block_stop", { index: 0 });
+  send("message_delta", { delta: { stop_reason: stop, stop_sequence: null }, usage: { output_tokens: said.length } });
+  res.end(`event: message_stop\ndata: {"type":"message_stop"}\n\n`);
 }
 
 async function tokenizerAnswer(req: IncomingMessage, res: ServerResponse, st: Standin, url: string, model: string): Promise<void> {

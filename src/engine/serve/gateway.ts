@@ -325,7 +325,7 @@ export class Gateway {
   /**
    * Another `/v1` POST (`/v1/responses`, `/v1/embeddings`, `/v1/messages`, audio…) passed to the
    * backend's forward() as it came: admitted like a generation (per-key, gateway slot) and logged; a
-   * Responses API answer also goes into the generation metrics (responses-books.ts). Never rejects.
+   * Responses or Messages API answer also goes into the generation metrics (answer-books.ts). Never rejects.
    */
   private async passthrough(id: string, path: string, req: H1Request, res: H1Response, t0: number, keyName: string | undefined): Promise<void> {
     const { ac, timer } = this.track(res);

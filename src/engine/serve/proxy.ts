@@ -19,6 +19,8 @@ import type { ReasoningField } from "./reasoning.js";
 import { Router } from "./router.js";
 import type { ChatRequest } from "./schemas.js";
 import { NativeStream } from "./relay-handoff.js";
+import type { AnswerBooks } from "./answer-books.js";
+import { MessagesBooks } from "./messages-books.js";
 import { ResponsesBooks } from "./responses-books.js";
 import { normaliseReasoning, SseRelay, type TokenListener } from "./sse-relay.js";
 import type { DetokenizeRequest, TokenizeRequest, TokensOp } from "./tokenize.js";
@@ -47,8 +49,13 @@ export interface ProxyOptions {
 }
 
 const INCLUDE_USAGE = Buffer.from('"stream_options":{"include_usage":true},');
+/** The passed-through routes whose answers are generations, and who reads their books. */
+const BOOKS = new Map<string, new (...a: ConstructorParameters<typeof ResponsesBooks>) => AnswerBooks>([
+  ["/v1/responses", ResponsesBooks],
+  ["/v1/messages", MessagesBooks],
+]);
 /** Request headers forward() does not pass on: hop-by-hop ones, what undici sets itself, and the client's key. */
-const NOT_FORWARDED = new Set(["host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization", "proxy-connection", "content-length", "expect", "authorization", "x-request-id"]);
+const NOT_FORWARDED = new Set(["host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization", "proxy-connection", "content-length", "expect", "authorization", "x-api-key", "x-request-id"]);
 /** Answer headers it does not pass back: hop-by-hop ones and those the gateway's server writes itself. */
 const NOT_RETURNED = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "x-request-id"]);
 
@@ -245,8 +252,9 @@ export class ProxyBackend implements Backend {
         const out: Record<string, string> = {};
         for (const [k, v] of Object.entries(r.headers)) if (typeof v === "string" && !NOT_RETURNED.has(k)) out[k] = v;
         f.res.writeHead(r.statusCode, out, true);
-        // a Responses API answer is a generation: its TTFT, gaps, tokens and finish reason are kept as a chat's
-        const books = r.statusCode === 200 && f.url.split("?")[0] === "/v1/responses" ? new ResponsesBooks(f.record, f.t0, this.o.metrics.instrument(inst.name, f.model), String(r.headers["content-type"] ?? "").startsWith("text/event-stream")) : undefined;
+        // a Responses or Messages API answer is a generation: its TTFT, gaps, tokens and finish reason are kept as a chat's
+        const Books = r.statusCode === 200 ? BOOKS.get(f.url.split("?")[0]) : undefined;
+        const books = Books && new Books(f.record, f.t0, this.o.metrics.instrument(inst.name, f.model), String(r.headers["content-type"] ?? "").startsWith("text/event-stream"));
         for await (const chunk of r.body) {
           books?.feed(chunk as Buffer);
           if (!f.res.write(chunk as Buffer)) await f.res.waitDrain();
