@@ -19,7 +19,7 @@ import type { WorkerPool, WorkerSpec } from "../engine/serve/server.js";
 
 const SPEC_ENV = "DSR_SERVE_WORKER_SPEC";
 /** Each gateway worker's V8 semi-space (MB): its young generation is twice this. */
-const WORKER_SEMI_SPACE_MB = 64;
+const WORKER_SEMI_SPACE_MB = 32;
 
 type Msg =
   | { type: "dsr:metrics-req"; id: number }
@@ -105,28 +105,22 @@ export function workerChannel(metrics: () => GatewayMetrics | undefined, onShutd
 /**
  * The node flags a gateway worker runs with: the primary's own, plus
  *
- * - `--no-parallel-scavenge --no-parallel-compaction`: a worker's scavenges and compactions run on
- *   its own thread; with every core running a worker, V8's parallel GC helpers only compete with
- *   the other workers (measured on 4 pinned cores, docs/BENCHMARKS.md, gateway: 9.4k -> 11.2k
- *   streams/s against parallel GC). Sweeping (the dead ArrayBuffers' memory included) and marking
- *   stay concurrent: with `--single-threaded-gc`, which sessions 3-15 used, every scavenge also
- *   swept the dead ArrayBuffers on the worker's thread, 1.6-2.1 of its 4.7-6.8 ms on the device
- *   (`--trace-gc-nvp`, session 16), and a mark-compact paused 8-14 ms; everything relayed waits
- *   while a worker's loop is paused. A GC threading flag the user gave (`--single-threaded-gc`,
- *   `--[no-]parallel-scavenge`, `--[no-]parallel-compaction`, `--[no-]concurrent-marking`,
- *   `--[no-]parallel-marking`, `--[no-]concurrent-sweeping`) wins.
- * - a 64 MB semi-space from the start (V8's default grows to 16 MB): a scavenge copies what is
- *   alive, i.e. the state of the streams in flight (1.3-1.5 MB at 250 streams per worker), about
- *   the same at any moment, so a young generation twice the size halves how often that copy is
- *   made. On the device's 4 pinned cores at ~13k streams/s, scavenges took 35-83 ms of each
- *   worker's second with V8's default (session 7), 15-16 ms with 32 MB and 9 ms with 64 MB
- *   (session 16). It costs 128 MB of young generation per worker. A semi-space flag the user gave
- *   (node's command line or NODE_OPTIONS) wins.
+ * - `--single-threaded-gc`: workers collect garbage on their own thread; with every core running a
+ *   worker, V8's parallel GC helpers only compete with the other workers. Measured on 4 pinned cores
+ *   (docs/BENCHMARKS.md, gateway): 9.4k -> 11.2k streams/s, 0.42 -> 0.35 ms CPU per stream, p99
+ *   added TTFT 1.8 -> 0.6 ms. A GC threading flag the user gave (`--no-single-threaded-gc`,
+ *   `--[no-]parallel-scavenge`, `--[no-]concurrent-marking`, `--[no-]parallel-marking`) wins.
+ * - a 32 MB semi-space from the start (V8's default grows to 16 MB): a scavenge copies what is
+ *   alive, i.e. the state of the streams in flight, about the same at any moment, so a young
+ *   generation twice the size halves how often that copy is made. Measured on the device's 4 pinned
+ *   cores at ~13k streams/s: scavenges took 35-83 ms of each worker's second with the default and
+ *   14-19 ms with this (docs/BENCHMARKS.md, session 7). A semi-space flag the user gave (node's
+ *   command line or NODE_OPTIONS) wins.
  */
 export function workerExecArgv(execArgv: readonly string[], env: NodeJS.ProcessEnv): string[] {
   const given = `${execArgv.join(" ")} ${env.NODE_OPTIONS ?? ""}`;
   const semi = /semi-space-size/.test(given) ? [] : [`--max-semi-space-size=${WORKER_SEMI_SPACE_MB}`, `--min-semi-space-size=${WORKER_SEMI_SPACE_MB}`];
-  const threads = /single-threaded-gc|parallel-scavenge|parallel-compaction|concurrent-marking|parallel-marking|concurrent-sweeping/.test(given) ? [] : ["--no-parallel-scavenge", "--no-parallel-compaction"];
+  const threads = /single-threaded-gc|parallel-scavenge|concurrent-marking|parallel-marking/.test(given) ? [] : ["--single-threaded-gc"];
   return [...execArgv, ...threads, ...semi];
 }
 

@@ -172,16 +172,15 @@ function childPids(pid: number): number[] {
 }
 
 describe("workerExecArgv", () => {
-  it("keeps scavenges and compactions on the worker's thread and adds a 64 MB semi-space, unless the user set them", () => {
-    expect(workerExecArgv(["--enable-source-maps"], {})).toEqual(["--enable-source-maps", "--no-parallel-scavenge", "--no-parallel-compaction", "--max-semi-space-size=64", "--min-semi-space-size=64"]);
-    expect(workerExecArgv(["--max-semi-space-size=8"], {})).toEqual(["--max-semi-space-size=8", "--no-parallel-scavenge", "--no-parallel-compaction"]);
-    expect(workerExecArgv([], { NODE_OPTIONS: "--max-semi-space-size=32" })).toEqual(["--no-parallel-scavenge", "--no-parallel-compaction"]);
+  it("adds single-threaded GC and a 32 MB semi-space, unless the user set a semi-space", () => {
+    expect(workerExecArgv(["--enable-source-maps"], {})).toEqual(["--enable-source-maps", "--single-threaded-gc", "--max-semi-space-size=32", "--min-semi-space-size=32"]);
+    expect(workerExecArgv(["--max-semi-space-size=8"], {})).toEqual(["--max-semi-space-size=8", "--single-threaded-gc"]);
+    expect(workerExecArgv([], { NODE_OPTIONS: "--max-semi-space-size=64" })).toEqual(["--single-threaded-gc"]);
   });
 
   it("leaves GC threading to a flag the user gave", () => {
-    expect(workerExecArgv(["--single-threaded-gc"], {})).toEqual(["--single-threaded-gc", "--max-semi-space-size=64", "--min-semi-space-size=64"]);
-    expect(workerExecArgv([], { NODE_OPTIONS: "--parallel-scavenge" })).toEqual(["--max-semi-space-size=64", "--min-semi-space-size=64"]);
-    expect(workerExecArgv(["--no-concurrent-sweeping"], {})).toEqual(["--no-concurrent-sweeping", "--max-semi-space-size=64", "--min-semi-space-size=64"]);
+    expect(workerExecArgv(["--no-single-threaded-gc"], {})).toEqual(["--no-single-threaded-gc", "--max-semi-space-size=32", "--min-semi-space-size=32"]);
+    expect(workerExecArgv([], { NODE_OPTIONS: "--no-parallel-scavenge" })).toEqual(["--max-semi-space-size=32", "--min-semi-space-size=32"]);
   });
 });
 
@@ -205,7 +204,7 @@ describe("--workers (gateway processes sharing the port)", () => {
       // the workers run with the V8 flags the primary gives them (workerExecArgv)
       const workers = childPids(g.proc.pid!).map((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0"));
       expect(workers.length).toBe(2);
-      for (const argv of workers) expect(argv).toEqual(expect.arrayContaining(["--no-parallel-scavenge", "--no-parallel-compaction", "--max-semi-space-size=64", "--min-semi-space-size=64"]));
+      for (const argv of workers) expect(argv).toEqual(expect.arrayContaining(["--single-threaded-gc", "--max-semi-space-size=32", "--min-semi-space-size=32"]));
     } finally {
       expect(await g.stop()).toBe(0);
       await up.close();
