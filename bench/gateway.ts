@@ -12,8 +12,8 @@
  * The load generator runs in this process on one undici Pool per target (one keep-alive connection
  * per stream, SSE parsed by scanning for the blank line, no JSON parsing); its own CPU use is
  * reported so a saturated generator would be visible. Targets are measured in interleaved rounds
- * (direct, dsr, dsr --workers N, nginx, then again…) so that load from other processes drifts over
- * all of them alike. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 50]
+ * (direct, dsr, dsr --workers N, nginx, then the same in reverse order, …) so that load from other
+ * processes drifts over all of them alike and no target always follows the same one. Usage: `npx tsx bench/gateway.ts [--concurrency 1000] [--pace-ms 50]
  * [--seconds 12] [--rounds 3] [--tokens 64] [--dsr-workers 2] [--nginx-workers auto] [--only direct,dsr_workers4,nginx]`
  * — prints one JSON document (`--only` measures just the named targets; keep direct and nginx among them).
  *
@@ -533,7 +533,10 @@ async function main(): Promise<void> {
       // of them alike instead of favouring whichever ran first. Pools stay open (connections warm).
       const parts: Samples[][] = targets.map(() => []);
       for (let round = 0; round < ROUNDS; round++) {
-        for (let t = 0; t < targets.length; t++) {
+        // every other round goes in reverse order (A B C, C B A, …), so that a target's place in the
+        // round (what ran just before it, how long the stand-in has been busy) evens out over rounds
+        for (let i = 0; i < targets.length; i++) {
+          const t = round % 2 === 0 ? i : targets.length - 1 - i;
           const part = await load(gen, targets[t][1], CONC, secs / ROUNDS, TOKENS * pace, targets[t][2]);
           parts[t].push(part);
           // progress on stderr (stdout is the JSON document)
