@@ -19,6 +19,12 @@ function seeded(seed: number): () => number {
 
 const ev = (type: string, data: object, named = true) => `${named ? `event: ${type}\n` : ""}data: ${JSON.stringify({ type, ...data })}\n\n`;
 
+/** Up to 200 characters drawn from `alphabet`, and three places to cut its bytes. */
+function randomAnswer(rand: () => number, alphabet: string): { text: string; cuts: number[] } {
+  const text = Array.from({ length: Math.floor(rand() * 200) }, () => alphabet[Math.floor(rand() * alphabet.length)]).join("");
+  return { text, cuts: Array.from({ length: 3 }, () => Math.floor(rand() * Buffer.byteLength(text))).sort((a, b) => a - b) };
+}
+
 /** Feeds `text` cut at `cuts` (byte offsets); what the record and the instrument were told. */
 function run(text: string, cuts: number[], stream = true, Books: typeof ResponsesBooks | typeof MessagesBooks = ResponsesBooks) {
   const seen = { ttft: [] as number[], itl: [] as number[] };
@@ -75,8 +81,7 @@ describe("Responses API books", () => {
     const rand = seeded(77);
     const alphabet = "event: response.output_text.delta completed data: {}\"type\":\n\n é";
     for (let i = 0; i < 2000; i++) {
-      const text = Array.from({ length: Math.floor(rand() * 200) }, () => alphabet[Math.floor(rand() * alphabet.length)]).join("");
-      const cuts = Array.from({ length: 3 }, () => Math.floor(rand() * Buffer.byteLength(text))).sort((a, b) => a - b);
+      const { text, cuts } = randomAnswer(rand, alphabet);
       expect(() => run(text, cuts, rand() < 0.8)).not.toThrow();
       if (!text.includes("completed")) expect(run(text, cuts).record.finishReason).toBeUndefined();
     }
@@ -130,8 +135,7 @@ describe("Messages API books (Anthropic's, as vLLM serves it)", () => {
     const rand = seeded(78);
     const alphabet = "event: content_block_delta message_delta error data: {}\"type\":\"stop_reason\n\n é";
     for (let i = 0; i < 2000; i++) {
-      const text = Array.from({ length: Math.floor(rand() * 200) }, () => alphabet[Math.floor(rand() * alphabet.length)]).join("");
-      const cuts = Array.from({ length: 3 }, () => Math.floor(rand() * Buffer.byteLength(text))).sort((a, b) => a - b);
+      const { text, cuts } = randomAnswer(rand, alphabet);
       expect(() => run(text, cuts, rand() < 0.8, MessagesBooks)).not.toThrow();
       if (!text.includes("message_delta") && !text.includes("error")) expect(run(text, cuts, true, MessagesBooks).record.finishReason).toBeUndefined();
     }
